@@ -1,0 +1,278 @@
+"""Reads the declarative catalog (assets_catalog/*.yaml): datasets, backbones, methods and experiment grids.
+
+The catalog is data; this module only parses and validates it, and expands grids into experiment configurations
+with stable keys. Errors name the file and the entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.prompting.methods import METHODS, parse_method_parameters
+from models.provenance import stable_hash
+
+DEFAULT_CATALOG_DIR = Path(__file__).resolve().parents[1] / "assets_catalog"
+DATASET_SOURCES = ("embedded", "coop", "image_folder")
+BACKBONE_SOURCES = ("embedded", "open_clip", "checkpoint", "local_dir")
+
+
+class CatalogError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    source: str
+    templates: tuple[str, ...]
+    root: str | None = None
+    image_dir: str = "images"
+    split_file: str | None = None
+    domain_shift_of: str | None = None
+    split_seed: int = 1
+
+    @property
+    def split_file_name(self) -> str:
+        return self.split_file or f"split_zhou_{self.name}.json"
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    name: str
+    source: str
+    model_name: str | None = None
+    pretrained: str | None = None
+    path: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class AugmentationOptions:
+    variations_per_image: int = 2
+    strength: float = 0.4
+    similarity_threshold: float = 0.8
+    num_inference_steps: int = 20
+
+
+@dataclass(frozen=True)
+class PseudolabelOptions:
+    strategy: str = "fpl"
+    per_class: int = 16
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment partition: a method with its parameters, shots, seed and options."""
+
+    key: str
+    method: str
+    shots: int | None
+    seed: int | None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    optimization: dict[str, Any] = field(default_factory=dict)
+    augmentation: AugmentationOptions | None = None
+    pseudolabels: PseudolabelOptions | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "method": self.method,
+            "shots": self.shots,
+            "seed": self.seed,
+            "parameters": self.parameters,
+            "optimization": self.optimization,
+            "augmentation": None if self.augmentation is None else self.augmentation.__dict__,
+            "pseudolabels": None if self.pseudolabels is None else self.pseudolabels.__dict__,
+        }
+
+    @property
+    def config_hash(self) -> str:
+        return stable_hash(self.as_dict())
+
+    @property
+    def options_json(self) -> str:
+        options = {k: v for k, v in self.as_dict().items() if k in ("augmentation", "pseudolabels") and v}
+        return json.dumps(options, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    directory: Path
+    datasets: dict[str, DatasetEntry]
+    backbones: dict[str, BackboneEntry]
+    default_backbone: str
+    methods: dict[str, dict[str, Any]]
+    experiments: dict[str, ExperimentConfig]
+    world: dict[str, Any]
+
+    def dataset(self, name: str) -> DatasetEntry:
+        if name not in self.datasets:
+            raise CatalogError(f"unknown dataset {name!r}; the catalog has {sorted(self.datasets)}")
+        return self.datasets[name]
+
+    def backbone(self, name: str | None = None) -> BackboneEntry:
+        name = name or self.default_backbone
+        if name not in self.backbones:
+            raise CatalogError(f"unknown backbone {name!r}; the catalog has {sorted(self.backbones)}")
+        return self.backbones[name]
+
+    def experiment(self, key: str) -> ExperimentConfig:
+        if key not in self.experiments:
+            raise CatalogError(f"unknown experiment {key!r}; the grid has {sorted(self.experiments)}")
+        return self.experiments[key]
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+        return os.path.expandvars(value)
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise CatalogError(f"catalog file missing: {path}")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise CatalogError(f"{path}: invalid YAML: {error}") from error
+    if not isinstance(content, dict):
+        raise CatalogError(f"{path}: expected a mapping at the top level")
+    return content
+
+
+def _dataset_entry(path: Path, index: int, raw: dict[str, Any]) -> DatasetEntry:
+    where = f"{path.name}: datasets[{index}]"
+    name = raw.get("name")
+    if not name or not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
+        raise CatalogError(f"{where}: 'name' must be letters, digits or underscores, got {name!r}")
+    source = raw.get("source")
+    if source not in DATASET_SOURCES:
+        raise CatalogError(f"{where} ({name}): 'source' must be one of {DATASET_SOURCES}, got {source!r}")
+    templates = raw.get("templates") or ([raw["template"]] if raw.get("template") else [])
+    if not templates or any("{}" not in t for t in templates):
+        raise CatalogError(f"{where} ({name}): needs 'template' or 'templates', each with one '{{}}'")
+    if source != "embedded" and not raw.get("root"):
+        raise CatalogError(f"{where} ({name}): a {source} dataset needs 'root'")
+    unknown = set(raw) - {"name", "source", "template", "templates", "root", "image_dir", "split_file",
+                          "domain_shift_of", "split_seed"}
+    if unknown:
+        raise CatalogError(f"{where} ({name}): unknown field(s) {sorted(unknown)}")
+    return DatasetEntry(
+        name=name,
+        source=source,
+        templates=tuple(templates),
+        root=_expand_env(raw.get("root")),
+        image_dir=raw.get("image_dir", "images"),
+        split_file=raw.get("split_file"),
+        domain_shift_of=raw.get("domain_shift_of"),
+        split_seed=int(raw.get("split_seed", 1)),
+    )
+
+
+def experiment_key(method: str, shots: int | None, seed: int | None, suffixes: list[str]) -> str:
+    parts = [method.replace("_", "")]
+    if shots is not None:
+        parts.append(f"k{shots}")
+    if seed is not None:
+        parts.append(f"s{seed}")
+    return "-".join(parts + suffixes)
+
+
+def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[str, Any]]) -> dict[str, ExperimentConfig]:
+    experiments: dict[str, ExperimentConfig] = {}
+    for index, entry in enumerate(grid):
+        where = f"{path.name}: grid[{index}]"
+        method = entry.get("method")
+        if method not in METHODS:
+            raise CatalogError(f"{where}: unknown method {method!r}; registered: {sorted(METHODS)}")
+        if method not in methods:
+            raise CatalogError(f"{where}: method {method!r} is not listed in methods.yaml")
+        unknown = set(entry) - {"method", "shots", "seeds", "parameters", "optimization", "augmentation",
+                                "pseudolabels", "name"}
+        if unknown:
+            raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}")
+        method_defaults = methods[method]
+        parameters = {**(method_defaults.get("parameters") or {}), **(entry.get("parameters") or {})}
+        try:
+            parse_method_parameters(method, parameters)
+        except ValueError as error:
+            raise CatalogError(f"{where}: {error}") from error
+        optimization = {**(method_defaults.get("optimization") or {}), **(entry.get("optimization") or {})}
+        trains = METHODS[method].trains_prompts
+        shots_list = entry.get("shots") or ([16] if trains else [None])
+        seeds = entry.get("seeds") or ([1] if trains else [None])
+        try:
+            augmentation = AugmentationOptions(**entry["augmentation"]) if entry.get("augmentation") else None
+            pseudolabels = PseudolabelOptions(**entry["pseudolabels"]) if entry.get("pseudolabels") else None
+        except TypeError as error:
+            raise CatalogError(f"{where}: {error}") from error
+        if (augmentation or pseudolabels) and not trains:
+            raise CatalogError(f"{where}: augmentation/pseudolabels need a method that trains prompts")
+        suffixes = ([entry["name"]] if entry.get("name") else []) + (["aug"] if augmentation else []) + (
+            [pseudolabels.strategy] if pseudolabels else []
+        )
+        for shots in shots_list:
+            for seed in seeds:
+                key = experiment_key(method, shots, seed, suffixes)
+                if key in experiments:
+                    raise CatalogError(f"{where}: experiment key {key!r} appears twice; add a distinct 'name'")
+                experiments[key] = ExperimentConfig(
+                    key=key,
+                    method=method,
+                    shots=shots,
+                    seed=seed,
+                    parameters=parameters,
+                    optimization=optimization,
+                    augmentation=augmentation,
+                    pseudolabels=pseudolabels,
+                )
+    return experiments
+
+
+def load_catalog(directory: Path | str | None = None) -> Catalog:
+    directory = Path(directory or os.environ.get("PROMPTLAB_CATALOG", DEFAULT_CATALOG_DIR))
+    datasets_file = directory / "datasets.yaml"
+    datasets = [
+        _dataset_entry(datasets_file, i, raw) for i, raw in enumerate(_read_yaml(datasets_file).get("datasets") or [])
+    ]
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise CatalogError(f"{datasets_file}: duplicate dataset names {names}")
+    for entry in datasets:
+        if entry.domain_shift_of and entry.domain_shift_of not in names:
+            raise CatalogError(f"{datasets_file}: {entry.name}: domain_shift_of names unknown {entry.domain_shift_of!r}")
+
+    backbones_file = directory / "backbones.yaml"
+    backbones_raw = _read_yaml(backbones_file)
+    backbones = {}
+    for index, raw in enumerate(backbones_raw.get("backbones") or []):
+        if raw.get("source") not in BACKBONE_SOURCES:
+            raise CatalogError(f"{backbones_file.name}: backbones[{index}]: source must be one of {BACKBONE_SOURCES}")
+        backbones[raw["name"]] = BackboneEntry(**{k: _expand_env(v) for k, v in raw.items()})
+    default_backbone = backbones_raw.get("default")
+    if default_backbone not in backbones:
+        raise CatalogError(f"{backbones_file.name}: default backbone {default_backbone!r} is not listed")
+
+    methods_file = directory / "methods.yaml"
+    methods = _read_yaml(methods_file).get("methods") or {}
+    for name in methods:
+        if name not in METHODS:
+            raise CatalogError(f"{methods_file.name}: method {name!r} is not registered; known: {sorted(METHODS)}")
+    experiments_file = directory / "experiments.yaml"
+    experiments = expand_grid(experiments_file, _read_yaml(experiments_file).get("grid") or [], methods)
+    return Catalog(
+        directory=directory,
+        datasets={d.name: d for d in datasets},
+        backbones=backbones,
+        default_backbone=default_backbone,
+        methods=methods,
+        experiments=experiments,
+        world=_read_yaml(directory / "world.yaml"),
+    )

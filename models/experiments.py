@@ -1,0 +1,252 @@
+"""Train and evaluate one experiment (a method on a dataset with shots, seed and options), without Dagster.
+
+The Dagster assets call these functions; so can a notebook or a script.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from models.catalog import ExperimentConfig
+from models.prompting.methods import get_method, parse_method_parameters
+from models.prompting.methods.registry import ClassifierContext, PromptedClassifier
+from models.prompting.training import OptimizationConfig, TrainingHistory, predict_probabilities, train_on_features
+
+CHECKPOINT_CONFIG = "prompt_config.json"
+CHECKPOINT_WEIGHTS = "prompt_parameters.safetensors"
+
+
+def optimization_config(experiment: ExperimentConfig) -> OptimizationConfig:
+    """The catalog's optimization settings for this experiment; epochs may depend on the number of shots."""
+    settings = dict(experiment.optimization)
+    epochs_by_shots = settings.pop("epochs_by_shots", None) or {}
+    if "epochs" not in settings and experiment.shots is not None:
+        by_shots = {int(k): int(v) for k, v in epochs_by_shots.items()}
+        if experiment.shots not in by_shots:
+            raise ValueError(f"{experiment.key}: no epochs given for {experiment.shots} shots (epochs_by_shots)")
+        settings["epochs"] = by_shots[experiment.shots]
+    known = set(OptimizationConfig.__dataclass_fields__)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"{experiment.key}: unknown optimization setting(s) {unknown}; known: {sorted(known)}")
+    return OptimizationConfig(**{**settings, "seed": experiment.seed or 1})
+
+
+def build_classifier(
+    clip_model: torch.nn.Module,
+    tokenizer,
+    method: str,
+    parameters: dict[str, Any],
+    classnames: list[str],
+    templates: list[str],
+) -> PromptedClassifier:
+    spec = get_method(method)
+    context = ClassifierContext(clip_model, tokenizer, classnames, templates)
+    return spec.build(context, parse_method_parameters(method, parameters))
+
+
+@dataclass
+class TrainingSet:
+    """Features of the training images (N, V, E), their labels and per-sample loss weights."""
+
+    view_features: torch.Tensor
+    labels: torch.Tensor
+    sample_weights: torch.Tensor | None = None
+    composition: dict[str, int] = field(default_factory=dict)
+
+
+def combine_training_sets(
+    labelled: tuple[torch.Tensor, torch.Tensor],
+    augmented: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pseudolabelled: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> TrainingSet:
+    """Few-shot images, plus their kept diffusion variations (same labels), plus pseudolabelled pool images.
+
+    Pseudolabelled images are weighted so that the labelled and the pseudolabelled sets contribute equally to the
+    loss however large the pool selection is (Menghini et al. scale the labelled term by |PL|/|L|).
+    """
+    parts_features, parts_labels, parts_weights = [], [], []
+    composition = {}
+    for name, part in (("labelled", labelled), ("augmented", augmented)):
+        if part is not None and part[0].shape[0]:
+            parts_features.append(part[0])
+            parts_labels.append(part[1])
+            composition[name] = part[0].shape[0]
+    n_labelled = sum(f.shape[0] for f in parts_features)
+    weights = None
+    if pseudolabelled is not None and pseudolabelled[0].shape[0]:
+        n_pseudo = pseudolabelled[0].shape[0]
+        parts_weights = [torch.full((n_labelled,), n_pseudo / n_labelled), torch.ones(n_pseudo)]
+        parts_features.append(pseudolabelled[0])
+        parts_labels.append(pseudolabelled[1])
+        composition["pseudolabelled"] = n_pseudo
+        weights = torch.cat(parts_weights)
+    return TrainingSet(torch.cat(parts_features), torch.cat(parts_labels).long(), weights, composition)
+
+
+def train_prompts(
+    classifier: PromptedClassifier,
+    training_set: TrainingSet,
+    optimization: OptimizationConfig,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+    device: str | torch.device = "cpu",
+) -> TrainingHistory:
+    torch.manual_seed(optimization.seed)
+    return train_on_features(
+        classifier,
+        training_set.view_features,
+        training_set.labels,
+        optimization,
+        sample_weights=training_set.sample_weights,
+        on_epoch=on_epoch,
+        device=device,
+    )
+
+
+def save_prompt_checkpoint(directory: Path, classifier: PromptedClassifier, config: dict[str, Any]) -> Path:
+    """Write the learned prompt parameters with the config that rebuilds them; atomic (temp folder, rename)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        state = classifier.trainable_state()
+        if state:
+            save_file(state, str(staging / CHECKPOINT_WEIGHTS))
+        (staging / CHECKPOINT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_checkpoint_config(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / CHECKPOINT_CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"prompt checkpoint config missing: {path}")
+    return json.loads(path.read_text())
+
+
+def load_prompt_checkpoint(directory: Path, clip_model: torch.nn.Module, tokenizer) -> tuple[PromptedClassifier, dict]:
+    """Rebuild a classifier from its checkpoint folder alone (config + learned parameters)."""
+    config = read_checkpoint_config(directory)
+    classifier = build_classifier(
+        clip_model, tokenizer, config["method"], config["parameters"], config["classnames"], config["templates"]
+    )
+    weights = Path(directory) / CHECKPOINT_WEIGHTS
+    if weights.exists():
+        state = load_file(str(weights))
+        missing = classifier.load_state_dict(state, strict=False)
+        unexpected = [k for k in missing.unexpected_keys]
+        if unexpected:
+            raise ValueError(f"{weights}: parameters {unexpected} do not belong to method {config['method']!r}")
+    elif get_method(config["method"]).trains_prompts:
+        raise FileNotFoundError(f"prompt checkpoint weights missing: {weights}")
+    return classifier.eval(), config
+
+
+@dataclass
+class SplitPredictions:
+    """Probabilities for one evaluation split, restricted to that split's classes and relabelled from 0."""
+
+    split: str
+    probabilities: np.ndarray
+    labels: np.ndarray
+    classnames: list[str]
+    relative_paths: list[str]
+    label_map: list[int]  # column j of probabilities is original label label_map[j]
+
+
+def evaluation_splits(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    relative_paths: list[str],
+    classnames: list[str],
+    base_labels: list[int] | None,
+    new_labels: list[int] | None,
+) -> list[SplitPredictions]:
+    """All classes ('test'), and when a base/new split applies, base and new each among their own classes."""
+    splits = [SplitPredictions("test", probabilities, labels, classnames, relative_paths, list(range(len(classnames))))]
+    for name, subset in (("base", base_labels), ("new", new_labels)):
+        if not subset:
+            continue
+        mask = np.isin(labels, subset)
+        restricted = probabilities[mask][:, subset]
+        restricted = restricted / restricted.sum(axis=1, keepdims=True)
+        relabel = {old: new for new, old in enumerate(subset)}
+        splits.append(
+            SplitPredictions(
+                name,
+                restricted,
+                np.array([relabel[int(label)] for label in labels[mask]]),
+                [classnames[i] for i in subset],
+                [p for p, keep in zip(relative_paths, mask) if keep],
+                list(subset),
+            )
+        )
+    return splits
+
+
+def predict(classifier: PromptedClassifier, image_features: torch.Tensor) -> np.ndarray:
+    return predict_probabilities(classifier, image_features).numpy().astype(np.float64)
+
+
+def predictions_frame(run_id: str, dataset: str, split: SplitPredictions) -> pl.DataFrame:
+    predicted = split.probabilities.argmax(axis=1)
+    return pl.DataFrame(
+        {
+            "run_id": [run_id] * len(split.labels),
+            "dataset": [dataset] * len(split.labels),
+            "split": [split.split] * len(split.labels),
+            "relative_path": split.relative_paths,
+            "label": [split.label_map[int(i)] for i in split.labels],
+            "predicted_label": [split.label_map[int(i)] for i in predicted],
+            "confidence": split.probabilities.max(axis=1).astype(np.float64),
+        }
+    )
+
+
+def features_for_images(
+    backbone,
+    image_dir: Path,
+    relative_paths: list[str],
+    content_hashes: list[str],
+    cache_dir: Path | None,
+    with_mirror: bool = False,
+) -> torch.Tensor:
+    """Image features (N, E), or (N, 2, E) with the mirrored view, through the content-addressed cache."""
+    from models.data.index import load_images
+    from models.prompting.feature_cache import cached_features, feature_cache_key
+    from models.prompting.features import encode_images
+
+    views = ("original", "mirrored") if with_mirror else ("original",)
+    loaded: list = []
+
+    def images():
+        if not loaded:
+            loaded.extend(load_images(image_dir, relative_paths))
+        return loaded
+
+    per_view = []
+    for view in views:
+        key = feature_cache_key(backbone.weights_sha256, backbone.preprocess_eval, view, content_hashes)
+
+        def compute(view=view):
+            batch = images() if view == "original" else [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images()]
+            return encode_images(backbone.model, backbone.preprocess_eval, batch, device=backbone.device)
+
+        per_view.append(cached_features(cache_dir, key, compute))
+    return torch.stack(per_view, dim=1) if with_mirror else per_view[0]

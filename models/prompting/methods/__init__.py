@@ -1,0 +1,8 @@
+"""Prompt-learning methods: one module each, all registered in `registry`."""
+
+from models.prompting.methods.registry import METHODS, MethodSpec, get_method, parse_method_parameters
+
+# Importing a method module registers it.
+from models.prompting.methods import coop, zero_shot  # noqa: F401,E402
+
+__all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]

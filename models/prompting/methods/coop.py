@@ -1,0 +1,64 @@
+"""CoOp (Zhou et al., IJCV 2022): learnable context vectors in the text prompt, image tower untouched.
+
+Hooks: the text tower's input token embeddings. Loss: cross-entropy. Unified or class-specific context;
+class token at the end, middle or front; random N(0, 0.02) or word initialisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
+from models.prompting.prompt_assembly import ClassTokenPosition, assemble_prompts, tokenize_context_prompts
+
+
+@dataclass(frozen=True)
+class CoOpParameters:
+    n_context: int = 16
+    context_init: str | None = None  # e.g. "a photo of a"; sets n_context to its token count
+    class_token_position: ClassTokenPosition = "end"
+    class_specific_context: bool = False
+    init_std: float = 0.02
+    init_seed: int = 0  # random context initialisation, independent of the data seed order
+
+
+class CoOpClassifier(PromptedClassifier):
+    def __init__(self, context: ClassifierContext, parameters: CoOpParameters):
+        super().__init__(context)
+        self.parameters_used = parameters
+        self.pieces = tokenize_context_prompts(
+            context.text_tower, context.tokenizer, context.classnames, parameters.n_context, parameters.context_init
+        )
+        # With a word initialisation the context length is the init's token count, not n_context.
+        n_context = self.pieces.token_ids.shape[1] - 1 - self.pieces.suffix_embeddings.shape[1]
+        width = context.text_tower.width
+        n_classes = len(context.classnames)
+        if self.pieces.initial_context is not None:
+            initial = self.pieces.initial_context.float()
+            if parameters.class_specific_context:
+                initial = initial.unsqueeze(0).repeat(n_classes, 1, 1)
+        else:
+            shape = (n_classes, n_context, width) if parameters.class_specific_context else (n_context, width)
+            generator = torch.Generator().manual_seed(parameters.init_seed)
+            initial = torch.randn(shape, generator=generator) * parameters.init_std
+        self.context = nn.Parameter(initial.to(self.pieces.prefix_embeddings.device))
+
+    def text_features(self) -> torch.Tensor:
+        prompts = assemble_prompts(self.context, self.pieces, self.parameters_used.class_token_position)
+        return self.text_tower(prompts, self.pieces.token_ids)
+
+
+register_method(
+    MethodSpec(
+        name="coop",
+        parameters_type=CoOpParameters,
+        build=CoOpClassifier,
+        trains_prompts=True,
+        frozen_image_encoder=True,
+        hooks="text tower input: learned context tokens around the class name",
+        description="CoOp: learned (unified or class-specific) context vectors, cross-entropy loss.",
+    )
+)

@@ -1,0 +1,96 @@
+"""One registry of prompt methods: what each learns, where it hooks into the towers, and its loss."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.prompting.text_tower import TextTower
+
+
+@dataclass
+class ClassifierContext:
+    """What a method needs to build its classifier: the frozen backbone, class names and templates."""
+
+    clip_model: nn.Module
+    tokenizer: Any
+    classnames: list[str]
+    templates: list[str]  # hand-crafted templates with one "{}" each
+    text_tower: TextTower | None = None
+
+    def __post_init__(self) -> None:
+        if self.text_tower is None:
+            self.text_tower = TextTower(self.clip_model)
+
+
+class PromptedClassifier(nn.Module):
+    """Scores image features against one text feature per class; subclasses decide how text features arise."""
+
+    def __init__(self, context: ClassifierContext):
+        super().__init__()
+        self.classnames = list(context.classnames)
+        self.text_tower = context.text_tower
+        # CLIP's learned temperature, frozen: prompts are tuned, the backbone is not.
+        self.register_buffer("logit_scale", context.clip_model.logit_scale.detach().exp().clone())
+
+    def text_features(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        text = F.normalize(self.text_features().float(), dim=-1)
+        image = F.normalize(image_features.float(), dim=-1)
+        return self.logit_scale * image @ text.t()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor | None = None):
+        per_sample = F.cross_entropy(logits, labels, reduction="none")
+        if sample_weights is None:
+            return per_sample.mean()
+        return (per_sample * sample_weights).sum() / sample_weights.sum()
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The learned prompt parameters only (the checkpoint of a method)."""
+        return {name: p.detach().cpu().contiguous() for name, p in self.named_parameters() if p.requires_grad}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    parameters_type: type  # a dataclass whose field defaults are the published defaults
+    build: Callable[[ClassifierContext, Any], PromptedClassifier]
+    trains_prompts: bool
+    frozen_image_encoder: bool  # image features can be computed once and cached
+    hooks: str  # where the method hooks into the towers, for the catalog and the UI
+    description: str
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    if spec.name in METHODS:
+        raise ValueError(f"method {spec.name!r} is registered twice")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known methods: {sorted(METHODS)}") from None
+
+
+def parse_method_parameters(name: str, overrides: dict[str, Any] | None) -> Any:
+    """The method's parameters: its defaults, overridden by the catalog/launchpad values (unknown keys fail)."""
+    spec = get_method(name)
+    fields = {field.name for field in dataclasses.fields(spec.parameters_type)}
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"method {name!r} has no parameter(s) {unknown}; its parameters are {sorted(fields)}")
+    return spec.parameters_type(**overrides)

@@ -1,0 +1,113 @@
+"""Prompt assembly shared by every context-learning method: learned context vectors spliced around class tokens.
+
+A prompt for class c is  [SOS] [context_1 .. context_n] [class tokens of c] [.] [EOS] [pad ...]  (class token at
+the end), or with the class tokens in the middle of the context or at its front. The frozen token embeddings of
+SOS, the class name and the suffix come from the backbone's own tokenizer and embedding table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from models.prompting.text_tower import TextTower
+
+ClassTokenPosition = Literal["end", "middle", "front"]
+CLASS_TOKEN_POSITIONS: tuple[str, ...] = ("end", "middle", "front")
+
+
+def count_name_tokens(tokenizer, name: str) -> int:
+    """Number of BPE tokens of a class name (without start/end tokens), as CoOp's name_lens."""
+    ids = tokenizer([name])[0]
+    return int((ids != 0).sum().item()) - 2
+
+
+@dataclass
+class ContextPromptTokens:
+    """Frozen pieces of the prompts around n_context learned vectors, for each class."""
+
+    token_ids: torch.Tensor  # (C, L) ids of the full prompt text, used to find EOS when pooling
+    prefix_embeddings: torch.Tensor  # (C, 1, D) start-of-text
+    suffix_embeddings: torch.Tensor  # (C, L - 1 - n_context, D) class tokens, '.', EOS, padding
+    name_token_counts: list[int]
+    initial_context: torch.Tensor | None  # (n_context, D) embeddings of the init words, when given
+
+
+def tokenize_context_prompts(
+    text_tower: TextTower,
+    tokenizer,
+    classnames: list[str],
+    n_context: int,
+    context_init: str | None = None,
+) -> ContextPromptTokens:
+    """Tokenize "X X .. X {class}." (or "{context_init} {class}.") and split the embeddings around the context."""
+    if context_init:
+        context_init = context_init.replace("_", " ").strip()
+        init_ids = tokenizer([context_init])[0]
+        n_context = int((init_ids != 0).sum().item()) - 2
+        placeholder = context_init
+    else:
+        if n_context < 1:
+            raise ValueError(f"n_context must be >= 1 for random initialisation, got {n_context}")
+        placeholder = " ".join(["X"] * n_context)
+    prompts = [f"{placeholder} {name}." for name in classnames]
+    device = text_tower.token_embedding.weight.device
+    token_ids = tokenizer(prompts).to(device)
+    longest = int((token_ids != 0).sum(dim=1).max().item())
+    if longest > text_tower.context_length:
+        raise ValueError(f"prompt of {longest} tokens exceeds the text context length {text_tower.context_length}")
+    with torch.no_grad():
+        embeddings = text_tower.embed_tokens(token_ids)
+    initial_context = embeddings[0, 1 : 1 + n_context].clone() if context_init else None
+    return ContextPromptTokens(
+        token_ids=token_ids,
+        prefix_embeddings=embeddings[:, :1].clone(),
+        suffix_embeddings=embeddings[:, 1 + n_context :].clone(),
+        name_token_counts=[count_name_tokens(tokenizer, name) for name in classnames],
+        initial_context=initial_context,
+    )
+
+
+def assemble_prompts(
+    context: torch.Tensor,
+    pieces: ContextPromptTokens,
+    position: ClassTokenPosition = "end",
+) -> torch.Tensor:
+    """Token embeddings (C, L, D) with the context (n, D) shared or (C, n, D) class-specific spliced in."""
+    prefix, suffix = pieces.prefix_embeddings, pieces.suffix_embeddings
+    n_classes = prefix.shape[0]
+    if context.dim() == 2:
+        context = context.unsqueeze(0).expand(n_classes, -1, -1)
+    context = context.to(prefix.dtype)
+    if position == "end":
+        return torch.cat([prefix, context, suffix], dim=1)
+    if position not in ("middle", "front"):
+        raise ValueError(f"class token position must be one of {CLASS_TOKEN_POSITIONS}, got {position!r}")
+    half = context.shape[1] // 2
+    prompts = []
+    for index, name_length in enumerate(pieces.name_token_counts):
+        class_tokens = suffix[index : index + 1, :name_length]
+        rest = suffix[index : index + 1, name_length:]
+        ctx = context[index : index + 1]
+        if position == "middle":
+            parts = [prefix[index : index + 1], ctx[:, :half], class_tokens, ctx[:, half:], rest]
+        else:
+            parts = [prefix[index : index + 1], class_tokens, ctx, rest]
+        prompts.append(torch.cat(parts, dim=1))
+    return torch.cat(prompts, dim=0)
+
+
+def encode_template_texts(text_tower: TextTower, tokenizer, texts: list[str]) -> torch.Tensor:
+    """Raw text features of plain prompts, computed by the same tower forward the learned prompts use."""
+    device = text_tower.token_embedding.weight.device
+    token_ids = tokenizer(texts).to(device)
+    return text_tower(text_tower.embed_tokens(token_ids), token_ids)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module

@@ -1,0 +1,126 @@
+"""The one training loop for prompt methods whose image encoder is frozen: it trains on image features.
+
+Image features are computed once per view (see `models.prompting.features`), so each step only runs the text
+tower. Schedule as the Dassl trainers configure it: SGD with momentum, one warm-up epoch at a constant small
+learning rate, then cosine decay over the remaining epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from models.prompting.methods.registry import PromptedClassifier
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    epochs: int = 200
+    batch_size: int = 32
+    learning_rate: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_learning_rate: float = 1e-5
+    seed: int = 1
+
+
+@dataclass
+class TrainingHistory:
+    epoch_losses: list[float] = field(default_factory=list)
+    epoch_accuracies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+EpochCallback = Callable[[int, float, float], None]  # (epoch, mean loss, train accuracy)
+
+
+def learning_rate_at(epoch: int, config: OptimizationConfig) -> float:
+    """Constant warm-up for the first epochs, then cosine over the whole schedule (as Dassl's ConstantWarmup)."""
+    if epoch < config.warmup_epochs:
+        return config.warmup_learning_rate
+    return 0.5 * config.learning_rate * (1 + math.cos(math.pi * epoch / config.epochs))
+
+
+def train_on_features(
+    classifier: PromptedClassifier,
+    view_features: torch.Tensor,
+    labels: torch.Tensor,
+    config: OptimizationConfig,
+    sample_weights: torch.Tensor | None = None,
+    on_epoch: EpochCallback | None = None,
+    device: str | torch.device = "cpu",
+) -> TrainingHistory:
+    """Train the classifier's prompt parameters.
+
+    view_features: (N, V, E) features of V views of each of N training images (e.g. original and flipped); each
+    epoch uses one randomly chosen view per image, standing in for random augmentation.
+    """
+    if view_features.dim() == 2:
+        view_features = view_features.unsqueeze(1)
+    n_samples, n_views, _ = view_features.shape
+    if labels.shape[0] != n_samples:
+        raise ValueError(f"{n_samples} feature rows but {labels.shape[0]} labels")
+    if n_samples == 0:
+        raise ValueError("no training samples")
+    device = torch.device(device)
+    classifier.to(device).train()
+    parameters = [p for p in classifier.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError(f"{type(classifier).__name__} has no trainable parameters")
+    optimizer = torch.optim.SGD(
+        parameters, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    view_features, labels = view_features.to(device), labels.to(device)
+    if sample_weights is not None:
+        sample_weights = sample_weights.to(device)
+    history = TrainingHistory()
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(epoch, config)
+        order = torch.randperm(n_samples, generator=generator)
+        views = torch.randint(n_views, (n_samples,), generator=generator)
+        total_loss, correct = 0.0, 0
+        for start in range(0, n_samples, config.batch_size):
+            batch = order[start : start + config.batch_size].to(device)
+            features = view_features[batch, views[batch.cpu()].to(device)]
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = classifier(features)
+                weights = sample_weights[batch] if sample_weights is not None else None
+                loss = classifier.loss(logits.float(), labels[batch], weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history.steps += 1
+            total_loss += loss.item() * len(batch)
+            correct += int((logits.argmax(dim=1) == labels[batch]).sum().item())
+        history.epoch_losses.append(total_loss / n_samples)
+        history.epoch_accuracies.append(correct / n_samples)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, history.epoch_losses[-1], history.epoch_accuracies[-1])
+    history.seconds = time.perf_counter() - started
+    classifier.eval()
+    return history
+
+
+@torch.no_grad()
+def predict_probabilities(
+    classifier: PromptedClassifier, image_features: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
+    """Class probabilities for features (N, E), in input order (never shuffled)."""
+    classifier.eval()
+    device = classifier.logit_scale.device
+    chunks = [
+        classifier(image_features[start : start + batch_size].to(device)).softmax(dim=-1).cpu()
+        for start in range(0, image_features.shape[0], batch_size)
+    ]
+    return torch.cat(chunks) if chunks else torch.empty(0, len(classifier.classnames))

@@ -1,0 +1,69 @@
+"""Diffusion augmentation of the experiment's few-shot images, filtered by CLIP similarity to the source."""
+
+from __future__ import annotations
+
+import shutil
+
+import dagster as dg
+import polars as pl
+
+from models.provenance import source_version
+from pipelines.assets.common import partition_inputs
+from pipelines.assets.curation import fewshot_subsets
+from pipelines.assets.world import tiny_clip_backbone, tiny_diffusion_model
+from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
+from pipelines.resources import PromptLabResource
+
+
+@dg.asset(
+    group_name="augmentation",
+    partitions_def=dataset_experiment_partitions,
+    deps=[dg.AssetDep(fewshot_subsets, partition_mapping=from_dataset), tiny_diffusion_model, tiny_clip_backbone],
+    code_version=source_version("models/augmentation.py", "models/backbones/tiny_diffusion.py"),
+    kinds={"diffusers", "parquet"},
+)
+def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """N img2img variations per few-shot image, kept when CLIP cosine similarity to the source passes the threshold."""
+    from models.augmentation import AugmentationSettings, augment_with_diffusion
+    from models.backbones.tiny_diffusion import generate_variations, load_diffusion
+    from models.data.index import load_images
+
+    dataset, experiment = dataset_and_experiment(context)
+    inputs = partition_inputs(promptlab, dataset, experiment)
+    workspace = promptlab.workspace()
+    output_dir = workspace.augmentation_dir(dataset, experiment)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    options = inputs.experiment.augmentation
+    if options is None:
+        return dg.MaterializeResult(metadata={"applies": False, "reason": f"{experiment} requests no augmentation"})
+    rows = inputs.fewshot_train(pl.read_parquet(workspace.fewshot_path(dataset)))
+    paths = rows["relative_path"].to_list()
+    backbone = promptlab.load_backbone()
+    staging = output_dir.with_name(output_dir.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    table = augment_with_diffusion(
+        generate_variations,
+        load_diffusion(workspace.diffusion_dir),
+        backbone.model,
+        backbone.preprocess_eval,
+        load_images(inputs.image_dir, paths),
+        paths,
+        rows["label"].to_list(),
+        AugmentationSettings(seed=inputs.experiment.seed or 0, **options.__dict__),
+        staging,
+        device=backbone.device,
+    )
+    table.write_parquet(staging / "augmented.parquet")
+    staging.rename(output_dir)
+    kept = int(table["kept"].sum())
+    context.log.info(f"{kept} of {table.height} variations kept (threshold {options.similarity_threshold})")
+    return dg.MaterializeResult(
+        metadata={
+            "applies": True,
+            "path": str(output_dir),
+            "generated": table.height,
+            "kept": kept,
+            "mean_similarity": float(table["similarity"].mean()),
+        }
+    )

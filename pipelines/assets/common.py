@@ -1,0 +1,77 @@
+"""Small helpers the experiment-stage assets share: reading curation outputs of a partition."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import polars as pl
+
+from models.catalog import DatasetEntry, ExperimentConfig
+from pipelines.assets.curation import dataset_source
+from pipelines.resources import PromptLabResource
+
+
+@dataclass
+class PartitionInputs:
+    dataset: DatasetEntry
+    experiment: ExperimentConfig
+    index: pl.DataFrame
+    classnames: list[str]
+    image_dir: object  # Path
+
+    def fewshot_train(self, fewshot: pl.DataFrame) -> pl.DataFrame:
+        """The labelled few-shot training rows of this experiment, joined with the index (content hashes)."""
+        chosen = fewshot.filter(
+            (pl.col("shots") == self.experiment.shots)
+            & (pl.col("seed") == self.experiment.seed)
+            & (pl.col("subset") == "train")
+        ).select("relative_path")
+        if chosen.height == 0:
+            raise ValueError(
+                f"{self.dataset.name}: no {self.experiment.shots}-shot subset for seed {self.experiment.seed}"
+            )
+        return chosen.join(self.index, on="relative_path", how="left").sort("label", "relative_path")
+
+
+def partition_inputs(promptlab: PromptLabResource, dataset: str, experiment: str) -> PartitionInputs:
+    catalog, workspace = promptlab.catalog(), promptlab.workspace()
+    entry = catalog.dataset(dataset)
+    index = pl.read_parquet(workspace.index_path(dataset))
+    classnames = json.loads(workspace.class_split_path(dataset).read_text())["classnames"]
+    source = dataset_source(entry, workspace)
+    return PartitionInputs(entry, catalog.experiment(experiment), index, classnames, source.root / source.image_dir)
+
+
+def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: PartitionInputs, backbone,
+                   templates, data_hash: str, started_at, config_extra: dict | None = None):
+    """The warehouse run record: what this result depends on (code, config, data, backbone, commit, Dagster run)."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from models.provenance import git_commit, library_code_version, stable_hash
+    from models.warehouse import RunRecord
+
+    experiment = inputs.experiment
+    return RunRecord(
+        run_id=uuid.uuid4().hex,
+        stage=stage,
+        dataset=inputs.dataset.name,
+        experiment_key=experiment.key,
+        partition_key=str(context.partition_key),
+        method=experiment.method,
+        shots=experiment.shots,
+        seed=experiment.seed,
+        options=experiment.as_dict(),
+        dagster_run_id=context.run.run_id,
+        code_version=library_code_version(),
+        config_hash=stable_hash({"experiment": experiment.as_dict(), "templates": list(templates),
+                                 "backbone": backbone.spec.name, **(config_extra or {})}),
+        git_commit=git_commit(),
+        backbone=backbone.spec.name,
+        backbone_weights_sha256=backbone.weights_sha256,
+        data_hash=data_hash,
+        templates=list(templates),
+        started_at=started_at,
+        finished_at=datetime.now(timezone.utc),
+    )

@@ -1,0 +1,132 @@
+"""Curation: datasets on disk, their index, few-shot subsets and base/new classes; one partition per dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from models.catalog import DatasetEntry
+from models.provenance import source_version, stable_hash
+from models.workspace import Workspace
+from pipelines.assets.world import is_current, mark_current
+from pipelines.partitions import dataset_partitions
+from pipelines.resources import PromptLabResource
+
+FEW_SHOT_SHOTS = (1, 2, 4, 8, 16)
+FEW_SHOT_SEEDS = (1, 2, 3)
+BENCHMARK_CODE = source_version("models/embedded/benchmark.py", "models/embedded/corpus.py")
+READER_CODE = source_version("models/data/datasets.py", "models/data/index.py")
+
+
+def dataset_source(entry: DatasetEntry, workspace: Workspace):
+    """Where a catalog dataset lives: embedded ones in the workspace, real ones at their catalog root."""
+    from models.data.datasets import DatasetSource
+
+    root = workspace.embedded_dataset_dir(entry.name) if entry.source == "embedded" else Path(entry.root)
+    return DatasetSource(
+        name=entry.name,
+        root=root,
+        layout="image_folder" if entry.source == "image_folder" else "coop",
+        image_dir=entry.image_dir,
+        split_file=entry.split_file_name,
+        seed=entry.split_seed,
+    )
+
+
+@dg.asset(group_name="curation", partitions_def=dataset_partitions, code_version=BENCHMARK_CODE, kinds={"python"})
+def dataset_files(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """The dataset's images and split file on disk (CoOp layout); embedded datasets are generated here."""
+    from models.embedded.benchmark import build_embedded_dataset
+
+    catalog, workspace = promptlab.catalog(), promptlab.workspace()
+    entry = catalog.dataset(context.partition_key)
+    source = dataset_source(entry, workspace)
+    if entry.source == "embedded":
+        settings = catalog.world["benchmark"]
+        fingerprint = stable_hash({"code": BENCHMARK_CODE, "settings": settings, "name": entry.name})
+        if not is_current(source.root, fingerprint):
+            build_embedded_dataset(entry.name, source.root, seed=settings["seed"],
+                                   images_per_class=settings["images_per_class"])
+            mark_current(source.root, fingerprint)
+            context.log.info(f"generated embedded dataset {entry.name} at {source.root}")
+    elif not source.root.exists():
+        raise FileNotFoundError(f"dataset {entry.name}: root folder {source.root} does not exist (datasets.yaml)")
+    return dg.MaterializeResult(metadata={"root": str(source.root), "source": entry.source})
+
+
+@dg.asset(group_name="curation", partitions_def=dataset_partitions, deps=[dataset_files], code_version=READER_CODE,
+          kinds={"polars", "parquet"})
+def dataset_index(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """One row per image: relative path, label, class name, split, size, decodability, content hash (Parquet)."""
+    from models.data.datasets import read_dataset
+    from models.data.index import build_dataset_index, dataset_fingerprint
+
+    workspace = promptlab.workspace()
+    source = dataset_source(promptlab.catalog().dataset(context.partition_key), workspace)
+    index = build_dataset_index(read_dataset(source), source.root / source.image_dir)
+    path = workspace.index_path(source.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    index.write_parquet(temporary)
+    temporary.replace(path)
+    counts = {split: int(n) for split, n in index.group_by("split").len().sort("split").iter_rows()}
+    return dg.MaterializeResult(
+        metadata={
+            "path": str(path),
+            "rows": index.height,
+            "classes": index["classname"].n_unique(),
+            "rows_per_split": dg.MetadataValue.json(counts),
+            "data_hash": dataset_fingerprint(index),
+            "preview": dg.MetadataValue.md(index.head(5).to_pandas().to_markdown(index=False)),
+        }
+    )
+
+
+@dg.asset(group_name="curation", partitions_def=dataset_partitions, deps=[dataset_index],
+          code_version=source_version("models/data/fewshot.py"), kinds={"polars", "parquet"})
+def fewshot_subsets(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """Deterministic K-shot subsets (K in 1,2,4,8,16; seeds 1-3), stored as relative paths."""
+    import polars as pl
+
+    from models.data.fewshot import all_few_shot_subsets
+
+    workspace = promptlab.workspace()
+    index = pl.read_parquet(workspace.index_path(context.partition_key))
+    max_available = index.filter(pl.col("split") == "train").group_by("label").len()["len"].min()
+    shots = tuple(k for k in FEW_SHOT_SHOTS if k <= max_available)
+    subsets = all_few_shot_subsets(index, shots_list=shots, seeds=FEW_SHOT_SEEDS)
+    path = workspace.fewshot_path(context.partition_key)
+    subsets.write_parquet(path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return dg.MaterializeResult(
+        metadata={"path": str(path), "rows": subsets.height, "shots": list(shots), "seeds": list(FEW_SHOT_SEEDS),
+                  "subset_hash": stable_hash(subsets.select("shots", "seed", "relative_path").rows())}
+    )
+
+
+@dg.asset(group_name="curation", partitions_def=dataset_partitions, deps=[dataset_index],
+          code_version=source_version("models/data/class_splits.py"), kinds={"json"})
+def base_new_classes(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """Base and new classes: sorted labels, the first ceil(n/2) are base (the base-to-new protocol)."""
+    import polars as pl
+
+    from models.data.class_splits import split_base_new
+    from models.data.datasets import expected_classnames
+
+    workspace = promptlab.workspace()
+    index = pl.read_parquet(workspace.index_path(context.partition_key))
+    classnames = expected_classnames(index)
+    split = split_base_new(classnames)
+    payload = {
+        "classnames": classnames,
+        "base_labels": list(split.base_labels),
+        "new_labels": list(split.new_labels),
+    }
+    path = workspace.class_split_path(context.partition_key)
+    path.write_text(json.dumps(payload, indent=2))
+    return dg.MaterializeResult(
+        metadata={"path": str(path), "base": [classnames[i] for i in split.base_labels],
+                  "new": [classnames[i] for i in split.new_labels]}
+    )

@@ -1,0 +1,78 @@
+"""Evaluation of each prompt checkpoint on the test split, written to the DuckDB warehouse in one transaction."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from models.provenance import library_code_version
+from pipelines.assets.common import lineage_record, partition_inputs
+from pipelines.assets.curation import base_new_classes, dataset_index
+from pipelines.assets.training import prompt_checkpoints
+from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
+from pipelines.resources import PromptLabResource
+
+
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=dataset_experiment_partitions,
+    deps=[prompt_checkpoints, dg.AssetDep(dataset_index, partition_mapping=from_dataset),
+          dg.AssetDep(base_new_classes, partition_mapping=from_dataset)],
+    code_version=library_code_version(),
+    # A newly trained checkpoint is evaluated as soon as it lands (when the automation sensor runs).
+    automation_condition=dg.AutomationCondition.eager(),
+    kinds={"pytorch", "duckdb", "parquet"},
+)
+def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """Top-1, macro F1, ECE and per-class accuracy on test; base, new and their harmonic mean."""
+    from models.data.index import dataset_fingerprint
+    from models.evaluation.metrics import classification_metrics, harmonic_mean
+    from models.experiments import (evaluation_splits, features_for_images, load_prompt_checkpoint, predict,
+                                    predictions_frame)
+    from models.warehouse import MetricRow, PerClassRow, Warehouse
+
+    started_at = datetime.now(timezone.utc)
+    dataset, experiment_key = dataset_and_experiment(context)
+    inputs = partition_inputs(promptlab, dataset, experiment_key)
+    workspace = promptlab.workspace()
+    backbone = promptlab.load_backbone()
+    classifier, checkpoint = load_prompt_checkpoint(workspace.checkpoint_dir(dataset, experiment_key),
+                                                    backbone.model, backbone.tokenizer)
+    if checkpoint["backbone_weights_sha256"] != backbone.weights_sha256:
+        raise ValueError(f"checkpoint of {dataset}/{experiment_key} was trained on other backbone weights "
+                         f"({checkpoint['backbone_weights_sha256'][:12]} != {backbone.weights_sha256[:12]}); retrain it")
+    test = inputs.index.filter(pl.col("split") == "test").sort("relative_path")
+    features = features_for_images(backbone, inputs.image_dir, test["relative_path"].to_list(),
+                                   test["content_sha256"].to_list(), workspace.feature_cache_dir)
+    class_split = json.loads(workspace.class_split_path(dataset).read_text())
+    splits = evaluation_splits(predict(classifier, features), np.asarray(test["label"].to_list()),
+                               test["relative_path"].to_list(), inputs.classnames,
+                               class_split["base_labels"], class_split["new_labels"])
+    record = lineage_record(context, promptlab, "evaluation", inputs, backbone, checkpoint["templates"],
+                            dataset_fingerprint(inputs.index), started_at,
+                            config_extra={"checkpoint_config_hash": checkpoint["config_hash"]})
+    metric_rows, per_class_rows, predictions, top1 = [], [], [], {}
+    for split in splits:
+        result = classification_metrics(split.probabilities, split.labels, split.classnames)
+        top1[split.split] = result.top1_accuracy
+        metric_rows += [MetricRow(split.split, "top1_accuracy", result.top1_accuracy),
+                        MetricRow(split.split, "macro_f1", result.macro_f1),
+                        MetricRow(split.split, "expected_calibration_error", result.expected_calibration_error)]
+        per_class_rows += [PerClassRow(split.split, split.label_map[row.label], row.classname, row.accuracy,
+                                       row.f1, row.support) for row in result.per_class]
+        predictions.append(predictions_frame(record.run_id, dataset, split))
+    if "base" in top1 and "new" in top1:
+        metric_rows.append(MetricRow("base_new", "harmonic_mean", harmonic_mean(top1["base"], top1["new"])))
+    warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
+    warehouse.ensure_schema()
+    warehouse.record_run(record, metric_rows, per_class_rows, pl.concat(predictions))
+    context.log.info(f"{dataset}/{experiment_key}: top-1 {top1['test']:.4f}")
+    return dg.MaterializeResult(
+        metadata={"run_id": record.run_id, "top1_accuracy": top1["test"],
+                  **{f"{k}_top1_accuracy": v for k, v in top1.items() if k != "test"},
+                  "warehouse": str(workspace.warehouse_path)}
+    )

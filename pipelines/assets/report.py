@@ -1,0 +1,26 @@
+"""The cross-dataset report: SQL over the warehouse, one self-contained HTML file."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from models.provenance import source_version
+from pipelines.assets.evaluation import evaluation_metrics
+from pipelines.assets.pseudolabels import pseudolabels
+from pipelines.resources import PromptLabResource
+
+
+@dg.asset(group_name="report", deps=[evaluation_metrics, pseudolabels],
+          code_version=source_version("models/report.py", "models/warehouse.py"), kinds={"duckdb", "html"})
+def cross_dataset_report(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """Dataset x method x shots (mean ± std over seeds), plots, base/new/HM and provenance, as HTML."""
+    from models.report import build_report
+    from models.warehouse import Warehouse
+
+    workspace = promptlab.workspace()
+    warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
+    warehouse.ensure_schema()
+    summary = build_report(warehouse, workspace.report_path)
+    context.log.info(f"report written to {workspace.report_path}")
+    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(workspace.report_path)),
+                                          "warehouse": str(workspace.warehouse_path)})

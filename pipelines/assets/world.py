@@ -1,0 +1,119 @@
+"""The embedded offline world: the procedural corpus and the two tiny models the pipeline pretrains on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from models.provenance import source_version, stable_hash
+from pipelines.resources import PromptLabResource
+
+CORPUS_CODE = source_version("models/embedded/corpus.py")
+TINY_CLIP_CODE = source_version(
+    "models/embedded/corpus.py", "models/backbones/tiny_clip.py", "assets_catalog/model_configs/tiny-clip.json"
+)
+DIFFUSION_CODE = source_version("models/embedded/corpus.py", "models/backbones/tiny_diffusion.py")
+
+
+def _fingerprint_path(directory: Path) -> Path:
+    return directory.parent / f"{directory.name}.fingerprint"
+
+
+def is_current(directory: Path, fingerprint: str) -> bool:
+    """An output is reused only when it was produced by the same code version and config."""
+    path = _fingerprint_path(directory)
+    return directory.exists() and path.exists() and path.read_text().strip() == fingerprint
+
+
+def mark_current(directory: Path, fingerprint: str) -> None:
+    _fingerprint_path(directory).write_text(fingerprint)
+
+
+def _epoch_logger(context: dg.AssetExecutionContext, model: str):
+    def log(epoch: int, loss: float) -> None:
+        context.log.info(f"{model} epoch {epoch}: loss {loss:.4f}")
+
+    return log
+
+
+@dg.asset(group_name="embedded_world", code_version=CORPUS_CODE, kinds={"python", "numpy"})
+def pretraining_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """Procedural image-caption pairs (shapes, colours, textures, sizes, backgrounds, styles, digits)."""
+    from models.embedded.corpus import write_corpus
+
+    settings = promptlab.catalog().world["corpus"]
+    directory = promptlab.workspace().corpus_dir
+    fingerprint = stable_hash({"code": CORPUS_CODE, "settings": settings})
+    reused = is_current(directory, fingerprint)
+    if not reused:
+        write_corpus(directory, **settings)
+        mark_current(directory, fingerprint)
+    context.log.info(f"corpus at {directory} ({'reused' if reused else 'generated'})")
+    return dg.MaterializeResult(
+        metadata={"path": str(directory), "num_pairs": settings["num_pairs"], "reused": reused,
+                  "fingerprint": fingerprint}
+    )
+
+
+@dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=TINY_CLIP_CODE, kinds={"pytorch"})
+def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """tiny-clip: open_clip's native CLIP architecture pretrained contrastively (ClipLoss) on the corpus."""
+    from models.backbones.tiny_clip import ClipPretrainConfig, pretrain_tiny_clip
+    from models.embedded.corpus import load_corpus
+
+    workspace, settings = promptlab.workspace(), promptlab.catalog().world["tiny_clip"]
+    directory = workspace.tiny_clip_dir
+    fingerprint = stable_hash({"code": TINY_CLIP_CODE, "settings": settings,
+                               "corpus": _fingerprint_path(workspace.corpus_dir).read_text()})
+    if is_current(directory, fingerprint):
+        summary = json.loads((directory / "training_summary.json").read_text())
+        context.log.info(f"tiny-clip is current (fingerprint {fingerprint}); not retrained")
+        return dg.MaterializeResult(metadata={"path": str(directory), "reused": True, "fingerprint": fingerprint,
+                                              "weights_sha256": summary.get("weights_sha256", "")})
+    images, captions = load_corpus(workspace.corpus_dir)
+    result = pretrain_tiny_clip(images, captions, directory, ClipPretrainConfig(**settings),
+                                on_epoch=_epoch_logger(context, "tiny-clip"))
+    mark_current(directory, fingerprint)
+    return dg.MaterializeResult(
+        metadata={
+            "path": str(directory),
+            "reused": False,
+            "fingerprint": fingerprint,
+            "weights_sha256": result.weights_sha256,
+            "seconds": round(result.seconds, 1),
+            "final_loss": result.epoch_losses[-1],
+            "epoch_losses": dg.MetadataValue.json([round(x, 4) for x in result.epoch_losses]),
+        }
+    )
+
+
+@dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=DIFFUSION_CODE, kinds={"pytorch"})
+def tiny_diffusion_model(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """A small diffusers UNet2DModel + DDPM scheduler pretrained on the corpus images (save_pretrained folder)."""
+    from models.backbones.tiny_diffusion import DiffusionPretrainConfig, pretrain_diffusion
+    from models.embedded.corpus import load_corpus
+
+    workspace, settings = promptlab.workspace(), promptlab.catalog().world["diffusion"]
+    directory = workspace.diffusion_dir
+    fingerprint = stable_hash({"code": DIFFUSION_CODE, "settings": settings,
+                               "corpus": _fingerprint_path(workspace.corpus_dir).read_text()})
+    if is_current(directory, fingerprint):
+        context.log.info(f"tiny diffusion model is current (fingerprint {fingerprint}); not retrained")
+        return dg.MaterializeResult(metadata={"path": str(directory), "reused": True, "fingerprint": fingerprint})
+    images, _ = load_corpus(workspace.corpus_dir)
+    result = pretrain_diffusion(images, directory, DiffusionPretrainConfig(**settings),
+                                on_epoch=_epoch_logger(context, "diffusion"))
+    mark_current(directory, fingerprint)
+    return dg.MaterializeResult(
+        metadata={
+            "path": str(directory),
+            "reused": False,
+            "fingerprint": fingerprint,
+            "weights_sha256": result.weights_sha256,
+            "seconds": round(result.seconds, 1),
+            "final_loss": result.epoch_losses[-1],
+            "epoch_losses": dg.MetadataValue.json([round(x, 4) for x in result.epoch_losses]),
+        }
+    )

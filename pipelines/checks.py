@@ -1,0 +1,54 @@
+"""Great Expectations suites on each dataset index, run as blocking asset checks: a failure stops the run
+before any few-shot subset, checkpoint or metric row is produced from bad data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dagster as dg
+
+from pipelines.assets.curation import dataset_index
+from pipelines.partitions import dataset_partitions
+from pipelines.resources import PromptLabResource
+
+# One check per expectation, so the UI shows which property of the data failed.
+DATASET_EXPECTATIONS = {
+    "files_exist": "every image file named by the split exists",
+    "images_decode": "every image file decodes",
+    "labels_in_range": "labels are integers in [0, number of classes)",
+    "labels_match_classnames": "one class name per label and one label per class name",
+    "every_class_in_every_split": "every class has images in train, val and test",
+    "no_train_test_overlap": "no image (by content hash) is in both train and test",
+}
+
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(name, asset=dataset_index, description=description, blocking=True,
+                          partitions_def=dataset_partitions)
+        for name, description in DATASET_EXPECTATIONS.items()
+    ],
+)
+def dataset_expectations(
+    context: dg.AssetCheckExecutionContext, promptlab: PromptLabResource
+) -> Iterator[dg.AssetCheckResult]:
+    import polars as pl
+
+    from models.data.expectations import validate_dataset_index
+
+    dataset = context.partition_key
+    index = pl.read_parquet(promptlab.workspace().index_path(dataset))
+    report = validate_dataset_index(index, dataset)
+    outcomes = {outcome.name: outcome for outcome in report.outcomes}
+    missing = set(DATASET_EXPECTATIONS) - set(outcomes)
+    if missing:
+        raise RuntimeError(f"the expectation suite did not report {sorted(missing)}")
+    for name in DATASET_EXPECTATIONS:
+        outcome = outcomes[name]
+        yield dg.AssetCheckResult(
+            check_name=name,
+            asset_key=dataset_index.key,
+            passed=outcome.success,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"details": outcome.details, "suite": report.suite_name},
+        )

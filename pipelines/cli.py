@@ -1,0 +1,122 @@
+"""`promptlab run`: materialize the default graph through Dagster, with runs recorded in the project's instance.
+
+Stages run as Dagster jobs in this process: the embedded world once, curation per dataset, each experiment
+partition, then the report. Every run is visible afterwards in `dagster dev` (same DAGSTER_HOME).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from models.provenance import PACKAGE_ROOT
+
+
+def ensure_dagster_home() -> Path:
+    """A persistent instance inside the project, so runs survive `dagster dev` restarts."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(PACKAGE_ROOT / ".dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    return home
+
+
+def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=print) -> dict:
+    ensure_dagster_home()
+    import dagster as dg
+
+    from pipelines.definitions import defs
+    from pipelines.partitions import multi_partition_key
+    from pipelines.resources import PromptLabResource
+
+    resource = PromptLabResource()
+    catalog = resource.catalog()
+    datasets = datasets or list(catalog.datasets)
+    experiments = experiments or list(catalog.experiments)
+    for name in datasets:
+        catalog.dataset(name)
+    for key in experiments:
+        catalog.experiment(key)
+    instance = dg.DagsterInstance.get()
+    stage_seconds: dict[str, float] = {}
+    failures: list[str] = []
+
+    def execute(job_name: str, stage: str, partition_key=None) -> bool:
+        started = time.perf_counter()
+        job = defs.resolve_job_def(job_name)
+        result = job.execute_in_process(instance=instance, partition_key=partition_key, raise_on_error=False)
+        stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - started
+        label = f"{job_name}[{partition_key}]" if partition_key else job_name
+        if not result.success:
+            failures.append(label)
+            log(f"FAILED {label} (run {result.run_id}); see `dagster dev` for its logs")
+            return False
+        log(f"ok     {label} ({time.perf_counter() - started:.1f}s)")
+        return True
+
+    started = time.perf_counter()
+    if not execute("embedded_world_job", "world: corpus + tiny-clip + diffusion"):
+        return {"failures": failures, "stage_seconds": stage_seconds}
+    curated = [name for name in datasets if execute("curation_job", "curation", name)]
+    for name in curated:
+        for key in experiments:
+            execute("experiment_job", "experiments: augmentation + pseudolabels + training + evaluation",
+                    multi_partition_key(name, key))
+    execute("report_job", "report")
+    workspace = resource.workspace()
+    summary = {
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
+        "failures": failures,
+        "report": str(workspace.report_path),
+        "warehouse": str(workspace.warehouse_path),
+    }
+    (workspace.root / "last_run_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def print_accuracy_table(log=print) -> None:
+    from models.warehouse import Warehouse
+    from pipelines.resources import PromptLabResource
+
+    workspace = PromptLabResource().workspace()
+    table = Warehouse(workspace.warehouse_path, workspace.predictions_dir).query(
+        """
+        SELECT dataset, method, shots, round(avg(value) * 100, 2) AS top1, count(*) AS runs
+        FROM current_results
+        WHERE stage = 'evaluation' AND split = 'test' AND metric = 'top1_accuracy'
+          AND experiment_key NOT LIKE '%-aug' AND experiment_key NOT LIKE '%-fpl'
+        GROUP BY ALL ORDER BY dataset, method, shots
+        """
+    )
+    with_config = __import__("polars").Config(tbl_rows=200, tbl_cols=10)
+    with with_config:
+        log(str(table))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="promptlab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="materialize the default graph (embedded world, every dataset x experiment)")
+    run.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
+    run.add_argument("--experiment", action="append", help="only this experiment key (repeatable)")
+    commands.add_parser("results", help="print test top-1 per dataset, method and shots from the warehouse")
+    arguments = parser.parse_args(argv)
+    if arguments.command == "results":
+        print_accuracy_table()
+        return 0
+    summary = run_graph(arguments.dataset, arguments.experiment)
+    print(json.dumps(summary, indent=2))
+    if "report" in summary:
+        print_accuracy_table()
+        print(f"\nReport:    {summary['report']}\nWarehouse: {summary['warehouse']}")
+    return 1 if summary["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""PromptLab's Dagster definitions: `dagster dev -m pipelines.definitions` (see README)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pipelines.assets import augmentation, curation, evaluation, pseudolabels, report, training, world
+from pipelines.checks import dataset_expectations
+from pipelines.jobs import curation_job, embedded_world_job, experiment_job, reevaluation_job, report_job
+from pipelines.resources import PromptLabResource
+from pipelines.schedules import weekly_reevaluation
+from pipelines.sensors import checkpoint_evaluation_sensor
+
+ALL_ASSETS = dg.load_assets_from_modules([world, curation, augmentation, pseudolabels, training, evaluation, report])
+
+defs = dg.Definitions(
+    assets=ALL_ASSETS,
+    asset_checks=[dataset_expectations],
+    jobs=[embedded_world_job, curation_job, experiment_job, reevaluation_job, report_job],
+    schedules=[weekly_reevaluation],
+    sensors=[checkpoint_evaluation_sensor],
+    resources={"promptlab": PromptLabResource()},
+)

@@ -1,0 +1,69 @@
+"""The one resource every asset uses: where the workspace is, which catalog and backbone, which device."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import dagster as dg
+
+from models.catalog import Catalog, load_catalog
+from models.workspace import Workspace, default_workspace_root
+
+
+@lru_cache(maxsize=4)
+def _load_backbone_cached(spec, device: str, fingerprint: str):
+    from models.backbones.loader import load_backbone
+
+    return load_backbone(spec, device=device)
+
+
+class PromptLabResource(dg.ConfigurableResource):
+    """Settings shared by all assets; each can be changed in the launchpad."""
+
+    workspace_dir: str = ""  # empty: $PROMPTLAB_WORKSPACE or ./workspace
+    catalog_dir: str = ""  # empty: $PROMPTLAB_CATALOG or ./assets_catalog
+    backbone: str = ""  # empty: the catalog's default backbone
+    device: str = "auto"  # "auto" picks CUDA when available
+
+    def workspace(self) -> Workspace:
+        return Workspace(Path(self.workspace_dir) if self.workspace_dir else default_workspace_root())
+
+    def catalog(self) -> Catalog:
+        return load_catalog(self.catalog_dir or None)
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def backbone_name(self) -> str:
+        return self.backbone or self.catalog().default_backbone
+
+    def load_backbone(self):
+        """The frozen backbone (model, transforms, tokenizer, weights hash); cached per process."""
+        from models.backbones.loader import BackboneSpec
+
+        entry = self.catalog().backbone(self.backbone or None)
+        if entry.source == "embedded":
+            directory = self.workspace().tiny_clip_dir
+            if not (directory / "open_clip_config.json").exists():
+                raise FileNotFoundError(
+                    f"the embedded backbone {entry.name!r} is not pretrained yet ({directory} is missing): "
+                    "materialize the tiny_clip_backbone asset first"
+                )
+            spec = BackboneSpec(name=entry.name, source="local_dir", model_name=entry.model_name, path=str(directory))
+            fingerprint = str((directory / "open_clip_model.safetensors").stat().st_mtime_ns)
+        else:
+            spec = BackboneSpec(
+                name=entry.name,
+                source=entry.source,
+                model_name=entry.model_name,
+                pretrained=entry.pretrained,
+                path=entry.path,
+                cache_dir=entry.cache_dir,
+            )
+            fingerprint = ""
+        return _load_backbone_cached(spec, self.torch_device(), fingerprint)

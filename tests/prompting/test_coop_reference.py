@@ -1,0 +1,79 @@
+"""CoOp reproduces the authors' code on the reference tiny CLIP (logits and context gradients within 1e-5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+open_clip = pytest.importorskip("open_clip")
+from safetensors.torch import load_file  # noqa: E402
+
+from models.prompting.methods import get_method, parse_method_parameters  # noqa: E402
+from models.prompting.methods.registry import ClassifierContext  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+MODEL_FILE = DATA / "tiny_clip_openai.safetensors"
+CASES_FILE = DATA / "coop_cocoop_reference.json"
+
+pytestmark = pytest.mark.skipif(
+    not (MODEL_FILE.exists() and CASES_FILE.exists()), reason="reference tiny CLIP not vendored in tests/data"
+)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model = open_clip.model.build_model_from_openai_state_dict(
+        load_file(MODEL_FILE), quick_gelu=True, cast_dtype=None
+    ).float().eval()
+    tensors = load_file(DATA / "coop_cocoop_reference.safetensors")
+    spec = json.loads(CASES_FILE.read_text())
+    classnames = [name.replace("_", " ") for name in spec["classnames"]]
+    return model, open_clip.get_tokenizer("ViT-B-32"), tensors, spec["cases"], classnames
+
+
+def build_coop(reference, case: dict):
+    model, tokenizer, _, _, classnames = reference
+    parameters = parse_method_parameters(
+        "coop",
+        {
+            "n_context": case["n_ctx"],
+            "context_init": case["ctx_init"] or None,
+            "class_specific_context": case["csc"],
+            "class_token_position": case["class_token_position"],
+        },
+    )
+    context = ClassifierContext(model, tokenizer, classnames, templates=["a photo of a {}."])
+    return get_method("coop").build(context, parameters)
+
+
+@pytest.mark.parametrize(
+    "case_name",
+    [f"coop_rand_{p}_{k}" for p in ("end", "middle", "front") for k in ("generic", "csc")],
+)
+def test_coop_logits_and_context_gradient_match_reference(reference, case_name):
+    model, _, tensors, cases, _ = reference
+    classifier = build_coop(reference, cases[case_name])
+    with torch.no_grad():
+        classifier.context.copy_(tensors[f"{case_name}.ctx"])
+    with torch.no_grad():
+        image_features = model.encode_image(tensors["images"])
+    logits = classifier(image_features)
+    loss = F.cross_entropy(logits, tensors["labels"].long())
+    loss.backward()
+    assert torch.allclose(logits, tensors[f"{case_name}.logits"], atol=1e-5, rtol=0)
+    assert torch.allclose(classifier.context.grad, tensors[f"{case_name}.ctx_grad"], atol=1e-5, rtol=0)
+    assert abs(loss.item() - cases[case_name]["loss"]) < 1e-5
+
+
+def test_word_initialised_context_equals_plain_encode_text(reference):
+    model, tokenizer, tensors, cases, classnames = reference
+    classifier = build_coop(reference, cases["coop_init_end"])
+    with torch.no_grad():
+        learned = classifier.text_features()
+        plain = model.encode_text(tokenizer([f"a photo of a {name}." for name in classnames]))
+    assert torch.allclose(learned, plain, atol=1e-6, rtol=0)
+    assert torch.allclose(learned, tensors["coop_init_end.encode_text_direct"], atol=1e-5, rtol=0)
