@@ -1,7 +1,6 @@
 """Great Expectations suites on each dataset index, run as blocking asset checks: a failure stops the run
 before any few-shot subset, checkpoint or metric row is produced from bad data."""
 
-from __future__ import annotations
 
 from collections.abc import Iterator
 
@@ -13,11 +12,12 @@ from pipelines.resources import PromptLabResource
 
 # One check per expectation, so the UI shows which property of the data failed.
 DATASET_EXPECTATIONS = {
+    "index_not_empty": "the split file lists at least one image",
     "files_exist": "every image file named by the split exists",
     "images_decode": "every image file decodes",
     "labels_in_range": "labels are integers in [0, number of classes)",
     "labels_match_classnames": "one class name per label and one label per class name",
-    "every_class_in_every_split": "every class has images in train, val and test",
+    "classes_in_every_split": "every class has images in train, val and test",
     "no_train_test_overlap": "no image (by content hash) is in both train and test",
 }
 

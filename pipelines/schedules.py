@@ -1,6 +1,5 @@
 """Scheduled re-evaluation: weekly, off by default (turn it on in the UI)."""
 
-from __future__ import annotations
 
 import dagster as dg
 

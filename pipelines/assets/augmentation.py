@@ -1,6 +1,5 @@
 """Diffusion augmentation of the experiment's few-shot images, filtered by CLIP similarity to the source."""
 
-from __future__ import annotations
 
 import shutil
 

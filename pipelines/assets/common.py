@@ -1,6 +1,5 @@
 """Small helpers the experiment-stage assets share: reading curation outputs of a partition."""
 
-from __future__ import annotations
 
 import json
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ def partition_inputs(promptlab: PromptLabResource, dataset: str, experiment: str
     index = pl.read_parquet(workspace.index_path(dataset))
     classnames = json.loads(workspace.class_split_path(dataset).read_text())["classnames"]
     source = dataset_source(entry, workspace)
-    return PartitionInputs(entry, catalog.experiment(experiment), index, classnames, source.root / source.image_dir)
+    return PartitionInputs(entry, catalog.experiment(experiment), index, classnames, source.image_dir)
 
 
 def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: PartitionInputs, backbone,

@@ -1,6 +1,5 @@
 """Curation: datasets on disk, their index, few-shot subsets and base/new classes; one partition per dataset."""
 
-from __future__ import annotations
 
 import json
 from pathlib import Path
@@ -29,8 +28,8 @@ def dataset_source(entry: DatasetEntry, workspace: Workspace):
         name=entry.name,
         root=root,
         layout="image_folder" if entry.source == "image_folder" else "coop",
-        image_dir=entry.image_dir,
-        split_file=entry.split_file_name,
+        image_dir_name=entry.image_dir,
+        split_file_name=entry.split_file_name,
         seed=entry.split_seed,
     )
 
@@ -65,7 +64,7 @@ def dataset_index(context: dg.AssetExecutionContext, promptlab: PromptLabResourc
 
     workspace = promptlab.workspace()
     source = dataset_source(promptlab.catalog().dataset(context.partition_key), workspace)
-    index = build_dataset_index(read_dataset(source), source.root / source.image_dir)
+    index = build_dataset_index(read_dataset(source), source.image_dir)
     path = workspace.index_path(source.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")

@@ -1,6 +1,5 @@
 """Evaluation of each prompt checkpoint on the test split, written to the DuckDB warehouse in one transaction."""
 
-from __future__ import annotations
 
 import json
 from datetime import datetime, timezone

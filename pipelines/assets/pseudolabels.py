@@ -1,6 +1,5 @@
 """Zero-shot pseudolabels for the unlabeled training pool; FPL keeps the top-K most confident per class."""
 
-from __future__ import annotations
 
 from datetime import datetime, timezone
 

@@ -1,6 +1,5 @@
 """The cross-dataset report: SQL over the warehouse, one self-contained HTML file."""
 
-from __future__ import annotations
 
 import dagster as dg
 

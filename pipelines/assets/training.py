@@ -1,7 +1,6 @@
 """Prompt training: the experiment's method on its few-shot subset, optionally with augmented images and
 pseudolabels; the learned prompt parameters are saved with the config that rebuilds them."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

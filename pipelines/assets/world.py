@@ -1,6 +1,5 @@
 """The embedded offline world: the procedural corpus and the two tiny models the pipeline pretrains on it."""
 
-from __future__ import annotations
 
 import json
 from pathlib import Path
