@@ -1,0 +1,98 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.experiments import (build_classifier, combine_training_sets, evaluation_splits,
+                                load_prompt_checkpoint, save_prompt_checkpoint)
+from models.prompting.methods import get_method, parse_method_parameters
+from models.prompting.training import OptimizationConfig, learning_rate_at, predict_probabilities, train_on_features
+
+CLASSNAMES = ["red", "green", "blue"]
+
+
+def test_warmup_then_cosine_schedule():
+    config = OptimizationConfig(epochs=10, learning_rate=0.002, warmup_epochs=1, warmup_learning_rate=1e-5)
+    assert learning_rate_at(0, config) == 1e-5
+    assert math.isclose(learning_rate_at(5, config), 0.001)
+    assert learning_rate_at(9, config) < learning_rate_at(2, config)
+
+
+def test_coop_training_lowers_loss_and_only_moves_the_context(reference_clip, toy_features):
+    model, tokenizer = reference_clip
+    features, labels = toy_features
+    frozen_before = model.token_embedding.weight.clone()
+    classifier = build_classifier(model, tokenizer, "coop", {"n_context": 4}, CLASSNAMES, ["a photo of a {}."])
+    initial_context = classifier.context.detach().clone()
+    history = train_on_features(classifier, features, labels,
+                                OptimizationConfig(epochs=30, batch_size=8, learning_rate=0.05, seed=1))
+    assert history.epoch_losses[-1] < 0.75 * history.epoch_losses[0]
+    assert history.epoch_accuracies[-1] > 0.5  # chance is 1/3
+    assert not torch.equal(classifier.context, initial_context)
+    assert torch.equal(model.token_embedding.weight, frozen_before)
+    assert list(classifier.trainable_state()) == ["context"]
+
+
+def test_same_seed_same_numbers(reference_clip, toy_features):
+    model, tokenizer = reference_clip
+    features, labels = toy_features
+    runs = []
+    for _ in range(2):
+        classifier = build_classifier(model, tokenizer, "coop", {"n_context": 4}, CLASSNAMES, ["a photo of a {}."])
+        train_on_features(classifier, features, labels, OptimizationConfig(epochs=3, batch_size=8, seed=7))
+        runs.append(classifier.context.detach().clone())
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_checkpoint_round_trip_reproduces_predictions(tmp_path, reference_clip, toy_features):
+    model, tokenizer = reference_clip
+    features, labels = toy_features
+    classifier = build_classifier(model, tokenizer, "coop", {"n_context": 4, "class_specific_context": True},
+                                  CLASSNAMES, ["a photo of a {}."])
+    train_on_features(classifier, features, labels, OptimizationConfig(epochs=2, batch_size=8))
+    config = {"method": "coop", "parameters": {"n_context": 4, "class_specific_context": True},
+              "classnames": CLASSNAMES, "templates": ["a photo of a {}."]}
+    directory = save_prompt_checkpoint(tmp_path / "checkpoint", classifier, config)
+    assert sorted(p.name for p in directory.iterdir()) == ["prompt_config.json", "prompt_parameters.safetensors"]
+    reloaded, reloaded_config = load_prompt_checkpoint(directory, model, tokenizer)
+    assert reloaded_config["classnames"] == CLASSNAMES
+    assert torch.allclose(predict_probabilities(reloaded, features), predict_probabilities(classifier, features))
+
+
+def test_zero_shot_ensemble_is_the_mean_of_normalized_template_features(reference_clip):
+    model, tokenizer = reference_clip
+    templates = ["a photo of a {}.", "a drawing of a {}."]
+    ensemble = build_classifier(model, tokenizer, "zero_shot", {}, CLASSNAMES, templates)
+    singles = [build_classifier(model, tokenizer, "zero_shot", {}, CLASSNAMES, [t]) for t in templates]
+    expected = torch.stack([s.text_features() for s in singles]).mean(dim=0)
+    assert torch.allclose(ensemble.text_features(), expected, atol=1e-6)
+    assert not get_method("zero_shot").trains_prompts
+
+
+def test_unknown_method_parameter_is_rejected_by_name():
+    with pytest.raises(ValueError, match="n_ctx"):
+        parse_method_parameters("coop", {"n_ctx": 4})
+    with pytest.raises(KeyError, match="known methods"):
+        get_method("no_such_method")
+
+
+def test_pseudolabelled_and_labelled_sets_weigh_equally():
+    labelled = (torch.zeros(4, 2, 8), torch.tensor([0, 1, 0, 1]))
+    pseudo = (torch.ones(12, 2, 8), torch.tensor([0] * 6 + [1] * 6))
+    combined = combine_training_sets(labelled, None, pseudo)
+    assert combined.composition == {"labelled": 4, "pseudolabelled": 12}
+    weights = combined.sample_weights
+    assert math.isclose(weights[:4].sum().item(), weights[4:].sum().item())
+
+
+def test_base_and_new_splits_are_scored_among_their_own_classes():
+    probabilities = np.array([[0.1, 0.5, 0.4, 0.0], [0.6, 0.1, 0.1, 0.2], [0.1, 0.1, 0.7, 0.1]])
+    splits = evaluation_splits(probabilities, np.array([0, 0, 2]), ["a", "b", "c"], ["w", "x", "y", "z"],
+                               base_labels=[0, 1], new_labels=[2, 3])
+    by_name = {s.split: s for s in splits}
+    assert set(by_name) == {"test", "base", "new"}
+    base = by_name["base"]
+    assert base.relative_paths == ["a", "b"] and base.classnames == ["w", "x"]
+    np.testing.assert_allclose(base.probabilities[0], [0.1 / 0.6, 0.5 / 0.6])
+    assert list(by_name["new"].labels) == [0] and by_name["new"].label_map == [2, 3]
