@@ -1,0 +1,59 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from models.catalog import DEFAULT_CATALOG_DIR, CatalogError, load_catalog
+
+
+@pytest.fixture
+def catalog_copy(tmp_path) -> Path:
+    directory = tmp_path / "catalog"
+    shutil.copytree(DEFAULT_CATALOG_DIR, directory)
+    return directory
+
+
+def edit(path: Path, change) -> None:
+    content = yaml.safe_load(path.read_text())
+    change(content)
+    path.write_text(yaml.safe_dump(content))
+
+
+def test_default_catalog_expands_the_grid_into_stable_keys():
+    catalog = load_catalog()
+    assert {"Shapes", "Colours", "Textures", "ColourShapes", "Digits", "ShapesSketch", "ShapesNoisy"} <= set(
+        catalog.datasets)
+    assert catalog.datasets["ShapesSketch"].domain_shift_of == "Shapes"
+    assert "zeroshot" in catalog.experiments
+    coop = catalog.experiment("coop-k16-s2")
+    assert (coop.method, coop.shots, coop.seed) == ("coop", 16, 2)
+    assert catalog.experiment("coop-k16-s1-aug").augmentation is not None
+    assert catalog.experiment("coop-k16-s1-fpl").pseudolabels.per_class == 16
+    # The config hash changes with the seed but not between two loads.
+    assert coop.config_hash == load_catalog().experiment("coop-k16-s2").config_hash
+    assert coop.config_hash != catalog.experiment("coop-k16-s1").config_hash
+
+
+def test_dataset_without_template_is_named_in_the_error(catalog_copy):
+    edit(catalog_copy / "datasets.yaml", lambda c: c["datasets"][1].pop("template"))
+    with pytest.raises(CatalogError, match=r"datasets.yaml: datasets\[1\] \(Colours\)"):
+        load_catalog(catalog_copy)
+
+
+def test_unknown_method_parameter_names_the_grid_entry(catalog_copy):
+    edit(catalog_copy / "experiments.yaml", lambda c: c["grid"][1].update(parameters={"n_ctx": 4}))
+    with pytest.raises(CatalogError, match=r"experiments.yaml: grid\[1\].*n_ctx"):
+        load_catalog(catalog_copy)
+
+
+def test_duplicate_experiment_keys_are_rejected(catalog_copy):
+    edit(catalog_copy / "experiments.yaml", lambda c: c["grid"].append(dict(c["grid"][1])))
+    with pytest.raises(CatalogError, match="appears twice"):
+        load_catalog(catalog_copy)
+
+
+def test_missing_catalog_file_is_named(catalog_copy):
+    (catalog_copy / "backbones.yaml").unlink()
+    with pytest.raises(CatalogError, match="backbones.yaml"):
+        load_catalog(catalog_copy)

@@ -1,0 +1,70 @@
+"""A micro world for running the whole Dagster graph in-process: two small embedded datasets, a broken real-layout
+dataset, a tiny corpus and one-epoch pretraining. The environment is set before `pipelines` is imported, because
+partitions are read from the catalog when the definitions load."""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from models.catalog import DEFAULT_CATALOG_DIR
+
+MICRO_ROOT = Path(tempfile.mkdtemp(prefix="promptlab-micro-"))
+MICRO_CATALOG = MICRO_ROOT / "catalog"
+BROKEN_DATASET = MICRO_ROOT / "broken_dataset"
+
+
+def _write_micro_catalog() -> None:
+    shutil.copytree(DEFAULT_CATALOG_DIR, MICRO_CATALOG)
+    datasets = yaml.safe_load((MICRO_CATALOG / "datasets.yaml").read_text())["datasets"]
+    keep = [d for d in datasets if d["name"] in ("Shapes", "Digits")]
+    keep.append({"name": "Broken", "source": "coop", "root": str(BROKEN_DATASET), "template": "a photo of a {}."})
+    (MICRO_CATALOG / "datasets.yaml").write_text(yaml.safe_dump({"datasets": keep}))
+    world = yaml.safe_load((MICRO_CATALOG / "world.yaml").read_text())
+    world["corpus"]["num_pairs"] = 384
+    world["tiny_clip"].update(epochs=1, batch_size=128, warmup_steps=1)
+    world["diffusion"].update(epochs=1, batch_size=64)
+    world["benchmark"]["images_per_class"] = {"train": 5, "val": 2, "test": 3}
+    (MICRO_CATALOG / "world.yaml").write_text(yaml.safe_dump(world))
+    grid = [
+        {"method": "zero_shot"},
+        {"method": "coop", "shots": [2], "seeds": [1, 2], "optimization": {"epochs": 2},
+         "parameters": {"n_context": 4}},
+        {"method": "coop", "shots": [2], "seeds": [1], "optimization": {"epochs": 2}, "parameters": {"n_context": 4},
+         "augmentation": {"variations_per_image": 2, "strength": 0.3, "similarity_threshold": 0.5,
+                          "num_inference_steps": 2}},
+        {"method": "coop", "shots": [2], "seeds": [1], "optimization": {"epochs": 2}, "parameters": {"n_context": 4},
+         "pseudolabels": {"strategy": "fpl", "per_class": 2}},
+    ]
+    (MICRO_CATALOG / "experiments.yaml").write_text(yaml.safe_dump({"grid": grid}))
+
+
+def _write_broken_dataset() -> None:
+    """A CoOp-layout dataset with a corrupt image, a missing file and a row naming an unknown class."""
+    from PIL import Image
+
+    images = BROKEN_DATASET / "images"
+    rows = {"train": [], "val": [], "test": []}
+    for label, name in enumerate(["circle", "square"]):
+        (images / name).mkdir(parents=True)
+        for split in rows:
+            for i in range(3):
+                relative = f"{name}/{split}_{i}.png"
+                Image.new("RGB", (32, 32), (label * 200 + 20, 10 * i, 50 + 60 * ["train", "val", "test"].index(split))
+                          ).save(images / relative)
+                rows[split].append([relative, label, name])
+    (images / "circle/train_0.png").write_bytes(b"not a png at all")
+    rows["train"].append(["square/missing.png", 1, "square"])
+    rows["test"].append(["square/test_0.png", 1, "hexagon"])
+    (BROKEN_DATASET / "split_zhou_Broken.json").write_text(json.dumps(rows))
+
+
+_write_micro_catalog()
+_write_broken_dataset()
+os.environ["PROMPTLAB_CATALOG"] = str(MICRO_CATALOG)
+os.environ["PROMPTLAB_WORKSPACE"] = str(MICRO_ROOT / "workspace")
+os.environ["DAGSTER_HOME"] = str(MICRO_ROOT / "dagster_home")
+(MICRO_ROOT / "dagster_home").mkdir()

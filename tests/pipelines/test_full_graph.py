@@ -1,0 +1,134 @@
+"""The whole graph, in-process, on the micro grid: world -> curation -> augmentation -> pseudolabels ->
+training -> evaluation -> DuckDB -> report."""
+
+import duckdb
+import dagster as dg
+import pytest
+
+from pipelines.cli import run_graph
+from pipelines.definitions import defs
+from pipelines.partitions import multi_partition_key
+from pipelines.resources import PromptLabResource
+
+HEALTHY = ["Shapes", "Digits"]
+EXPERIMENTS = ["zeroshot", "coop-k2-s1", "coop-k2-s2", "coop-k2-s1-aug", "coop-k2-s1-fpl"]
+
+
+@pytest.fixture(scope="module")
+def graph_run():
+    messages = []
+    summary = run_graph(None, None, log=messages.append)
+    return summary, PromptLabResource().workspace()
+
+
+def read(workspace, sql):
+    with duckdb.connect(str(workspace.warehouse_path), read_only=True) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def test_definitions_validate_and_show_the_lineage():
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+
+    def parents(name):
+        return {key.to_user_string() for key in graph.get(dg.AssetKey(name)).parent_keys}
+
+    assert "dataset_index" in parents("fewshot_subsets")
+    assert {"fewshot_subsets", "tiny_diffusion_model"} <= parents("augmented_images")
+    assert "fewshot_subsets" in parents("pseudolabels")
+    assert {"augmented_images", "pseudolabels", "tiny_clip_backbone"} <= parents("prompt_checkpoints")
+    assert "prompt_checkpoints" in parents("evaluation_metrics")
+    assert "evaluation_metrics" in parents("cross_dataset_report")
+
+
+def test_every_healthy_partition_has_current_metrics_and_the_broken_dataset_none(graph_run):
+    summary, workspace = graph_run
+    assert summary["failures"] == ["curation_job[Broken]"]
+    rows = read(workspace, """
+        SELECT dataset, experiment_key, count(*) FROM metrics JOIN runs USING (run_id)
+        WHERE runs.stage = 'evaluation' AND metric = 'top1_accuracy' AND split = 'test' GROUP BY ALL""")
+    assert sorted((d, e) for d, e, n in rows) == sorted((d, e) for d in HEALTHY for e in EXPERIMENTS)
+    assert all(n == 1 for _, _, n in rows)
+    assert read(workspace, "SELECT count(*) FROM runs WHERE dataset = 'Broken'") == [(0,)]
+    splits = {s for (s,) in read(workspace, "SELECT DISTINCT split FROM metrics")}
+    assert {"test", "base", "new", "base_new"} <= splits
+    values = [v for (v,) in read(workspace, "SELECT value FROM metrics WHERE metric = 'top1_accuracy'")]
+    assert all(0.0 <= v <= 1.0 for v in values)
+
+
+def test_results_carry_their_lineage(graph_run):
+    _, workspace = graph_run
+    from models.provenance import sha256_file
+
+    instance = dg.DagsterInstance.get()
+    rows = read(workspace, """SELECT dagster_run_id, partition_key, code_version, config_hash, git_commit, backbone,
+                                     backbone_weights_sha256, data_hash, templates FROM runs WHERE is_current""")
+    weights = sha256_file(workspace.tiny_clip_dir / "open_clip_model.safetensors")
+    for run_id, partition, code, config, commit, backbone, weights_hash, data_hash, templates in rows:
+        assert instance.get_run_by_id(run_id) is not None
+        assert "|" in partition and code and config and commit and data_hash and templates
+        assert (backbone, weights_hash) == ("tiny-clip", weights)
+
+
+def test_pseudolabel_accuracy_is_recorded(graph_run):
+    _, workspace = graph_run
+    rows = read(workspace, """SELECT dataset, value FROM metrics JOIN runs USING (run_id)
+                              WHERE runs.stage = 'pseudolabels' AND metric = 'pseudolabel_accuracy'""")
+    assert sorted(d for d, _ in rows) == HEALTHY
+    assert all(0.0 <= v <= 1.0 for _, v in rows)
+
+
+def test_failed_expectations_block_the_broken_dataset(graph_run):
+    result = defs.resolve_job_def("curation_job").execute_in_process(
+        instance=dg.DagsterInstance.get(), partition_key="Broken", raise_on_error=False)
+    assert not result.success
+    failed = {e.check_name: e.metadata["details"].value for e in result.get_asset_check_evaluations() if not e.passed}
+    assert "circle/train_0.png" in failed["images_decode"]
+    assert "square/missing.png" in failed["files_exist"]
+    assert "hexagon" in failed["labels_match_classnames"]
+    materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    assert "fewshot_subsets" not in {k.split("/")[-1] for k in materialized}
+
+
+def test_report_is_self_contained(graph_run):
+    summary, workspace = graph_run
+    html = workspace.report_path.read_text()
+    assert "Shapes" in html and "Digits" in html and "data:image/png;base64," in html
+    assert 'src="http' not in html and 'href="http' not in html
+
+
+def test_rematerializing_a_partition_replaces_its_rows_and_keeps_history(graph_run):
+    _, workspace = graph_run
+    query = """SELECT m.split, m.metric, m.value FROM metrics m JOIN runs r USING (run_id)
+               WHERE r.partition_key = 'Shapes|coop-k2-s1' AND r.stage = 'evaluation' ORDER BY 1, 2"""
+    before = read(workspace, query)
+    runs_before = read(workspace, "SELECT count(*) FROM runs")[0][0]
+    result = defs.resolve_job_def("experiment_job").execute_in_process(
+        instance=dg.DagsterInstance.get(), partition_key=multi_partition_key("Shapes", "coop-k2-s1"))
+    assert result.success
+    after = read(workspace, query)
+    assert after == before  # same config and seed, same numbers; and no duplicate rows
+    assert read(workspace, "SELECT count(*) FROM runs")[0][0] == runs_before + 1
+    assert read(workspace, """SELECT count(*) FROM metrics_history h JOIN runs r USING (run_id)
+                              WHERE r.partition_key = 'Shapes|coop-k2-s1'""")[0][0] >= len(before)
+
+
+def test_world_models_are_not_retrained_when_current(graph_run):
+    result = defs.resolve_job_def("embedded_world_job").execute_in_process(instance=dg.DagsterInstance.get())
+    reused = {m.asset_key.to_user_string(): m.metadata["reused"].value
+              for m in result.get_asset_materialization_events() for m in [m.materialization]}
+    assert reused == {"pretraining_corpus": True, "tiny_clip_backbone": True, "tiny_diffusion_model": True}
+
+
+def test_a_newly_trained_checkpoint_is_requested_for_evaluation(graph_run):
+    instance = dg.DagsterInstance.get()
+    selection = dg.AssetSelection.assets("evaluation_metrics")
+    first = dg.evaluate_automation_conditions(defs, instance, asset_selection=selection)
+    key = multi_partition_key("Digits", "zeroshot")
+    trained = defs.resolve_job_def("experiment_job").get_subset(
+        asset_selection={dg.AssetKey("prompt_checkpoints")}
+    ).execute_in_process(instance=instance, partition_key=key)
+    assert trained.success
+    second = dg.evaluate_automation_conditions(defs, instance, asset_selection=selection, cursor=first.cursor)
+    requested = second.get_requested_partitions(dg.AssetKey("evaluation_metrics"))
+    assert key in requested
