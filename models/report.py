@@ -1,0 +1,568 @@
+"""One self-contained HTML report over the results warehouse.
+
+Every number in the report comes from a SQL query over the warehouse views (`results_by_config`,
+`base_to_new_results`, ...); Python only formats and plots. The HTML has inline CSS, PNG charts embedded as
+base64 data URIs, no scripts and no external links, so it opens anywhere offline. It is written atomically and
+holds no generation timestamp: the same warehouse content gives the same bytes.
+
+Conventions: accuracies are stored as fractions and shown in percent as "mean ± std (n seeds)" over the seeds of a
+configuration (sample std, 0 for one seed). A configuration is a method, prefixed by its backbone when the
+warehouse holds several backbones and followed by its options when the method was run with several option sets.
+Zero-shot results are the evaluation runs whose method is `zero_shot_method`; every other method counts as trained.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from models.warehouse import Warehouse
+
+TOP1 = "top1_accuracy"
+MACRO_F1 = "macro_f1"
+ECE = "expected_calibration_error"
+# Metrics shown in percent; any other metric (counts, losses) is shown as a plain number.
+_FRACTION_METRIC_SUFFIXES = ("accuracy", "f1", "calibration_error", "precision", "recall", "coverage")
+
+_LABELLED_RESULTS = """
+WITH evaluation AS (
+    SELECT * FROM results_by_config WHERE stage = 'evaluation'
+),
+option_variety AS (
+    SELECT method, count(DISTINCT options) AS n_options FROM evaluation GROUP BY method
+),
+backbone_variety AS (
+    SELECT count(DISTINCT backbone) AS n_backbones FROM evaluation
+),
+labels AS (
+    SELECT DISTINCT e.backbone, e.method, e.options,
+        CASE WHEN b.n_backbones > 1 THEN e.backbone || ' / ' ELSE '' END
+        || e.method
+        || CASE WHEN v.n_options > 1 THEN ' ' || e.options ELSE '' END AS configuration
+    FROM evaluation AS e JOIN option_variety AS v USING (method) CROSS JOIN backbone_variety AS b
+),
+labelled AS (
+    SELECT e.*, l.configuration FROM evaluation AS e JOIN labels AS l USING (backbone, method, options)
+)
+"""
+
+RUN_COUNTS_SQL = """
+SELECT count(*) AS runs,
+       count(*) FILTER (WHERE is_current) AS current_runs,
+       max(finished_at) AS latest_finished_at
+FROM runs
+"""
+
+DATASETS_SQL = "SELECT DISTINCT dataset FROM runs WHERE is_current ORDER BY dataset"
+
+HEADLINE_SQL = _LABELLED_RESULTS + """,
+test_top1 AS (SELECT * FROM labelled WHERE split = 'test' AND metric = 'top1_accuracy'),
+zero_shot AS (
+    SELECT dataset, max(mean) AS zero_shot_top1 FROM test_top1 WHERE method = $zero_shot GROUP BY dataset
+),
+best_trained AS (
+    SELECT dataset, configuration, shots, mean, std, n_seeds FROM test_top1 WHERE method <> $zero_shot
+    QUALIFY row_number() OVER (PARTITION BY dataset ORDER BY mean DESC, configuration, shots) = 1
+)
+SELECT d.dataset, z.zero_shot_top1, b.configuration AS best_configuration, b.shots AS best_shots,
+       b.mean AS best_top1, b.std AS best_std, b.n_seeds AS best_n_seeds, b.mean - z.zero_shot_top1 AS gain
+FROM (SELECT DISTINCT dataset FROM test_top1) AS d
+LEFT JOIN zero_shot AS z USING (dataset)
+LEFT JOIN best_trained AS b USING (dataset)
+ORDER BY d.dataset
+"""
+
+HEADLINE_AVERAGE_SQL = f"""
+SELECT avg(zero_shot_top1) AS mean_zero_shot_top1,
+       count(zero_shot_top1) AS n_zero_shot_datasets,
+       avg(best_top1) AS mean_best_top1,
+       count(best_top1) AS n_best_datasets,
+       avg(gain) AS mean_gain,
+       count(gain) AS n_gain_datasets
+FROM ({HEADLINE_SQL})
+"""
+
+CONFIGURATION_AVERAGES_SQL = _LABELLED_RESULTS + """
+SELECT configuration, shots, avg(mean) AS mean_top1, count(DISTINCT dataset) AS n_datasets
+FROM labelled WHERE split = 'test' AND metric = 'top1_accuracy'
+GROUP BY configuration, method, shots
+ORDER BY method <> $zero_shot, configuration, shots
+"""
+
+CROSS_DATASET_SQL = _LABELLED_RESULTS + """
+SELECT dataset, configuration, shots,
+       max(mean) FILTER (WHERE metric = 'top1_accuracy') AS top1_mean,
+       max(std) FILTER (WHERE metric = 'top1_accuracy') AS top1_std,
+       max(n_seeds) FILTER (WHERE metric = 'top1_accuracy') AS top1_seeds,
+       max(mean) FILTER (WHERE metric = 'macro_f1') AS macro_f1_mean,
+       max(std) FILTER (WHERE metric = 'macro_f1') AS macro_f1_std,
+       max(n_seeds) FILTER (WHERE metric = 'macro_f1') AS macro_f1_seeds,
+       max(mean) FILTER (WHERE metric = 'expected_calibration_error') AS ece_mean,
+       max(std) FILTER (WHERE metric = 'expected_calibration_error') AS ece_std,
+       max(n_seeds) FILTER (WHERE metric = 'expected_calibration_error') AS ece_seeds
+FROM labelled WHERE split = 'test'
+GROUP BY dataset, configuration, method, shots
+HAVING top1_mean IS NOT NULL
+ORDER BY dataset, method <> $zero_shot, configuration, shots
+"""
+
+# The bar chart compares each configuration at its largest shot count on each dataset.
+BAR_CHART_SQL = _LABELLED_RESULTS + """
+SELECT dataset, configuration, shots, mean, std, n_seeds
+FROM labelled WHERE split = 'test' AND metric = 'top1_accuracy'
+QUALIFY shots = max(shots) OVER (PARTITION BY dataset, configuration)
+ORDER BY dataset, method <> $zero_shot, configuration
+"""
+
+SHOT_CURVES_SQL = _LABELLED_RESULTS + """
+SELECT dataset, configuration, method = $zero_shot AS is_zero_shot, shots, mean, std,
+       count(*) OVER (PARTITION BY dataset, configuration) AS n_shot_counts
+FROM labelled WHERE split = 'test' AND metric = 'top1_accuracy'
+ORDER BY dataset, method <> $zero_shot, configuration, shots
+"""
+
+BASE_TO_NEW_SQL = _LABELLED_RESULTS + """
+SELECT r.dataset, l.configuration, r.shots, r.base_accuracy, r.base_std, r.new_accuracy, r.new_std,
+       r.harmonic_mean, r.n_seeds
+FROM base_to_new_results AS r JOIN labels AS l USING (backbone, method, options)
+ORDER BY r.dataset, r.method <> $zero_shot, l.configuration, r.shots
+"""
+
+BASE_TO_NEW_AVERAGES_SQL = _LABELLED_RESULTS + """
+SELECT l.configuration, a.shots, a.base_accuracy, a.new_accuracy, a.harmonic_mean, a.n_datasets
+FROM base_to_new_averages AS a JOIN labels AS l USING (backbone, method, options)
+ORDER BY a.method <> $zero_shot, l.configuration, a.shots
+"""
+
+OTHER_EVALUATION_SPLITS_SQL = _LABELLED_RESULTS + """
+SELECT dataset, split, configuration, shots, mean, std, n_seeds
+FROM labelled WHERE metric = 'top1_accuracy' AND split NOT IN ('test', 'base', 'new')
+ORDER BY dataset, split, method <> $zero_shot, configuration, shots
+"""
+
+STAGE_RESULTS_SQL = """
+SELECT stage, dataset, method, shots, options, split, metric, mean, std, n_seeds
+FROM results_by_config WHERE stage = $stage
+ORDER BY dataset, method, shots, options, split, metric
+"""
+
+OTHER_STAGES_SQL = """
+SELECT DISTINCT stage FROM runs WHERE is_current AND stage NOT IN ('evaluation', 'pseudolabels') ORDER BY stage
+"""
+
+RUNS_BY_STAGE_SQL = """
+SELECT stage, count(*) AS runs, count(*) FILTER (WHERE is_current) AS current_runs,
+       count(DISTINCT dataset) AS datasets, min(started_at) AS first_started_at, max(finished_at) AS last_finished_at
+FROM runs GROUP BY stage ORDER BY stage
+"""
+
+PROVENANCE_SQL = """
+WITH facts AS (
+    SELECT 'code version' AS field, coalesce(code_version, '(none)') AS value, is_current FROM runs
+    UNION ALL SELECT 'git commit', coalesce(git_commit, '(none)'), is_current FROM runs
+    UNION ALL SELECT 'backbone (weights sha256)',
+                     backbone || ' (' || coalesce(backbone_weights_sha256, 'unknown') || ')', is_current FROM runs
+    UNION ALL SELECT 'config hash', config_hash, is_current FROM runs
+    UNION ALL SELECT 'data hash (' || dataset || ')', coalesce(data_hash, '(none)'), is_current FROM runs
+)
+SELECT field, value, count(*) AS runs, count(*) FILTER (WHERE is_current) AS current_runs
+FROM facts GROUP BY field, value ORDER BY field, current_runs DESC, value
+"""
+
+CURRENT_CODE_VERSIONS_SQL = """
+SELECT count(DISTINCT coalesce(code_version, '(none)')) AS n_code_versions FROM runs WHERE is_current
+"""
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """Where the report went and its key numbers (fractions, not percent) for callers and logs."""
+
+    html_path: Path
+    is_empty: bool
+    num_runs: int
+    num_current_runs: int
+    datasets: tuple[str, ...]
+    mean_zero_shot_top1: float | None  # test top-1 of zero-shot averaged over datasets
+    mean_best_trained_top1: float | None  # per dataset the best trained configuration, averaged over datasets
+    # "<configuration> (<shots> shots)" -> test top-1 averaged over the datasets that configuration ran on
+    mean_top1_by_method: dict[str, float] = field(default_factory=dict)
+    # "<configuration> (<shots> shots)" -> harmonic mean of the dataset-averaged base and new top-1
+    harmonic_mean_by_method: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------- formatting
+def _is_fraction_metric(metric: str) -> bool:
+    return metric.endswith(_FRACTION_METRIC_SUFFIXES)
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100.0 * value:.2f}"
+
+
+def _seeds(n_seeds: int | None) -> str:
+    return "" if n_seeds is None else f" ({n_seeds} seed{'s' if n_seeds != 1 else ''})"
+
+
+def format_mean_std(mean: float | None, std: float | None, n_seeds: int | None, percent: bool = True) -> str:
+    """'mean ± std (n seeds)', in percent with two decimals for fractions; '–' when there is no value."""
+    if mean is None:
+        return "–"
+    if percent:
+        return f"{100.0 * mean:.2f} ± {100.0 * (std or 0.0):.2f}{_seeds(n_seeds)}"
+    return f"{mean:.4g} ± {(std or 0.0):.4g}{_seeds(n_seeds)}"
+
+
+def _signed_points(value: float | None) -> str:
+    return "–" if value is None else f"{100.0 * value:+.2f}"
+
+
+def _label(configuration: str, shots: int) -> str:
+    return f"{configuration} ({shots} shots)"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric_columns: Iterable[int] = ()) -> str:
+    numeric = set(numeric_columns)
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f"<td class=\"num\">{html.escape(str(c))}</td>" if i in numeric else f"<td>{html.escape(str(c))}</td>"
+            for i, c in enumerate(row)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _section(title: str, *parts: str) -> str:
+    return f"<section><h2>{html.escape(title)}</h2>{''.join(parts)}</section>"
+
+
+def _paragraph(text: str, css_class: str = "") -> str:
+    class_attribute = f' class="{css_class}"' if css_class else ""
+    return f"<p{class_attribute}>{html.escape(text)}</p>"
+
+
+def _figure_to_image(figure: Figure, alt: str) -> str:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    # No software/version metadata, so the same numbers give the same bytes.
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.8em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: left; }
+th { background: #f3f4f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tbody tr:nth-child(even) { background: #fafafa; }
+.muted { color: #666; } .empty { font-size: 1.2em; padding: 1.5em; background: #f6f8fa; border-radius: 6px; }
+.warning { color: #8a5300; background: #fff7e6; padding: 0.5em; border-radius: 4px; }
+img { max-width: 100%; }
+"""
+
+
+def _document(title: str, body: str) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+    )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------- charts
+_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
+           "#64B5CD")
+
+
+def _bar_chart(results: pl.DataFrame) -> str:
+    datasets = results["dataset"].unique(maintain_order=True).to_list()
+    configurations = results["configuration"].unique(maintain_order=True).to_list()
+    width = 0.8 / len(configurations)
+    figure = Figure(figsize=(max(6.0, 1.2 * len(datasets) * max(1, len(configurations)) * 0.5 + 2), 4.2))
+    axes = figure.add_subplot()
+    for index, configuration in enumerate(configurations):
+        rows = results.filter(pl.col("configuration") == configuration)
+        positions = [datasets.index(d) + (index - (len(configurations) - 1) / 2) * width for d in rows["dataset"]]
+        axes.bar(positions, (rows["mean"] * 100).to_list(), width, yerr=(rows["std"] * 100).to_list(), capsize=3,
+                 label=configuration, color=_COLORS[index % len(_COLORS)])
+    axes.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
+    axes.set_ylabel("test top-1 accuracy (%)")
+    axes.set_title("Top-1 per dataset (largest shot count; error bars: std over seeds)")
+    axes.legend(fontsize="small", ncols=min(4, len(configurations)))
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return _figure_to_image(figure, "grouped bar chart of test top-1 accuracy per dataset and method")
+
+
+def _shot_curves(results: pl.DataFrame) -> str:
+    datasets = results["dataset"].unique(maintain_order=True).to_list()
+    configurations = results["configuration"].unique(maintain_order=True).to_list()
+    columns = min(3, len(datasets))
+    rows_of_plots = (len(datasets) + columns - 1) // columns
+    figure = Figure(figsize=(4.2 * columns, 3.4 * rows_of_plots))
+    for plot_index, dataset in enumerate(datasets):
+        axes = figure.add_subplot(rows_of_plots, columns, plot_index + 1)
+        of_dataset = results.filter(pl.col("dataset") == dataset)
+        for index, configuration in enumerate(configurations):
+            rows = of_dataset.filter(pl.col("configuration") == configuration)
+            if rows.height == 0:
+                continue
+            color = _COLORS[index % len(_COLORS)]
+            if rows["is_zero_shot"][0] or rows["shots"].max() == 0:
+                axes.axhline(rows["mean"][0] * 100, color=color, linestyle="--", label=configuration)
+            else:
+                rows = rows.filter(pl.col("shots") > 0)
+                axes.errorbar(rows["shots"].to_list(), (rows["mean"] * 100).to_list(),
+                              yerr=(rows["std"] * 100).to_list(), marker="o", capsize=3, color=color,
+                              label=configuration)
+        shot_counts = sorted(set(of_dataset["shots"].to_list()) - {0})
+        if shot_counts:
+            # Few-shot protocols double the shots (1, 2, 4, 8, 16): a log2 axis spaces them evenly.
+            axes.set_xscale("log", base=2)
+            axes.set_xticks(shot_counts, [str(count) for count in shot_counts])
+            axes.minorticks_off()
+        axes.set_title(dataset)
+        axes.set_xlabel("shots per class")
+        axes.set_ylabel("test top-1 (%)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="x-small")
+    figure.tight_layout()
+    return _figure_to_image(figure, "test top-1 accuracy against shots per class, one panel per dataset")
+
+
+# --------------------------------------------------------------------------------------------------- sections
+def _headline_section(warehouse: Warehouse, params: dict) -> tuple[str, dict[str, float], float | None, float | None]:
+    per_dataset = warehouse.query(HEADLINE_SQL, params)
+    if per_dataset.height == 0:
+        return _section("Headline", _paragraph("No test results of evaluation runs yet.", "muted")), {}, None, None
+    average = warehouse.query(HEADLINE_AVERAGE_SQL, params).row(0, named=True)
+    rows = [
+        (r["dataset"], _percent(r["zero_shot_top1"]),
+         "–" if r["best_configuration"] is None else _label(r["best_configuration"], r["best_shots"]),
+         format_mean_std(r["best_top1"], r["best_std"], r["best_n_seeds"]), _signed_points(r["gain"]))
+        for r in per_dataset.iter_rows(named=True)
+    ]
+    rows.append((
+        f"Average ({average['n_zero_shot_datasets']} / {average['n_best_datasets']} datasets)",
+        _percent(average["mean_zero_shot_top1"]), "best per dataset", _percent(average["mean_best_top1"]),
+        _signed_points(average["mean_gain"]),
+    ))
+    headline = _table(["Dataset", "Zero-shot top-1 (%)", "Best trained configuration", "Best top-1 (%)",
+                       "Gain (points)"], rows, numeric_columns=(1, 3, 4))
+    averages = warehouse.query(CONFIGURATION_AVERAGES_SQL, params)
+    by_method = {_label(r["configuration"], r["shots"]): r["mean_top1"] for r in averages.iter_rows(named=True)}
+    averages_table = _table(
+        ["Configuration", "Shots", "Mean test top-1 over datasets (%)", "Datasets"],
+        [(r["configuration"], r["shots"], _percent(r["mean_top1"]), r["n_datasets"])
+         for r in averages.iter_rows(named=True)],
+        numeric_columns=(1, 2, 3),
+    )
+    section = _section(
+        "Headline",
+        _paragraph(f"Zero-shot is method '{params['zero_shot']}'; the best trained configuration is chosen per "
+                   "dataset by mean test top-1 over seeds."),
+        headline,
+        "<h3>Average over datasets, per configuration</h3>",
+        averages_table,
+    )
+    return section, by_method, average["mean_zero_shot_top1"], average["mean_best_top1"]
+
+
+def _cross_dataset_section(warehouse: Warehouse, params: dict) -> str:
+    results = warehouse.query(CROSS_DATASET_SQL, params)
+    if results.height == 0:
+        return ""
+    rows = [
+        (r["dataset"], r["configuration"], r["shots"], format_mean_std(r["top1_mean"], r["top1_std"], r["top1_seeds"]),
+         format_mean_std(r["macro_f1_mean"], r["macro_f1_std"], r["macro_f1_seeds"]),
+         format_mean_std(r["ece_mean"], r["ece_std"], r["ece_seeds"]))
+        for r in results.iter_rows(named=True)
+    ]
+    return _section(
+        "Cross-dataset results (test split)",
+        _paragraph("Mean ± sample std over seeds, in percent; lower ECE is better calibrated.", "muted"),
+        _table(["Dataset", "Configuration", "Shots", "Top-1 (%)", "Macro-F1 (%)", "ECE (%)"], rows,
+               numeric_columns=(2, 3, 4, 5)),
+    )
+
+
+def _charts_section(warehouse: Warehouse, params: dict) -> str:
+    bars = warehouse.query(BAR_CHART_SQL, params)
+    if bars.height == 0:
+        return ""
+    parts = [_bar_chart(bars)]
+    curves = warehouse.query(SHOT_CURVES_SQL, params)
+    if curves.filter(~pl.col("is_zero_shot") & (pl.col("n_shot_counts") > 1)).height:
+        parts.append(_shot_curves(curves))
+    return _section("Charts", *parts)
+
+
+def _base_to_new_section(warehouse: Warehouse, params: dict) -> tuple[str, dict[str, float]]:
+    results = warehouse.query(BASE_TO_NEW_SQL, params)
+    if results.height == 0:
+        return "", {}
+    averages = warehouse.query(BASE_TO_NEW_AVERAGES_SQL, params)
+    rows = [
+        (r["dataset"], r["configuration"], r["shots"], format_mean_std(r["base_accuracy"], r["base_std"], None),
+         format_mean_std(r["new_accuracy"], r["new_std"], None), _percent(r["harmonic_mean"]), r["n_seeds"])
+        for r in results.iter_rows(named=True)
+    ]
+    average_rows = [
+        (r["configuration"], r["shots"], _percent(r["base_accuracy"]), _percent(r["new_accuracy"]),
+         _percent(r["harmonic_mean"]), r["n_datasets"])
+        for r in averages.iter_rows(named=True)
+    ]
+    harmonic_by_method = {_label(r["configuration"], r["shots"]): r["harmonic_mean"]
+                          for r in averages.iter_rows(named=True)}
+    section = _section(
+        "Base-to-new generalization",
+        _paragraph("Top-1 on base and new classes; HM = 2·B·N / (B + N) of the seed means, computed in SQL. "
+                   "The averages row takes the HM of the dataset-averaged base and new accuracies.", "muted"),
+        _table(["Dataset", "Configuration", "Shots", "Base (%)", "New (%)", "HM (%)", "Seeds"], rows,
+               numeric_columns=(2, 3, 4, 5, 6)),
+        "<h3>Average over datasets</h3>",
+        _table(["Configuration", "Shots", "Base (%)", "New (%)", "HM (%)", "Datasets"], average_rows,
+               numeric_columns=(1, 2, 3, 4, 5)),
+    )
+    return section, harmonic_by_method
+
+
+def _other_splits_section(warehouse: Warehouse, params: dict) -> str:
+    results = warehouse.query(OTHER_EVALUATION_SPLITS_SQL, params)
+    if results.height == 0:
+        return ""
+    rows = [
+        (r["dataset"], r["split"], r["configuration"], r["shots"], format_mean_std(r["mean"], r["std"], r["n_seeds"]))
+        for r in results.iter_rows(named=True)
+    ]
+    return _section("Other evaluation splits (top-1)",
+                    _table(["Dataset", "Split", "Configuration", "Shots", "Top-1 (%)"], rows, numeric_columns=(3, 4)))
+
+
+def _stage_table(results: pl.DataFrame) -> str:
+    rows = [
+        (r["dataset"], r["method"], r["shots"], r["options"], r["split"], r["metric"],
+         format_mean_std(r["mean"], r["std"], r["n_seeds"], percent=_is_fraction_metric(r["metric"])))
+        for r in results.iter_rows(named=True)
+    ]
+    return _table(["Dataset", "Method", "Shots", "Options", "Split", "Metric", "Mean ± std"], rows,
+                  numeric_columns=(2, 6))
+
+
+def _pseudolabel_section(warehouse: Warehouse) -> str:
+    results = warehouse.query(STAGE_RESULTS_SQL, {"stage": "pseudolabels"})
+    if results.height == 0:
+        return ""
+    return _section(
+        "Pseudolabel quality",
+        _paragraph("Accuracy-like metrics in percent, counts as numbers; mean ± std over seeds.", "muted"),
+        _stage_table(results),
+    )
+
+
+def _other_stages_section(warehouse: Warehouse) -> str:
+    stages = warehouse.query(OTHER_STAGES_SQL)["stage"].to_list()
+    parts = []
+    for stage in stages:
+        results = warehouse.query(STAGE_RESULTS_SQL, {"stage": stage})
+        if results.height:
+            parts += [f"<h3>{html.escape(stage)}</h3>", _stage_table(results)]
+    return _section("Other stages", *parts) if parts else ""
+
+
+def _provenance_section(warehouse: Warehouse) -> str:
+    by_stage = warehouse.query(RUNS_BY_STAGE_SQL)
+    facts = warehouse.query(PROVENANCE_SQL)
+    code_versions = warehouse.query(CURRENT_CODE_VERSIONS_SQL)["n_code_versions"][0]
+    parts = []
+    if code_versions > 1:
+        parts.append(_paragraph(f"Current results come from {code_versions} different code versions.", "warning"))
+    parts.append(_table(
+        ["Stage", "Runs", "Current runs", "Datasets", "First started (UTC)", "Last finished (UTC)"],
+        [(r["stage"], r["runs"], r["current_runs"], r["datasets"], r["first_started_at"], r["last_finished_at"])
+         for r in by_stage.iter_rows(named=True)],
+        numeric_columns=(1, 2, 3),
+    ))
+    parts.append(_table(
+        ["Field", "Value", "Runs", "Current runs"],
+        [(r["field"], r["value"], r["runs"], r["current_runs"]) for r in facts.iter_rows(named=True)],
+        numeric_columns=(2, 3),
+    ))
+    return _section("Provenance", *parts)
+
+
+# ------------------------------------------------------------------------------------------------------- entry
+def build_report(
+    warehouse: Warehouse,
+    html_path: Path,
+    title: str = "PromptLab report",
+    zero_shot_method: str = "zero_shot",
+) -> ReportSummary:
+    """Write the HTML report of the warehouse's current results to `html_path` and return its key numbers."""
+    html_path = Path(html_path)
+    counts = (warehouse.query(RUN_COUNTS_SQL).row(0, named=True) if warehouse.database_path.exists()
+              else {"runs": 0, "current_runs": 0, "latest_finished_at": None})
+    if counts["runs"] == 0:
+        body = _paragraph(f"No runs recorded yet in {warehouse.database_path.name}. Materialize the evaluation "
+                          "assets, then rebuild this report.", "empty")
+        _write_atomically(html_path, _document(title, body))
+        return ReportSummary(html_path, True, 0, 0, (), None, None)
+
+    params = {"zero_shot": zero_shot_method}
+    datasets = tuple(warehouse.query(DATASETS_SQL)["dataset"].to_list())
+    headline, by_method, mean_zero_shot, mean_best = _headline_section(warehouse, params)
+    base_to_new, harmonic_by_method = _base_to_new_section(warehouse, params)
+    overview = _paragraph(
+        f"{counts['runs']} runs recorded ({counts['current_runs']} current) over {len(datasets)} datasets; "
+        f"latest run finished {counts['latest_finished_at']} UTC. Source: {warehouse.database_path.name}.",
+        "muted",
+    )
+    body = "".join([
+        overview,
+        headline,
+        _cross_dataset_section(warehouse, params),
+        _charts_section(warehouse, params),
+        base_to_new,
+        _other_splits_section(warehouse, params),
+        _pseudolabel_section(warehouse),
+        _other_stages_section(warehouse),
+        _provenance_section(warehouse),
+    ])
+    _write_atomically(html_path, _document(title, body))
+    return ReportSummary(
+        html_path=html_path,
+        is_empty=False,
+        num_runs=counts["runs"],
+        num_current_runs=counts["current_runs"],
+        datasets=datasets,
+        mean_zero_shot_top1=mean_zero_shot,
+        mean_best_trained_top1=mean_best,
+        mean_top1_by_method=by_method,
+        harmonic_mean_by_method=harmonic_by_method,
+    )

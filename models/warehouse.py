@@ -1,0 +1,667 @@
+"""The results warehouse: one DuckDB file plus one Parquet file of predictions per run.
+
+Every result PromptLab produces is written through `Warehouse.record_run`, one row per fact with its full
+provenance, so reports and dashboards are SQL over these tables and never parse logs.
+
+Concurrency. DuckDB allows a single writing process, and a process holding the file read-only (a dashboard, the
+DuckDB CLI) blocks writers. So no connection is ever kept open: every write opens the file, runs ONE short
+transaction and closes it (closing checkpoints the write-ahead log, so readers see a complete file); every query
+opens it read-only and closes it. When the file is locked by another process the open is retried with exponential
+backoff and then fails with `WarehouseLockedError`, which names the file.
+
+Schema (all accuracy-like values are fractions in [0, 1]; timestamps are UTC without a time zone):
+
+- `experiments` (experiment_key PK, method, shots, seed, options JSON, config_hash): one row per experiment
+  configuration, upserted by every run of it.
+- `runs` (run_id PK, stage, dataset, experiment_key, partition_key, method, shots, seed, options JSON,
+  dagster_run_id, code_version, config_hash, git_commit, backbone, backbone_weights_sha256, data_hash,
+  templates JSON, started_at, finished_at, is_current): every run ever recorded. Recording a run of a
+  (stage, dataset, partition_key) marks the earlier runs of it `is_current = false`; they are kept.
+- `metrics` (run_id, dataset, experiment_key, split, metric, value): rows of CURRENT runs only, so a query over
+  it never double counts a re-materialized partition. PK (run_id, split, metric).
+- `metrics_history`: the same columns + superseded_at, superseded_by_run_id: rows of superseded runs.
+- `per_class_metrics` (run_id, dataset, split, label, classname, accuracy, f1, support) and
+  `per_class_metrics_history` (+ superseded_at, superseded_by_run_id). accuracy / f1 are NULL where undefined
+  (no support / neither support nor predictions).
+- predictions: `<predictions_dir>/run_id=<run_id>.parquet` per run (run_id, dataset, split, relative_path,
+  label, predicted_label, confidence), exposed by the view `predictions` over the current runs' files. The
+  directory always holds an empty, typed `run_id=__empty__.parquet` so the view works before any run wrote one.
+  The view stores the directory's absolute path: after moving the workspace, call `ensure_schema()` again.
+
+Views: `current_results` (current runs joined with their metrics), `results_by_config` (mean / sample std /
+number of seeds over the seeds of each configuration: stage, dataset, backbone, method, shots, options, split,
+metric; std is 0 for a single seed), `base_to_new_results` (per dataset and configuration: mean base and new
+top-1 and their harmonic mean), `base_to_new_averages` (the same averaged over datasets, harmonic mean of the
+averages as the papers report it). Macro `harmonic_mean(base, new)`. `dashboards/README.md` has examples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+PREDICTIONS_FILE_PREFIX = "run_id="
+EMPTY_PREDICTIONS_FILE = "run_id=__empty__.parquet"
+PREDICTION_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "dataset": pl.String(),
+    "split": pl.String(),
+    "relative_path": pl.String(),
+    "label": pl.Int64(),
+    "predicted_label": pl.Int64(),
+    "confidence": pl.Float64(),
+}
+# run_id becomes part of a file name, so it is limited to characters that are safe on every file system.
+_RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+
+
+class WarehouseLockedError(RuntimeError):
+    """The database file stayed locked by another process through every retry."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    stage: str  # 'evaluation' | 'pseudolabels' | ...
+    dataset: str
+    experiment_key: str
+    partition_key: str
+    method: str
+    shots: int
+    seed: int
+    options: dict
+    dagster_run_id: str | None
+    code_version: str | None
+    config_hash: str
+    git_commit: str | None
+    backbone: str
+    backbone_weights_sha256: str | None
+    data_hash: str | None
+    templates: dict | list
+    started_at: datetime
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    split: str  # 'test' | 'base' | 'new' | 'all' | ...
+    metric: str  # e.g. 'top1_accuracy', 'macro_f1', 'expected_calibration_error'
+    value: float
+
+
+@dataclass(frozen=True)
+class PerClassRow:
+    split: str
+    label: int
+    classname: str
+    accuracy: float | None
+    f1: float | None
+    support: int
+
+
+def metric_rows(split: str, values: Mapping[str, float]) -> list[MetricRow]:
+    """MetricRows of one split from a {metric: value} mapping (e.g. ClassificationMetrics.scalar_metrics())."""
+    return [MetricRow(split=split, metric=metric, value=float(value)) for metric, value in values.items()]
+
+
+def per_class_rows(split: str, records: Iterable[Any]) -> list[PerClassRow]:
+    """PerClassRows of one split from records with label, classname, accuracy, f1 and support attributes
+    (e.g. ClassificationMetrics.per_class)."""
+    return [
+        PerClassRow(split, int(r.label), str(r.classname), r.accuracy, r.f1, int(r.support)) for r in records
+    ]
+
+
+_SCHEMA_TABLES = """
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment_key VARCHAR PRIMARY KEY,
+    method VARCHAR NOT NULL,
+    shots INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    options JSON NOT NULL,
+    config_hash VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    stage VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    experiment_key VARCHAR NOT NULL,
+    partition_key VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    shots INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    options JSON NOT NULL,
+    dagster_run_id VARCHAR,
+    code_version VARCHAR,
+    config_hash VARCHAR NOT NULL,
+    git_commit VARCHAR,
+    backbone VARCHAR NOT NULL,
+    backbone_weights_sha256 VARCHAR,
+    data_hash VARCHAR,
+    templates JSON NOT NULL,
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP NOT NULL,
+    is_current BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    experiment_key VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    metric VARCHAR NOT NULL,
+    value DOUBLE NOT NULL,
+    PRIMARY KEY (run_id, split, metric)
+);
+CREATE TABLE IF NOT EXISTS metrics_history (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    experiment_key VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    metric VARCHAR NOT NULL,
+    value DOUBLE NOT NULL,
+    superseded_at TIMESTAMP NOT NULL,
+    superseded_by_run_id VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS per_class_metrics (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    label INTEGER NOT NULL,
+    classname VARCHAR NOT NULL,
+    accuracy DOUBLE,
+    f1 DOUBLE,
+    support INTEGER NOT NULL,
+    PRIMARY KEY (run_id, split, label)
+);
+CREATE TABLE IF NOT EXISTS per_class_metrics_history (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    label INTEGER NOT NULL,
+    classname VARCHAR NOT NULL,
+    accuracy DOUBLE,
+    f1 DOUBLE,
+    support INTEGER NOT NULL,
+    superseded_at TIMESTAMP NOT NULL,
+    superseded_by_run_id VARCHAR NOT NULL
+);
+"""
+
+_SCHEMA_VIEWS = """
+CREATE OR REPLACE MACRO harmonic_mean(base, new) AS
+    CASE WHEN base + new = 0 THEN 0.0 ELSE 2.0 * base * new / (base + new) END;
+CREATE OR REPLACE VIEW current_results AS
+    SELECT r.run_id, r.stage, r.dataset, r.experiment_key, r.partition_key, r.method, r.shots, r.seed,
+           CAST(r.options AS VARCHAR) AS options, r.backbone, r.config_hash, r.code_version, r.git_commit,
+           r.started_at, r.finished_at, m.split, m.metric, m.value
+    FROM runs AS r JOIN metrics AS m ON m.run_id = r.run_id
+    WHERE r.is_current;
+CREATE OR REPLACE VIEW results_by_config AS
+    SELECT stage, dataset, backbone, method, shots, options, split, metric,
+           avg(value) AS mean,
+           coalesce(stddev_samp(value), 0.0) AS std,
+           count(DISTINCT seed) AS n_seeds,
+           count(*) AS n_runs
+    FROM current_results
+    GROUP BY stage, dataset, backbone, method, shots, options, split, metric;
+CREATE OR REPLACE VIEW base_to_new_results AS
+    WITH per_config AS (
+        SELECT dataset, backbone, method, shots, options,
+               max(mean) FILTER (WHERE split = 'base') AS base_accuracy,
+               max(std) FILTER (WHERE split = 'base') AS base_std,
+               max(mean) FILTER (WHERE split = 'new') AS new_accuracy,
+               max(std) FILTER (WHERE split = 'new') AS new_std,
+               least(max(n_seeds) FILTER (WHERE split = 'base'), max(n_seeds) FILTER (WHERE split = 'new'))
+                   AS n_seeds
+        FROM results_by_config
+        WHERE stage = 'evaluation' AND metric = 'top1_accuracy' AND split IN ('base', 'new')
+        GROUP BY dataset, backbone, method, shots, options
+    )
+    SELECT *, harmonic_mean(base_accuracy, new_accuracy) AS harmonic_mean
+    FROM per_config
+    WHERE base_accuracy IS NOT NULL AND new_accuracy IS NOT NULL;
+CREATE OR REPLACE VIEW base_to_new_averages AS
+    SELECT backbone, method, shots, options,
+           avg(base_accuracy) AS base_accuracy,
+           avg(new_accuracy) AS new_accuracy,
+           harmonic_mean(avg(base_accuracy), avg(new_accuracy)) AS harmonic_mean,
+           count(*) AS n_datasets
+    FROM base_to_new_results
+    GROUP BY backbone, method, shots, options;
+"""
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _canonical_json(value: Any, field_name: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{field_name}: not JSON serialisable ({error})") from error
+
+
+def _as_utc_naive(moment: datetime, field_name: str) -> datetime:
+    if not isinstance(moment, datetime):
+        raise ValueError(f"{field_name}: expected a datetime, got {type(moment).__name__}")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment  # naive datetimes are taken to be UTC already
+
+
+def _is_finite_number(value: Any) -> bool:
+    # numbers.Real also admits numpy scalars (np.float32 is not a float subclass).
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_non_negative_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+
+
+def _validate_run(run: RunRecord) -> None:
+    if not isinstance(run, RunRecord):
+        raise ValueError(f"run: expected a RunRecord, got {type(run).__name__}")
+    required_text = ("run_id", "stage", "dataset", "experiment_key", "partition_key", "method", "config_hash",
+                     "backbone")
+    optional_text = ("dagster_run_id", "code_version", "git_commit", "backbone_weights_sha256", "data_hash")
+    for name in required_text:
+        value = getattr(run, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"run.{name}: expected a non-empty string, got {value!r}")
+    for name in optional_text:
+        value = getattr(run, name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"run.{name}: expected a string or None, got {value!r}")
+    if not _RUN_ID_PATTERN.match(run.run_id):
+        raise ValueError(f"run.run_id: {run.run_id!r} may only hold letters, digits and . _ + = - "
+                         "(it names the predictions file)")
+    for name in ("shots", "seed"):
+        value = getattr(run, name)
+        if not _is_non_negative_integer(value):
+            raise ValueError(f"run.{name}: expected a non-negative integer, got {value!r}")
+    if not isinstance(run.options, dict):
+        raise ValueError(f"run.options: expected a dict, got {type(run.options).__name__}")
+    if not isinstance(run.templates, (dict, list)):
+        raise ValueError(f"run.templates: expected a dict or list, got {type(run.templates).__name__}")
+    _canonical_json(run.options, "run.options")
+    _canonical_json(run.templates, "run.templates")
+    started_at = _as_utc_naive(run.started_at, "run.started_at")
+    finished_at = _as_utc_naive(run.finished_at, "run.finished_at")
+    if finished_at < started_at:
+        raise ValueError(f"run.finished_at: {finished_at} is before run.started_at {started_at}")
+
+
+def _metric_frame(run: RunRecord, metrics: Sequence[MetricRow]) -> pl.DataFrame:
+    seen: set[tuple[str, str]] = set()
+    for index, row in enumerate(metrics):
+        if not isinstance(row, MetricRow):
+            raise ValueError(f"metrics[{index}]: expected a MetricRow, got {type(row).__name__}")
+        if not isinstance(row.split, str) or not row.split.strip():
+            raise ValueError(f"metrics[{index}].split: expected a non-empty string, got {row.split!r}")
+        if not isinstance(row.metric, str) or not row.metric.strip():
+            raise ValueError(f"metrics[{index}].metric: expected a non-empty metric name, got {row.metric!r}")
+        if not _is_finite_number(row.value):
+            raise ValueError(f"metrics[{index}].value: {row.metric} on {row.split} is {row.value!r}, "
+                             "expected a finite number")
+        if (row.split, row.metric) in seen:
+            raise ValueError(f"metrics[{index}]: duplicate metric {row.metric!r} for split {row.split!r}")
+        seen.add((row.split, row.metric))
+    return pl.DataFrame(
+        {
+            "run_id": [run.run_id] * len(metrics),
+            "dataset": [run.dataset] * len(metrics),
+            "experiment_key": [run.experiment_key] * len(metrics),
+            "split": [row.split for row in metrics],
+            "metric": [row.metric for row in metrics],
+            "value": [float(row.value) for row in metrics],
+        },
+        schema={"run_id": pl.String, "dataset": pl.String, "experiment_key": pl.String, "split": pl.String,
+                "metric": pl.String, "value": pl.Float64},
+    )
+
+
+def _per_class_frame(run: RunRecord, per_class: Sequence[PerClassRow]) -> pl.DataFrame:
+    seen: set[tuple[str, int]] = set()
+    for index, row in enumerate(per_class):
+        if not isinstance(row, PerClassRow):
+            raise ValueError(f"per_class[{index}]: expected a PerClassRow, got {type(row).__name__}")
+        if not isinstance(row.split, str) or not row.split.strip():
+            raise ValueError(f"per_class[{index}].split: expected a non-empty string, got {row.split!r}")
+        for name in ("label", "support"):
+            value = getattr(row, name)
+            if not _is_non_negative_integer(value):
+                raise ValueError(f"per_class[{index}].{name}: expected a non-negative integer, got {value!r}")
+        if not isinstance(row.classname, str):
+            raise ValueError(f"per_class[{index}].classname: expected a string, got {row.classname!r}")
+        for name in ("accuracy", "f1"):
+            value = getattr(row, name)
+            if value is not None and not (_is_finite_number(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"per_class[{index}].{name}: expected None or a number in [0, 1], got {value!r}")
+        if (row.split, row.label) in seen:
+            raise ValueError(f"per_class[{index}]: duplicate label {row.label} for split {row.split!r}")
+        seen.add((row.split, row.label))
+    return pl.DataFrame(
+        {
+            "run_id": [run.run_id] * len(per_class),
+            "dataset": [run.dataset] * len(per_class),
+            "split": [row.split for row in per_class],
+            "label": [int(row.label) for row in per_class],
+            "classname": [row.classname for row in per_class],
+            "accuracy": [None if row.accuracy is None else float(row.accuracy) for row in per_class],
+            "f1": [None if row.f1 is None else float(row.f1) for row in per_class],
+            "support": [int(row.support) for row in per_class],
+        },
+        schema={"run_id": pl.String, "dataset": pl.String, "split": pl.String, "label": pl.Int32,
+                "classname": pl.String, "accuracy": pl.Float64, "f1": pl.Float64, "support": pl.Int32},
+    )
+
+
+def _prediction_frame(run: RunRecord, predictions: pl.DataFrame) -> pl.DataFrame:
+    """The predictions in the warehouse's column order and types; run_id / dataset are filled from the run."""
+    if not isinstance(predictions, pl.DataFrame):
+        raise ValueError(f"predictions: expected a polars DataFrame, got {type(predictions).__name__}")
+    required = ("split", "relative_path", "label", "predicted_label", "confidence")
+    missing = [name for name in required if name not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions: missing column(s) {missing}; expected {list(PREDICTION_SCHEMA)}")
+    unknown = [name for name in predictions.columns if name not in PREDICTION_SCHEMA]
+    if unknown:
+        raise ValueError(f"predictions: unknown column(s) {unknown}; expected {list(PREDICTION_SCHEMA)}")
+    for name, expected in (("run_id", run.run_id), ("dataset", run.dataset)):
+        if name in predictions.columns:
+            mismatched = predictions.with_row_index("row").filter(pl.col(name) != expected)
+            if mismatched.height:
+                raise ValueError(f"predictions.{name}: row {mismatched['row'][0]} holds "
+                                 f"{mismatched[name][0]!r}, the run's {name} is {expected!r}")
+    for name in required:
+        dtype = predictions.schema[name]
+        wanted = PREDICTION_SCHEMA[name]
+        if wanted == pl.Int64 and not dtype.is_integer():
+            raise ValueError(f"predictions.{name}: expected integer labels, got {dtype}")
+        if wanted == pl.String and dtype != pl.String:
+            raise ValueError(f"predictions.{name}: expected strings, got {dtype}")
+        if wanted == pl.Float64 and not dtype.is_numeric():
+            raise ValueError(f"predictions.{name}: expected numbers, got {dtype}")
+        null_rows = predictions.with_row_index("row").filter(pl.col(name).is_null())
+        if null_rows.height:
+            raise ValueError(f"predictions.{name}: null value at row {null_rows['row'][0]}")
+    for name in ("label", "predicted_label"):
+        negative = predictions.with_row_index("row").filter(pl.col(name) < 0)
+        if negative.height:
+            raise ValueError(f"predictions.{name}: negative label at row {negative['row'][0]}")
+    confidence = predictions["confidence"].cast(pl.Float64)
+    bad_confidence = predictions.with_row_index("row").filter(
+        ~(confidence.is_finite() & (confidence >= 0.0) & (confidence <= 1.0))
+    )
+    if bad_confidence.height:
+        raise ValueError(f"predictions.confidence: row {bad_confidence['row'][0]} holds "
+                         f"{bad_confidence['confidence'][0]!r}, expected a probability in [0, 1]")
+    return predictions.select(
+        pl.lit(run.run_id, dtype=pl.String).alias("run_id"),
+        pl.lit(run.dataset, dtype=pl.String).alias("dataset"),
+        *(pl.col(name).cast(PREDICTION_SCHEMA[name]) for name in required),
+    )
+
+
+# One writer per database file inside this process too: DuckDB shares one database instance between the
+# connections of a process, and two overlapping write transactions on the same rows would conflict.
+_process_write_locks: dict[Path, threading.Lock] = {}
+_process_write_locks_guard = threading.Lock()
+
+
+def _process_write_lock(database_path: Path) -> threading.Lock:
+    with _process_write_locks_guard:
+        return _process_write_locks.setdefault(database_path, threading.Lock())
+
+
+def _is_lock_conflict(error: duckdb.Error) -> bool:
+    message = str(error)
+    # Another process holds the file lock, or this process holds it with the other access mode.
+    return "Could not set lock" in message or "different configuration" in message
+
+
+@contextlib.contextmanager
+def _transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Commit when the block succeeds, roll back on any error (a failing rollback never hides the cause)."""
+    connection.begin()
+    try:
+        yield
+        connection.commit()
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            connection.rollback()
+        raise
+
+
+class Warehouse:
+    """The DuckDB results database and its predictions directory. Holds paths only, never a connection."""
+
+    def __init__(
+        self,
+        database_path: Path,
+        predictions_dir: Path,
+        *,
+        lock_retries: int = 6,
+        lock_backoff_seconds: float = 0.1,
+    ) -> None:
+        self.database_path = Path(database_path).absolute()
+        self.predictions_dir = Path(predictions_dir).absolute()
+        self.lock_retries = lock_retries
+        self.lock_backoff_seconds = lock_backoff_seconds
+
+    # ----------------------------------------------------------------------------------------- connections
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        if read_only and not self.database_path.exists():
+            raise FileNotFoundError(
+                f"warehouse database {self.database_path} does not exist; record a run or call ensure_schema()"
+            )
+        if not read_only:
+            self.database_path.parent.mkdir(parents=True, exist_ok=True)
+        last_error: duckdb.Error | None = None
+        for attempt in range(self.lock_retries + 1):
+            try:
+                return duckdb.connect(str(self.database_path), read_only=read_only)
+            except (duckdb.IOException, duckdb.ConnectionException) as error:
+                if not _is_lock_conflict(error):
+                    raise
+                last_error = error
+                if attempt < self.lock_retries:
+                    time.sleep(self.lock_backoff_seconds * 2**attempt)
+        raise WarehouseLockedError(
+            f"warehouse database {self.database_path} is locked by another connection "
+            f"(tried {self.lock_retries + 1} times; close read-only sessions such as the DuckDB CLI): {last_error}"
+        )
+
+    # ---------------------------------------------------------------------------------------------- schema
+    def prediction_file(self, run_id: str) -> Path:
+        """Where the predictions of `run_id` live once recorded."""
+        return self.predictions_dir / f"{PREDICTIONS_FILE_PREFIX}{run_id}.parquet"
+
+    def _ensure_empty_predictions_file(self) -> None:
+        empty_file = self.predictions_dir / EMPTY_PREDICTIONS_FILE
+        if empty_file.exists():
+            return
+        self.predictions_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self.predictions_dir / f".tmp-{uuid.uuid4().hex}.parquet"
+        pl.DataFrame(schema=PREDICTION_SCHEMA).write_parquet(temporary)
+        os.replace(temporary, empty_file)
+
+    def _create_schema(self, connection: duckdb.DuckDBPyConnection) -> None:
+        connection.execute(_SCHEMA_TABLES)
+        connection.execute(_SCHEMA_VIEWS)
+        columns = ", ".join(PREDICTION_SCHEMA)
+        files = _sql_string(str(self.predictions_dir / f"{PREDICTIONS_FILE_PREFIX}*.parquet"))
+        # The glob always matches the empty typed file; the filter keeps the current runs only (superseded
+        # runs keep their files for history).
+        connection.execute(
+            f"CREATE OR REPLACE VIEW predictions AS SELECT {columns} "
+            f"FROM read_parquet({files}, hive_partitioning = false) "
+            "WHERE run_id IN (SELECT run_id FROM runs WHERE is_current)"
+        )
+
+    def ensure_schema(self) -> None:
+        """Create the tables, views and the predictions directory if missing; safe to call any number of times."""
+        self._ensure_empty_predictions_file()
+        with _process_write_lock(self.database_path), self._connect(read_only=False) as connection:
+            with _transaction(connection):
+                self._create_schema(connection)
+
+    # ---------------------------------------------------------------------------------------------- writes
+    def record_run(
+        self,
+        run: RunRecord,
+        metrics: Sequence[MetricRow],
+        per_class: Sequence[PerClassRow] = (),
+        predictions: pl.DataFrame | None = None,
+    ) -> None:
+        """Record one run, all or nothing, replacing the current run of its (stage, dataset, partition_key).
+
+        Inputs are validated before anything is written (ValueError naming the field). The predictions go to a
+        temporary Parquet file, the database changes happen in one transaction, and the file is renamed into
+        place only after the commit; on any failure the transaction is rolled back and the file deleted.
+        """
+        _validate_run(run)
+        metric_frame = _metric_frame(run, list(metrics))
+        per_class_frame = _per_class_frame(run, list(per_class))
+        prediction_frame = None if predictions is None else _prediction_frame(run, predictions)
+
+        self._ensure_empty_predictions_file()
+        temporary_file: Path | None = None
+        try:
+            if prediction_frame is not None:
+                temporary_file = self.predictions_dir / f".tmp-{uuid.uuid4().hex}-{run.run_id}.parquet"
+                prediction_frame.write_parquet(temporary_file)
+            with _process_write_lock(self.database_path), self._connect(read_only=False) as connection:
+                with _transaction(connection):
+                    self._create_schema(connection)
+                    self._write_run(connection, run, metric_frame, per_class_frame)
+            if temporary_file is not None:
+                os.replace(temporary_file, self.prediction_file(run.run_id))
+                temporary_file = None
+        finally:
+            if temporary_file is not None:
+                temporary_file.unlink(missing_ok=True)
+
+    def _write_run(
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        run: RunRecord,
+        metric_frame: pl.DataFrame,
+        per_class_frame: pl.DataFrame,
+    ) -> None:
+        existing = connection.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run.run_id]).fetchone()
+        if existing[0]:
+            raise ValueError(f"run.run_id: {run.run_id!r} is already recorded in {self.database_path}")
+        self._upsert_experiment(connection, run)
+        self._supersede_current_runs(connection, run)
+        self._insert_run(connection, run)
+        self._insert_metric_rows(connection, metric_frame)
+        self._insert_per_class_rows(connection, per_class_frame)
+
+    @staticmethod
+    def _upsert_experiment(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+        connection.execute(
+            """
+            INSERT INTO experiments (experiment_key, method, shots, seed, options, config_hash)
+            VALUES (?, ?, ?, ?, ?, ?)
+            ON CONFLICT (experiment_key) DO UPDATE SET
+                method = excluded.method, shots = excluded.shots, seed = excluded.seed,
+                options = excluded.options, config_hash = excluded.config_hash
+            """,
+            [run.experiment_key, run.method, int(run.shots), int(run.seed),
+             _canonical_json(run.options, "run.options"), run.config_hash],
+        )
+
+    @staticmethod
+    def _supersede_current_runs(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+        superseded_at = datetime.now(UTC).replace(tzinfo=None)
+        connection.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE superseded_runs AS
+            SELECT run_id FROM runs
+            WHERE is_current AND stage = ? AND dataset = ? AND partition_key = ?
+            """,
+            [run.stage, run.dataset, run.partition_key],
+        )
+        for table, columns in (
+            ("metrics", "run_id, dataset, experiment_key, split, metric, value"),
+            ("per_class_metrics", "run_id, dataset, split, label, classname, accuracy, f1, support"),
+        ):
+            connection.execute(
+                f"INSERT INTO {table}_history SELECT {columns}, ?, ? FROM {table} "
+                "WHERE run_id IN (SELECT run_id FROM superseded_runs)",
+                [superseded_at, run.run_id],
+            )
+            connection.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM superseded_runs)")
+        connection.execute(
+            "UPDATE runs SET is_current = false WHERE run_id IN (SELECT run_id FROM superseded_runs)"
+        )
+        connection.execute("DROP TABLE superseded_runs")
+
+    @staticmethod
+    def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+        connection.execute(
+            """
+            INSERT INTO runs (run_id, stage, dataset, experiment_key, partition_key, method, shots, seed, options,
+                              dagster_run_id, code_version, config_hash, git_commit, backbone,
+                              backbone_weights_sha256, data_hash, templates, started_at, finished_at, is_current)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)
+            """,
+            [
+                run.run_id, run.stage, run.dataset, run.experiment_key, run.partition_key, run.method, int(run.shots),
+                int(run.seed), _canonical_json(run.options, "run.options"), run.dagster_run_id, run.code_version,
+                run.config_hash, run.git_commit, run.backbone, run.backbone_weights_sha256, run.data_hash,
+                _canonical_json(run.templates, "run.templates"),
+                _as_utc_naive(run.started_at, "run.started_at"), _as_utc_naive(run.finished_at, "run.finished_at"),
+            ],
+        )
+
+    @staticmethod
+    def _insert_metric_rows(connection: duckdb.DuckDBPyConnection, metric_frame: pl.DataFrame) -> None:
+        if metric_frame.height:
+            connection.register("incoming_metrics", metric_frame.to_arrow())
+            connection.execute("INSERT INTO metrics BY NAME SELECT * FROM incoming_metrics")
+            connection.unregister("incoming_metrics")
+
+    @staticmethod
+    def _insert_per_class_rows(connection: duckdb.DuckDBPyConnection, per_class_frame: pl.DataFrame) -> None:
+        if per_class_frame.height:
+            connection.register("incoming_per_class", per_class_frame.to_arrow())
+            connection.execute("INSERT INTO per_class_metrics BY NAME SELECT * FROM incoming_per_class")
+            connection.unregister("incoming_per_class")
+
+    # ----------------------------------------------------------------------------------------------- reads
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+        """Run `sql` on a read-only connection that is opened and closed around it."""
+        with self._connect(read_only=True) as connection:
+            result = connection.execute(sql, params) if params is not None else connection.execute(sql)
+            return result.pl()
+
+
+__all__ = [
+    "EMPTY_PREDICTIONS_FILE",
+    "MetricRow",
+    "PerClassRow",
+    "PREDICTION_SCHEMA",
+    "RunRecord",
+    "Warehouse",
+    "WarehouseLockedError",
+    "metric_rows",
+    "per_class_rows",
+]

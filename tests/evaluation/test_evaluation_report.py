@@ -1,0 +1,136 @@
+import base64
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+from evaluation_synthetic import DATASETS, SyntheticResults, make_run
+
+from models.evaluation.metrics import harmonic_mean
+from models.report import build_report
+from models.warehouse import MetricRow, Warehouse
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _mean_std_text(values: list[float]) -> str:
+    """The report's cell, recomputed independently: percent, sample std, seed count."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    seeds = f"{len(values)} seed{'s' if len(values) != 1 else ''}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f} ({seeds})"
+
+
+@pytest.fixture(scope="module")
+def report(synthetic_results: SyntheticResults, tmp_path_factory: pytest.TempPathFactory):
+    html_path = tmp_path_factory.mktemp("report") / "site" / "report.html"
+    summary = build_report(synthetic_results.warehouse, html_path, title="Synthetic report")
+    return summary, html_path.read_text(encoding="utf-8")
+
+
+def test_report_shows_mean_std_over_seeds_for_every_configuration(synthetic_results, report):
+    _, page = report
+    for (dataset, method, shots), by_seed in synthetic_results.test_top1.items():
+        expected = _mean_std_text(list(by_seed.values()))
+        row = re.search(rf"<td>{dataset}</td><td>{method}</td><td class=\"num\">{shots}</td>"
+                        rf"<td class=\"num\">([^<]*)</td>", page)
+        assert row is not None, f"no cross-dataset row for {dataset} {method} {shots}"
+        assert row.group(1) == expected
+
+
+def test_report_superseded_run_is_not_counted(synthetic_results, report):
+    summary, page = report
+    # caltech101 coop 1-shot seed 1 was recorded twice: only the rerun's value enters the mean.
+    values = list(synthetic_results.test_top1[("caltech101", "coop", 1)].values())
+    assert _mean_std_text(values) in page
+    assert summary.num_runs == synthetic_results.num_runs
+    assert summary.num_current_runs == synthetic_results.num_runs - 1
+    assert "2 different code versions" in page
+    for code_version in synthetic_results.code_versions:
+        assert code_version in page
+
+
+def test_report_summary_numbers(synthetic_results, report):
+    summary, page = report
+    zero_shot = [synthetic_results.test_top1[(dataset, "zero_shot", 0)][1] for dataset in DATASETS]
+    assert summary.mean_zero_shot_top1 == pytest.approx(statistics.mean(zero_shot))
+    coop_4 = [statistics.mean(synthetic_results.test_top1[(d, "coop", 4)].values()) for d in DATASETS]
+    assert summary.mean_top1_by_method["coop (4 shots)"] == pytest.approx(statistics.mean(coop_4))
+    # Coop with 4 shots is the best trained configuration on both datasets in the synthetic grid.
+    assert summary.mean_best_trained_top1 == pytest.approx(statistics.mean(coop_4))
+    assert summary.datasets == DATASETS and not summary.is_empty
+    assert f"{100 * statistics.mean(zero_shot):.2f}" in page
+
+
+def test_report_base_to_new_harmonic_mean(synthetic_results, report):
+    summary, page = report
+    for (dataset, method), (base, new) in synthetic_results.base_new.items():
+        expected = harmonic_mean(statistics.mean(base), statistics.mean(new))
+        assert re.search(rf"<td>{dataset}</td><td>{method}</td>.*?<td class=\"num\">{100 * expected:.2f}</td>",
+                         page), f"missing HM for {dataset} {method}"
+    coop_base = statistics.mean(statistics.mean(synthetic_results.base_new[(d, "coop")][0]) for d in DATASETS)
+    coop_new = statistics.mean(statistics.mean(synthetic_results.base_new[(d, "coop")][1]) for d in DATASETS)
+    assert summary.harmonic_mean_by_method["coop (16 shots)"] == pytest.approx(harmonic_mean(coop_base, coop_new))
+
+
+def test_report_sections_and_self_containment(report):
+    _, page = report
+    for heading in ("Headline", "Cross-dataset results", "Charts", "Base-to-new generalization",
+                    "Pseudolabel quality", "Provenance"):
+        assert f"<h2>{heading}" in page
+    assert "81.25 ± 0.00 (1 seed)" in page  # pseudolabel accuracy in percent
+    assert "48 ± 0 (1 seed)" in page  # a count stays a count
+    # Base64 text can spell "http" by chance, so look for links outside the embedded images.
+    text_outside_images = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert "http" not in text_outside_images.lower() and "//" not in text_outside_images
+    assert "<script" not in page.lower()
+    sources = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert sources and all(source.startswith("data:image/png;base64,") for source in sources)
+    images = [base64.b64decode(source.split(",", 1)[1]) for source in sources]
+    assert len(images) == 2  # the bar chart and the accuracy-vs-shots curves
+    assert all(image.startswith(PNG_SIGNATURE) for image in images)
+
+
+def test_report_is_deterministic_and_written_atomically(synthetic_results, report, tmp_path):
+    _, page = report
+    html_path = tmp_path / "again.html"
+    build_report(synthetic_results.warehouse, html_path, title="Synthetic report")
+    assert html_path.read_text(encoding="utf-8") == page
+    assert [path.name for path in tmp_path.iterdir()] == ["again.html"]
+
+
+def test_report_of_an_empty_or_missing_warehouse(tmp_path: Path):
+    missing = Warehouse(tmp_path / "missing.duckdb", tmp_path / "predictions")
+    summary = build_report(missing, tmp_path / "missing.html")
+    assert summary.is_empty and summary.num_runs == 0 and summary.mean_zero_shot_top1 is None
+    assert "No runs recorded yet" in (tmp_path / "missing.html").read_text(encoding="utf-8")
+    assert not missing.database_path.exists()  # a report never creates the database
+
+    empty = Warehouse(tmp_path / "empty.duckdb", tmp_path / "predictions")
+    empty.ensure_schema()
+    summary = build_report(empty, tmp_path / "empty.html", title="Nothing <yet>")
+    page = (tmp_path / "empty.html").read_text(encoding="utf-8")
+    assert summary.is_empty and "No runs recorded yet" in page and "Nothing &lt;yet&gt;" in page
+
+
+def test_report_with_only_pseudolabels_and_single_shot_count(tmp_path: Path):
+    warehouse = Warehouse(tmp_path / "w.duckdb", tmp_path / "predictions")
+    warehouse.record_run(make_run("pl", stage="pseudolabels", method="fpl", shots=0),
+                         [MetricRow("unlabeled", "pseudolabel_accuracy", 0.75)])
+    summary = build_report(warehouse, tmp_path / "pl.html")
+    page = (tmp_path / "pl.html").read_text(encoding="utf-8")
+    assert not summary.is_empty and summary.mean_zero_shot_top1 is None
+    assert "No test results of evaluation runs yet" in page and "75.00 ± 0.00 (1 seed)" in page
+    assert "data:image/png" not in page
+
+    warehouse.record_run(make_run("zs", method="zero_shot", shots=0), [MetricRow("test", "top1_accuracy", 0.4)])
+    warehouse.record_run(make_run("coop", method="coop", shots=16), [MetricRow("test", "top1_accuracy", 0.6),
+                                                                      MetricRow("sketch", "top1_accuracy", 0.3)])
+    warehouse.record_run(make_run("train", stage="training", method="coop", shots=16),
+                         [MetricRow("train", "final_loss", 0.123)])
+    summary = build_report(warehouse, tmp_path / "one_shot_count.html")
+    page = (tmp_path / "one_shot_count.html").read_text(encoding="utf-8")
+    assert page.count("data:image/png") == 1  # bar chart only: no shot axis to draw
+    assert "+20.00" in page
+    assert "<h2>Other evaluation splits" in page and "<td>sketch</td>" in page and "30.00 ± 0.00 (1 seed)" in page
+    assert "<h2>Other stages" in page and "0.123 ± 0 (1 seed)" in page
+    assert summary.mean_best_trained_top1 == pytest.approx(0.6)

@@ -1,0 +1,257 @@
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+from evaluation_synthetic import make_per_class, make_predictions, make_run
+
+from models.evaluation.metrics import classification_metrics
+from models.warehouse import (
+    EMPTY_PREDICTIONS_FILE,
+    MetricRow,
+    PerClassRow,
+    Warehouse,
+    WarehouseLockedError,
+    metric_rows,
+    per_class_rows,
+)
+
+TABLES = {"experiments", "runs", "metrics", "metrics_history", "per_class_metrics", "per_class_metrics_history"}
+VIEWS = {"predictions", "current_results", "results_by_config", "base_to_new_results", "base_to_new_averages"}
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Warehouse:
+    return Warehouse(tmp_path / "warehouse" / "promptlab.duckdb", tmp_path / "warehouse" / "predictions")
+
+
+def _metrics(top1: float) -> list[MetricRow]:
+    return [MetricRow("test", "top1_accuracy", top1), MetricRow("test", "macro_f1", top1 - 0.05)]
+
+
+def _count(warehouse: Warehouse, sql: str) -> int:
+    return warehouse.query(sql).item()
+
+
+def _files(directory: Path) -> set[str]:
+    return {path.name for path in directory.iterdir()} if directory.exists() else set()
+
+
+def test_ensure_schema_is_idempotent_and_keeps_data(warehouse):
+    warehouse.ensure_schema()
+    warehouse.ensure_schema()
+    names = warehouse.query("SELECT table_name, table_type FROM information_schema.tables")
+    tables = set(names.filter(pl.col("table_type") == "BASE TABLE")["table_name"])
+    views = set(names.filter(pl.col("table_type") == "VIEW")["table_name"])
+    assert TABLES <= tables and VIEWS <= views
+    warehouse.record_run(make_run("run-a"), _metrics(0.5))
+    warehouse.ensure_schema()
+    assert _count(warehouse, "SELECT count(*) FROM metrics") == 2
+    assert _count(warehouse, "SELECT count(*) FROM runs WHERE is_current") == 1
+
+
+def test_recording_a_partition_again_replaces_current_rows_and_keeps_history(warehouse):
+    first, second = make_run("run-1"), make_run("run-2", start_minute=5)
+    assert first.partition_key == second.partition_key
+    warehouse.record_run(first, _metrics(0.50), make_per_class(accuracy=0.5))
+    warehouse.record_run(second, _metrics(0.60), make_per_class(accuracy=0.6))
+
+    metrics = warehouse.query("SELECT run_id, metric, value FROM metrics ORDER BY metric")
+    assert metrics["run_id"].to_list() == ["run-2", "run-2"]
+    assert metrics["value"].to_list() == pytest.approx([0.55, 0.60])
+    history = warehouse.query("SELECT * FROM metrics_history ORDER BY metric")
+    assert history["run_id"].to_list() == ["run-1", "run-1"]
+    assert history["value"].to_list() == pytest.approx([0.45, 0.50])
+    assert set(history["superseded_by_run_id"]) == {"run-2"}
+    runs = warehouse.query("SELECT run_id, is_current FROM runs ORDER BY run_id")
+    assert runs.rows() == [("run-1", False), ("run-2", True)]
+    assert set(warehouse.query("SELECT run_id FROM per_class_metrics")["run_id"]) == {"run-2"}
+    assert set(warehouse.query("SELECT run_id FROM per_class_metrics_history")["run_id"]) == {"run-1"}
+    assert _count(warehouse, "SELECT count(*) FROM experiments") == 1
+    results = warehouse.query("SELECT * FROM results_by_config WHERE metric = 'top1_accuracy'")
+    assert results.height == 1 and results["mean"][0] == pytest.approx(0.60) and results["n_seeds"][0] == 1
+
+    warehouse.record_run(make_run("run-3", start_minute=9), _metrics(0.70))
+    assert _count(warehouse, "SELECT count(*) FROM metrics") == 2
+    assert _count(warehouse, "SELECT count(*) FROM metrics_history") == 4
+    assert warehouse.query("SELECT run_id FROM runs WHERE is_current").rows() == [("run-3",)]
+
+
+def test_other_partitions_datasets_and_stages_are_not_superseded(warehouse):
+    warehouse.record_run(make_run("seed-1", seed=1), _metrics(0.5))
+    warehouse.record_run(make_run("seed-2", seed=2), _metrics(0.6))
+    warehouse.record_run(replace(make_run("pets", seed=1), dataset="oxford_pets"), _metrics(0.7))
+    warehouse.record_run(make_run("pseudo", stage="pseudolabels", seed=1), [MetricRow("pool", "accuracy", 0.9)])
+    assert _count(warehouse, "SELECT count(*) FROM runs WHERE is_current") == 4
+    assert _count(warehouse, "SELECT count(*) FROM metrics_history") == 0
+    summary = warehouse.query(
+        "SELECT mean, std, n_seeds FROM results_by_config "
+        "WHERE dataset = 'caltech101' AND stage = 'evaluation' AND metric = 'top1_accuracy'"
+    ).row(0, named=True)
+    assert summary["mean"] == pytest.approx(0.55)
+    assert summary["std"] == pytest.approx(math.sqrt(0.005))  # sample std of (0.5, 0.6)
+    assert summary["n_seeds"] == 2
+
+
+def test_failure_midway_writes_nothing_and_keeps_the_previous_run(warehouse, monkeypatch):
+    warehouse.record_run(make_run("good"), _metrics(0.5), make_per_class(), make_predictions())
+    original_insert = Warehouse._insert_per_class_rows
+
+    def insert_then_fail(connection, frame):
+        original_insert(connection, frame)  # the metric and per-class rows are in the transaction now
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Warehouse, "_insert_per_class_rows", staticmethod(insert_then_fail))
+    with pytest.raises(RuntimeError, match="disk full"):
+        warehouse.record_run(make_run("bad", start_minute=3), _metrics(0.9), make_per_class(), make_predictions())
+    monkeypatch.undo()
+
+    assert warehouse.query("SELECT run_id, is_current FROM runs").rows() == [("good", True)]
+    assert set(warehouse.query("SELECT run_id FROM metrics")["run_id"]) == {"good"}
+    assert _count(warehouse, "SELECT count(*) FROM metrics_history") == 0
+    assert _count(warehouse, "SELECT count(*) FROM per_class_metrics WHERE run_id = 'bad'") == 0
+    assert _files(warehouse.predictions_dir) == {EMPTY_PREDICTIONS_FILE, "run_id=good.parquet"}
+    assert set(warehouse.query("SELECT DISTINCT run_id FROM predictions")["run_id"]) == {"good"}
+    # The same run can be recorded once the fault is gone.
+    warehouse.record_run(make_run("bad", start_minute=3), _metrics(0.9))
+    assert warehouse.query("SELECT run_id FROM runs WHERE is_current").rows() == [("bad",)]
+
+
+@pytest.mark.parametrize(
+    ("metrics", "per_class", "predictions", "field"),
+    [
+        ([MetricRow("test", "top1_accuracy", math.nan)], (), None, r"metrics\[0\]\.value"),
+        ([MetricRow("test", "", 0.5)], (), None, r"metrics\[0\]\.metric"),
+        ([MetricRow("test", "a", 0.5), MetricRow("test", "a", 0.6)], (), None, "duplicate metric"),
+        ([], [PerClassRow("test", 0, "cat", 1.5, 0.5, 3)], None, r"per_class\[0\]\.accuracy"),
+        ([], (), make_predictions().rename({"confidence": "score"}), "predictions: missing column"),
+        ([], (), make_predictions().with_columns(pl.lit(1).alias("extra")), "predictions: unknown column"),
+        ([], (), make_predictions().with_columns(pl.lit(1.5).alias("confidence")), "predictions.confidence"),
+        ([], (), make_predictions().with_columns(pl.lit("x").alias("label")), "predictions.label"),
+        ([], (), make_predictions().with_columns(pl.lit("other").alias("dataset")), "predictions.dataset"),
+    ],
+)
+def test_invalid_inputs_raise_before_anything_is_written(warehouse, metrics, per_class, predictions, field):
+    warehouse.ensure_schema()
+    with pytest.raises(ValueError, match=field):
+        warehouse.record_run(make_run("run-x"), metrics, per_class, predictions)
+    assert _count(warehouse, "SELECT count(*) FROM runs") == 0
+    assert _count(warehouse, "SELECT count(*) FROM experiments") == 0
+    assert _files(warehouse.predictions_dir) == {EMPTY_PREDICTIONS_FILE}
+
+
+def test_invalid_run_fields_and_duplicate_run_id(warehouse):
+    with pytest.raises(ValueError, match="run.run_id"):
+        warehouse.record_run(make_run("has/slash"), _metrics(0.5))
+    with pytest.raises(ValueError, match="run.finished_at"):
+        run = make_run("backwards")
+        warehouse.record_run(replace(run, finished_at=run.started_at - timedelta(seconds=1)), _metrics(0.5))
+    with pytest.raises(ValueError, match="run.options"):
+        warehouse.record_run(replace(make_run("nan-option"), options={"lr": math.nan}), _metrics(0.5))
+    warehouse.record_run(make_run("once"), _metrics(0.5))
+    with pytest.raises(ValueError, match="already recorded"):
+        warehouse.record_run(make_run("once"), _metrics(0.6))
+    assert warehouse.query("SELECT value FROM metrics WHERE metric = 'top1_accuracy'").item() == 0.5
+
+
+def test_predictions_view_is_typed_when_empty_and_follows_current_runs(warehouse):
+    warehouse.ensure_schema()
+    empty = warehouse.query("SELECT * FROM predictions")
+    assert empty.height == 0
+    assert empty.schema == pl.Schema({"run_id": pl.String, "dataset": pl.String, "split": pl.String,
+                                      "relative_path": pl.String, "label": pl.Int64, "predicted_label": pl.Int64,
+                                      "confidence": pl.Float64})
+
+    predictions = make_predictions(6)
+    warehouse.record_run(make_run("first"), _metrics(0.5), predictions=predictions)
+    stored = warehouse.query("SELECT * FROM predictions ORDER BY relative_path")
+    assert stored.drop("run_id", "dataset").equals(predictions.sort("relative_path"))
+    assert set(stored["run_id"]) == {"first"} and set(stored["dataset"]) == {"caltech101"}
+    assert warehouse.prediction_file("first").exists()
+
+    # A newer run of the partition without predictions hides the old file but keeps it on disk for history.
+    warehouse.record_run(make_run("second", start_minute=1), _metrics(0.6))
+    assert _count(warehouse, "SELECT count(*) FROM predictions") == 0
+    assert warehouse.prediction_file("first").exists()
+    history = warehouse.query(f"SELECT count(*) FROM read_parquet('{warehouse.prediction_file('first')}')").item()
+    assert history == 6
+
+
+def test_metrics_helpers_round_trip_through_the_warehouse(warehouse):
+    probabilities = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.6, 0.3, 0.1]]
+    result = classification_metrics(np.array(probabilities), np.array([0, 1, 1, 0]), ["cat", "dog", "owl"])
+    warehouse.record_run(make_run("helpers"), metric_rows("test", result.scalar_metrics()),
+                         per_class_rows("test", result.per_class))
+    stored = dict(warehouse.query("SELECT metric, value FROM metrics").rows())
+    assert stored == pytest.approx(result.scalar_metrics())
+    per_class = warehouse.query("SELECT label, classname, accuracy, f1, support FROM per_class_metrics ORDER BY label")
+    assert per_class.rows() == [(0, "cat", 1.0, 1.0, 2), (1, "dog", 0.5, 2 / 3, 2), (2, "owl", None, 0.0, 0)]
+
+
+def test_timestamps_are_stored_in_utc_and_json_fields_are_canonical(warehouse):
+    plus_two = timezone(timedelta(hours=2))
+    run = replace(make_run("tz"), started_at=datetime(2025, 3, 1, 12, 0, tzinfo=plus_two),
+                  finished_at=datetime(2025, 3, 1, 12, 5, tzinfo=plus_two), options={"b": 1, "a": [1, 2]})
+    warehouse.record_run(run, _metrics(0.5))
+    row = warehouse.query("SELECT started_at, finished_at, CAST(options AS VARCHAR) AS options FROM runs").row(0)
+    assert row == (datetime(2025, 3, 1, 10, 0), datetime(2025, 3, 1, 10, 5), '{"a":[1,2],"b":1}')
+
+
+def test_read_only_connection_between_writes_does_not_break_the_next_write(warehouse):
+    warehouse.record_run(make_run("one", seed=1), _metrics(0.5), predictions=make_predictions())
+    reader = duckdb.connect(str(warehouse.database_path), read_only=True)
+    assert reader.execute("SELECT count(*) FROM metrics").fetchone() == (2,)
+    assert reader.execute("SELECT count(*) FROM predictions").fetchone() == (6,)
+    reader.close()
+    warehouse.record_run(make_run("two", seed=2), _metrics(0.6))
+    reader = duckdb.connect(str(warehouse.database_path), read_only=True)
+    try:
+        assert reader.execute("SELECT count(*) FROM runs WHERE is_current").fetchone() == (2,)
+        assert reader.execute("SELECT count(*) FROM current_results").fetchone() == (4,)
+    finally:
+        reader.close()
+
+
+def test_lock_held_by_another_process_raises_naming_the_file_then_recovers(tmp_path):
+    warehouse = Warehouse(tmp_path / "locked.duckdb", tmp_path / "predictions", lock_retries=2,
+                          lock_backoff_seconds=0.01)
+    warehouse.record_run(make_run("before"), _metrics(0.5))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys\n"
+         f"connection = duckdb.connect({str(warehouse.database_path)!r}, read_only=True)\n"
+         "print('ready', flush=True)\n"
+         "sys.stdin.readline()\n"
+         "connection.close()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(WarehouseLockedError, match="locked.duckdb"):
+            warehouse.record_run(make_run("during", start_minute=1), _metrics(0.6), predictions=make_predictions())
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert _files(warehouse.predictions_dir) == {EMPTY_PREDICTIONS_FILE}
+    assert warehouse.query("SELECT run_id FROM runs").rows() == [("before",)]
+    warehouse.record_run(make_run("after", start_minute=2), _metrics(0.7))
+    assert warehouse.query("SELECT run_id FROM runs WHERE is_current").rows() == [("after",)]
+
+
+def test_query_on_a_missing_database_names_the_file(tmp_path):
+    missing = Warehouse(tmp_path / "nowhere.duckdb", tmp_path / "predictions")
+    with pytest.raises(FileNotFoundError, match="nowhere.duckdb"):
+        missing.query("SELECT 1")
+
+
+def test_numpy_scalars_are_accepted(warehouse):
+    run = replace(make_run("numpy"), shots=np.int64(4), seed=np.int32(2))
+    warehouse.record_run(run, [MetricRow("test", "top1_accuracy", np.float32(0.25))],
+                         [PerClassRow("test", np.int64(0), "cat", np.float64(0.5), None, np.int64(2))])
+    assert warehouse.query("SELECT shots, seed FROM runs").row(0) == (4, 2)
+    assert warehouse.query("SELECT value FROM metrics").item() == pytest.approx(0.25)
