@@ -59,8 +59,8 @@ def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: Pa
         experiment_key=experiment.key,
         partition_key=str(context.partition_key),
         method=experiment.method,
-        shots=experiment.shots,
-        seed=experiment.seed,
+        shots=experiment.shots or 0,  # zero-shot: 0 labelled images per class
+        seed=experiment.seed or 0,  # deterministic methods have no seed
         options=experiment.as_dict(),
         dagster_run_id=context.run.run_id,
         code_version=library_code_version(),

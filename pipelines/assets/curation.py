@@ -93,8 +93,15 @@ def fewshot_subsets(context: dg.AssetExecutionContext, promptlab: PromptLabResou
 
     workspace = promptlab.workspace()
     index = pl.read_parquet(workspace.index_path(context.partition_key))
-    max_available = index.filter(pl.col("split") == "train").group_by("label").len()["len"].min()
-    shots = tuple(k for k in FEW_SHOT_SHOTS if k <= max_available)
+    def fewest_per_class(split: str) -> int:
+        return int(index.filter(pl.col("split") == split).group_by("label").len()["len"].min() or 0)
+
+    # CoOp's protocol: K per class from train and min(K, 4) from val; larger K than the data allows are left out.
+    train_available, val_available = fewest_per_class("train"), fewest_per_class("val")
+    shots = tuple(k for k in FEW_SHOT_SHOTS if k <= train_available and min(k, 4) <= val_available)
+    if not shots:
+        raise ValueError(f"{context.partition_key}: too few images per class for any few-shot subset "
+                         f"(train {train_available}, val {val_available})")
     subsets = all_few_shot_subsets(index, shots_list=shots, seeds=FEW_SHOT_SEEDS)
     path = workspace.fewshot_path(context.partition_key)
     subsets.write_parquet(path.with_suffix(".tmp"))

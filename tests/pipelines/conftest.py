@@ -27,7 +27,7 @@ def _write_micro_catalog() -> None:
     world["corpus"]["num_pairs"] = 384
     world["tiny_clip"].update(epochs=1, batch_size=128, warmup_steps=1)
     world["diffusion"].update(epochs=1, batch_size=64)
-    world["benchmark"]["images_per_class"] = {"train": 5, "val": 2, "test": 3}
+    world["benchmark"]["images_per_class"] = {"train": 5, "val": 4, "test": 3}
     (MICRO_CATALOG / "world.yaml").write_text(yaml.safe_dump(world))
     grid = [
         {"method": "zero_shot"},

@@ -45,8 +45,8 @@ def test_every_healthy_partition_has_current_metrics_and_the_broken_dataset_none
     summary, workspace = graph_run
     assert summary["failures"] == ["curation_job[Broken]"]
     rows = read(workspace, """
-        SELECT dataset, experiment_key, count(*) FROM metrics JOIN runs USING (run_id)
-        WHERE runs.stage = 'evaluation' AND metric = 'top1_accuracy' AND split = 'test' GROUP BY ALL""")
+        SELECT r.dataset, r.experiment_key, count(*) FROM metrics m JOIN runs r USING (run_id)
+        WHERE r.stage = 'evaluation' AND m.metric = 'top1_accuracy' AND m.split = 'test' GROUP BY ALL""")
     assert sorted((d, e) for d, e, n in rows) == sorted((d, e) for d in HEALTHY for e in EXPERIMENTS)
     assert all(n == 1 for _, _, n in rows)
     assert read(workspace, "SELECT count(*) FROM runs WHERE dataset = 'Broken'") == [(0,)]
@@ -72,9 +72,9 @@ def test_results_carry_their_lineage(graph_run):
 
 def test_pseudolabel_accuracy_is_recorded(graph_run):
     _, workspace = graph_run
-    rows = read(workspace, """SELECT dataset, value FROM metrics JOIN runs USING (run_id)
-                              WHERE runs.stage = 'pseudolabels' AND metric = 'pseudolabel_accuracy'""")
-    assert sorted(d for d, _ in rows) == HEALTHY
+    rows = read(workspace, """SELECT r.dataset, m.value FROM metrics m JOIN runs r USING (run_id)
+                              WHERE r.stage = 'pseudolabels' AND m.metric = 'pseudolabel_accuracy'""")
+    assert sorted(d for d, _ in rows) == sorted(HEALTHY)
     assert all(0.0 <= v <= 1.0 for _, v in rows)
 
 
