@@ -6,8 +6,6 @@ The Dagster assets call these functions; so can a notebook or a script.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from models.atomic import atomic_directory
 from models.catalog import ExperimentConfig
 from models.prompting.methods import get_method, parse_method_parameters
 from models.prompting.methods.registry import ClassifierContext, PromptedClassifier
@@ -115,22 +114,13 @@ def train_prompts(
 
 
 def save_prompt_checkpoint(directory: Path, classifier: PromptedClassifier, config: dict[str, Any]) -> Path:
-    """Write the learned prompt parameters with the config that rebuilds them; atomic (temp folder, rename)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
+    """Write the learned prompt parameters with the config that rebuilds them, all or nothing."""
+    with atomic_directory(Path(directory)) as staging:
         state = classifier.trainable_state()
         if state:
             save_file(state, str(staging / CHECKPOINT_WEIGHTS))
         (staging / CHECKPOINT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
 def read_checkpoint_config(directory: Path) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.embedded.atomic_directory import atomic_directory
+from models.atomic import atomic_directory
 from models.embedded.corpus import DIGIT_WORDS, SHAPES, TEXTURES, render_concept, sample_concept
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter
 
-from models.embedded.atomic_directory import atomic_directory
+from models.atomic import atomic_directory
 
 # ----------------------------------------------------------------------------------------------------------------
 # Vocabulary. Every word here is a caption word and (for most) a benchmark class name.
