@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from backbone_toys import COLOURS, coloured_squares, normalized_pixels
+from models.backbones.loader import BackboneSpec, load_backbone
+from models.backbones.tiny_clip import (
+    EMBEDDED_MODEL_CONFIG_DIR, ClipPretrainConfig, pretrain_tiny_clip, register_embedded_model_configs)
+from models.backbones.training_support import sha256_of_file
+
+
+def test_tiny_clip_architecture_comes_from_the_catalog_json():
+    register_embedded_model_configs()
+    register_embedded_model_configs()  # idempotent
+    catalog = json.loads((EMBEDDED_MODEL_CONFIG_DIR / "tiny-clip.json").read_text())
+    assert open_clip.list_models().count("tiny-clip") == 1
+    model = open_clip.create_model("tiny-clip")
+    assert model.visual.image_size == (catalog["vision_cfg"]["image_size"],) * 2
+    assert model.text_projection.shape == (catalog["text_cfg"]["width"], catalog["embed_dim"])
+    assert model.context_length == catalog["text_cfg"]["context_length"]
+    tokens = open_clip.get_tokenizer("tiny-clip")(["a red square"])
+    assert tokens.shape == (1, catalog["text_cfg"]["context_length"])
+
+
+def test_pretraining_lowers_the_loss_and_reports_every_epoch(trained_micro_clip, micro_clip_config):
+    result, reported = trained_micro_clip
+    assert [epoch for epoch, _ in reported] == list(range(1, micro_clip_config.epochs + 1))
+    assert [loss for _, loss in reported] == result.epoch_losses
+    assert result.epoch_losses[-1] < result.epoch_losses[0] - 0.5
+
+
+def test_pretrained_model_classifies_unseen_colours_zero_shot(trained_micro_clip):
+    result, _ = trained_micro_clip
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{result.directory}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{result.directory}")
+    images, _, labels = coloured_squares(200, seed=123)
+    with torch.no_grad():
+        image_features = model.encode_image(normalized_pixels(images), normalize=True)
+        text_features = model.encode_text(tokenizer([f"a {name} square" for name in COLOURS]), normalize=True)
+    accuracy = ((image_features @ text_features.T).argmax(dim=1).numpy() == labels).mean()
+    assert accuracy >= 0.75  # chance is 0.25
+
+
+def test_saved_folder_is_an_open_clip_local_dir_and_loads_through_the_loader(trained_micro_clip, micro_clip_name):
+    result, _ = trained_micro_clip
+    folder = result.directory
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "open_clip_config.json", "open_clip_model.safetensors", "training_summary.json"]
+    saved_config = json.loads((folder / "open_clip_config.json").read_text())
+    assert saved_config["model_cfg"] == open_clip.get_model_config(micro_clip_name)
+    assert saved_config["preprocess_cfg"]["size"] == 32
+    summary = json.loads((folder / "training_summary.json").read_text())
+    assert summary["epoch_losses"] == result.epoch_losses and summary["weights_sha256"] == result.weights_sha256
+    assert result.weights_sha256 == sha256_of_file(folder / "open_clip_model.safetensors")
+    assert [path.name for path in folder.parent.iterdir()] == [folder.name]  # no staging folders left
+
+    backbone = load_backbone(BackboneSpec(name="micro", source="local_dir", path=str(folder)))
+    assert backbone.weights_sha256 == result.weights_sha256
+    assert backbone.context_length == 16
+    reference, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    reference.requires_grad_(False)
+    images, captions, _ = coloured_squares(4, seed=5)
+    with torch.no_grad():
+        assert torch.equal(backbone.model.encode_image(normalized_pixels(images)),
+                           reference.eval().encode_image(normalized_pixels(images)))
+        assert torch.equal(backbone.model.encode_text(backbone.tokenizer(captions)),
+                           reference.encode_text(backbone.tokenizer(captions)))
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(tmp_path, micro_clip_config):
+    images, captions, _ = coloured_squares(64, seed=1)
+    config = dataclasses.replace(micro_clip_config, epochs=1, batch_size=32)
+    first = pretrain_tiny_clip(images, captions, tmp_path / "first", config)
+    second = pretrain_tiny_clip(images, captions, tmp_path / "second", config)
+    other = pretrain_tiny_clip(images, captions, tmp_path / "other", dataclasses.replace(config, seed=1))
+    assert first.weights_sha256 == second.weights_sha256
+    assert first.epoch_losses == second.epoch_losses
+    assert other.weights_sha256 != first.weights_sha256
+
+
+def test_retraining_replaces_the_folder_and_augmentation_runs(tmp_path, micro_clip_config):
+    images, captions, _ = coloured_squares(32, seed=2)
+    output_dir = tmp_path / "model"
+    output_dir.mkdir()
+    (output_dir / "stale.txt").write_text("from an older run")
+    config = dataclasses.replace(
+        micro_clip_config, epochs=1, batch_size=16, horizontal_flip=True, random_shift_pixels=2)
+    result = pretrain_tiny_clip(images, captions, output_dir, config)
+    assert not (output_dir / "stale.txt").exists()
+    assert np.isfinite(result.epoch_losses).all()
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda images, captions: (images, captions[:-1]), "captions"),
+    (lambda images, captions: (images[:, :16, :16], captions), "expects 32x32"),
+    (lambda images, captions: (images.astype(np.float32), captions), "uint8"),
+    (lambda images, captions: (images, captions[:-1] + [""]), "row 7"),
+])
+def test_bad_corpus_is_rejected_with_a_clear_message(tmp_path, micro_clip_config, change, message):
+    images, captions = change(*coloured_squares(8, seed=3)[:2])
+    with pytest.raises(ValueError, match=message):
+        pretrain_tiny_clip(images, captions, tmp_path / "model", micro_clip_config)
+    assert not (tmp_path / "model").exists()
+
+
+def test_unknown_architecture_is_rejected(tmp_path):
+    images, captions, _ = coloured_squares(8, seed=3)
+    with pytest.raises(ValueError, match="no-such-clip"):
+        pretrain_tiny_clip(images, captions, tmp_path / "model", ClipPretrainConfig(model_name="no-such-clip"))
