@@ -24,7 +24,7 @@ from open_clip.model import build_model_from_openai_state_dict, set_model_prepro
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import load_file
 
-from models.backbones.training_support import sha256_of_file
+from models.provenance import sha256_file
 from models.backbones.tiny_clip import CONFIG_FILENAME, register_embedded_model_configs
 
 SOURCES = ("open_clip", "checkpoint", "local_dir")
@@ -90,7 +90,7 @@ def load_backbone(spec: BackboneSpec, device: str | torch.device = "cpu") -> Loa
         preprocess_eval=preprocess_eval,
         tokenizer=tokenizer,
         spec=spec,
-        weights_sha256=sha256_of_file(weights_path),
+        weights_sha256=sha256_file(weights_path),
         device=device,
         context_length=int(model.context_length),
     )

@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 
 from models.atomic import atomic_directory
 from models.backbones.training_support import (
-    count_parameters, reproducible_torch, sha256_of_file, warmup_cosine_learning_rate)
+    count_parameters, reproducible_torch, warmup_cosine_learning_rate)
+from models.provenance import sha256_file
 
 EMBEDDED_MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "assets_catalog" / "model_configs"
 CONFIG_FILENAME = "open_clip_config.json"
@@ -146,7 +147,7 @@ def pretrain_tiny_clip(
     with atomic_directory(output_dir) as staging:
         state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILENAME), metadata={"format": "pt"})
-        weights_sha256 = sha256_of_file(staging / WEIGHTS_FILENAME)
+        weights_sha256 = sha256_file(staging / WEIGHTS_FILENAME)
         _write_json(staging / CONFIG_FILENAME, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
         seconds = time.perf_counter() - started
         _write_json(staging / SUMMARY_FILENAME, {

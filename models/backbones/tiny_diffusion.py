@@ -24,7 +24,8 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from models.atomic import atomic_directory
 from models.backbones.training_support import (
-    count_parameters, reproducible_torch, sha256_of_file, warmup_cosine_learning_rate)
+    count_parameters, reproducible_torch, warmup_cosine_learning_rate)
+from models.provenance import sha256_file
 
 UNET_FOLDER = "unet"
 SCHEDULER_FOLDER = "scheduler"
@@ -160,7 +161,7 @@ def pretrain_diffusion(
     unet.eval()
     with atomic_directory(output_dir) as staging:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging)
-        weights_sha256 = sha256_of_file(staging / UNET_FOLDER / UNET_WEIGHTS_FILENAME)
+        weights_sha256 = sha256_file(staging / UNET_FOLDER / UNET_WEIGHTS_FILENAME)
         seconds = time.perf_counter() - started
         summary = {
             "config": asdict(config),
@@ -193,7 +194,7 @@ def load_diffusion(directory: str | Path, device: str | torch.device = "cpu") ->
         directory, subfolder=UNET_FOLDER, local_files_only=True, low_cpu_mem_usage=False).to(device).eval()
     unet.requires_grad_(False)
     scheduler = DDIMScheduler.from_pretrained(directory, subfolder=SCHEDULER_FOLDER, local_files_only=True)
-    return DiffusionModel(unet, scheduler, directory, sha256_of_file(required[1]), device)
+    return DiffusionModel(unet, scheduler, directory, sha256_file(required[1]), device)
 
 
 @torch.no_grad()

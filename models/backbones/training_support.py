@@ -4,22 +4,11 @@ learning-rate schedule."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
-
-
-def sha256_of_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks so large checkpoints do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from backbone_toys import COLOURS, coloured_squares, normalized_pixels
 from models.backbones.loader import BackboneSpec, load_backbone
 from models.backbones.tiny_clip import (
     EMBEDDED_MODEL_CONFIG_DIR, ClipPretrainConfig, pretrain_tiny_clip, register_embedded_model_configs)
-from models.backbones.training_support import sha256_of_file
+from models.provenance import sha256_file
 
 
 def test_tiny_clip_architecture_comes_from_the_catalog_json():
@@ -57,7 +57,7 @@ def test_saved_folder_is_an_open_clip_local_dir_and_loads_through_the_loader(tra
     assert saved_config["preprocess_cfg"]["size"] == 32
     summary = json.loads((folder / "training_summary.json").read_text())
     assert summary["epoch_losses"] == result.epoch_losses and summary["weights_sha256"] == result.weights_sha256
-    assert result.weights_sha256 == sha256_of_file(folder / "open_clip_model.safetensors")
+    assert result.weights_sha256 == sha256_file(folder / "open_clip_model.safetensors")
     assert [path.name for path in folder.parent.iterdir()] == [folder.name]  # no staging folders left
 
     backbone = load_backbone(BackboneSpec(name="micro", source="local_dir", path=str(folder)))

@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler, DDPMPipeline, UNet2DModel
 from backbone_toys import coloured_squares
 from models.backbones.tiny_diffusion import (
     DiffusionPretrainConfig, generate_variations, load_diffusion, pretrain_diffusion)
-from models.backbones.training_support import sha256_of_file
+from models.provenance import sha256_file
 
 MICRO_DIFFUSION = DiffusionPretrainConfig(
     sample_size=16,
@@ -55,7 +55,7 @@ def test_saved_folder_is_a_diffusers_pipeline(trained_diffusion):
     for relative in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                      "scheduler/scheduler_config.json", "training_summary.json"):
         assert (folder / relative).is_file(), relative
-    assert result.weights_sha256 == sha256_of_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    assert result.weights_sha256 == sha256_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
     summary = json.loads((folder / "training_summary.json").read_text())
     assert summary["epoch_losses"] == result.epoch_losses
 
