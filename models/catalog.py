@@ -6,7 +6,6 @@ with stable keys. Errors name the file and the entry.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -96,10 +95,16 @@ class ExperimentConfig:
     def config_hash(self) -> str:
         return stable_hash(self.as_dict())
 
-    @property
-    def options_json(self) -> str:
-        options = {k: v for k, v in self.as_dict().items() if k in ("augmentation", "pseudolabels") and v}
-        return json.dumps(options, sort_keys=True)
+    def variant_options(self) -> dict[str, Any]:
+        """What distinguishes this configuration from others of the same method and shots, seed excluded, so
+        that results group over seeds: the options in use and a short hash of parameters + optimization."""
+        options: dict[str, Any] = {"settings_hash": stable_hash({"parameters": self.parameters,
+                                                                 "optimization": self.optimization}, length=8)}
+        for name in ("augmentation", "pseudolabels"):
+            value = getattr(self, name)
+            if value is not None:
+                options[name] = value.__dict__
+        return options
 
 
 @dataclass(frozen=True)

@@ -40,16 +40,28 @@ WITH evaluation AS (
     SELECT * FROM results_by_config WHERE stage = 'evaluation'
 ),
 option_variety AS (
-    SELECT method, count(DISTINCT options) AS n_options FROM evaluation GROUP BY method
+    SELECT method, count(DISTINCT options) AS n_options,
+           count(DISTINCT json_extract_string(options, '$.settings_hash')) AS n_settings
+    FROM evaluation GROUP BY method
 ),
 backbone_variety AS (
     SELECT count(DISTINCT backbone) AS n_backbones FROM evaluation
 ),
+-- A readable name. When a method ran with several option sets, the options in use are named ("coop +
+-- augmentation"); the settings hash is shown only when the parameters themselves differ. Options without a
+-- settings hash (written by other tools) are shown as their JSON.
 labels AS (
     SELECT DISTINCT e.backbone, e.method, e.options,
         CASE WHEN b.n_backbones > 1 THEN e.backbone || ' / ' ELSE '' END
         || e.method
-        || CASE WHEN v.n_options > 1 THEN ' ' || e.options ELSE '' END AS configuration
+        || CASE
+             WHEN v.n_options <= 1 THEN ''
+             WHEN json_extract_string(e.options, '$.settings_hash') IS NULL THEN ' ' || e.options
+             ELSE coalesce(' + ' || nullif(array_to_string(
+                      list_sort(list_filter(json_keys(e.options), k -> k <> 'settings_hash')), ' + '), ''), '')
+                  || CASE WHEN v.n_settings > 1
+                          THEN ' [' || json_extract_string(e.options, '$.settings_hash') || ']' ELSE '' END
+           END AS configuration
     FROM evaluation AS e JOIN option_variety AS v USING (method) CROSS JOIN backbone_variety AS b
 ),
 labelled AS (

@@ -61,7 +61,7 @@ def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: Pa
         method=experiment.method,
         shots=experiment.shots or 0,  # zero-shot: 0 labelled images per class
         seed=experiment.seed or 0,  # deterministic methods have no seed
-        options=experiment.as_dict(),
+        options=experiment.variant_options(),
         dagster_run_id=context.run.run_id,
         code_version=library_code_version(),
         config_hash=stable_hash({"experiment": experiment.as_dict(), "templates": list(templates),

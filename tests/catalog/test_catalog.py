@@ -21,7 +21,7 @@ def edit(path: Path, change) -> None:
 
 
 def test_default_catalog_expands_the_grid_into_stable_keys():
-    catalog = load_catalog()
+    catalog = load_catalog(DEFAULT_CATALOG_DIR)
     assert {"Shapes", "Colours", "Textures", "ColourShapes", "Digits", "ShapesSketch", "ShapesNoisy"} <= set(
         catalog.datasets)
     assert catalog.datasets["ShapesSketch"].domain_shift_of == "Shapes"
@@ -31,7 +31,7 @@ def test_default_catalog_expands_the_grid_into_stable_keys():
     assert catalog.experiment("coop-k16-s1-aug").augmentation is not None
     assert catalog.experiment("coop-k16-s1-fpl").pseudolabels.per_class == 16
     # The config hash changes with the seed but not between two loads.
-    assert coop.config_hash == load_catalog().experiment("coop-k16-s2").config_hash
+    assert coop.config_hash == load_catalog(DEFAULT_CATALOG_DIR).experiment("coop-k16-s2").config_hash
     assert coop.config_hash != catalog.experiment("coop-k16-s1").config_hash
 
 

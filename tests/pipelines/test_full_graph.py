@@ -52,6 +52,10 @@ def test_every_healthy_partition_has_current_metrics_and_the_broken_dataset_none
     assert read(workspace, "SELECT count(*) FROM runs WHERE dataset = 'Broken'") == [(0,)]
     splits = {s for (s,) in read(workspace, "SELECT DISTINCT split FROM metrics")}
     assert {"test", "base", "new", "base_new"} <= splits
+    seeds = read(workspace, """SELECT dataset, n_seeds FROM results_by_config WHERE method = 'coop' AND shots = 2
+                               AND split = 'test' AND metric = 'top1_accuracy' AND options NOT LIKE '%augmentation%'
+                               AND options NOT LIKE '%pseudolabels%'""")
+    assert sorted(seeds) == [("Digits", 2), ("Shapes", 2)]  # seeds are averaged, not separate configurations
     values = [v for (v,) in read(workspace, "SELECT value FROM metrics WHERE metric = 'top1_accuracy'")]
     assert all(0.0 <= v <= 1.0 for v in values)
 
