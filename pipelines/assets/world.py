@@ -56,24 +56,24 @@ def pretraining_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     )
 
 
-@dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=TINY_CLIP_CODE, kinds={"pytorch"})
-def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
-    """tiny-clip: open_clip's native CLIP architecture pretrained contrastively (ClipLoss) on the corpus."""
-    from models.backbones.tiny_clip import ClipPretrainConfig, pretrain_tiny_clip
-    from models.embedded.corpus import load_corpus
+def pretrain_on_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabResource, model: str,
+                       settings_key: str, code_version: str, directory: Path, train) -> dg.MaterializeResult:
+    """Pretrain a model on the corpus, or reuse the saved one when code version, settings and corpus are unchanged.
 
-    workspace, settings = promptlab.workspace(), promptlab.catalog().world["tiny_clip"]
-    directory = workspace.tiny_clip_dir
-    fingerprint = stable_hash({"code": TINY_CLIP_CODE, "settings": settings,
+    train(images, captions, directory, settings, on_epoch) saves the model and returns its training result.
+    """
+    workspace, settings = promptlab.workspace(), promptlab.catalog().world[settings_key]
+    fingerprint = stable_hash({"code": code_version, "settings": settings,
                                "corpus": _fingerprint_path(workspace.corpus_dir).read_text()})
     if is_current(directory, fingerprint):
         summary = json.loads((directory / "training_summary.json").read_text())
-        context.log.info(f"tiny-clip is current (fingerprint {fingerprint}); not retrained")
+        context.log.info(f"{model} is current (fingerprint {fingerprint}); not retrained")
         return dg.MaterializeResult(metadata={"path": str(directory), "reused": True, "fingerprint": fingerprint,
                                               "weights_sha256": summary.get("weights_sha256", "")})
+    from models.embedded.corpus import load_corpus
+
     images, captions = load_corpus(workspace.corpus_dir)
-    result = pretrain_tiny_clip(images, captions, directory, ClipPretrainConfig(**settings),
-                                on_epoch=_epoch_logger(context, "tiny-clip"))
+    result = train(images, captions, directory, settings, _epoch_logger(context, model))
     mark_current(directory, fingerprint)
     return dg.MaterializeResult(
         metadata={
@@ -86,33 +86,27 @@ def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabRe
             "epoch_losses": dg.MetadataValue.json([round(x, 4) for x in result.epoch_losses]),
         }
     )
+
+
+@dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=TINY_CLIP_CODE, kinds={"pytorch"})
+def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """tiny-clip: open_clip's native CLIP architecture pretrained contrastively (ClipLoss) on the corpus."""
+    from models.backbones.tiny_clip import ClipPretrainConfig, pretrain_tiny_clip
+
+    def train(images, captions, directory, settings, on_epoch):
+        return pretrain_tiny_clip(images, captions, directory, ClipPretrainConfig(**settings), on_epoch=on_epoch)
+
+    return pretrain_on_corpus(context, promptlab, "tiny-clip", "tiny_clip", TINY_CLIP_CODE,
+                              promptlab.workspace().tiny_clip_dir, train)
 
 
 @dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=DIFFUSION_CODE, kinds={"pytorch"})
 def tiny_diffusion_model(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """A small diffusers UNet2DModel + DDPM scheduler pretrained on the corpus images (save_pretrained folder)."""
     from models.backbones.tiny_diffusion import DiffusionPretrainConfig, pretrain_diffusion
-    from models.embedded.corpus import load_corpus
 
-    workspace, settings = promptlab.workspace(), promptlab.catalog().world["diffusion"]
-    directory = workspace.diffusion_dir
-    fingerprint = stable_hash({"code": DIFFUSION_CODE, "settings": settings,
-                               "corpus": _fingerprint_path(workspace.corpus_dir).read_text()})
-    if is_current(directory, fingerprint):
-        context.log.info(f"tiny diffusion model is current (fingerprint {fingerprint}); not retrained")
-        return dg.MaterializeResult(metadata={"path": str(directory), "reused": True, "fingerprint": fingerprint})
-    images, _ = load_corpus(workspace.corpus_dir)
-    result = pretrain_diffusion(images, directory, DiffusionPretrainConfig(**settings),
-                                on_epoch=_epoch_logger(context, "diffusion"))
-    mark_current(directory, fingerprint)
-    return dg.MaterializeResult(
-        metadata={
-            "path": str(directory),
-            "reused": False,
-            "fingerprint": fingerprint,
-            "weights_sha256": result.weights_sha256,
-            "seconds": round(result.seconds, 1),
-            "final_loss": result.epoch_losses[-1],
-            "epoch_losses": dg.MetadataValue.json([round(x, 4) for x in result.epoch_losses]),
-        }
-    )
+    def train(images, captions, directory, settings, on_epoch):
+        return pretrain_diffusion(images, directory, DiffusionPretrainConfig(**settings), on_epoch=on_epoch)
+
+    return pretrain_on_corpus(context, promptlab, "tiny diffusion model", "diffusion", DIFFUSION_CODE,
+                              promptlab.workspace().diffusion_dir, train)
