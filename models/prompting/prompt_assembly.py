@@ -107,6 +107,23 @@ def encode_template_texts(text_tower: TextTower, tokenizer, texts: list[str]) ->
     return text_tower(text_tower.embed_tokens(token_ids), token_ids)
 
 
+def template_ensemble_features(
+    text_tower: TextTower, tokenizer, classnames: list[str], templates: list[str]
+) -> torch.Tensor:
+    """(C, E) mean over templates of the normalized text features of "template.format(class)" (prompt ensembling);
+    one template gives its own normalized features."""
+    if not templates:
+        raise ValueError("at least one hand-crafted template is needed")
+    with torch.no_grad():
+        per_template = [
+            torch.nn.functional.normalize(
+                encode_template_texts(text_tower, tokenizer, [t.format(c) for c in classnames]).float(), dim=-1
+            )
+            for t in templates
+        ]
+    return torch.stack(per_template).mean(dim=0)
+
+
 def freeze(module: nn.Module) -> nn.Module:
     for parameter in module.parameters():
         parameter.requires_grad_(False)

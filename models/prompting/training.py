@@ -94,9 +94,8 @@ def train_on_features(
             batch = order[start : start + config.batch_size].to(device)
             features = view_features[batch, views[batch.cpu()].to(device)]
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = classifier(features)
                 weights = sample_weights[batch] if sample_weights is not None else None
-                loss = classifier.loss(logits.float(), labels[batch], weights)
+                loss, logits = classifier.training_loss(features, labels[batch], weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

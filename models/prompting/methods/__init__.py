@@ -4,5 +4,7 @@ from models.prompting.methods.registry import METHODS, MethodSpec, get_method, p
 
 # Importing a method module registers it.
 from models.prompting.methods import coop, zero_shot  # noqa: F401,E402
+from models.prompting.methods import kgcoop  # noqa: F401,E402
+from models.prompting.methods import cocoop  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]

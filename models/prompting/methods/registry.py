@@ -41,16 +41,26 @@ class PromptedClassifier(nn.Module):
     def text_features(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        text = F.normalize(self.text_features().float(), dim=-1)
+    def logits_from(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        text = F.normalize(text_features.float(), dim=-1)
         image = F.normalize(image_features.float(), dim=-1)
         return self.logit_scale * image @ text.t()
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.logits_from(image_features, self.text_features())
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor | None = None):
         per_sample = F.cross_entropy(logits, labels, reduction="none")
         if sample_weights is None:
             return per_sample.mean()
         return (per_sample * sample_weights).sum() / sample_weights.sum()
+
+    def training_loss(
+        self, image_features: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of one training step; methods with extra loss terms on the text features override it."""
+        logits = self(image_features)
+        return self.loss(logits.float(), labels, sample_weights), logits
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The learned prompt parameters only (the checkpoint of a method)."""

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
-from models.prompting.prompt_assembly import encode_template_texts
+from models.prompting.prompt_assembly import template_ensemble_features
 
 
 @dataclass(frozen=True)
@@ -19,20 +18,10 @@ class ZeroShotParameters:
 class ZeroShotClassifier(PromptedClassifier):
     def __init__(self, context: ClassifierContext):
         super().__init__(context)
-        if not context.templates:
-            raise ValueError("zero-shot needs at least one template")
-        with torch.no_grad():
-            per_template = [
-                F.normalize(
-                    encode_template_texts(
-                        context.text_tower, context.tokenizer, [t.format(c) for c in context.classnames]
-                    ).float(),
-                    dim=-1,
-                )
-                for t in context.templates
-            ]
-            # Ensemble: mean of normalized features over templates (one template: itself).
-            self.register_buffer("class_text_features", torch.stack(per_template).mean(dim=0))
+        self.register_buffer(
+            "class_text_features",
+            template_ensemble_features(context.text_tower, context.tokenizer, context.classnames, context.templates),
+        )
 
     def text_features(self) -> torch.Tensor:
         return self.class_text_features

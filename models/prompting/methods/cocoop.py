@@ -1,0 +1,146 @@
+"""CoCoOp (Zhou et al., CVPR 2022): CoOp's context plus an image-conditioned shift from a small meta-net.
+
+Hooks: the text tower's input token embeddings, conditioned on the (frozen) image feature. For image b the
+context is ctx + meta_net(normalize(image_b)), the same shift added to every context token, so each image gets
+its own C prompts. Loss: cross-entropy.
+
+The original runs one text-tower pass per image. Here the B x C prompts of a batch go through the shared
+TextTower in chunks of at most `text_chunk_size` prompts (all at once when they fit), which is exact: every
+prompt is encoded independently. Because the image encoder stays frozen, cached image features are valid
+input and the method trains with the shared `train_on_features` loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
+from models.prompting.prompt_assembly import ContextPromptTokens, assemble_prompts, tokenize_context_prompts
+from models.prompting.text_tower import TextTower
+
+
+@dataclass(frozen=True)
+class CoCoOpParameters:
+    n_context: int = 4
+    context_init: str | None = "a photo of a"  # sets n_context to its token count; None: random N(0, init_std)
+    meta_net_reduction: int = 16  # hidden width of the meta-net = image feature dim // reduction
+    text_chunk_size: int = 1024  # prompts per text-tower pass; bounds memory when B x C prompts are many
+    # Recompute each chunk's text forward during backward instead of storing its activations, so training memory
+    # is bounded by one chunk too (costs one extra text forward per step).
+    recompute_text_in_backward: bool = False
+    init_std: float = 0.02
+    init_seed: int = 0  # context (when random) and meta-net initialisation, independent of the data seed
+
+
+def joint_embedding_dim(text_tower: TextTower) -> int:
+    """Width of the shared image-text space: the text tower's output, which image features must match."""
+    projection = text_tower.text_projection
+    if projection is None:
+        return text_tower.width
+    if isinstance(projection, nn.Linear):
+        return projection.out_features
+    return projection.shape[-1]
+
+
+class CoCoOpClassifier(PromptedClassifier):
+    def __init__(self, context: ClassifierContext, parameters: CoCoOpParameters):
+        super().__init__(context)
+        if parameters.text_chunk_size < 1:
+            raise ValueError(f"text_chunk_size must be >= 1, got {parameters.text_chunk_size}")
+        self.parameters_used = parameters
+        self.pieces = tokenize_context_prompts(
+            context.text_tower, context.tokenizer, context.classnames, parameters.n_context, parameters.context_init
+        )
+        # With a word initialisation the context length is the init's token count, not n_context.
+        n_context = self.pieces.token_ids.shape[1] - 1 - self.pieces.suffix_embeddings.shape[1]
+        text_width = context.text_tower.width
+        image_dim = joint_embedding_dim(context.text_tower)
+        hidden = image_dim // parameters.meta_net_reduction
+        if hidden < 1:
+            raise ValueError(
+                f"meta_net_reduction {parameters.meta_net_reduction} leaves no hidden unit for image dim {image_dim}"
+            )
+        device = self.pieces.prefix_embeddings.device
+        # Seeded without touching the global RNG, so building a classifier never shifts other random draws.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(parameters.init_seed)
+            if self.pieces.initial_context is not None:
+                initial = self.pieces.initial_context.float()
+            else:
+                initial = torch.randn(n_context, text_width) * parameters.init_std
+            # Layer names as in the original (linear1, relu, linear2), so its checkpoints map one to one.
+            self.meta_net = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("linear1", nn.Linear(image_dim, hidden)),
+                        ("relu", nn.ReLU()),
+                        ("linear2", nn.Linear(hidden, text_width)),
+                    ]
+                )
+            ).to(device)
+        self.context = nn.Parameter(initial.to(device))
+
+    def text_features(self) -> torch.Tensor:
+        raise NotImplementedError("CoCoOp's text features depend on the image: use conditional_text_features")
+
+    def _encode_prompt_range(self, shifted_context: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Raw text features of prompts start..stop-1 of the flattened (image, class) grid, image-major."""
+        n_classes = self.pieces.token_ids.shape[0]
+        prompt_index = torch.arange(start, stop, device=shifted_context.device)
+        class_index, image_index = prompt_index % n_classes, prompt_index // n_classes
+        # Each prompt of the chunk is a "class-specific" prompt for assemble_prompts: its class's frozen pieces
+        # with its image's shifted context, so CoOp's assembly is reused unchanged.
+        chunk_pieces = dataclasses.replace(
+            self.pieces,
+            token_ids=self.pieces.token_ids[class_index],
+            prefix_embeddings=self.pieces.prefix_embeddings[class_index],
+            suffix_embeddings=self.pieces.suffix_embeddings[class_index],
+            name_token_counts=[self.pieces.name_token_counts[i] for i in class_index.tolist()],
+            initial_context=None,
+        )
+        prompts = assemble_prompts(shifted_context[image_index], chunk_pieces, "end")
+        return self.text_tower(prompts, chunk_pieces.token_ids)
+
+    def conditional_text_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Raw text features (B, C, E): the C class prompts conditioned on each of the B image features."""
+        image = F.normalize(image_features.float(), dim=-1)
+        bias = self.meta_net(image)  # (B, D): one shift per image, shared by its context tokens
+        shifted_context = self.context.unsqueeze(0) + bias.unsqueeze(1)  # (B, n, D)
+        n_images, n_classes = image.shape[0], self.pieces.token_ids.shape[0]
+        total, chunk = n_images * n_classes, self.parameters_used.text_chunk_size
+        recompute = self.parameters_used.recompute_text_in_backward and torch.is_grad_enabled()
+        features = []
+        for start in range(0, total, chunk):
+            stop = min(start + chunk, total)
+            if recompute:
+                features.append(
+                    checkpoint(self._encode_prompt_range, shifted_context, start, stop, use_reentrant=False)
+                )
+            else:
+                features.append(self._encode_prompt_range(shifted_context, start, stop))
+        return torch.cat(features).view(n_images, n_classes, -1)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(image_features.float(), dim=-1)
+        text = F.normalize(self.conditional_text_features(image_features).float(), dim=-1)
+        return self.logit_scale * torch.einsum("be,bce->bc", image, text)
+
+
+register_method(
+    MethodSpec(
+        name="cocoop",
+        parameters_type=CoCoOpParameters,
+        build=CoCoOpClassifier,
+        trains_prompts=True,
+        frozen_image_encoder=True,
+        hooks="text tower input: learned context tokens shifted by a meta-net of the image feature",
+        description="CoCoOp: CoOp context plus an image-conditioned shift (meta-net), cross-entropy loss.",
+    )
+)
