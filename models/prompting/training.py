@@ -93,11 +93,15 @@ def train_on_features(
         for start in range(0, n_samples, config.batch_size):
             batch = order[start : start + config.batch_size].to(device)
             features = view_features[batch, views[batch.cpu()].to(device)]
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                weights = sample_weights[batch] if sample_weights is not None else None
-                loss, logits = classifier.training_loss(features, labels[batch], weights)
+            weights = sample_weights[batch] if sample_weights is not None else None
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # The method computes its gradient (most: backward of training_loss); only the forward is autocast.
+            loss, logits = classifier.backward_step(
+                features,
+                labels[batch],
+                weights,
+                forward_context=lambda: torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp),
+            )
             optimizer.step()
             history.steps += 1
             total_loss += loss.item() * len(batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -61,6 +62,23 @@ class PromptedClassifier(nn.Module):
         """(loss, logits) of one training step; methods with extra loss terms on the text features override it."""
         logits = self(image_features)
         return self.loss(logits.float(), labels, sample_weights), logits
+
+    def backward_step(
+        self,
+        image_features: torch.Tensor,
+        labels: torch.Tensor,
+        sample_weights: torch.Tensor | None = None,
+        forward_context: Callable[[], Any] = contextlib.nullcontext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step's (loss, logits), leaving the gradient to apply in each parameter's .grad.
+
+        forward_context wraps the forward only (the training loop passes autocast), so the backward runs outside it.
+        Methods that shape the update itself (e.g. ProGrad's gradient projection) override this.
+        """
+        with forward_context():
+            loss, logits = self.training_loss(image_features, labels, sample_weights)
+        loss.backward()
+        return loss, logits
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The learned prompt parameters only (the checkpoint of a method)."""

@@ -1,0 +1,116 @@
+"""ProGrad (Zhu et al., ICCV 2023): CoOp whose updates never go against CLIP's zero-shot "general knowledge".
+
+Hooks: as CoOp (learned context tokens in the text tower's input). Loss: cross-entropy, but the applied gradient
+is shaped. G_ce is the cross-entropy gradient; G_kl the gradient of KL(zero-shot probs || model probs), the
+zero-shot probs coming from the frozen hand-crafted templates. Where they conflict (G_ce . G_kl < 0) the update is
+G_ce - lambda * (G_ce . G_kl) / ||G_kl||^2 * G_kl, i.e. G_ce projected onto the normal plane of G_kl (lambda = 1);
+otherwise it is G_ce itself. As in the authors' trainer, each parameter tensor is projected on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from models.prompting.methods.coop import CoOpClassifier, CoOpParameters
+from models.prompting.methods.registry import ClassifierContext, MethodSpec, register_method
+from models.prompting.prompt_assembly import template_ensemble_features
+
+
+@dataclass(frozen=True)
+class ProGradParameters(CoOpParameters):
+    # CoOp's published setting (16 random context tokens) plus ProGrad's projection strength and KL temperature.
+    projection_lambda: float = 1.0
+    kl_temperature: float = 1.0
+
+
+def project_conflicting_gradient(
+    classification_gradient: torch.Tensor, knowledge_gradient: torch.Tensor, projection_lambda: float
+) -> torch.Tensor:
+    """G_ce where it agrees with G_kl; where it conflicts, G_ce minus lambda times its component along G_kl."""
+    dot = torch.dot(classification_gradient.flatten().float(), knowledge_gradient.flatten().float())
+    # dot < 0 also implies ||G_kl|| > 0, so the division below is safe.
+    if dot >= 0:
+        return classification_gradient
+    squared_norm = knowledge_gradient.float().pow(2).sum()
+    correction = (projection_lambda * dot / squared_norm) * knowledge_gradient.float()
+    return (classification_gradient.float() - correction).to(classification_gradient.dtype)
+
+
+class ProGradClassifier(CoOpClassifier):
+    def __init__(self, context: ClassifierContext, parameters: ProGradParameters):
+        super().__init__(context, parameters)
+        # Frozen zero-shot classifier of the hand-crafted templates: the "general knowledge" to stay aligned with.
+        self.register_buffer(
+            "zero_shot_text_features",
+            template_ensemble_features(context.text_tower, context.tokenizer, context.classnames, context.templates),
+        )
+
+    def knowledge_divergence(
+        self, logits: torch.Tensor, zero_shot_logits: torch.Tensor, sample_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """T^2 * KL(softmax(zero-shot / T) || softmax(logits / T)), averaged (weighted like the cross-entropy)."""
+        temperature = self.parameters_used.kl_temperature
+        per_sample = F.kl_div(
+            F.log_softmax(logits.float() / temperature, dim=-1),
+            F.log_softmax(zero_shot_logits.float() / temperature, dim=-1),
+            reduction="none",
+            log_target=True,
+        ).sum(dim=-1) * temperature**2
+        if sample_weights is None:
+            return per_sample.mean()
+        return (per_sample * sample_weights).sum() / sample_weights.sum()
+
+    def loss_terms(
+        self, image_features: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cross-entropy, KL to the zero-shot predictions, logits), from one text-tower pass."""
+        logits = self(image_features)
+        with torch.no_grad():
+            zero_shot_logits = self.logits_from(image_features, self.zero_shot_text_features)
+        classification = self.loss(logits.float(), labels, sample_weights)
+        return classification, self.knowledge_divergence(logits, zero_shot_logits, sample_weights), logits
+
+    def backward_step(
+        self,
+        image_features: torch.Tensor,
+        labels: torch.Tensor,
+        sample_weights: torch.Tensor | None = None,
+        forward_context: Callable[[], Any] = contextlib.nullcontext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with forward_context():
+            classification, knowledge, logits = self.loss_terms(image_features, labels, sample_weights)
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        knowledge_gradients = torch.autograd.grad(knowledge, parameters, retain_graph=True, allow_unused=True)
+        classification_gradients = torch.autograd.grad(classification, parameters, allow_unused=True)
+        for parameter, classification_gradient, knowledge_gradient in zip(
+            parameters, classification_gradients, knowledge_gradients
+        ):
+            if classification_gradient is None:
+                continue
+            applied = classification_gradient
+            if knowledge_gradient is not None:
+                applied = project_conflicting_gradient(
+                    classification_gradient, knowledge_gradient, self.parameters_used.projection_lambda
+                )
+            # Accumulate like loss.backward() would, so callers that skip zero_grad see the usual semantics.
+            parameter.grad = applied if parameter.grad is None else parameter.grad + applied
+        # The reported loss is the cross-entropy: the objective the (projected) update descends.
+        return classification, logits
+
+
+register_method(
+    MethodSpec(
+        name="prograd",
+        parameters_type=ProGradParameters,
+        build=ProGradClassifier,
+        trains_prompts=True,
+        frozen_image_encoder=True,
+        hooks="text tower input: learned context tokens around the class name (as CoOp); gradient projection",
+        description="ProGrad: CoOp; on conflict the cross-entropy gradient is projected off the zero-shot KL gradient.",
+    )
+)
