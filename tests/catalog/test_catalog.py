@@ -57,3 +57,9 @@ def test_missing_catalog_file_is_named(catalog_copy):
     (catalog_copy / "backbones.yaml").unlink()
     with pytest.raises(CatalogError, match="backbones.yaml"):
         load_catalog(catalog_copy)
+
+
+def test_a_method_that_prompts_the_image_tower_is_refused_in_a_grid(catalog_copy):
+    edit(catalog_copy / "experiments.yaml", lambda c: c["grid"].append({"method": "maple", "shots": [16]}))
+    with pytest.raises(CatalogError, match="maple.*cannot train"):
+        load_catalog(catalog_copy)

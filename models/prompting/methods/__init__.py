@@ -6,6 +6,7 @@ from models.prompting.methods.registry import METHODS, MethodSpec, get_method, p
 from models.prompting.methods import coop, zero_shot  # noqa: F401,E402
 from models.prompting.methods import kgcoop  # noqa: F401,E402
 from models.prompting.methods import cocoop  # noqa: F401,E402
+from models.prompting.methods import maple  # noqa: F401,E402
 from models.prompting.methods import prograd  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]

@@ -1,0 +1,155 @@
+"""Tower forwards with learned tokens injected into the transformer layers ("deep" prompts).
+
+Shared by the multi-layer prompt methods (MaPLe; later VPT-deep, IVLP, PromptSRC). Both forwards run the
+backbone's own modules layer by layer, exactly as open_clip's `Transformer.forward` and
+`VisionTransformer.forward` do, and differ only where prompts enter:
+
+- text: the input embeddings already carry the shallow prompt (spliced by `prompt_assembly`); before layer
+  i >= 1 the tokens at positions [start, start + n) are replaced by the layer-i prompts.
+- vision: n prompt tokens are appended at the END of the sequence after the positional embedding (and patch
+  dropout, so prompts are never dropped) and before ln_pre; before layer i >= 1 the last n tokens are replaced
+  by the layer-i prompts. The prompt tokens are removed before pooling, so pooling sees the same tokens as the
+  unprompted model (with 'tok' pooling, as in CLIP, this changes nothing).
+
+`layer_prompts[k]` is the prompt of layer k + 1; layers past len(layer_prompts) keep whatever the previous layer
+produced at those positions (as MaPLe's "prompt depth" does). A prompt is (n, D), shared by the batch, or
+(B, n, D), one per sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from open_clip.transformer import text_global_pool
+
+from models.prompting.text_tower import TextTower, UnsupportedBackboneError
+
+
+def _replace_tokens(x: torch.Tensor, prompt: torch.Tensor, start: int, sequence_dim: int) -> torch.Tensor:
+    """x with the tokens at [start, start + n) along sequence_dim replaced by prompt (n, D) or (B, n, D)."""
+    batch_dim = 1 - sequence_dim
+    n_prompt = prompt.shape[-2]
+    if prompt.dim() == 2:
+        prompt = prompt.unsqueeze(0).expand(x.shape[batch_dim], -1, -1)
+    if sequence_dim == 0:  # sequence-first layout (L, B, D)
+        prompt = prompt.transpose(0, 1)
+    before = x.narrow(sequence_dim, 0, start)
+    after = x.narrow(sequence_dim, start + n_prompt, x.shape[sequence_dim] - start - n_prompt)
+    # Concatenation, not in-place assignment, so gradients flow to the prompts and autograd stays valid.
+    return torch.cat([before, prompt.to(x.dtype), after], dim=sequence_dim)
+
+
+def run_transformer_with_layer_prompts(
+    transformer: nn.Module,
+    x: torch.Tensor,
+    layer_prompts: Sequence[torch.Tensor],
+    prompt_start: int,
+    attn_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """open_clip `Transformer.forward` on x (B, L, D), replacing tokens [prompt_start, +n) before layers 1..len."""
+    blocks = transformer.resblocks
+    if len(layer_prompts) > len(blocks) - 1:
+        raise ValueError(
+            f"{len(layer_prompts)} deep prompts need {len(layer_prompts) + 1} layers; the tower has {len(blocks)}"
+        )
+    batch_first = getattr(transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1).contiguous()  # NLD -> LND
+    sequence_dim = 1 if batch_first else 0
+    for index, block in enumerate(blocks):
+        if 1 <= index <= len(layer_prompts):
+            x = _replace_tokens(x, layer_prompts[index - 1], prompt_start, sequence_dim)
+        if getattr(transformer, "grad_checkpointing", False) and not torch.jit.is_scripting():
+            x = checkpoint(block, x, None, None, attn_mask, use_reentrant=False)
+        else:
+            x = block(x, attn_mask=attn_mask)
+    if not batch_first:
+        x = x.transpose(0, 1)  # LND -> NLD
+    return x
+
+
+def encode_text_with_deep_prompts(
+    text_tower: TextTower,
+    token_embeddings: torch.Tensor,
+    token_ids: torch.Tensor,
+    layer_prompts: Sequence[torch.Tensor],
+    prompt_start: int = 1,
+) -> torch.Tensor:
+    """`TextTower.forward` with deep prompts: raw text features (P, E) of prompts given as embeddings (P, L, D)."""
+    dtype = text_tower.dtype
+    x = token_embeddings.to(dtype) + text_tower.positional_embedding.to(dtype)
+    attn_mask = text_tower.attn_mask
+    if attn_mask is not None:
+        attn_mask = attn_mask.to(device=x.device)
+    layer_prompts = [prompt.to(dtype) for prompt in layer_prompts]
+    x = run_transformer_with_layer_prompts(text_tower.transformer, x, layer_prompts, prompt_start, attn_mask)
+    x = text_tower.ln_final(x)
+    x = text_global_pool(x, token_ids, text_tower.pool_type, eos_token_id=text_tower.eos_token_id)
+    projection = text_tower.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+    return x
+
+
+class PromptedVisionTower(nn.Module):
+    """A view of open_clip's VisionTransformer that takes prompt tokens appended at the end of the sequence."""
+
+    REQUIRED = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        visual = getattr(clip_model, "visual", None)
+        missing = [name for name in self.REQUIRED if not hasattr(visual, name)]
+        if visual is None or missing or not hasattr(visual.transformer, "resblocks"):
+            raise UnsupportedBackboneError(
+                f"the visual tower {type(visual).__name__} is not an open_clip VisionTransformer "
+                f"(missing {missing or ['transformer.resblocks']}); vision prompts need a ViT image encoder"
+            )
+        if getattr(visual, "attn_pool", None) is not None:
+            raise UnsupportedBackboneError("vision towers with attentional pooling (CoCa) are not supported")
+        self.visual = visual
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.transformer.get_cast_dtype()
+
+    @property
+    def width(self) -> int:
+        return self.visual.positional_embedding.shape[-1]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_prompts: torch.Tensor,
+        layer_prompts: Sequence[torch.Tensor] = (),
+    ) -> torch.Tensor:
+        """Raw image features (B, E); input_prompts (n, D) or (B, n, D), layer_prompts for layers 1..len."""
+        visual = self.visual
+        dtype = self.dtype
+        # The steps of VisionTransformer._embeds, with the prompts appended between patch dropout and ln_pre.
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # (B, grid**2, width)
+        class_token = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
+        x = torch.cat([class_token, x], dim=1)
+        x = x + visual.positional_embedding.to(x.dtype)
+        x = visual.patch_dropout(x)
+        n_prompt = input_prompts.shape[-2]
+        if input_prompts.dim() == 2:
+            input_prompts = input_prompts.unsqueeze(0).expand(x.shape[0], -1, -1)
+        x = torch.cat([x, input_prompts.to(x.dtype)], dim=1)
+        x = visual.ln_pre(x)
+        prompt_start = x.shape[1] - n_prompt
+        layer_prompts = [prompt.to(dtype) for prompt in layer_prompts]
+        x = run_transformer_with_layer_prompts(visual.transformer, x, layer_prompts, prompt_start)
+        x = x[:, :prompt_start]  # prompts are scratch tokens, not image content: pooling never sees them
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return pooled
