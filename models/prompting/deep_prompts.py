@@ -153,3 +153,40 @@ class PromptedVisionTower(nn.Module):
         if visual.proj is not None:
             pooled = pooled @ visual.proj
         return pooled
+
+
+def check_prompt_depth(depth: int, n_layers: int, tower: str) -> None:
+    """Refuse a prompt depth the tower cannot hold (depth J prompts the input and layers 1..J-1)."""
+    if not 1 <= depth <= n_layers:
+        raise ValueError(f"{tower} prompt_depth must be in 1..{n_layers} (the tower's layer count), got {depth}")
+
+
+class IndependentLayerPrompts(nn.Module):
+    """n learned tokens for a tower's input and for each of its layers 1..depth-1, each layer its own
+    (VPT-deep, IVLP): no coupling between layers or towers. `input_prompt` may start from given embeddings."""
+
+    def __init__(
+        self,
+        n_tokens: int,
+        width: int,
+        depth: int,
+        init_std: float,
+        initial_input: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if n_tokens < 0:
+            raise ValueError(f"the number of prompt tokens must be >= 0, got {n_tokens}")
+        if initial_input is None:
+            initial_input = torch.randn(n_tokens, width) * init_std
+        if tuple(initial_input.shape) != (n_tokens, width):
+            raise ValueError(
+                f"initial input prompt has shape {tuple(initial_input.shape)}, expected {(n_tokens, width)}"
+            )
+        self.input_prompt = nn.Parameter(initial_input.detach().clone().float())
+        self.layer_prompts = nn.ParameterList(
+            [nn.Parameter(torch.randn(n_tokens, width) * init_std) for _ in range(depth - 1)]
+        )
+
+    @property
+    def n_tokens(self) -> int:
+        return self.input_prompt.shape[0]

@@ -8,5 +8,6 @@ from models.prompting.methods import kgcoop  # noqa: F401,E402
 from models.prompting.methods import cocoop  # noqa: F401,E402
 from models.prompting.methods import maple  # noqa: F401,E402
 from models.prompting.methods import prograd  # noqa: F401,E402
+from models.prompting.methods import vpt, ivlp, promptsrc  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]
