@@ -20,6 +20,8 @@ from models.provenance import stable_hash
 DEFAULT_CATALOG_DIR = Path(__file__).resolve().parents[1] / "assets_catalog"
 DATASET_SOURCES = ("embedded", "coop", "image_folder")
 BACKBONE_SOURCES = ("embedded", "open_clip", "checkpoint", "local_dir")
+# all_classes: train on every class; base_to_new: train on the base half, test base and new separately.
+PROTOCOLS = ("all_classes", "base_to_new")
 
 
 class CatalogError(ValueError):
@@ -78,6 +80,7 @@ class ExperimentConfig:
     optimization: dict[str, Any] = field(default_factory=dict)
     augmentation: AugmentationOptions | None = None
     pseudolabels: PseudolabelOptions | None = None
+    protocol: str = "all_classes"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +92,7 @@ class ExperimentConfig:
             "optimization": self.optimization,
             "augmentation": None if self.augmentation is None else self.augmentation.__dict__,
             "pseudolabels": None if self.pseudolabels is None else self.pseudolabels.__dict__,
+            "protocol": self.protocol,
         }
 
     @property
@@ -104,6 +108,8 @@ class ExperimentConfig:
             value = getattr(self, name)
             if value is not None:
                 options[name] = value.__dict__
+        if self.protocol != "all_classes":
+            options["protocol"] = self.protocol
         return options
 
 
@@ -205,7 +211,7 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
             raise CatalogError(f"{where}: method {method!r} prompts the image tower; the pipeline cannot train "
                                "it yet (only methods with a frozen image encoder can be in a grid)")
         unknown = set(entry) - {"method", "shots", "seeds", "parameters", "optimization", "augmentation",
-                                "pseudolabels", "name"}
+                                "pseudolabels", "name", "protocol"}
         if unknown:
             raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}")
         method_defaults = methods[method]
@@ -225,7 +231,14 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
             raise CatalogError(f"{where}: {error}") from error
         if (augmentation or pseudolabels) and not trains:
             raise CatalogError(f"{where}: augmentation/pseudolabels need a method that trains prompts")
-        suffixes = ([entry["name"]] if entry.get("name") else []) + (["aug"] if augmentation else []) + (
+        protocol = entry.get("protocol", "all_classes")
+        if protocol not in PROTOCOLS:
+            raise CatalogError(f"{where}: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        if protocol == "base_to_new" and (augmentation or pseudolabels or not trains):
+            raise CatalogError(f"{where}: base_to_new needs a method that trains prompts, without augmentation or "
+                               "pseudolabels (zero-shot is scored on base and new in every run anyway)")
+        suffixes = ([entry["name"]] if entry.get("name") else []) + (["b2n"] if protocol == "base_to_new" else []) + (
+            ["aug"] if augmentation else []) + (
             [pseudolabels.strategy] if pseudolabels else []
         )
         for shots in shots_list:
@@ -242,6 +255,7 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
                     optimization=optimization,
                     augmentation=augmentation,
                     pseudolabels=pseudolabels,
+                    protocol=protocol,
                 )
     return experiments
 

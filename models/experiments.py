@@ -130,15 +130,27 @@ def read_checkpoint_config(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_prompt_checkpoint(directory: Path, clip_model: torch.nn.Module, tokenizer) -> tuple[PromptedClassifier, dict]:
-    """Rebuild a classifier from its checkpoint folder alone (config + learned parameters)."""
+def load_prompt_checkpoint(
+    directory: Path, clip_model: torch.nn.Module, tokenizer, classnames: list[str] | None = None
+) -> tuple[PromptedClassifier, dict]:
+    """Rebuild a classifier from its checkpoint folder alone (config + learned parameters).
+
+    `classnames` applies the learned prompt to other classes than it was trained on (new classes in
+    base-to-new, another dataset's classes in cross-dataset transfer); class-specific parameters cannot transfer.
+    """
     config = read_checkpoint_config(directory)
+    target_classnames = classnames if classnames is not None else config["classnames"]
     classifier = build_classifier(
-        clip_model, tokenizer, config["method"], config["parameters"], config["classnames"], config["templates"]
+        clip_model, tokenizer, config["method"], config["parameters"], target_classnames, config["templates"]
     )
     weights = Path(directory) / CHECKPOINT_WEIGHTS
     if weights.exists():
         state = load_file(str(weights))
+        expected = {name: tuple(p.shape) for name, p in classifier.trainable_state().items()}
+        mismatched = sorted(n for n, t in state.items() if n in expected and tuple(t.shape) != expected[n])
+        if mismatched:
+            raise ValueError(f"{weights}: parameters {mismatched} have class-specific shapes and cannot be applied "
+                             f"to {len(target_classnames)} other classes")
         missing = classifier.load_state_dict(state, strict=False)
         unexpected = [k for k in missing.unexpected_keys]
         if unexpected:

@@ -39,8 +39,9 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     inputs = partition_inputs(promptlab, dataset, experiment_key)
     workspace = promptlab.workspace()
     backbone = promptlab.load_backbone()
+    # Scored on all the dataset's classes; base and new are then each scored among their own classes.
     classifier, checkpoint = load_prompt_checkpoint(workspace.checkpoint_dir(dataset, experiment_key),
-                                                    backbone.model, backbone.tokenizer)
+                                                    backbone.model, backbone.tokenizer, classnames=inputs.classnames)
     if checkpoint["backbone_weights_sha256"] != backbone.weights_sha256:
         raise ValueError(f"checkpoint of {dataset}/{experiment_key} was trained on other backbone weights "
                          f"({checkpoint['backbone_weights_sha256'][:12]} != {backbone.weights_sha256[:12]}); retrain it")

@@ -2,6 +2,8 @@
 pseudolabels; the learned prompt parameters are saved with the config that rebuilds them."""
 
 
+import json
+
 import dagster as dg
 import polars as pl
 import torch
@@ -38,12 +40,18 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     backbone = promptlab.load_backbone()
     templates = list(inputs.dataset.templates)
     method = get_method(experiment.method)
+    class_split = json.loads(workspace.class_split_path(dataset).read_text())
+    # base_to_new trains on the base classes only (relabelled 0..B-1); new classes are never seen in training.
+    trained_labels = (class_split["base_labels"] if experiment.protocol == "base_to_new"
+                      else list(range(len(inputs.classnames))))
+    trained_classnames = [inputs.classnames[label] for label in trained_labels]
     classifier = build_classifier(backbone.model, backbone.tokenizer, experiment.method, experiment.parameters,
-                                  inputs.classnames, templates)
+                                  trained_classnames, templates)
     config = {
         "method": experiment.method,
         "parameters": experiment.parameters,
-        "classnames": inputs.classnames,
+        "classnames": trained_classnames,
+        "protocol": experiment.protocol,
         "templates": templates,
         "experiment": experiment.as_dict(),
         "config_hash": experiment.config_hash,
@@ -57,9 +65,11 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     if method.trains_prompts:
         cache = workspace.feature_cache_dir
         labelled_rows = inputs.fewshot_train(pl.read_parquet(workspace.fewshot_path(dataset)))
+        labelled_rows = labelled_rows.filter(pl.col("label").is_in(trained_labels))
+        relabel = {label: index for index, label in enumerate(trained_labels)}
         labelled = (features_for_images(backbone, inputs.image_dir, labelled_rows["relative_path"].to_list(),
                                         labelled_rows["content_sha256"].to_list(), cache, with_mirror=True),
-                    torch.tensor(labelled_rows["label"].to_list()))
+                    torch.tensor([relabel[label] for label in labelled_rows["label"].to_list()]))
         augmented = None
         if experiment.augmentation is not None:
             directory = workspace.augmentation_dir(dataset, experiment_key)

@@ -38,6 +38,8 @@ def _write_micro_catalog() -> None:
                           "num_inference_steps": 2}},
         {"method": "coop", "shots": [2], "seeds": [1], "optimization": {"epochs": 2}, "parameters": {"n_context": 4},
          "pseudolabels": {"strategy": "fpl", "per_class": 2}},
+        {"method": "coop", "shots": [2], "seeds": [1], "optimization": {"epochs": 2}, "parameters": {"n_context": 4},
+         "protocol": "base_to_new"},
     ]
     (MICRO_CATALOG / "experiments.yaml").write_text(yaml.safe_dump({"grid": grid}))
 

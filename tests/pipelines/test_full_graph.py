@@ -11,7 +11,7 @@ from pipelines.partitions import multi_partition_key
 from pipelines.resources import PromptLabResource
 
 HEALTHY = ["Shapes", "Digits"]
-EXPERIMENTS = ["zeroshot", "coop-k2-s1", "coop-k2-s2", "coop-k2-s1-aug", "coop-k2-s1-fpl"]
+EXPERIMENTS = ["zeroshot", "coop-k2-s1", "coop-k2-s2", "coop-k2-s1-aug", "coop-k2-s1-fpl", "coop-k2-s1-b2n"]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_every_healthy_partition_has_current_metrics_and_the_broken_dataset_none
     assert {"test", "base", "new", "base_new"} <= splits
     seeds = read(workspace, """SELECT dataset, n_seeds FROM results_by_config WHERE method = 'coop' AND shots = 2
                                AND split = 'test' AND metric = 'top1_accuracy' AND options NOT LIKE '%augmentation%'
-                               AND options NOT LIKE '%pseudolabels%'""")
+                               AND options NOT LIKE '%pseudolabels%' AND options NOT LIKE '%protocol%'""")
     assert sorted(seeds) == [("Digits", 2), ("Shapes", 2)]  # seeds are averaged, not separate configurations
     values = [v for (v,) in read(workspace, "SELECT value FROM metrics WHERE metric = 'top1_accuracy'")]
     assert all(0.0 <= v <= 1.0 for v in values)
@@ -136,3 +136,18 @@ def test_a_newly_trained_checkpoint_is_requested_for_evaluation(graph_run):
     second = dg.evaluate_automation_conditions(defs, instance, asset_selection=selection, cursor=first.cursor)
     requested = second.get_requested_partitions(dg.AssetKey("evaluation_metrics"))
     assert key in requested
+
+
+def test_base_to_new_trains_on_base_classes_only_and_scores_both_halves(graph_run):
+    import json
+
+    _, workspace = graph_run
+    split = json.loads(workspace.class_split_path("Shapes").read_text())
+    checkpoint = json.loads((workspace.checkpoint_dir("Shapes", "coop-k2-s1-b2n") / "prompt_config.json").read_text())
+    assert checkpoint["classnames"] == [split["classnames"][i] for i in split["base_labels"]]
+    assert checkpoint["training_composition"] == {"labelled": 2 * len(split["base_labels"])}
+    rows = dict(read(workspace, """SELECT m.split || '/' || m.metric, m.value FROM metrics m JOIN runs r USING (run_id)
+                                   WHERE r.partition_key = 'Shapes|coop-k2-s1-b2n' AND r.stage = 'evaluation'"""))
+    base, new = rows["base/top1_accuracy"], rows["new/top1_accuracy"]
+    expected = 0.0 if base + new == 0 else 2 * base * new / (base + new)
+    assert abs(rows["base_new/harmonic_mean"] - expected) < 1e-12
