@@ -58,7 +58,10 @@ labels AS (
              WHEN v.n_options <= 1 THEN ''
              WHEN json_extract_string(e.options, '$.settings_hash') IS NULL THEN ' ' || e.options
              ELSE coalesce(' + ' || nullif(array_to_string(
-                      list_sort(list_filter(json_keys(e.options), k -> k <> 'settings_hash')), ' + '), ''), '')
+                      list_transform(
+                          list_sort(list_filter(json_keys(e.options), k -> k <> 'settings_hash')),
+                          k -> CASE WHEN k = 'protocol' THEN json_extract_string(e.options, '$.protocol') ELSE k END),
+                      ' + '), ''), '')
                   || CASE WHEN v.n_settings > 1
                           THEN ' [' || json_extract_string(e.options, '$.settings_hash') || ']' ELSE '' END
            END AS configuration
