@@ -25,14 +25,12 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def reference():
-    model = open_clip.model.build_model_from_openai_state_dict(
-        load_file(MODEL_FILE), quick_gelu=True, cast_dtype=None
-    ).float().eval()
+def reference(reference_clip):
+    model, tokenizer = reference_clip
     tensors = load_file(DATA / "coop_cocoop_reference.safetensors")
     spec = json.loads(CASES_FILE.read_text())
     classnames = [name.replace("_", " ") for name in spec["classnames"]]
-    return model, open_clip.get_tokenizer("ViT-B-32"), tensors, spec["cases"], classnames
+    return model, tokenizer, tensors, spec["cases"], classnames
 
 
 def build_coop(reference, case: dict):

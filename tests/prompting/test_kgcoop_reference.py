@@ -29,19 +29,15 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def reference():
-    model = open_clip.model.build_model_from_openai_state_dict(
-        load_file(MODEL_FILE), quick_gelu=True, cast_dtype=None
-    ).float().eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
+def reference(reference_clip):
+    model, tokenizer = reference_clip
     spec = json.loads(CASES_FILE.read_text())
     shared = load_file(SHARED_INPUTS_FILE)
     with torch.no_grad():
         image_features = model.encode_image(shared["images"])
     return {
         "model": model,
-        "tokenizer": open_clip.get_tokenizer("ViT-B-32"),
+        "tokenizer": tokenizer,
         "tensors": load_file(TENSORS_FILE),
         "case": spec["cases"]["kgcoop"],
         "classnames": [name.replace("_", " ") for name in spec["classnames"]],

@@ -30,17 +30,13 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def reference():
-    model = open_clip.model.build_model_from_openai_state_dict(
-        load_file(MODEL_FILE), quick_gelu=True, cast_dtype=None
-    ).float().eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
+def reference(reference_clip):
+    model, tokenizer = reference_clip
     spec = json.loads(CASES_FILE.read_text())
     classnames = [name.replace("_", " ") for name in spec["classnames"]]
     tensors = load_file(DATA / "maple_reference.safetensors")
     inputs = load_file(INPUTS_FILE)
-    return model, open_clip.get_tokenizer("ViT-B-32"), tensors, inputs, spec["cases"]["maple"], classnames
+    return model, tokenizer, tensors, inputs, spec["cases"]["maple"], classnames
 
 
 def build_maple(model, tokenizer, classnames, **overrides):
