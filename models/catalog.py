@@ -205,11 +205,6 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
             raise CatalogError(f"{where}: unknown method {method!r}; registered: {sorted(METHODS)}")
         if method not in methods:
             raise CatalogError(f"{where}: method {method!r} is not listed in methods.yaml")
-        if not METHODS[method].frozen_image_encoder:
-            # The pipeline's trainer works on cached image features; prompts inside the image tower need an
-            # image-level training loop, which does not exist yet.
-            raise CatalogError(f"{where}: method {method!r} prompts the image tower; the pipeline cannot train "
-                               "it yet (only methods with a frozen image encoder can be in a grid)")
         unknown = set(entry) - {"method", "shots", "seeds", "parameters", "optimization", "augmentation",
                                 "pseudolabels", "name", "protocol"}
         if unknown:

@@ -20,7 +20,7 @@ from models.atomic import atomic_directory
 from models.catalog import ExperimentConfig
 from models.prompting.methods import get_method, parse_method_parameters
 from models.prompting.methods.registry import ClassifierContext, PromptedClassifier
-from models.prompting.training import OptimizationConfig, TrainingHistory, predict_probabilities, train_on_features
+from models.prompting.training import OptimizationConfig, TrainingHistory, predict_probabilities, train_prompt_parameters
 
 CHECKPOINT_CONFIG = "prompt_config.json"
 CHECKPOINT_WEIGHTS = "prompt_parameters.safetensors"
@@ -57,12 +57,14 @@ def build_classifier(
 
 @dataclass
 class TrainingSet:
-    """Features of the training images (N, V, E), their labels and per-sample loss weights."""
+    """Inputs of the training images (features (N, V, E) or images (N, V, 3, H, W)), labels, per-sample loss
+    weights, and the few-shot val subset (inputs, labels) for methods that select hyperparameters on it."""
 
-    view_features: torch.Tensor
+    view_inputs: torch.Tensor
     labels: torch.Tensor
     sample_weights: torch.Tensor | None = None
     composition: dict[str, int] = field(default_factory=dict)
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def combine_training_sets(
@@ -102,9 +104,11 @@ def train_prompts(
     device: str | torch.device = "cpu",
 ) -> TrainingHistory:
     torch.manual_seed(optimization.seed)
-    return train_on_features(
+    if not classifier.trained_by_gradient:
+        return classifier.fit(training_set, optimization)
+    return train_prompt_parameters(
         classifier,
-        training_set.view_features,
+        training_set.view_inputs,
         training_set.labels,
         optimization,
         sample_weights=training_set.sample_weights,
@@ -202,8 +206,8 @@ def evaluation_splits(
     return splits
 
 
-def predict(classifier: PromptedClassifier, image_features: torch.Tensor) -> np.ndarray:
-    return predict_probabilities(classifier, image_features).numpy().astype(np.float64)
+def predict(classifier: PromptedClassifier, image_inputs: torch.Tensor) -> np.ndarray:
+    return predict_probabilities(classifier, image_inputs).numpy().astype(np.float64)
 
 
 def predictions_frame(run_id: str, dataset: str, split: SplitPredictions) -> pl.DataFrame:
@@ -252,3 +256,35 @@ def features_for_images(
 
         per_view.append(cached_features(cache_dir, key, compute))
     return torch.stack(per_view, dim=1) if with_mirror else per_view[0]
+
+
+def preprocessed_images(
+    backbone, image_dir: Path, relative_paths: list[str], with_mirror: bool = False
+) -> torch.Tensor:
+    """Images through the backbone's eval transform, (N, 3, H, W), or (N, 2, 3, H, W) with the mirrored view."""
+    from models.data.index import load_images
+
+    images = load_images(image_dir, relative_paths)
+    if not images:
+        raise ValueError(f"no images to preprocess under {image_dir}")
+    views = [[backbone.preprocess_eval(image) for image in images]]
+    if with_mirror:
+        views.append([backbone.preprocess_eval(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)) for image in images])
+    stacked = [torch.stack(view) for view in views]
+    return torch.stack(stacked, dim=1) if with_mirror else stacked[0]
+
+
+def method_inputs_for_images(
+    method: str,
+    backbone,
+    image_dir: Path,
+    relative_paths: list[str],
+    content_hashes: list[str],
+    cache_dir: Path | None,
+    with_mirror: bool = False,
+) -> torch.Tensor:
+    """What the method's classifier takes for these images: cached features from the frozen image tower, or
+    preprocessed images when the method prompts the image tower (they must pass through it at every step)."""
+    if get_method(method).frozen_image_encoder:
+        return features_for_images(backbone, image_dir, relative_paths, content_hashes, cache_dir, with_mirror)
+    return preprocessed_images(backbone, image_dir, relative_paths, with_mirror)

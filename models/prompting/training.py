@@ -1,7 +1,8 @@
-"""The one training loop for prompt methods whose image encoder is frozen: it trains on image features.
+"""The one training loop of every prompt method that learns by gradient.
 
-Image features are computed once per view (see `models.prompting.features`), so each step only runs the text
-tower. Schedule as the Dassl trainers configure it: SGD with momentum, one warm-up epoch at a constant small
+Methods whose image tower is frozen and unprompted train on cached image features (computed once per view, see
+`models.prompting.features`), so each step only runs the text tower; methods that prompt the image tower (VPT,
+IVLP, MaPLe, PromptSRC) train on preprocessed images, which go through the prompted image tower at every step. Schedule as the Dassl trainers configure it: SGD with momentum, one warm-up epoch at a constant small
 learning rate, then cosine decay over the remaining epochs.
 """
 
@@ -47,9 +48,9 @@ def learning_rate_at(epoch: int, config: OptimizationConfig) -> float:
     return 0.5 * config.learning_rate * (1 + math.cos(math.pi * epoch / config.epochs))
 
 
-def train_on_features(
+def train_prompt_parameters(
     classifier: PromptedClassifier,
-    view_features: torch.Tensor,
+    view_inputs: torch.Tensor,
     labels: torch.Tensor,
     config: OptimizationConfig,
     sample_weights: torch.Tensor | None = None,
@@ -58,12 +59,13 @@ def train_on_features(
 ) -> TrainingHistory:
     """Train the classifier's prompt parameters.
 
-    view_features: (N, V, E) features of V views of each of N training images (e.g. original and flipped); each
-    epoch uses one randomly chosen view per image, standing in for random augmentation.
+    view_inputs: V views of each of N training images (e.g. original and mirrored), as features (N, V, E) or
+    preprocessed images (N, V, 3, H, W); a single view may be given as (N, E) or (N, 3, H, W). Each epoch uses one
+    randomly chosen view per image, standing in for random augmentation.
     """
-    if view_features.dim() == 2:
-        view_features = view_features.unsqueeze(1)
-    n_samples, n_views, _ = view_features.shape
+    if view_inputs.dim() in (2, 4):  # one view of features or of images
+        view_inputs = view_inputs.unsqueeze(1)
+    n_samples, n_views = view_inputs.shape[:2]
     if labels.shape[0] != n_samples:
         raise ValueError(f"{n_samples} feature rows but {labels.shape[0]} labels")
     if n_samples == 0:
@@ -79,7 +81,7 @@ def train_on_features(
     generator = torch.Generator().manual_seed(config.seed)
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    view_features, labels = view_features.to(device), labels.to(device)
+    view_inputs, labels = view_inputs.to(device), labels.to(device)
     if sample_weights is not None:
         sample_weights = sample_weights.to(device)
     history = TrainingHistory()
@@ -92,12 +94,12 @@ def train_on_features(
         total_loss, correct = 0.0, 0
         for start in range(0, n_samples, config.batch_size):
             batch = order[start : start + config.batch_size].to(device)
-            features = view_features[batch, views[batch.cpu()].to(device)]
+            inputs = view_inputs[batch, views[batch.cpu()].to(device)]
             weights = sample_weights[batch] if sample_weights is not None else None
             optimizer.zero_grad(set_to_none=True)
             # The method computes its gradient (most: backward of training_loss); only the forward is autocast.
             loss, logits = classifier.backward_step(
-                features,
+                inputs,
                 labels[batch],
                 weights,
                 forward_context=lambda: torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp),
@@ -108,8 +110,10 @@ def train_on_features(
             correct += int((logits.argmax(dim=1) == labels[batch]).sum().item())
         history.epoch_losses.append(total_loss / n_samples)
         history.epoch_accuracies.append(correct / n_samples)
+        classifier.on_epoch_end(epoch + 1, config.epochs)
         if on_epoch is not None:
             on_epoch(epoch + 1, history.epoch_losses[-1], history.epoch_accuracies[-1])
+    classifier.on_training_end()
     history.seconds = time.perf_counter() - started
     classifier.eval()
     return history
@@ -117,13 +121,13 @@ def train_on_features(
 
 @torch.no_grad()
 def predict_probabilities(
-    classifier: PromptedClassifier, image_features: torch.Tensor, batch_size: int = 1024
+    classifier: PromptedClassifier, image_inputs: torch.Tensor, batch_size: int = 1024
 ) -> torch.Tensor:
-    """Class probabilities for features (N, E), in input order (never shuffled)."""
+    """Class probabilities for image features (N, E) or images (N, 3, H, W), in input order (never shuffled)."""
     classifier.eval()
     device = classifier.logit_scale.device
     chunks = [
-        classifier(image_features[start : start + batch_size].to(device)).softmax(dim=-1).cpu()
-        for start in range(0, image_features.shape[0], batch_size)
+        classifier(image_inputs[start : start + batch_size].to(device)).float().softmax(dim=-1).cpu()
+        for start in range(0, image_inputs.shape[0], batch_size)
     ]
     return torch.cat(chunks) if chunks else torch.empty(0, len(classifier.classnames))

@@ -19,16 +19,17 @@ class PartitionInputs:
     classnames: list[str]
     image_dir: object  # Path
 
-    def fewshot_train(self, fewshot: pl.DataFrame) -> pl.DataFrame:
-        """The labelled few-shot training rows of this experiment, joined with the index (content hashes)."""
+    def fewshot_train(self, fewshot: pl.DataFrame, subset: str = "train") -> pl.DataFrame:
+        """The labelled few-shot rows (subset train, or val: min(K, 4) per class) of this experiment, joined
+        with the index (content hashes)."""
         chosen = fewshot.filter(
             (pl.col("shots") == self.experiment.shots)
             & (pl.col("seed") == self.experiment.seed)
-            & (pl.col("subset") == "train")
+            & (pl.col("subset") == subset)
         ).select("relative_path")
         if chosen.height == 0:
             raise ValueError(
-                f"{self.dataset.name}: no {self.experiment.shots}-shot subset for seed {self.experiment.seed}"
+                f"{self.dataset.name}: no {self.experiment.shots}-shot {subset} subset for seed {self.experiment.seed}"
             )
         return chosen.join(self.index, on="relative_path", how="left").sort("label", "relative_path")
 

@@ -30,7 +30,7 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     """Top-1, macro F1, ECE and per-class accuracy on test; base, new and their harmonic mean."""
     from models.data.index import dataset_fingerprint
     from models.evaluation.metrics import classification_metrics, harmonic_mean
-    from models.experiments import (evaluation_splits, features_for_images, load_prompt_checkpoint, predict,
+    from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images, predict,
                                     predictions_frame)
     from models.warehouse import MetricRow, PerClassRow, Warehouse
 
@@ -46,10 +46,12 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         raise ValueError(f"checkpoint of {dataset}/{experiment_key} was trained on other backbone weights "
                          f"({checkpoint['backbone_weights_sha256'][:12]} != {backbone.weights_sha256[:12]}); retrain it")
     test = inputs.index.filter(pl.col("split") == "test").sort("relative_path")
-    features = features_for_images(backbone, inputs.image_dir, test["relative_path"].to_list(),
-                                   test["content_sha256"].to_list(), workspace.feature_cache_dir)
+    # cached features for frozen-image-tower methods, preprocessed images for vision-prompt methods
+    image_inputs = method_inputs_for_images(checkpoint["method"], backbone, inputs.image_dir,
+                                            test["relative_path"].to_list(), test["content_sha256"].to_list(),
+                                            workspace.feature_cache_dir)
     class_split = json.loads(workspace.class_split_path(dataset).read_text())
-    splits = evaluation_splits(predict(classifier, features), np.asarray(test["label"].to_list()),
+    splits = evaluation_splits(predict(classifier, image_inputs), np.asarray(test["label"].to_list()),
                                test["relative_path"].to_list(), inputs.classnames,
                                class_split["base_labels"], class_split["new_labels"])
     record = lineage_record(context, promptlab, "evaluation", inputs, backbone, checkpoint["templates"],

@@ -30,7 +30,7 @@ from pipelines.resources import PromptLabResource
 def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """The learned prompt of one experiment (method, shots, seed, options) on one dataset."""
     from models.data.index import dataset_fingerprint
-    from models.experiments import (build_classifier, combine_training_sets, features_for_images,
+    from models.experiments import (build_classifier, combine_training_sets, method_inputs_for_images,
                                     optimization_config, save_prompt_checkpoint, train_prompts)
     from models.prompting.methods import get_method
 
@@ -64,11 +64,18 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     metadata: dict = {"method": experiment.method, "trained": method.trains_prompts}
     if method.trains_prompts:
         cache = workspace.feature_cache_dir
-        labelled_rows = inputs.fewshot_train(pl.read_parquet(workspace.fewshot_path(dataset)))
-        labelled_rows = labelled_rows.filter(pl.col("label").is_in(trained_labels))
+
+        def inputs_for(image_dir, rows: pl.DataFrame, hashes: list[str], with_mirror: bool = True):
+            # cached features for frozen-image-tower methods, preprocessed images for vision-prompt methods
+            return method_inputs_for_images(experiment.method, backbone, image_dir, rows["relative_path"].to_list(),
+                                            hashes, cache, with_mirror)
+
+        # base_to_new relabels the base classes 0..B-1
         relabel = {label: index for index, label in enumerate(trained_labels)}
-        labelled = (features_for_images(backbone, inputs.image_dir, labelled_rows["relative_path"].to_list(),
-                                        labelled_rows["content_sha256"].to_list(), cache, with_mirror=True),
+        fewshot = pl.read_parquet(workspace.fewshot_path(dataset))
+        labelled_rows = inputs.fewshot_train(fewshot).filter(pl.col("label").is_in(trained_labels))
+        val_rows = inputs.fewshot_train(fewshot, subset="val").filter(pl.col("label").is_in(trained_labels))
+        labelled = (inputs_for(inputs.image_dir, labelled_rows, labelled_rows["content_sha256"].to_list()),
                     torch.tensor([relabel[label] for label in labelled_rows["label"].to_list()]))
         augmented = None
         if experiment.augmentation is not None:
@@ -77,18 +84,19 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
             if kept.height:
                 from models.provenance import sha256_file
 
-                paths = kept["relative_path"].to_list()
-                hashes = [sha256_file(directory / "images" / p) for p in paths]
-                augmented = (features_for_images(backbone, directory / "images", paths, hashes, cache,
-                                                 with_mirror=True), torch.tensor(kept["label"].to_list()))
+                hashes = [sha256_file(directory / "images" / p) for p in kept["relative_path"].to_list()]
+                augmented = (inputs_for(directory / "images", kept, hashes), torch.tensor(kept["label"].to_list()))
         pseudo = None
         if experiment.pseudolabels is not None:
             selected = pl.read_parquet(workspace.pseudolabels_path(dataset, experiment_key)).join(
                 inputs.index.select("relative_path", "content_sha256"), on="relative_path", how="left")
-            pseudo = (features_for_images(backbone, inputs.image_dir, selected["relative_path"].to_list(),
-                                          selected["content_sha256"].to_list(), cache, with_mirror=True),
+            pseudo = (inputs_for(inputs.image_dir, selected, selected["content_sha256"].to_list()),
                       torch.tensor(selected["pseudo_label"].to_list()))
         training_set = combine_training_sets(labelled, augmented, pseudo)
+        # the few-shot val subset (min(K, 4) per class), for methods that select hyperparameters on it
+        training_set.validation = (
+            inputs_for(inputs.image_dir, val_rows, val_rows["content_sha256"].to_list(), with_mirror=False),
+            torch.tensor([relabel[label] for label in val_rows["label"].to_list()]))
         optimization = optimization_config(experiment)
         context.log.info(f"training {experiment.method} on {training_set.composition} for {optimization.epochs} epochs")
 

@@ -59,7 +59,8 @@ def test_missing_catalog_file_is_named(catalog_copy):
         load_catalog(catalog_copy)
 
 
-def test_a_method_that_prompts_the_image_tower_is_refused_in_a_grid(catalog_copy):
-    edit(catalog_copy / "experiments.yaml", lambda c: c["grid"].append({"method": "maple", "shots": [16]}))
-    with pytest.raises(CatalogError, match="maple.*cannot train"):
-        load_catalog(catalog_copy)
+def test_a_method_that_prompts_the_image_tower_can_be_in_a_grid(catalog_copy):
+    edit(catalog_copy / "experiments.yaml",
+         lambda c: c["grid"].append({"method": "maple", "shots": [16], "seeds": [1], "optimization": {"epochs": 2}}))
+    experiment = load_catalog(catalog_copy).experiment("maple-k16-s1")
+    assert experiment.method == "maple" and experiment.optimization["epochs"] == 2

@@ -14,7 +14,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from models.prompting.methods import get_method, parse_method_parameters  # noqa: E402
 from models.prompting.methods.registry import ClassifierContext  # noqa: E402
-from models.prompting.training import OptimizationConfig, train_on_features  # noqa: E402
+from models.prompting.training import OptimizationConfig, train_prompt_parameters  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CASES_FILE = DATA / "coop_cocoop_reference.json"
@@ -133,7 +133,7 @@ def test_trains_with_the_shared_feature_loop(reference, toy_features):
     classifier = get_method("cocoop").build(context, parse_method_parameters("cocoop", {"text_chunk_size": 8}))
     initial = {name: value.clone() for name, value in classifier.trainable_state().items()}
     config = OptimizationConfig(epochs=3, batch_size=4, learning_rate=0.02, warmup_epochs=0)
-    history = train_on_features(classifier, features, labels, config)
+    history = train_prompt_parameters(classifier, features, labels, config)
     assert history.steps == 3 * 6
     assert all(torch.isfinite(torch.tensor(history.epoch_losses)))
     trained = classifier.trainable_state()

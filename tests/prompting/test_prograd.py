@@ -9,7 +9,7 @@ import torch
 from models.experiments import build_classifier
 from models.prompting.methods import get_method, parse_method_parameters
 from models.prompting.methods.prograd import project_conflicting_gradient
-from models.prompting.training import OptimizationConfig, train_on_features
+from models.prompting.training import OptimizationConfig, train_prompt_parameters
 
 CLASSNAMES = ["red", "green", "blue"]
 TEMPLATES = ["a photo of a {}."]
@@ -96,12 +96,12 @@ def test_lambda_zero_updates_exactly_as_coop(reference_clip, toy_features, seed)
         applied_gradient(prograd, features, labels), applied_gradient(coop, features, labels), rtol=0, atol=1e-7
     )
     config = OptimizationConfig(epochs=3, batch_size=8, learning_rate=0.05, seed=1)
-    train_on_features(prograd, features, labels, config)
-    train_on_features(coop, features, labels, config)
+    train_prompt_parameters(prograd, features, labels, config)
+    train_prompt_parameters(coop, features, labels, config)
     torch.testing.assert_close(prograd.context, coop.context, rtol=0, atol=1e-6)
     # With the default lambda the same run moves differently: the projection is active on these seeds.
     projected = build(reference_clip, "prograd", {"init_seed": seed})
-    train_on_features(projected, features, labels, config)
+    train_prompt_parameters(projected, features, labels, config)
     assert not torch.allclose(projected.context, coop.context, atol=1e-6)
 
 
@@ -112,7 +112,7 @@ def test_short_training_lowers_the_loss(reference_clip, toy_features):
     # Default 16 tokens: with 4, the zero-shot predictions of the tiny CLIP (0% on these toy classes) hold the
     # projected updates back and accuracy stalls, which is ProGrad working as designed, not a training failure.
     classifier = build(reference_clip, "prograd", {})
-    history = train_on_features(classifier, features, labels,
+    history = train_prompt_parameters(classifier, features, labels,
                                 OptimizationConfig(epochs=30, batch_size=8, learning_rate=0.05, seed=1))
     assert history.epoch_losses[-1] < 0.75 * history.epoch_losses[0]
     assert history.epoch_accuracies[-1] > 0.5  # chance is 1/3

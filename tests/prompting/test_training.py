@@ -7,7 +7,7 @@ import torch
 from models.experiments import (build_classifier, combine_training_sets, evaluation_splits,
                                 load_prompt_checkpoint, save_prompt_checkpoint)
 from models.prompting.methods import get_method, parse_method_parameters
-from models.prompting.training import OptimizationConfig, learning_rate_at, predict_probabilities, train_on_features
+from models.prompting.training import OptimizationConfig, learning_rate_at, predict_probabilities, train_prompt_parameters
 
 CLASSNAMES = ["red", "green", "blue"]
 
@@ -25,7 +25,7 @@ def test_coop_training_lowers_loss_and_only_moves_the_context(reference_clip, to
     frozen_before = model.token_embedding.weight.clone()
     classifier = build_classifier(model, tokenizer, "coop", {"n_context": 4}, CLASSNAMES, ["a photo of a {}."])
     initial_context = classifier.context.detach().clone()
-    history = train_on_features(classifier, features, labels,
+    history = train_prompt_parameters(classifier, features, labels,
                                 OptimizationConfig(epochs=30, batch_size=8, learning_rate=0.05, seed=1))
     assert history.epoch_losses[-1] < 0.75 * history.epoch_losses[0]
     assert history.epoch_accuracies[-1] > 0.5  # chance is 1/3
@@ -40,7 +40,7 @@ def test_same_seed_same_numbers(reference_clip, toy_features):
     runs = []
     for _ in range(2):
         classifier = build_classifier(model, tokenizer, "coop", {"n_context": 4}, CLASSNAMES, ["a photo of a {}."])
-        train_on_features(classifier, features, labels, OptimizationConfig(epochs=3, batch_size=8, seed=7))
+        train_prompt_parameters(classifier, features, labels, OptimizationConfig(epochs=3, batch_size=8, seed=7))
         runs.append(classifier.context.detach().clone())
     assert torch.equal(runs[0], runs[1])
 
@@ -50,7 +50,7 @@ def test_checkpoint_round_trip_reproduces_predictions(tmp_path, reference_clip, 
     features, labels = toy_features
     classifier = build_classifier(model, tokenizer, "coop", {"n_context": 4, "class_specific_context": True},
                                   CLASSNAMES, ["a photo of a {}."])
-    train_on_features(classifier, features, labels, OptimizationConfig(epochs=2, batch_size=8))
+    train_prompt_parameters(classifier, features, labels, OptimizationConfig(epochs=2, batch_size=8))
     config = {"method": "coop", "parameters": {"n_context": 4, "class_specific_context": True},
               "classnames": CLASSNAMES, "templates": ["a photo of a {}."]}
     directory = save_prompt_checkpoint(tmp_path / "checkpoint", classifier, config)

@@ -16,6 +16,7 @@ from models.prompting.methods import get_method, parse_method_parameters  # noqa
 from models.prompting.methods.promptsrc import aggregate_prompt_states, gaussian_epoch_weights  # noqa: E402
 from models.prompting.methods.registry import ClassifierContext  # noqa: E402
 from models.prompting.text_tower import UnsupportedBackboneError  # noqa: E402
+from models.prompting.training import OptimizationConfig, train_prompt_parameters  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 INPUTS_FILE = DATA / "coop_cocoop_reference.safetensors"
@@ -243,3 +244,44 @@ def test_aggregated_state_loads_into_the_classifier(reference_clip, inputs):
     classifier.load_state_dict(aggregated, strict=False)
     for name, tensor in classifier.trainable_state().items():
         assert torch.allclose(tensor, state[name] + 0.5)
+
+
+@pytest.mark.parametrize("method", ("vpt_deep", "ivlp", "maple"))
+def test_training_loop_learns_prompts_from_images(reference_clip, inputs, method):
+    """The shared loop trains vision-prompt methods on images (N, V, 3, H, W): prompts move and loss falls."""
+    model, tokenizer = reference_clip
+    images, labels = inputs
+    overrides = SMALL_DEPTHS.get(method, {"prompt_depth": 2})
+    classifier = build(method, model, tokenizer, **overrides)
+    before = {k: v.clone() for k, v in classifier.trainable_state().items()}
+    views = torch.stack([images, images.flip(-1)], dim=1)
+    history = train_prompt_parameters(classifier, views, labels,
+                                      OptimizationConfig(epochs=6, batch_size=4, learning_rate=0.01, warmup_epochs=0))
+    after = classifier.trainable_state()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert history.epoch_losses[-1] < history.epoch_losses[0]
+    assert all(not p.requires_grad for name, p in model.named_parameters())  # the backbone stays frozen
+
+
+def test_promptsrc_ends_training_on_the_gaussian_aggregate_of_its_epochs(reference_clip, inputs):
+    model, tokenizer = reference_clip
+    images, labels = inputs
+    classifier = build("promptsrc", model, tokenizer, aggregation_mean_epoch=2.0, aggregation_std_epochs=1.0,
+                       **SMALL_DEPTHS["promptsrc"])
+    seen = []
+    original_hook = classifier.on_epoch_end
+
+    def record(epoch, n_epochs):
+        original_hook(epoch, n_epochs)
+        seen.append({k: v.clone() for k, v in classifier.trainable_state().items()})
+
+    classifier.on_epoch_end = record
+    train_prompt_parameters(classifier, images, labels,
+                            OptimizationConfig(epochs=4, batch_size=4, learning_rate=0.01, warmup_epochs=0))
+    expected = aggregate_prompt_states(seen, gaussian_epoch_weights(4, 2.0, 1.0))
+    final = classifier.trainable_state()
+    assert set(final) == set(expected)
+    for name in final:
+        torch.testing.assert_close(final[name], expected[name], rtol=0, atol=1e-6)
+    # the aggregate is not simply the last epoch's prompts
+    assert any(not torch.allclose(final[k], seen[-1][k]) for k in final)

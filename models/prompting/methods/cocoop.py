@@ -7,7 +7,7 @@ its own C prompts. Loss: cross-entropy.
 The original runs one text-tower pass per image. Here the B x C prompts of a batch go through the shared
 TextTower in chunks of at most `text_chunk_size` prompts (all at once when they fit), which is exact: every
 prompt is encoded independently. Because the image encoder stays frozen, cached image features are valid
-input and the method trains with the shared `train_on_features` loop.
+input and the method trains with the shared `train_prompt_parameters` loop.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ compound_prompt_projections.k), so the authors' checkpoints map one to one.
 
 Because the vision prompts change the image features, images must go through the vision tower at every step:
 the classifier takes images, not cached features (frozen_image_encoder=False), so the feature-cache loop
-`train_on_features` cannot train it.
+`train_prompt_parameters` cannot train it.
 """
 
 from __future__ import annotations

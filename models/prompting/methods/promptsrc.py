@@ -6,8 +6,10 @@ Hooks: as IVLP (independent deep prompts in both towers; published 4 + 4 tokens,
 where the frozen text features are the hand-crafted templates' (ensembled when there are several) and the frozen
 image features come from the unprompted image tower. As in the original, L1 is the mean over elements and the KL
 is summed and divided by the number of logits. Prompts of all epochs are aggregated with Gaussian weights
-(`gaussian_epoch_weights`, `aggregate_prompt_states`): the trainer keeps a copy of each epoch's
-`trainable_state()` (cloned: on CPU it shares memory with the live parameters) and loads the aggregate at the end.
+(`gaussian_epoch_weights`, `aggregate_prompt_states`): after each epoch the classifier keeps a copy of its
+`trainable_state()` (cloned: on CPU it shares memory with the live parameters) and after the last it loads the
+aggregate. The Gaussian's mean and std are in epochs (published: mean 15, std 1 of 20 epochs); a grid that trains
+for fewer epochs should scale them.
 """
 
 from __future__ import annotations
@@ -77,6 +79,25 @@ class PromptSRCClassifier(IVLPClassifier):
                 dim=-1,
             ),
         )
+
+    def on_epoch_end(self, epoch: int, n_epochs: int) -> None:
+        if epoch == 1:
+            self.epoch_states: list[dict[str, torch.Tensor]] = []
+        self.epoch_states.append({name: tensor.clone() for name, tensor in self.trainable_state().items()})
+
+    def on_training_end(self) -> None:
+        """Replace the prompts by the Gaussian-weighted average of every epoch's prompts."""
+        states = getattr(self, "epoch_states", [])
+        if not states:
+            return
+        weights = gaussian_epoch_weights(len(states), self.parameters_used.aggregation_mean_epoch,
+                                         self.parameters_used.aggregation_std_epochs)
+        aggregate = aggregate_prompt_states(states, weights)
+        parameters = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, value in aggregate.items():
+                parameters[name].copy_(value.to(parameters[name].device))
+        self.epoch_states = []
 
     def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalized features of the unprompted image tower (the same forward with no prompt tokens)."""

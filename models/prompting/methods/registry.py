@@ -30,7 +30,14 @@ class ClassifierContext:
 
 
 class PromptedClassifier(nn.Module):
-    """Scores image features against one text feature per class; subclasses decide how text features arise."""
+    """Scores image inputs against one text feature per class; subclasses decide how text features arise.
+
+    The inputs are cached image features (N, E) for methods with a frozen, unprompted image tower, and
+    preprocessed images (N, 3, H, W) for methods that prompt the image tower (MethodSpec.frozen_image_encoder).
+    """
+
+    # False for methods fitted in closed form (the linear probe): the training loop calls `fit` instead of SGD.
+    trained_by_gradient: bool = True
 
     def __init__(self, context: ClassifierContext):
         super().__init__()
@@ -79,6 +86,16 @@ class PromptedClassifier(nn.Module):
             loss, logits = self.training_loss(image_features, labels, sample_weights)
         loss.backward()
         return loss, logits
+
+    def on_epoch_end(self, epoch: int, n_epochs: int) -> None:
+        """Called by the training loop after each epoch (1-based); e.g. PromptSRC keeps each epoch's prompts."""
+
+    def on_training_end(self) -> None:
+        """Called once after the last epoch; e.g. PromptSRC loads its Gaussian aggregate of the epochs' prompts."""
+
+    def fit(self, training_set: Any, optimization: Any) -> Any:
+        """Closed-form fitting for methods with trained_by_gradient = False; returns a TrainingHistory."""
+        raise NotImplementedError(f"{type(self).__name__} trains by gradient; use the training loop")
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The learned prompt parameters only (the checkpoint of a method)."""
