@@ -36,6 +36,7 @@ class TrainingHistory:
     epoch_accuracies: list[float] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
+    details: dict = field(default_factory=dict)  # method-specific record, e.g. the linear probe's chosen C
 
 
 EpochCallback = Callable[[int, float, float], None]  # (epoch, mean loss, train accuracy)

@@ -105,13 +105,15 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
 
         history = train_prompts(classifier, training_set, optimization, on_epoch=log_epoch, device=backbone.device)
         config.update(optimization=optimization.__dict__, training_composition=training_set.composition,
-                      epoch_losses=history.epoch_losses, training_seconds=history.seconds)
+                      epoch_losses=history.epoch_losses, training_seconds=history.seconds,
+                      training_details=history.details)
         metadata.update(
             epochs=optimization.epochs,
             final_loss=history.epoch_losses[-1],
             training_seconds=round(history.seconds, 2),
             composition=dg.MetadataValue.json(training_set.composition),
             epoch_losses=dg.MetadataValue.json([round(x, 4) for x in history.epoch_losses]),
+            training_details=dg.MetadataValue.json(history.details),
         )
     directory = save_prompt_checkpoint(workspace.checkpoint_dir(dataset, experiment_key), classifier, config)
     metadata["path"] = str(directory)
