@@ -232,6 +232,9 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
         if protocol == "base_to_new" and (augmentation or pseudolabels or not trains):
             raise CatalogError(f"{where}: base_to_new needs a method that trains prompts, without augmentation or "
                                "pseudolabels (zero-shot is scored on base and new in every run anyway)")
+        if protocol == "base_to_new" and not METHODS[method].transfers_to_other_classes(parameters):
+            raise CatalogError(f"{where}: {method} with these parameters learns one state per class, which cannot "
+                               "be applied to the new classes of base_to_new")
         suffixes = ([entry["name"]] if entry.get("name") else []) + (["b2n"] if protocol == "base_to_new" else []) + (
             ["aug"] if augmentation else []) + (
             [pseudolabels.strategy] if pseudolabels else []

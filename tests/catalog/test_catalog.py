@@ -64,3 +64,11 @@ def test_a_method_that_prompts_the_image_tower_can_be_in_a_grid(catalog_copy):
          lambda c: c["grid"].append({"method": "maple", "shots": [16], "seeds": [1], "optimization": {"epochs": 2}}))
     experiment = load_catalog(catalog_copy).experiment("maple-k16-s1")
     assert experiment.method == "maple" and experiment.optimization["epochs"] == 2
+
+
+def test_class_specific_context_is_refused_in_base_to_new(catalog_copy):
+    edit(catalog_copy / "experiments.yaml", lambda c: c["grid"].append(
+        {"method": "coop", "shots": [16], "seeds": [1], "protocol": "base_to_new",
+         "parameters": {"class_specific_context": True}}))
+    with pytest.raises(CatalogError, match="one state per class"):
+        load_catalog(catalog_copy)

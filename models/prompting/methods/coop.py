@@ -60,5 +60,6 @@ register_method(
         frozen_image_encoder=True,
         hooks="text tower input: learned context tokens around the class name",
         description="CoOp: learned (unified or class-specific) context vectors, cross-entropy loss.",
+        class_specific=lambda parameters: parameters.class_specific_context,
     )
 )

@@ -111,6 +111,12 @@ class MethodSpec:
     frozen_image_encoder: bool  # image features can be computed once and cached
     hooks: str  # where the method hooks into the towers, for the catalog and the UI
     description: str
+    # Whether, with these parameters, the learned state has one entry per class (CoOp's CSC, a linear probe's
+    # weights): such a state cannot be applied to other classes (base-to-new's new classes, cross-dataset).
+    class_specific: Callable[[Any], bool] = lambda parameters: False
+
+    def transfers_to_other_classes(self, overrides: dict[str, Any] | None = None) -> bool:
+        return not self.class_specific(parse_method_parameters(self.name, overrides))
 
 
 METHODS: dict[str, MethodSpec] = {}
