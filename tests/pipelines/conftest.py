@@ -40,6 +40,11 @@ def _write_micro_catalog() -> None:
          "pseudolabels": {"strategy": "fpl", "per_class": 2}},
         {"method": "coop", "shots": [2], "seeds": [1], "optimization": {"epochs": 2}, "parameters": {"n_context": 4},
          "protocol": "base_to_new"},
+        # vision-prompt methods train on images through the same loop (depth within the tiny towers)
+        {"method": "maple", "shots": [2], "seeds": [1], "optimization": {"epochs": 2, "batch_size": 4},
+         "parameters": {"prompt_depth": 2}, "protocol": "base_to_new"},
+        {"method": "promptsrc", "shots": [2], "seeds": [1], "optimization": {"epochs": 2, "batch_size": 4},
+         "parameters": {"text_prompt_depth": 2, "vision_prompt_depth": 2, "aggregation_mean_epoch": 1.5}},
     ]
     (MICRO_CATALOG / "experiments.yaml").write_text(yaml.safe_dump({"grid": grid}))
 

@@ -1,6 +1,8 @@
 """The whole graph, in-process, on the micro grid: world -> curation -> augmentation -> pseudolabels ->
 training -> evaluation -> DuckDB -> report."""
 
+import json
+
 import duckdb
 import dagster as dg
 import pytest
@@ -11,7 +13,8 @@ from pipelines.partitions import multi_partition_key
 from pipelines.resources import PromptLabResource
 
 HEALTHY = ["Shapes", "Digits"]
-EXPERIMENTS = ["zeroshot", "coop-k2-s1", "coop-k2-s2", "coop-k2-s1-aug", "coop-k2-s1-fpl", "coop-k2-s1-b2n"]
+EXPERIMENTS = ["zeroshot", "coop-k2-s1", "coop-k2-s2", "coop-k2-s1-aug", "coop-k2-s1-fpl", "coop-k2-s1-b2n",
+               "maple-k2-s1-b2n", "promptsrc-k2-s1"]
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +154,20 @@ def test_base_to_new_trains_on_base_classes_only_and_scores_both_halves(graph_ru
     base, new = rows["base/top1_accuracy"], rows["new/top1_accuracy"]
     expected = 0.0 if base + new == 0 else 2 * base * new / (base + new)
     assert abs(rows["base_new/harmonic_mean"] - expected) < 1e-12
+
+
+def test_vision_prompt_methods_train_on_images_and_are_evaluated(graph_run):
+    from safetensors.torch import load_file
+
+    _, workspace = graph_run
+    for dataset in HEALTHY:
+        maple = workspace.checkpoint_dir(dataset, "maple-k2-s1-b2n")
+        state = load_file(str(maple / "prompt_parameters.safetensors"))
+        # text context, its vision projection and the layer-1 prompts of both towers were learned and saved
+        assert {"prompt_learner.ctx", "prompt_learner.proj.weight", "prompt_learner.compound_prompts_text.0"} <= set(state)
+        config = json.loads((workspace.checkpoint_dir(dataset, "promptsrc-k2-s1") / "prompt_config.json").read_text())
+        assert len(config["epoch_losses"]) == 2
+    rows = read(workspace, """SELECT r.experiment_key, m.split FROM metrics m JOIN runs r USING (run_id)
+                               WHERE r.experiment_key IN ('maple-k2-s1-b2n', 'promptsrc-k2-s1')
+                               AND m.metric = 'top1_accuracy'""")
+    assert {("maple-k2-s1-b2n", "base"), ("maple-k2-s1-b2n", "new"), ("promptsrc-k2-s1", "test")} <= set(rows)
