@@ -233,28 +233,36 @@ def features_for_images(
     cache_dir: Path | None,
     with_mirror: bool = False,
 ) -> torch.Tensor:
-    """Image features (N, E), or (N, 2, E) with the mirrored view, through the content-addressed cache."""
+    """Image features (N, E), or (N, 2, E) with the mirrored view, through the per-image feature cache.
+
+    Each image and view is an entry of its own (models.prompting.feature_cache): only the images the cache lacks
+    are loaded and encoded (in batches), then stored. Without a cache_dir every image is encoded.
+    """
     from models.data.index import load_images
-    from models.prompting.feature_cache import cached_features, feature_cache_key
+    from models.prompting.feature_cache import FeatureCache, FeatureNamespace
     from models.prompting.features import encode_images
 
+    if len(relative_paths) != len(content_hashes):
+        raise ValueError(f"{len(relative_paths)} images but {len(content_hashes)} content hashes")
     views = ("original", "mirrored") if with_mirror else ("original",)
-    loaded: list = []
+    loaded: dict[int, Image.Image] = {}  # decoded once even when both views miss
 
-    def images():
-        if not loaded:
-            loaded.extend(load_images(image_dir, relative_paths))
-        return loaded
+    def encode(view: str, positions: list[int]) -> torch.Tensor:
+        missing = [p for p in positions if p not in loaded]
+        loaded.update(zip(missing, load_images(image_dir, [relative_paths[p] for p in missing])))
+        batch = [loaded[p] for p in positions]
+        if view == "mirrored":
+            batch = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in batch]
+        return encode_images(backbone.model, backbone.preprocess_eval, batch, device=backbone.device)
 
+    cache = FeatureCache(Path(cache_dir)) if cache_dir is not None else None
     per_view = []
     for view in views:
-        key = feature_cache_key(backbone.weights_sha256, backbone.preprocess_eval, view, content_hashes)
-
-        def compute(view=view):
-            batch = images() if view == "original" else [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images()]
-            return encode_images(backbone.model, backbone.preprocess_eval, batch, device=backbone.device)
-
-        per_view.append(cached_features(cache_dir, key, compute))
+        if cache is None:
+            per_view.append(encode(view, list(range(len(relative_paths)))))
+        else:
+            per_view.append(cache.features(FeatureNamespace.of(backbone, view), content_hashes,
+                                           lambda positions, view=view: encode(view, positions)))
     return torch.stack(per_view, dim=1) if with_mirror else per_view[0]
 
 
