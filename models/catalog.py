@@ -81,9 +81,11 @@ class ExperimentConfig:
     augmentation: AugmentationOptions | None = None
     pseudolabels: PseudolabelOptions | None = None
     protocol: str = "all_classes"
+    # Prompt templates replacing the dataset's own (e.g. a zero-shot template ensemble); None: the dataset's.
+    templates: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        described = {
             "key": self.key,
             "method": self.method,
             "shots": self.shots,
@@ -94,6 +96,13 @@ class ExperimentConfig:
             "pseudolabels": None if self.pseudolabels is None else self.pseudolabels.__dict__,
             "protocol": self.protocol,
         }
+        if self.templates is not None:  # only when set, so the hashes of existing experiments do not move
+            described["templates"] = list(self.templates)
+        return described
+
+    def templates_for(self, dataset: "DatasetEntry") -> list[str]:
+        """The templates this experiment uses on a dataset: its own override, else the dataset's."""
+        return list(self.templates if self.templates is not None else dataset.templates)
 
     @property
     def config_hash(self) -> str:
@@ -102,8 +111,10 @@ class ExperimentConfig:
     def variant_options(self) -> dict[str, Any]:
         """What distinguishes this configuration from others of the same method and shots, seed excluded, so
         that results group over seeds: the options in use and a short hash of parameters + optimization."""
-        options: dict[str, Any] = {"settings_hash": stable_hash({"parameters": self.parameters,
-                                                                 "optimization": self.optimization}, length=8)}
+        settings: dict[str, Any] = {"parameters": self.parameters, "optimization": self.optimization}
+        if self.templates is not None:
+            settings["templates"] = list(self.templates)
+        options: dict[str, Any] = {"settings_hash": stable_hash(settings, length=8)}
         for name in ("augmentation", "pseudolabels"):
             value = getattr(self, name)
             if value is not None:
@@ -206,7 +217,7 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
         if method not in methods:
             raise CatalogError(f"{where}: method {method!r} is not listed in methods.yaml")
         unknown = set(entry) - {"method", "shots", "seeds", "parameters", "optimization", "augmentation",
-                                "pseudolabels", "name", "protocol"}
+                                "pseudolabels", "name", "protocol", "templates"}
         if unknown:
             raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}")
         method_defaults = methods[method]
@@ -235,6 +246,10 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
         if protocol == "base_to_new" and not METHODS[method].transfers_to_other_classes(parameters):
             raise CatalogError(f"{where}: {method} with these parameters learns one state per class, which cannot "
                                "be applied to the new classes of base_to_new")
+        templates = entry.get("templates")
+        if templates is not None and (not isinstance(templates, list) or not templates
+                                      or any(not isinstance(t, str) or t.count("{}") != 1 for t in templates)):
+            raise CatalogError(f"{where}: templates must be a non-empty list of strings with one '{{}}' each")
         suffixes = ([entry["name"]] if entry.get("name") else []) + (["b2n"] if protocol == "base_to_new" else []) + (
             ["aug"] if augmentation else []) + (
             [pseudolabels.strategy] if pseudolabels else []
@@ -254,6 +269,7 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
                     augmentation=augmentation,
                     pseudolabels=pseudolabels,
                     protocol=protocol,
+                    templates=None if templates is None else tuple(templates),
                 )
     return experiments
 

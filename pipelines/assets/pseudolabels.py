@@ -45,7 +45,7 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
                                                                   on="relative_path", how="anti")
     pool = pool.sort("relative_path")
     backbone = promptlab.load_backbone()
-    templates = list(inputs.dataset.templates)
+    templates = inputs.experiment.templates_for(inputs.dataset)
     features = features_for_images(backbone, inputs.image_dir, pool["relative_path"].to_list(),
                                    pool["content_sha256"].to_list(), workspace.feature_cache_dir)
     classifier = build_classifier(backbone.model, backbone.tokenizer, "zero_shot", {}, inputs.classnames, templates)

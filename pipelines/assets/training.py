@@ -38,7 +38,7 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     inputs = partition_inputs(promptlab, dataset, experiment_key)
     experiment, workspace = inputs.experiment, promptlab.workspace()
     backbone = promptlab.load_backbone()
-    templates = list(inputs.dataset.templates)
+    templates = experiment.templates_for(inputs.dataset)
     method = get_method(experiment.method)
     class_split = json.loads(workspace.class_split_path(dataset).read_text())
     # base_to_new trains on the base classes only (relabelled 0..B-1); new classes are never seen in training.

@@ -72,3 +72,22 @@ def test_class_specific_context_is_refused_in_base_to_new(catalog_copy):
          "parameters": {"class_specific_context": True}}))
     with pytest.raises(CatalogError, match="one state per class"):
         load_catalog(catalog_copy)
+
+
+def test_an_experiment_can_replace_the_dataset_templates(catalog_copy):
+    ensemble = ["a photo of a {}.", "a drawing of a {}.", "a {} shape."]
+    edit(catalog_copy / "experiments.yaml",
+         lambda c: c["grid"].append({"method": "zero_shot", "name": "ensemble", "templates": ensemble}))
+    catalog = load_catalog(catalog_copy)
+    experiment, plain = catalog.experiment("zeroshot-ensemble"), catalog.experiment("zeroshot")
+    assert experiment.templates_for(catalog.dataset("Shapes")) == ensemble
+    assert plain.templates_for(catalog.dataset("Shapes")) == list(catalog.dataset("Shapes").templates)
+    assert experiment.variant_options() != plain.variant_options()  # reported as a separate configuration
+    assert "templates" not in plain.as_dict()  # existing experiments keep their config hash
+
+
+def test_templates_without_a_placeholder_are_refused(catalog_copy):
+    edit(catalog_copy / "experiments.yaml",
+         lambda c: c["grid"].append({"method": "zero_shot", "name": "bad", "templates": ["a photo"]}))
+    with pytest.raises(CatalogError, match="templates must be"):
+        load_catalog(catalog_copy)
