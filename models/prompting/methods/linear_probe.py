@@ -40,7 +40,9 @@ class LinearProbeParameters:
     coarse_log10_c_max: float = 6.0
     coarse_log10_c_min: float = -6.0
     coarse_log10_step: float = 2.0
-    refine_steps: int = 8  # the bisection starts at half a coarse step either side of the best coarse C
+    # The bisection starts half a coarse step either side of the best coarse C, so (as in CoOp) it may end up to
+    # half a step beyond the coarse bounds.
+    refine_steps: int = 8
     max_iter: int = 1000
 
     def __post_init__(self) -> None:
