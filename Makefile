@@ -21,6 +21,10 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Training throughput of every method (cache vs re-encoding, batched CoCoOp), to the warehouse and bench/results/.
+bench: install
+	$(BIN)/python -m bench.throughput
+
 ui: install
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -m pipelines.definitions

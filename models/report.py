@@ -532,6 +532,70 @@ def _provenance_section(warehouse: Warehouse) -> str:
     return _section("Provenance", *parts)
 
 
+# ------------------------------------------------------------------------------------------------- throughput
+_BENCHMARK_VIEW_EXISTS_SQL = """
+SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'latest_benchmark'
+"""
+THROUGHPUT_SQL = """
+SELECT method, variant, batch_size, images_per_second, baseline_variant, speedup, target_speedup, meets_target,
+       peak_rss_mb, rss_delta_mb, peak_cuda_mb, bench_run_id, finished_at, device, torch_version, backbone,
+       backbone_weights_sha256, weights_source, dataset, git_commit
+FROM latest_benchmark
+ORDER BY method, variant
+"""
+_VARIANT_ORDER = ("cached", "re-encoded", "image-prompted", "batched", "per-image")
+
+
+def _throughput_chart(results: pl.DataFrame) -> str:
+    labels = [f"{r['method']} ({r['variant']})" for r in results.iter_rows(named=True)]
+    figure = Figure(figsize=(7.5, 0.8 + 0.32 * len(labels)))
+    axes = figure.add_subplot()
+    colors = [_COLORS[_VARIANT_ORDER.index(v) % len(_COLORS)] if v in _VARIANT_ORDER else _COLORS[-1]
+              for v in results["variant"]]
+    axes.barh(range(len(labels)), results["images_per_second"].to_list(), color=colors)
+    axes.set_yticks(range(len(labels)), labels, fontsize="small")
+    axes.invert_yaxis()
+    axes.set_xscale("log")
+    axes.set_xlabel("training images per second (log scale)")
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return _figure_to_image(figure, "horizontal bar chart of training images per second per method and variant")
+
+
+def _throughput_section(warehouse: Warehouse) -> str:
+    """The latest throughput benchmark (bench/throughput.py): images/s, speed-ups against targets, peak memory."""
+    has_view = warehouse.query(_BENCHMARK_VIEW_EXISTS_SQL)["n"][0] > 0
+    results = warehouse.query(THROUGHPUT_SQL) if has_view else pl.DataFrame()
+    if results.height == 0:
+        return _section("Throughput", _paragraph(
+            "No throughput benchmark recorded yet. Run `make bench` (or `.venv/bin/python -m bench.throughput`) "
+            "to measure training images/s of every method with and without the feature cache, batched CoCoOp "
+            "against a per-image loop, and peak memory; then rebuild this report.", "muted"))
+    run = results.row(0, named=True)
+    about = _paragraph(
+        f"Benchmark {run['bench_run_id']}, finished {run['finished_at']} UTC on {run['device']}, torch "
+        f"{run['torch_version']}, commit {run['git_commit'] or 'unknown'}; backbone {run['backbone']} "
+        f"({run['weights_source']}; weights {run['backbone_weights_sha256'][:12]}); {run['dataset']}. "
+        "Speed-up: images/s over the same method's baseline variant (cached over re-encoded, batched over "
+        "per-image).", "muted")
+    rows = []
+    for r in results.iter_rows(named=True):
+        speedup = "–" if r["speedup"] is None else f"{r['speedup']:.2f}x over {r['baseline_variant']}"
+        target = ("" if r["target_speedup"] is None
+                  else f"{r['target_speedup']:g}x: {'met' if r['meets_target'] else 'missed'}")
+        rows.append((r["method"], r["variant"], r["batch_size"], f"{r['images_per_second']:.1f}", speedup, target,
+                     f"{r['peak_rss_mb']:.0f}", f"{r['rss_delta_mb']:.1f}",
+                     "–" if r["peak_cuda_mb"] is None else f"{r['peak_cuda_mb']:.0f}"))
+    missed = [f"{r['method']} {r['variant']} reached {r['speedup']:.2f}x of its {r['target_speedup']:g}x target"
+              for r in results.iter_rows(named=True) if r["meets_target"] is False]
+    parts = [about, _table(["Method", "Variant", "Batch size", "Images/s", "Speed-up", "Target", "Peak RSS (MB)",
+                            "Δ RSS (MB)", "Peak CUDA (MB)"], rows, numeric_columns=(2, 3, 6, 7, 8))]
+    if missed:
+        parts.append(_paragraph("Targets missed: " + "; ".join(missed) + ".", "warning"))
+    parts.append(_throughput_chart(results))
+    return _section("Throughput", *parts)
+
+
 # ------------------------------------------------------------------------------------------------------- entry
 def build_report(
     warehouse: Warehouse,
@@ -567,6 +631,7 @@ def build_report(
         _other_splits_section(warehouse, params),
         _pseudolabel_section(warehouse),
         _other_stages_section(warehouse),
+        _throughput_section(warehouse),
         _provenance_section(warehouse),
     ])
     _write_atomically(html_path, _document(title, body))

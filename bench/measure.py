@@ -1,0 +1,232 @@
+"""One measurement of the throughput benchmark, run inside its own (fresh) process.
+
+A measurement is a method in one variant:
+- "cached": a frozen-image-tower method trained by `train_prompt_parameters` on features from the warm feature
+  cache (models.prompting.feature_cache), as the pipeline trains it;
+- "re-encoded": the same method trained on preprocessed images, re-encoded by the frozen image tower at every step
+  (bench.reencoding.ReencodingClassifier);
+- "image-prompted": a method that prompts the image tower, trained on preprocessed images (its only path);
+- "batched" / "per-image": one CoCoOp forward+backward over a batch of B cached features, all B x C prompts in
+  one batched text pass, against a loop calling CoCoOp once per image.
+
+Training throughput is images per second over whole epochs with the method's published batch size: one warm-up
+epoch (which also sizes the timed repeats so each lasts at least `min_seconds`), then `repeats` timed runs from a
+freshly built classifier, median. Memory: the process's peak resident set (ru_maxrss) at the end, and that peak
+minus the peak before training (the backbone and the inputs already loaded); on CUDA also
+torch.cuda.max_memory_allocated over the timed part.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from bench.inputs import BenchImages
+from bench.reencoding import ReencodingClassifier
+from models.experiments import build_classifier, features_for_images, preprocessed_images
+from models.prompting.training import OptimizationConfig, train_prompt_parameters
+
+TRAINING_VARIANTS = ("cached", "re-encoded", "image-prompted")
+COCOOP_VARIANTS = ("batched", "per-image")
+EQUIVALENCE_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """Everything a measurement process needs, as JSON (written by the orchestrator, read by each child)."""
+
+    backbone_name: str
+    backbone_dir: str
+    device: str
+    images: dict  # BenchImages.as_dict()
+    cache_dir: str
+    epochs: int  # at least this many epochs per timed repeat
+    repeats: int
+    min_seconds: float  # a timed repeat lasts at least this long (more epochs / iterations when faster)
+    max_epochs: int  # at most this many epochs (CoCoOp: iterations) per timed repeat
+    cocoop_batch: int
+    num_threads: int | None = None
+
+    def bench_images(self) -> BenchImages:
+        return BenchImages(**self.images)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    method: str
+    variant: str
+    batch_size: int
+    parameters: dict = field(default_factory=dict)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def current_rss_mb() -> float | None:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * resource.getpagesize() / 2**20
+
+
+def load_bench_backbone(plan: BenchPlan):
+    from bench.inputs import BenchBackbone
+    from models.backbones.loader import load_backbone
+
+    if plan.num_threads:
+        torch.set_num_threads(plan.num_threads)
+    return load_backbone(BenchBackbone(plan.backbone_name, plan.backbone_dir, "").spec(), device=plan.device)
+
+
+def cached_training_features(plan: BenchPlan, backbone) -> torch.Tensor:
+    """(N, 2, E) features of the training images (original and mirrored views) through the feature cache."""
+    images = plan.bench_images()
+    return features_for_images(backbone, Path(images.image_dir), images.relative_paths, images.content_hashes,
+                               Path(plan.cache_dir), with_mirror=True)
+
+
+def run_measurement(plan: BenchPlan, measurement: Measurement, backbone=None) -> dict[str, Any]:
+    backbone = backbone if backbone is not None else load_bench_backbone(plan)
+    if measurement.variant in TRAINING_VARIANTS:
+        return measure_training(plan, measurement, backbone)
+    if measurement.variant in COCOOP_VARIANTS:
+        return measure_cocoop(plan, measurement, backbone)
+    raise ValueError(f"unknown variant {measurement.variant!r}; known: {TRAINING_VARIANTS + COCOOP_VARIANTS}")
+
+
+# ----------------------------------------------------------------------------------------------- training
+def measure_training(plan: BenchPlan, measurement: Measurement, backbone) -> dict[str, Any]:
+    images = plan.bench_images()
+    device = torch.device(plan.device)
+    labels = torch.tensor(images.labels)
+    started = time.perf_counter()
+    if measurement.variant == "cached":
+        inputs = cached_training_features(plan, backbone)
+    else:
+        inputs = preprocessed_images(backbone, Path(images.image_dir), images.relative_paths, with_mirror=True)
+    input_seconds = time.perf_counter() - started
+
+    def build():
+        classifier = build_classifier(backbone.model, backbone.tokenizer, measurement.method, measurement.parameters,
+                                      images.classnames, images.templates)
+        return ReencodingClassifier(classifier, backbone.model) if measurement.variant == "re-encoded" else classifier
+
+    def train(epochs: int) -> float:
+        classifier = build()
+        config = OptimizationConfig(epochs=epochs, batch_size=measurement.batch_size, seed=1)
+        return train_prompt_parameters(classifier, inputs, labels, config, device=device).seconds
+
+    return _timed(plan, device, len(images.labels), train, "epochs",
+                  details={"input_seconds": round(input_seconds, 4), "input_shape": list(inputs.shape)})
+
+
+# ------------------------------------------------------------------------------------------------- CoCoOp
+def cocoop_batch(plan: BenchPlan, backbone, parameters: dict) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A CoCoOp classifier and B cached image features (original view) with their labels, on the plan's device."""
+    images = plan.bench_images()
+    batch = min(plan.cocoop_batch, len(images.labels))
+    features = cached_training_features(plan, backbone)[:batch, 0]
+    classifier = build_classifier(backbone.model, backbone.tokenizer, "cocoop", parameters, images.classnames,
+                                  images.templates)
+    device = torch.device(plan.device)
+    return classifier.to(device).train(), features.to(device), torch.tensor(images.labels[:batch]).to(device)
+
+
+def batched_step(classifier, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CoCoOp as implemented: all B x C prompts of the batch in batched text passes; forward + backward."""
+    classifier.zero_grad(set_to_none=True)
+    logits = classifier(features)
+    F.cross_entropy(logits.float(), labels).backward()
+    return logits.detach()
+
+
+def per_image_step(classifier, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The original CoCoOp's loop: one text pass of C prompts per image; the same loss and gradient."""
+    classifier.zero_grad(set_to_none=True)
+    rows = []
+    for index in range(features.shape[0]):
+        logits = classifier(features[index : index + 1])
+        (F.cross_entropy(logits.float(), labels[index : index + 1]) / features.shape[0]).backward()
+        rows.append(logits.detach())
+    return torch.cat(rows)
+
+
+def check_cocoop_equivalence(classifier, features: torch.Tensor, labels: torch.Tensor,
+                             tolerance: float = EQUIVALENCE_TOLERANCE) -> dict[str, float]:
+    """Both paths give the same logits and gradients (within `tolerance`), or ValueError before any timing."""
+    batched = batched_step(classifier, features, labels)
+    batched_grads = {n: p.grad.detach().clone() for n, p in classifier.named_parameters() if p.grad is not None}
+    looped = per_image_step(classifier, features, labels)
+    looped_grads = {n: p.grad.detach().clone() for n, p in classifier.named_parameters() if p.grad is not None}
+    if set(batched_grads) != set(looped_grads) or not batched_grads:
+        raise ValueError(f"CoCoOp batched and per-image paths train different parameters: "
+                         f"{sorted(batched_grads)} vs {sorted(looped_grads)}")
+    logit_difference = float((batched - looped).abs().max())
+    grad_difference = max(float((batched_grads[n] - looped_grads[n]).abs().max()) for n in batched_grads)
+    if logit_difference > tolerance or grad_difference > tolerance:
+        raise ValueError(f"CoCoOp batched and per-image paths differ: max logit difference {logit_difference:.3g}, "
+                         f"max gradient difference {grad_difference:.3g} (tolerance {tolerance:g})")
+    return {"max_logit_difference": logit_difference, "max_gradient_difference": grad_difference,
+            "batch": int(features.shape[0])}
+
+
+def measure_cocoop(plan: BenchPlan, measurement: Measurement, backbone) -> dict[str, Any]:
+    classifier, features, labels = cocoop_batch(plan, backbone, measurement.parameters)
+    step = batched_step if measurement.variant == "batched" else per_image_step
+    device = torch.device(plan.device)
+
+    def run(iterations: int) -> float:
+        _synchronize(device)
+        started = time.perf_counter()
+        for _ in range(iterations):
+            step(classifier, features, labels)
+        _synchronize(device)
+        return time.perf_counter() - started
+
+    return _timed(plan, device, features.shape[0], run, "iterations", details={"batch": int(features.shape[0])})
+
+
+# ------------------------------------------------------------------------------------------------- timing
+def _timed(plan: BenchPlan, device: torch.device, images_per_unit: int, run: Callable[[int], float], unit: str,
+           details: dict) -> dict[str, Any]:
+    """Warm up with one unit (an epoch or an iteration), size the repeats, time them; images/s of the median."""
+    rss_before = peak_rss_mb()
+    current_before = current_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    warm_up = run(1)
+    units = min(plan.max_epochs, max(plan.epochs, math.ceil(plan.min_seconds / max(warm_up, 1e-9))))
+    timings = [run(units) for _ in range(plan.repeats)]
+    seconds = statistics.median(timings)
+    n_images = images_per_unit * units
+    peak = peak_rss_mb()
+    return {
+        "n_images": n_images,
+        "seconds": seconds,
+        "images_per_second": n_images / seconds,
+        "peak_rss_mb": peak,
+        "rss_delta_mb": peak - rss_before,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "details": {**details, unit: units, "repeats": plan.repeats, "timings_seconds": [round(t, 5) for t in timings],
+                    "warm_up_seconds": round(warm_up, 5),
+                    "rss_before_mb": None if current_before is None else round(current_before, 1),
+                    "peak_rss_before_mb": round(rss_before, 1), "threads": torch.get_num_threads()},
+    }
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
