@@ -140,12 +140,35 @@ QUALIFY shots = max(shots) OVER (PARTITION BY dataset, configuration)
 ORDER BY dataset, method <> $zero_shot, configuration
 """
 
-SHOT_CURVES_SQL = _LABELLED_RESULTS + """
-SELECT dataset, configuration, method = $zero_shot AS is_zero_shot, shots, mean, std,
-       count(*) OVER (PARTITION BY dataset, configuration) AS n_shot_counts
-FROM labelled WHERE split = 'test' AND metric = 'top1_accuracy'
-ORDER BY dataset, method <> $zero_shot, configuration, shots
+# Few-shot protocol (view few_shot_results), with CoOp's first panel: the average over datasets of the points that
+# were measured on every dataset (std left out: it is not a mean over seeds).
+FEW_SHOT_SQL = _LABELLED_RESULTS + """,
+few_shot AS (
+    SELECT f.dataset, l.configuration, f.method = $zero_shot OR f.shots = 0 AS is_zero_shot, f.shots, f.mean, f.std,
+           f.n_seeds
+    FROM few_shot_results AS f JOIN labels AS l USING (backbone, method, options)
+),
+dataset_count AS (SELECT count(DISTINCT dataset) AS n FROM few_shot)
+SELECT 0 AS panel, 'Average over ' || n || ' datasets' AS dataset, configuration, is_zero_shot, shots,
+       avg(mean) AS mean, NULL::DOUBLE AS std, NULL::BIGINT AS n_seeds
+FROM few_shot CROSS JOIN dataset_count
+GROUP BY configuration, is_zero_shot, shots, n
+HAVING count(DISTINCT dataset) = n AND n > 1
+UNION ALL
+SELECT 1, dataset, configuration, is_zero_shot, shots, mean, std, n_seeds FROM few_shot
+ORDER BY panel, dataset, is_zero_shot DESC, configuration, shots
 """
+
+# Transfer protocols (views cross_dataset_results / domain_generalization_results): one row per configuration,
+# source and role ('source', 'target', 'average').
+_TRANSFER_SQL = _LABELLED_RESULTS + """
+SELECT t.source_dataset, t.role, t.dataset, coalesce(l.configuration, t.method) AS configuration, t.shots,
+       t.mean, t.std, t.n_seeds, t.n_targets
+FROM transfer_view AS t LEFT JOIN labels AS l USING (backbone, method, options)
+ORDER BY t.source_dataset, t.method <> $zero_shot, configuration, t.shots, t.role, t.dataset
+"""
+CROSS_DATASET_TRANSFER_SQL = _TRANSFER_SQL.replace("transfer_view", "cross_dataset_results")
+DOMAIN_GENERALIZATION_SQL = _TRANSFER_SQL.replace("transfer_view", "domain_generalization_results")
 
 BASE_TO_NEW_SQL = _LABELLED_RESULTS + """
 SELECT r.dataset, l.configuration, r.shots, r.base_accuracy, r.base_std, r.new_accuracy, r.new_std,
@@ -173,7 +196,9 @@ ORDER BY dataset, method, shots, options, split, metric
 """
 
 OTHER_STAGES_SQL = """
-SELECT DISTINCT stage FROM runs WHERE is_current AND stage NOT IN ('evaluation', 'pseudolabels') ORDER BY stage
+SELECT DISTINCT stage FROM runs
+WHERE is_current AND stage NOT IN ('evaluation', 'pseudolabels', 'cross_dataset', 'domain_generalization')
+ORDER BY stage
 """
 
 RUNS_BY_STAGE_SQL = """
@@ -338,9 +363,9 @@ def _bar_chart(results: pl.DataFrame) -> str:
 def _shot_curves(results: pl.DataFrame) -> str:
     datasets = results["dataset"].unique(maintain_order=True).to_list()
     configurations = results["configuration"].unique(maintain_order=True).to_list()
-    columns = min(3, len(datasets))
+    columns = min(4, len(datasets))
     rows_of_plots = (len(datasets) + columns - 1) // columns
-    figure = Figure(figsize=(4.2 * columns, 3.4 * rows_of_plots))
+    figure = Figure(figsize=(3.4 * columns, 2.9 * rows_of_plots))
     for plot_index, dataset in enumerate(datasets):
         axes = figure.add_subplot(rows_of_plots, columns, plot_index + 1)
         of_dataset = results.filter(pl.col("dataset") == dataset)
@@ -353,16 +378,17 @@ def _shot_curves(results: pl.DataFrame) -> str:
                 axes.axhline(rows["mean"][0] * 100, color=color, linestyle="--", label=configuration)
             else:
                 rows = rows.filter(pl.col("shots") > 0)
-                axes.errorbar(rows["shots"].to_list(), (rows["mean"] * 100).to_list(),
-                              yerr=(rows["std"] * 100).to_list(), marker="o", capsize=3, color=color,
-                              label=configuration)
+                # panels of averages over datasets carry no std
+                errors = None if rows["std"].is_null().all() else (rows["std"].fill_null(0.0) * 100).to_list()
+                axes.errorbar(rows["shots"].to_list(), (rows["mean"] * 100).to_list(), yerr=errors, marker="o",
+                              capsize=3, color=color, label=configuration)
         shot_counts = sorted(set(of_dataset["shots"].to_list()) - {0})
         if shot_counts:
             # Few-shot protocols double the shots (1, 2, 4, 8, 16): a log2 axis spaces them evenly.
             axes.set_xscale("log", base=2)
             axes.set_xticks(shot_counts, [str(count) for count in shot_counts])
             axes.minorticks_off()
-        axes.set_title(dataset)
+        axes.set_title(dataset, fontsize="medium")
         axes.set_xlabel("shots per class")
         axes.set_ylabel("test top-1 (%)")
         axes.grid(alpha=0.3)
@@ -420,7 +446,7 @@ def _cross_dataset_section(warehouse: Warehouse, params: dict) -> str:
         for r in results.iter_rows(named=True)
     ]
     return _section(
-        "Cross-dataset results (test split)",
+        "Results per dataset (test split)",
         _paragraph("Mean ± sample std over seeds, in percent; lower ECE is better calibrated.", "muted"),
         _table(["Dataset", "Configuration", "Shots", "Top-1 (%)", "Macro-F1 (%)", "ECE (%)"], rows,
                numeric_columns=(2, 3, 4, 5)),
@@ -431,11 +457,47 @@ def _charts_section(warehouse: Warehouse, params: dict) -> str:
     bars = warehouse.query(BAR_CHART_SQL, params)
     if bars.height == 0:
         return ""
-    parts = [_bar_chart(bars)]
-    curves = warehouse.query(SHOT_CURVES_SQL, params)
-    if curves.filter(~pl.col("is_zero_shot") & (pl.col("n_shot_counts") > 1)).height:
-        parts.append(_shot_curves(curves))
-    return _section("Charts", *parts)
+    return _section("Charts", _bar_chart(bars))
+
+
+def _configuration_name(configuration: str, shots: int) -> str:
+    return configuration if shots == 0 else _label(configuration, shots)
+
+
+def _percent_pm(mean: float | None, std: float | None) -> str:
+    return "–" if mean is None else f"{100.0 * mean:.2f} ± {100.0 * (std or 0.0):.2f}"
+
+
+def _side_by_side(blocks: Iterable[tuple[str, str]]) -> str:
+    """Small titled tables tiled across the page, as the papers print one small table per dataset."""
+    tiles = "".join(f"<div><h3>{html.escape(title)}</h3>{table}</div>" for title, table in blocks)
+    return f'<div style="display: flex; flex-wrap: wrap; gap: 0 1.5em;">{tiles}</div>'
+
+
+def _few_shot_section(warehouse: Warehouse, params: dict) -> str:
+    """CoOp's few-shot figure (top-1 against K, zero-shot as a flat line, one small panel per dataset) and table."""
+    results = warehouse.query(FEW_SHOT_SQL, params)
+    per_dataset = results.filter(pl.col("panel") == 1)
+    trained_shot_counts = (per_dataset.filter(~pl.col("is_zero_shot")).group_by("dataset", "configuration")
+                           .agg(pl.col("shots").n_unique().alias("n")))
+    if trained_shot_counts.filter(pl.col("n") > 1).height == 0:
+        return ""  # no shot axis to draw
+    shots = sorted(set(results["shots"].to_list()))
+    cells: dict[tuple[str, str], dict[int, str]] = {}
+    for r in results.iter_rows(named=True):
+        cells.setdefault((r["dataset"], r["configuration"]), {})[r["shots"]] = (
+            _percent(r["mean"]) if r["std"] is None else format_mean_std(r["mean"], r["std"], r["n_seeds"]))
+    rows = [(dataset, configuration, *[by_shots.get(k, "") for k in shots])
+            for (dataset, configuration), by_shots in cells.items()]
+    return _section(
+        "Few-shot learning",
+        _paragraph("Test top-1 (%) against labelled images per class (K), mean ± std over seeds; zero-shot is the "
+                   "flat dashed line (0 shots). The average panel averages the points measured on every dataset.",
+                   "muted"),
+        _shot_curves(results.select("dataset", "configuration", "is_zero_shot", "shots", "mean", "std")),
+        _table(["Dataset", "Configuration", *[f"{k} shot{'s' if k != 1 else ''}" for k in shots]], rows,
+               numeric_columns=range(2, 2 + len(shots))),
+    )
 
 
 def _base_to_new_section(warehouse: Warehouse, params: dict) -> tuple[str, dict[str, float]]:
@@ -443,29 +505,56 @@ def _base_to_new_section(warehouse: Warehouse, params: dict) -> tuple[str, dict[
     if results.height == 0:
         return "", {}
     averages = warehouse.query(BASE_TO_NEW_AVERAGES_SQL, params)
-    rows = [
-        (r["dataset"], r["configuration"], r["shots"], format_mean_std(r["base_accuracy"], r["base_std"], None),
-         format_mean_std(r["new_accuracy"], r["new_std"], None), _percent(r["harmonic_mean"]), r["n_seeds"])
-        for r in results.iter_rows(named=True)
-    ]
-    average_rows = [
-        (r["configuration"], r["shots"], _percent(r["base_accuracy"]), _percent(r["new_accuracy"]),
-         _percent(r["harmonic_mean"]), r["n_datasets"])
-        for r in averages.iter_rows(named=True)
-    ]
+    n_datasets = results["dataset"].n_unique()
+    blocks = [(f"Average over {n_datasets} dataset{'s' if n_datasets != 1 else ''}", _table(
+        ["Configuration", "Base (%)", "New (%)", "HM (%)", "Datasets"],
+        [(_configuration_name(r["configuration"], r["shots"]), _percent(r["base_accuracy"]),
+          _percent(r["new_accuracy"]), _percent(r["harmonic_mean"]), r["n_datasets"])
+         for r in averages.iter_rows(named=True)], numeric_columns=(1, 2, 3, 4)))]
+    for dataset in results["dataset"].unique(maintain_order=True).to_list():
+        blocks.append((dataset, _table(
+            ["Configuration", "Base (%)", "New (%)", "HM (%)", "Seeds"],
+            [(_configuration_name(r["configuration"], r["shots"]), _percent_pm(r["base_accuracy"], r["base_std"]),
+              _percent_pm(r["new_accuracy"], r["new_std"]), _percent(r["harmonic_mean"]), r["n_seeds"])
+             for r in results.filter(pl.col("dataset") == dataset).iter_rows(named=True)],
+            numeric_columns=(1, 2, 3, 4))))
     harmonic_by_method = {_label(r["configuration"], r["shots"]): r["harmonic_mean"]
                           for r in averages.iter_rows(named=True)}
     section = _section(
         "Base-to-new generalization",
-        _paragraph("Top-1 on base and new classes; HM = 2·B·N / (B + N) of the seed means, computed in SQL. "
-                   "The averages row takes the HM of the dataset-averaged base and new accuracies.", "muted"),
-        _table(["Dataset", "Configuration", "Shots", "Base (%)", "New (%)", "HM (%)", "Seeds"], rows,
-               numeric_columns=(2, 3, 4, 5, 6)),
-        "<h3>Average over datasets</h3>",
-        _table(["Configuration", "Shots", "Base (%)", "New (%)", "HM (%)", "Datasets"], average_rows,
-               numeric_columns=(1, 2, 3, 4, 5)),
+        _paragraph("Top-1 (%) on base and new classes of configurations trained on the base half (protocol "
+                   "base_to_new) and of zero-shot; mean ± std over seeds. HM = 2·B·N / (B + N) of the seed means, "
+                   "computed in SQL; the average table takes the HM of the dataset-averaged base and new accuracies, "
+                   "as the papers do.", "muted"),
+        _side_by_side(blocks),
     )
     return section, harmonic_by_method
+
+
+def _transfer_section(warehouse: Warehouse, params: dict, sql: str, title: str, targets_name: str) -> str:
+    """Rows: configurations; columns: the source, each target, the average over targets (mean ± std over seeds)."""
+    results = warehouse.query(sql, params)
+    if results.height == 0:
+        return ""
+    parts = [_paragraph(
+        f"Test top-1 (%) of prompts learned on all classes of the source (its own test split in the first column), "
+        f"applied to the class names of each {targets_name}; mean ± std over seeds. Average: over the targets, per "
+        "seed, then over seeds. Zero-shot learned nothing from the source: its row is its own evaluation on each "
+        "dataset.", "muted")]
+    for source in results["source_dataset"].unique(maintain_order=True).to_list():
+        of_source = results.filter(pl.col("source_dataset") == source)
+        targets = sorted(of_source.filter(pl.col("role") == "target")["dataset"].unique().to_list())
+        rows = []
+        for (configuration, shots), group in of_source.group_by("configuration", "shots", maintain_order=True):
+            by_column = {("average" if r["role"] == "average" else r["dataset"]): _percent_pm(r["mean"], r["std"])
+                         for r in group.iter_rows(named=True)}
+            rows.append((_configuration_name(configuration, shots), by_column.get(source, "–"),
+                         *[by_column.get(target, "–") for target in targets], by_column.get("average", "–"),
+                         group["n_seeds"].max()))
+        header = ["Configuration", f"Source: {source}", *targets, "Average", "Seeds"]
+        parts += [f"<h3>Source: {html.escape(source)}</h3>",
+                  _table(header, rows, numeric_columns=range(1, len(header)))]
+    return _section(title, *parts)
 
 
 def _other_splits_section(warehouse: Warehouse, params: dict) -> str:
@@ -627,7 +716,11 @@ def build_report(
         headline,
         _cross_dataset_section(warehouse, params),
         _charts_section(warehouse, params),
+        _few_shot_section(warehouse, params),
         base_to_new,
+        _transfer_section(warehouse, params, CROSS_DATASET_TRANSFER_SQL, "Cross-dataset transfer", "other dataset"),
+        _transfer_section(warehouse, params, DOMAIN_GENERALIZATION_SQL, "Domain generalization",
+                          "domain-shifted variant of the source"),
         _other_splits_section(warehouse, params),
         _pseudolabel_section(warehouse),
         _other_stages_section(warehouse),

@@ -15,8 +15,11 @@ Schema (all accuracy-like values are fractions in [0, 1]; timestamps are UTC wit
   configuration, upserted by every run of it.
 - `runs` (run_id PK, stage, dataset, experiment_key, partition_key, method, shots, seed, options JSON,
   dagster_run_id, code_version, config_hash, git_commit, backbone, backbone_weights_sha256, data_hash,
-  templates JSON, started_at, finished_at, is_current): every run ever recorded. Recording a run of a
-  (stage, dataset, partition_key) marks the earlier runs of it `is_current = false`; they are kept.
+  templates JSON, started_at, finished_at, is_current, source_dataset): every run ever recorded. Recording a
+  run of a (stage, dataset, partition_key, source_dataset) marks the earlier runs of it `is_current = false`;
+  they are kept. `source_dataset` is NULL for in-domain runs and names the dataset a prompt was trained on for
+  transfer runs (stage `cross_dataset` / `domain_generalization`, dataset = the target). Warehouses written
+  before the column existed get it (NULL: in-domain) the next time the schema is ensured.
 - `metrics` (run_id, dataset, experiment_key, split, metric, value): rows of CURRENT runs only, so a query over
   it never double counts a re-materialized partition. PK (run_id, split, metric).
 - `metrics_history`: the same columns + superseded_at, superseded_by_run_id: rows of superseded runs.
@@ -29,10 +32,16 @@ Schema (all accuracy-like values are fractions in [0, 1]; timestamps are UTC wit
   The view stores the directory's absolute path: after moving the workspace, call `ensure_schema()` again.
 
 Views: `current_results` (current runs joined with their metrics), `results_by_config` (mean / sample std /
-number of seeds over the seeds of each configuration: stage, dataset, backbone, method, shots, options, split,
-metric; std is 0 for a single seed), `base_to_new_results` (per dataset and configuration: mean base and new
-top-1 and their harmonic mean), `base_to_new_averages` (the same averaged over datasets, harmonic mean of the
-averages as the papers report it). Macro `harmonic_mean(base, new)`. `dashboards/README.md` has examples.
+number of seeds over the seeds of each configuration: stage, dataset, source_dataset, backbone, method, shots,
+options, split, metric; std is 0 for a single seed). Protocol views (test top-1): `few_shot_results` (in-domain
+configurations trained on all classes, and zero-shot at 0 shots, per dataset and shots), `base_to_new_results`
+(per dataset, base_to_new configurations and zero-shot: mean base and new top-1 and the harmonic mean of those
+means), `base_to_new_averages` (the same averaged over datasets, harmonic mean of the averages as the papers
+report it), `cross_dataset_results` and `domain_generalization_results` (per configuration and source: the
+source's own test split, each target, and the average over targets; mean / std over seeds; zero-shot and other
+0-shot configurations appear with their own evaluation on each dataset as the reference). Macros
+`harmonic_mean(base, new)`, `transfer_seed_results(stage)`, `transfer_results(stage)`. `dashboards/README.md`
+has examples.
 """
 
 from __future__ import annotations
@@ -95,6 +104,8 @@ class RunRecord:
     templates: dict | list
     started_at: datetime
     finished_at: datetime
+    # Transfer runs: the dataset the prompt was trained on (`dataset` is the target evaluated); None: in-domain.
+    source_dataset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +169,7 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TIMESTAMP NOT NULL,
     is_current BOOLEAN NOT NULL
 );
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS source_dataset VARCHAR;
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR NOT NULL,
     dataset VARCHAR NOT NULL,
@@ -208,17 +220,24 @@ CREATE OR REPLACE MACRO harmonic_mean(base, new) AS
 CREATE OR REPLACE VIEW current_results AS
     SELECT r.run_id, r.stage, r.dataset, r.experiment_key, r.partition_key, r.method, r.shots, r.seed,
            CAST(r.options AS VARCHAR) AS options, r.backbone, r.config_hash, r.code_version, r.git_commit,
-           r.started_at, r.finished_at, m.split, m.metric, m.value
+           r.started_at, r.finished_at, m.split, m.metric, m.value, r.source_dataset
     FROM runs AS r JOIN metrics AS m ON m.run_id = r.run_id
     WHERE r.is_current;
 CREATE OR REPLACE VIEW results_by_config AS
-    SELECT stage, dataset, backbone, method, shots, options, split, metric,
+    SELECT stage, dataset, source_dataset, backbone, method, shots, options, split, metric,
            avg(value) AS mean,
            coalesce(stddev_samp(value), 0.0) AS std,
            count(DISTINCT seed) AS n_seeds,
            count(*) AS n_runs
     FROM current_results
-    GROUP BY stage, dataset, backbone, method, shots, options, split, metric;
+    GROUP BY stage, dataset, source_dataset, backbone, method, shots, options, split, metric;
+-- Few-shot protocol: in-domain test top-1 of every configuration trained on all classes (its options carry no
+-- protocol), per shot count; zero-shot appears at 0 shots.
+CREATE OR REPLACE VIEW few_shot_results AS
+    SELECT dataset, backbone, method, shots, options, mean, std, n_seeds
+    FROM results_by_config
+    WHERE stage = 'evaluation' AND source_dataset IS NULL AND split = 'test' AND metric = 'top1_accuracy'
+      AND json_extract_string(options, '$.protocol') IS NULL;
 CREATE OR REPLACE VIEW base_to_new_results AS
     WITH per_config AS (
         SELECT dataset, backbone, method, shots, options,
@@ -229,7 +248,11 @@ CREATE OR REPLACE VIEW base_to_new_results AS
                least(max(n_seeds) FILTER (WHERE split = 'base'), max(n_seeds) FILTER (WHERE split = 'new'))
                    AS n_seeds
         FROM results_by_config
-        WHERE stage = 'evaluation' AND metric = 'top1_accuracy' AND split IN ('base', 'new')
+        -- every evaluation scores base and new, but only base_to_new training leaves the new classes unseen;
+        -- 0-shot configurations (zero-shot) saw no class and are the reference
+        WHERE stage = 'evaluation' AND source_dataset IS NULL AND metric = 'top1_accuracy'
+          AND split IN ('base', 'new')
+          AND (shots = 0 OR json_extract_string(options, '$.protocol') = 'base_to_new')
         GROUP BY dataset, backbone, method, shots, options
     )
     SELECT *, harmonic_mean(base_accuracy, new_accuracy) AS harmonic_mean
@@ -243,6 +266,66 @@ CREATE OR REPLACE VIEW base_to_new_averages AS
            count(*) AS n_datasets
     FROM base_to_new_results
     GROUP BY backbone, method, shots, options;
+-- Transfer protocols, one row per seed: the transferred checkpoints on each target (stage = the protocol), the same
+-- checkpoints on their source's own test split, and 0-shot configurations (zero-shot), which learned nothing from
+-- the source, with their own evaluation on the source and on every target of those transfers.
+CREATE OR REPLACE MACRO transfer_seed_results(transfer_stage) AS TABLE
+    WITH top1 AS (
+        SELECT * FROM current_results WHERE split = 'test' AND metric = 'top1_accuracy'
+    ),
+    transferred AS (
+        SELECT backbone, method, shots, options, seed, experiment_key, source_dataset, dataset, value
+        FROM top1 WHERE stage = transfer_stage AND source_dataset IS NOT NULL
+    ),
+    in_domain AS (
+        SELECT * FROM top1 WHERE stage = 'evaluation' AND source_dataset IS NULL
+    ),
+    on_source AS (
+        SELECT i.backbone, i.method, i.shots, i.options, i.seed, i.experiment_key, i.dataset AS source_dataset,
+               i.dataset, i.value
+        FROM in_domain AS i
+        SEMI JOIN (SELECT DISTINCT backbone, experiment_key, source_dataset FROM transferred) AS t
+            ON i.backbone = t.backbone AND i.experiment_key = t.experiment_key AND i.dataset = t.source_dataset
+    ),
+    evaluated AS (
+        SELECT DISTINCT backbone, source_dataset, dataset FROM transferred
+        UNION SELECT DISTINCT backbone, source_dataset, source_dataset FROM transferred
+    ),
+    untrained AS (
+        SELECT i.backbone, i.method, i.shots, i.options, i.seed, i.experiment_key, e.source_dataset, i.dataset,
+               i.value
+        FROM in_domain AS i JOIN evaluated AS e ON i.backbone = e.backbone AND i.dataset = e.dataset
+        WHERE i.shots = 0
+    )
+    SELECT *, dataset = source_dataset AS is_source
+    FROM (SELECT * FROM transferred UNION ALL SELECT * FROM on_source UNION ALL SELECT * FROM untrained);
+-- Per configuration and source: role 'source' (dataset = the source), 'target' (dataset = a target) and
+-- 'average' (dataset NULL: per seed the mean over that seed's targets, then mean / std over seeds; n_targets).
+CREATE OR REPLACE MACRO transfer_results(transfer_stage) AS TABLE
+    WITH per_seed AS (
+        SELECT * FROM transfer_seed_results(transfer_stage)
+    ),
+    seed_averages AS (
+        SELECT backbone, method, shots, options, source_dataset, seed, avg(value) AS value,
+               count(DISTINCT dataset) AS n_targets
+        FROM per_seed WHERE NOT is_source
+        GROUP BY backbone, method, shots, options, source_dataset, seed
+    ),
+    cells AS (
+        SELECT backbone, method, shots, options, source_dataset, dataset,
+               CASE WHEN is_source THEN 'source' ELSE 'target' END AS role, seed, value, NULL::BIGINT AS n_targets
+        FROM per_seed
+        UNION ALL
+        SELECT backbone, method, shots, options, source_dataset, NULL, 'average', seed, value, n_targets
+        FROM seed_averages
+    )
+    SELECT backbone, method, shots, options, source_dataset, dataset, role,
+           avg(value) AS mean, coalesce(stddev_samp(value), 0.0) AS std, count(DISTINCT seed) AS n_seeds,
+           max(n_targets) AS n_targets
+    FROM cells
+    GROUP BY backbone, method, shots, options, source_dataset, dataset, role;
+CREATE OR REPLACE VIEW cross_dataset_results AS SELECT * FROM transfer_results('cross_dataset');
+CREATE OR REPLACE VIEW domain_generalization_results AS SELECT * FROM transfer_results('domain_generalization');
 """
 
 
@@ -288,6 +371,10 @@ def _validate_run(run: RunRecord) -> None:
         value = getattr(run, name)
         if value is not None and not isinstance(value, str):
             raise ValueError(f"run.{name}: expected a string or None, got {value!r}")
+    if run.source_dataset is not None and (not isinstance(run.source_dataset, str) or not run.source_dataset.strip()
+                                           or run.source_dataset == run.dataset):
+        raise ValueError(f"run.source_dataset: expected None (in-domain) or the name of another dataset than "
+                         f"run.dataset {run.dataset!r}, got {run.source_dataset!r}")
     if not _RUN_ID_PATTERN.match(run.run_id):
         raise ValueError(f"run.run_id: {run.run_id!r} may only hold letters, digits and . _ + = - "
                          "(it names the predictions file)")
@@ -780,8 +867,9 @@ class Warehouse:
             CREATE OR REPLACE TEMP TABLE superseded_runs AS
             SELECT run_id FROM runs
             WHERE is_current AND stage = ? AND dataset = ? AND partition_key = ?
+              AND source_dataset IS NOT DISTINCT FROM ?
             """,
-            [run.stage, run.dataset, run.partition_key],
+            [run.stage, run.dataset, run.partition_key, run.source_dataset],
         )
         for table, columns in (
             ("metrics", "run_id, dataset, experiment_key, split, metric, value"),
@@ -804,8 +892,9 @@ class Warehouse:
             """
             INSERT INTO runs (run_id, stage, dataset, experiment_key, partition_key, method, shots, seed, options,
                               dagster_run_id, code_version, config_hash, git_commit, backbone,
-                              backbone_weights_sha256, data_hash, templates, started_at, finished_at, is_current)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)
+                              backbone_weights_sha256, data_hash, templates, started_at, finished_at, is_current,
+                              source_dataset)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true, ?)
             """,
             [
                 run.run_id, run.stage, run.dataset, run.experiment_key, run.partition_key, run.method, int(run.shots),
@@ -813,6 +902,7 @@ class Warehouse:
                 run.config_hash, run.git_commit, run.backbone, run.backbone_weights_sha256, run.data_hash,
                 _canonical_json(run.templates, "run.templates"),
                 _as_utc_naive(run.started_at, "run.started_at"), _as_utc_naive(run.finished_at, "run.finished_at"),
+                run.source_dataset,
             ],
         )
 

@@ -36,7 +36,8 @@ def make_run(
         method=method,
         shots=shots,
         seed=seed,
-        options=options if options is not None else {"context_tokens": 4},
+        # as ExperimentConfig.variant_options writes them: a settings hash, plus the protocol when not all_classes
+        options=options if options is not None else {"settings_hash": "0a1b2c3d"},
         dagster_run_id=f"dagster-{run_id}",
         code_version=code_version,
         config_hash=f"config-{method}-{shots}",
@@ -76,6 +77,8 @@ class SyntheticResults:
     base_new: dict[tuple[str, str], tuple[list[float], list[float]]] = field(default_factory=dict)
     code_versions: set[str] = field(default_factory=set)
     num_runs: int = 0
+    # (stage, source, target, method, shots) -> {seed: test top-1} of the transfer runs
+    transfer: dict[tuple[str, str, str, str, int], dict[int, float]] = field(default_factory=dict)
 
 
 def _test_top1(dataset_index: int, method: str, shots: int, seed: int) -> float:
@@ -118,7 +121,9 @@ def fill_synthetic_warehouse(warehouse: Warehouse) -> SyntheticResults:
                 base_values.append(base)
                 new_values.append(new)
                 run = replace(make_run(f"{dataset}-{method}-b2n-{seed}", dataset=dataset, method=method,
-                                       shots=16 if method == "coop" else 0, seed=seed, start_minute=minute),
+                                       shots=16 if method == "coop" else 0, seed=seed, start_minute=minute,
+                                       options={"settings_hash": "0a1b2c3d", "protocol": "base_to_new"}
+                                       if method == "coop" else None),
                               partition_key=f"{dataset}|{method}-base2new-seed{seed}",
                               experiment_key=f"{method}-base2new-seed{seed}")
                 record(run, [MetricRow("base", "top1_accuracy", base), MetricRow("new", "top1_accuracy", new)])
@@ -127,6 +132,18 @@ def fill_synthetic_warehouse(warehouse: Warehouse) -> SyntheticResults:
                                    method="fpl", shots=0, seed=1, start_minute=minute)
         record(pseudolabel_run, [MetricRow("unlabeled", "pseudolabel_accuracy", 0.8125),
                                  MetricRow("unlabeled", "num_pseudolabels", 48.0)])
+
+    # Transfer: the 4-shot CoOp checkpoints of one dataset evaluated on the other (stage = the protocol, dataset =
+    # the target); the source column and zero-shot come from the in-domain runs above.
+    for stage, source, target, seeds in (("cross_dataset", DATASETS[0], DATASETS[1], (1, 2, 3)),
+                                         ("domain_generalization", DATASETS[1], DATASETS[0], (1, 2))):
+        for seed in seeds:
+            top1 = 0.30 + 0.04 * seed + 0.1 * (stage == "domain_generalization")
+            results.transfer.setdefault((stage, source, target, "coop", 4), {})[seed] = top1
+            run = replace(make_run(f"{stage}-{source}-{target}-coop-4-{seed}", stage=stage, dataset=target,
+                                   method="coop", shots=4, seed=seed, start_minute=minute),
+                          source_dataset=source, partition_key=f"{source}|coop-4shots-seed{seed}")
+            record(run, [MetricRow("test", "top1_accuracy", top1), MetricRow("test", "macro_f1", top1 - 0.02)])
 
     # Re-materialize one partition with newer code: the older run must leave the current results.
     dataset, method, shots, seed = DATASETS[0], "coop", 1, 1

@@ -1,0 +1,15 @@
+-- Cross-dataset transfer: prompts learned on all classes of a source dataset, applied to each other dataset's class
+-- names and test split. Per configuration and source: the source's own test split, each target, and the average over
+-- targets, "mean ± std" over seeds in percent. Zero-shot's row is its own evaluation on each dataset (reference).
+SELECT
+    source_dataset,
+    method,
+    shots,
+    options,
+    role,
+    coalesce(dataset, 'average over ' || n_targets || ' targets') AS dataset,
+    printf('%.2f ± %.2f', 100 * mean, 100 * std) AS top1_percent,
+    n_seeds
+FROM cross_dataset_results
+ORDER BY source_dataset, method <> 'zero_shot', method, shots, options,
+         CASE role WHEN 'source' THEN 0 WHEN 'target' THEN 1 ELSE 2 END, dataset;
