@@ -1,7 +1,9 @@
 """`promptlab run`: materialize the default graph through Dagster, with runs recorded in the project's instance.
 
 Stages run as Dagster jobs in this process: the embedded world once, curation per dataset, each experiment
-partition, then the report. Every run is visible afterwards in `dagster dev` (same DAGSTER_HOME).
+partition, each transfer partition (a source's checkpoint on its target datasets), then the report. `--protocol`
+runs only the partitions one evaluation protocol needs. Every run is visible afterwards in `dagster dev` (same
+DAGSTER_HOME).
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ def ensure_dagster_home() -> Path:
     return home
 
 
-def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=print) -> dict:
+def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=print,
+              protocol: str | None = None) -> dict:
+    """Materialize the selected datasets x experiments (all by default; `protocol` keeps the partitions of one
+    evaluation protocol), then the transfer partitions whose source and experiment are selected, then the report."""
     ensure_dagster_home()
     import dagster as dg
 
     from pipelines.definitions import defs
-    from pipelines.partitions import multi_partition_key
+    from pipelines.partitions import multi_partition_key, protocol_experiment_partitions, transfer_partition_keys
     from pipelines.resources import PromptLabResource
 
     resource = PromptLabResource()
@@ -42,9 +47,18 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
         catalog.dataset(name)
     for key in experiments:
         catalog.experiment(key)
+    partitions = (protocol_experiment_partitions(catalog, protocol) if protocol
+                  else [(name, key) for name in datasets for key in experiments])
+    partitions = [(name, key) for name, key in partitions if name in datasets and key in experiments]
+    transfers = [(name, key) for name, key in transfer_partition_keys(catalog)
+                 if name in datasets and key in experiments and protocol in (None, "transfer")]
+    if protocol:  # curate only what the protocol reads
+        needed = {name for name, _ in partitions + transfers}
+        datasets = [name for name in datasets if name in needed]
     instance = dg.DagsterInstance.get()
     stage_seconds: dict[str, float] = {}
     failures: list[str] = []
+    skipped: list[str] = []
 
     def execute(job_name: str, stage: str, partition_key=None) -> bool:
         started = time.perf_counter()
@@ -63,16 +77,36 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
     if not execute("embedded_world_job", "world: corpus + tiny-clip + diffusion"):
         return {"failures": failures, "stage_seconds": stage_seconds}
     curated = [name for name in datasets if execute("curation_job", "curation", name)]
-    for name in curated:
-        for key in experiments:
-            execute("experiment_job", "experiments: augmentation + pseudolabels + training + evaluation",
-                    multi_partition_key(name, key))
-    execute("report_job", "report")
+    failed_partitions = set()
+    for name, key in partitions:
+        if name in curated and not execute("experiment_job", "experiments: augmentation + pseudolabels + training + "
+                                           "evaluation", multi_partition_key(name, key)):
+            failed_partitions.add((name, key))
     workspace = resource.workspace()
+
+    def not_ready(source: str, key: str) -> list[str]:
+        """Why a transfer partition cannot run: its checkpoint failed or a target is not curated."""
+        reasons = ([f"source {source} is not curated"] if source not in curated else
+                   [f"checkpoint {source}|{key} failed"] if (source, key) in failed_partitions else [])
+        for target in {t for targets in catalog.transfer.targets_of(source).values() for t in targets}:
+            if target in curated or (target not in datasets and workspace.class_split_path(target).exists()):
+                continue
+            reasons.append(f"target {target} is not curated")
+        return sorted(reasons)
+
+    for source, key in transfers:
+        reasons = not_ready(source, key)
+        if reasons:
+            skipped.append(f"transfer_job[{source}|{key}]: {'; '.join(reasons)}")
+            log(f"skip   {skipped[-1]}")
+            continue
+        execute("transfer_job", "transfer: cross-dataset + domain generalization", multi_partition_key(source, key))
+    execute("report_job", "report")
     summary = {
         "wall_seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
         "failures": failures,
+        "skipped": skipped,
         "report": str(workspace.report_path),
         "warehouse": str(workspace.warehouse_path),
     }
@@ -100,17 +134,21 @@ def print_accuracy_table(log=print) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.partitions import EVALUATION_PROTOCOLS
+
     parser = argparse.ArgumentParser(prog="promptlab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="materialize the default graph (embedded world, every dataset x experiment)")
     run.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
     run.add_argument("--experiment", action="append", help="only this experiment key (repeatable)")
+    run.add_argument("--protocol", choices=EVALUATION_PROTOCOLS,
+                     help="only the partitions of this evaluation protocol (zero-shot included as its reference)")
     commands.add_parser("results", help="print test top-1 per dataset, method and shots from the warehouse")
     arguments = parser.parse_args(argv)
     if arguments.command == "results":
         print_accuracy_table()
         return 0
-    summary = run_graph(arguments.dataset, arguments.experiment)
+    summary = run_graph(arguments.dataset, arguments.experiment, protocol=arguments.protocol)
     print(json.dumps(summary, indent=2))
     if "report" in summary:
         print_accuracy_table()

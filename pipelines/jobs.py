@@ -1,4 +1,7 @@
-"""Jobs: one per stage of the chain, so each can be launched (and partitioned) on its own."""
+"""Jobs: one per stage of the chain, so each can be launched (and partitioned) on its own, and one per evaluation
+protocol. The few-shot and base-to-new protocols are sets of experiment partitions of the same assets (which ones:
+pipelines.partitions.protocol_experiment_partitions; `promptlab run --protocol` launches exactly those); transfer
+has assets and partitions of its own (source dataset x experiment of the catalog's `transfer:` section)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pipelines.assets.evaluation import evaluation_metrics
 from pipelines.assets.pseudolabels import pseudolabels
 from pipelines.assets.report import cross_dataset_report
 from pipelines.assets.training import prompt_checkpoints
+from pipelines.assets.transfer import transfer_metrics
 from pipelines.assets.world import pretraining_corpus, tiny_clip_backbone, tiny_diffusion_model
 
 embedded_world_job = dg.define_asset_job(
@@ -36,4 +40,25 @@ report_job = dg.define_asset_job(
     "report_job",
     selection=dg.AssetSelection.assets(cross_dataset_report),
     description="Rebuild the cross-dataset HTML report from the warehouse.",
+)
+
+# ----------------------------------------------------------------------------------------- evaluation protocols
+few_shot_job = dg.define_asset_job(
+    "few_shot_job",
+    selection=dg.AssetSelection.assets(augmented_images, pseudolabels, prompt_checkpoints, evaluation_metrics),
+    description="Few-shot protocol (view few_shot_results): launch on the partitions of the experiments trained on "
+                "all classes (K x seeds of the grid) and zero-shot, e.g. `promptlab run --protocol few_shot`.",
+)
+base_to_new_job = dg.define_asset_job(
+    "base_to_new_job",
+    selection=dg.AssetSelection.assets(prompt_checkpoints, evaluation_metrics),
+    description="Base-to-new protocol (views base_to_new_results / _averages): launch on the partitions of the "
+                "base_to_new experiments and zero-shot, e.g. `promptlab run --protocol base_to_new`.",
+)
+transfer_job = dg.define_asset_job(
+    "transfer_job",
+    selection=dg.AssetSelection.assets(transfer_metrics),
+    description="Cross-dataset and domain-generalization transfer (views cross_dataset_results / "
+                "domain_generalization_results): a source's checkpoint on every target of the catalog's transfer "
+                "section; needs the source checkpoint and the targets curated.",
 )

@@ -1,10 +1,12 @@
-"""Partitions: datasets, and dataset x experiment configuration, both read from the catalog."""
+"""Partitions: datasets, dataset x experiment configuration, and transfer source x experiment, all read from the
+catalog; and which partitions make up each evaluation protocol (few_shot, base_to_new, transfer)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from models.catalog import load_catalog
+from models.catalog import Catalog, load_catalog
+from models.prompting.methods import get_method
 
 _catalog = load_catalog()
 
@@ -13,9 +15,19 @@ experiment_partitions = dg.StaticPartitionsDefinition(list(_catalog.experiments)
 dataset_experiment_partitions = dg.MultiPartitionsDefinition(
     {"dataset": dataset_partitions, "experiment": experiment_partitions}
 )
+# Transfer: the checkpoints of the catalog's `transfer:` section, one partition per source dataset x experiment
+# (a subset of dataset_experiment_partitions, same dimension names and keys, so the checkpoint maps one to one).
+transfer_partitions = dg.MultiPartitionsDefinition({
+    "dataset": dg.StaticPartitionsDefinition(list(_catalog.transfer.sources)),
+    "experiment": dg.StaticPartitionsDefinition(list(_catalog.transfer.experiments)),
+})
 
 # An experiment partition reads the curation outputs of its own dataset.
 from_dataset = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
+
+# `promptlab run --protocol`: the few-shot and base-to-new protocols are sets of experiment partitions, transfer
+# adds the transfer partitions on top of the checkpoints and zero-shot references it reads.
+EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer")
 
 
 def dataset_and_experiment(context: dg.AssetExecutionContext) -> tuple[str, str]:
@@ -25,3 +37,27 @@ def dataset_and_experiment(context: dg.AssetExecutionContext) -> tuple[str, str]
 
 def multi_partition_key(dataset: str, experiment: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"dataset": dataset, "experiment": experiment})
+
+
+def protocol_experiment_partitions(catalog: Catalog, protocol: str) -> list[tuple[str, str]]:
+    """(dataset, experiment) partitions a protocol needs, in catalog order. Untrained experiments (zero-shot) are
+    the reference of every protocol; few_shot is every experiment trained on all classes; base_to_new those of
+    protocol base_to_new; transfer the source checkpoints plus the zero-shot runs on sources and targets."""
+    if protocol not in EVALUATION_PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {EVALUATION_PROTOCOLS}")
+    untrained = [key for key, experiment in catalog.experiments.items()
+                 if not get_method(experiment.method).trains_prompts]
+    if protocol == "transfer":
+        involved = {name for source in catalog.transfer.sources
+                    for targets in catalog.transfer.targets_of(source).values() for name in (source, *targets)}
+        wanted = {(source, key) for source in catalog.transfer.sources for key in catalog.transfer.experiments}
+        wanted |= {(name, key) for name in involved for key in untrained}
+        return [(d, e) for d in catalog.datasets for e in catalog.experiments if (d, e) in wanted]
+    keys = [key for key, experiment in catalog.experiments.items()
+            if key in untrained or experiment.protocol == ("all_classes" if protocol == "few_shot" else protocol)]
+    return [(dataset, key) for dataset in catalog.datasets for key in keys]
+
+
+def transfer_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:
+    """(source dataset, experiment) of every transfer partition."""
+    return [(source, key) for source in catalog.transfer.sources for key in catalog.transfer.experiments]

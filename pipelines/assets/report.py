@@ -6,10 +6,11 @@ import dagster as dg
 from models.provenance import source_version
 from pipelines.assets.evaluation import evaluation_metrics
 from pipelines.assets.pseudolabels import pseudolabels
+from pipelines.assets.transfer import transfer_metrics
 from pipelines.resources import PromptLabResource
 
 
-@dg.asset(group_name="report", deps=[evaluation_metrics, pseudolabels],
+@dg.asset(group_name="report", deps=[evaluation_metrics, transfer_metrics, pseudolabels],
           code_version=source_version("models/report.py", "models/warehouse.py"), kinds={"duckdb", "html"})
 def cross_dataset_report(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Dataset x method x shots (mean ± std over seeds), plots, base/new/HM and provenance, as HTML."""

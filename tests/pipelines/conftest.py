@@ -46,7 +46,11 @@ def _write_micro_catalog() -> None:
         {"method": "promptsrc", "shots": [2], "seeds": [1], "optimization": {"epochs": 2, "batch_size": 4},
          "parameters": {"text_prompt_depth": 2, "vision_prompt_depth": 2, "aggregation_mean_epoch": 1.5}},
     ]
-    (MICRO_CATALOG / "experiments.yaml").write_text(yaml.safe_dump({"grid": grid}))
+    # Transfer: Shapes' CoOp and PromptSRC (takes images) prompts on Digits' classes; Broken is left out of the
+    # targets (its curation fails on purpose). No micro dataset is a shifted variant: the catalog tests cover DG.
+    transfer = {"experiments": ["coop-k2-s?", "promptsrc-k2-s1"],
+                "cross_dataset": {"sources": ["Shapes"], "targets": ["Digits"]}}
+    (MICRO_CATALOG / "experiments.yaml").write_text(yaml.safe_dump({"grid": grid, "transfer": transfer}))
 
 
 def _write_broken_dataset() -> None:

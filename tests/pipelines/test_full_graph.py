@@ -55,7 +55,8 @@ def test_every_healthy_partition_has_current_metrics_and_the_broken_dataset_none
     assert read(workspace, "SELECT count(*) FROM runs WHERE dataset = 'Broken'") == [(0,)]
     splits = {s for (s,) in read(workspace, "SELECT DISTINCT split FROM metrics")}
     assert {"test", "base", "new", "base_new"} <= splits
-    seeds = read(workspace, """SELECT dataset, n_seeds FROM results_by_config WHERE method = 'coop' AND shots = 2
+    seeds = read(workspace, """SELECT dataset, n_seeds FROM results_by_config WHERE stage = 'evaluation'
+                               AND method = 'coop' AND shots = 2
                                AND split = 'test' AND metric = 'top1_accuracy' AND options NOT LIKE '%augmentation%'
                                AND options NOT LIKE '%pseudolabels%' AND options NOT LIKE '%protocol%'""")
     assert sorted(seeds) == [("Digits", 2), ("Shapes", 2)]  # seeds are averaged, not separate configurations
@@ -171,3 +172,62 @@ def test_vision_prompt_methods_train_on_images_and_are_evaluated(graph_run):
                                WHERE r.experiment_key IN ('maple-k2-s1-b2n', 'promptsrc-k2-s1')
                                AND m.metric = 'top1_accuracy'""")
     assert {("maple-k2-s1-b2n", "base"), ("maple-k2-s1-b2n", "new"), ("promptsrc-k2-s1", "test")} <= set(rows)
+
+
+TRANSFERRED = ["coop-k2-s1", "coop-k2-s2", "promptsrc-k2-s1"]  # the micro transfer section: Shapes -> Digits
+
+
+def test_transfer_writes_one_run_per_source_and_target_with_the_target_class_names(graph_run):
+    summary, workspace = graph_run
+    assert summary["skipped"] == []
+    graph = defs.resolve_asset_graph()
+    parents = {key.to_user_string() for key in graph.get(dg.AssetKey("transfer_metrics")).parent_keys}
+    assert parents == {"prompt_checkpoints", "dataset_index", "base_new_classes"}
+    report_parents = graph.get(dg.AssetKey("cross_dataset_report")).parent_keys
+    assert "transfer_metrics" in {key.to_user_string() for key in report_parents}
+    runs = read(workspace, """SELECT run_id, source_dataset, dataset, experiment_key, partition_key, method FROM runs
+                              WHERE is_current AND stage = 'cross_dataset' ORDER BY experiment_key""")
+    assert [(s, d, e, p) for _, s, d, e, p, _ in runs] == [("Shapes", "Digits", key, f"Shapes|{key}")
+                                                           for key in TRANSFERRED]
+    digits = json.loads(workspace.class_split_path("Digits").read_text())["classnames"]
+    assert digits != json.loads(workspace.class_split_path("Shapes").read_text())["classnames"]
+    for run_id, *_ in runs:
+        classes = read(workspace, f"""SELECT label, classname FROM per_class_metrics
+                                      WHERE run_id = '{run_id}' ORDER BY label""")
+        assert [name for _, name in classes] == digits  # scored among Digits' own classes
+    predictions = read(workspace, """SELECT DISTINCT p.dataset, p.split FROM predictions p JOIN runs r USING (run_id)
+                                     WHERE r.stage = 'cross_dataset'""")
+    assert predictions == [("Digits", "test")]
+    # zero-shot is the reference row (its own evaluations), the source column is the in-domain evaluation
+    table = {(m, role, d): (mean, n) for m, role, d, mean, n in read(workspace, """
+        SELECT method, role, dataset, mean, n_seeds FROM cross_dataset_results WHERE source_dataset = 'Shapes'""")}
+    assert {(m, role, d) for m, role, d in table} == {
+        (m, role, d) for m in ("coop", "promptsrc", "zero_shot")
+        for role, d in (("source", "Shapes"), ("target", "Digits"), ("average", None))}
+    assert table[("coop", "target", "Digits")][1] == 2
+    transferred = read(workspace, """SELECT avg(m.value) FROM metrics m JOIN runs r USING (run_id)
+                                     WHERE r.stage = 'cross_dataset' AND r.method = 'coop'
+                                     AND m.split = 'test' AND m.metric = 'top1_accuracy'""")[0][0]
+    assert abs(table[("coop", "target", "Digits")][0] - transferred) < 1e-12
+    in_domain = read(workspace, """SELECT m.value FROM metrics m JOIN runs r USING (run_id)
+                                   WHERE r.stage = 'evaluation' AND r.partition_key = 'Digits|zeroshot'
+                                   AND m.split = 'test' AND m.metric = 'top1_accuracy'""")[0][0]
+    assert table[("zero_shot", "target", "Digits")][0] == in_domain
+    report = workspace.report_path.read_text()
+    assert "<h2>Cross-dataset transfer" in report and "<h3>Source: Shapes</h3>" in report
+
+
+def test_rematerializing_a_transfer_partition_replaces_only_its_own_runs(graph_run):
+    _, workspace = graph_run
+    transfer = "SELECT m.value FROM metrics m JOIN runs r USING (run_id) WHERE r.stage = 'cross_dataset' " \
+               "AND r.experiment_key = 'promptsrc-k2-s1' AND m.metric = 'top1_accuracy'"
+    in_domain = "SELECT run_id FROM runs WHERE is_current AND dataset = 'Digits' AND stage = 'evaluation'"
+    before, in_domain_before = read(workspace, transfer), read(workspace, in_domain)
+    result = defs.resolve_job_def("transfer_job").execute_in_process(
+        instance=dg.DagsterInstance.get(), partition_key=multi_partition_key("Shapes", "promptsrc-k2-s1"))
+    assert result.success
+    assert read(workspace, transfer) == before  # same checkpoint, same numbers (images through the vision prompts)
+    assert read(workspace, in_domain) == in_domain_before  # the in-domain Digits runs stay current
+    history = read(workspace, """SELECT r.stage, r.source_dataset, count(*) FROM runs r
+                                 WHERE NOT r.is_current AND r.experiment_key = 'promptsrc-k2-s1' GROUP BY ALL""")
+    assert history == [("cross_dataset", "Shapes", 1)]
