@@ -3,7 +3,9 @@
 Backbone: the pipeline's pretrained tiny-clip (workspace/world/tiny-clip, written by the `tiny_clip_backbone`
 asset) when present; otherwise the same architecture (assets_catalog/model_configs/tiny-clip.json) with seeded
 random weights, saved in open_clip's local-dir layout so it loads through the one backbone loader. Throughput does
-not depend on the weights' values; where they came from is recorded with every figure.
+not depend on the weights' values; where they came from is recorded with every figure. Another open_clip
+architecture (e.g. ViT-B-16, to see how the figures scale to a real CLIP's towers) is always built with seeded
+random weights.
 
 Images: the first K training images per class of an embedded dataset in the workspace (workspace/datasets/<name>)
 when present; otherwise the dataset is generated into a scratch folder with `models.embedded`.
@@ -31,12 +33,12 @@ BACKBONE_NAME = "tiny-clip"
 
 @dataclass(frozen=True)
 class BenchBackbone:
-    name: str
+    name: str  # the open_clip architecture name
     directory: str  # an open_clip local-dir folder
     weights_source: str
 
     def spec(self) -> BackboneSpec:
-        return BackboneSpec(name=self.name, source="local_dir", model_name=BACKBONE_NAME, path=self.directory)
+        return BackboneSpec(name=self.name, source="local_dir", model_name=self.name, path=self.directory)
 
 
 @dataclass(frozen=True)
@@ -54,23 +56,30 @@ class BenchImages:
         return asdict(self)
 
 
-def resolve_backbone(workspace: Workspace, scratch: Path, seed: int = 0) -> BenchBackbone:
+def resolve_backbone(workspace: Workspace, scratch: Path, seed: int = 0,
+                     architecture: str = BACKBONE_NAME) -> BenchBackbone:
     directory = workspace.tiny_clip_dir
-    if (directory / CONFIG_FILENAME).is_file() and (directory / WEIGHTS_FILENAME).is_file():
-        return BenchBackbone(BACKBONE_NAME, str(directory), f"workspace pretrained ({directory})")
-    directory = Path(scratch) / "tiny-clip-random"
-    write_random_tiny_clip(directory, seed)
-    return BenchBackbone(BACKBONE_NAME, str(directory), f"random (seed {seed}; no pretrained tiny-clip in the "
-                                                        "workspace)")
+    if architecture == BACKBONE_NAME:
+        if (directory / CONFIG_FILENAME).is_file() and (directory / WEIGHTS_FILENAME).is_file():
+            return BenchBackbone(BACKBONE_NAME, str(directory), f"workspace pretrained ({directory})")
+        why = "no pretrained tiny-clip in the workspace"
+    else:
+        why = "the workspace pretrains tiny-clip only"
+    directory = Path(scratch) / f"{architecture}-random"
+    write_random_clip(directory, seed, architecture)
+    return BenchBackbone(architecture, str(directory), f"random (seed {seed}; {why})")
 
 
-def write_random_tiny_clip(directory: Path, seed: int = 0) -> Path:
-    """The catalog's tiny-clip architecture with seeded random weights, as an open_clip local-dir folder."""
+def write_random_clip(directory: Path, seed: int = 0, architecture: str = BACKBONE_NAME) -> Path:
+    """An open_clip architecture (by default the catalog's tiny-clip) with seeded random weights, as an open_clip
+    local-dir folder."""
     register_embedded_model_configs()
+    if open_clip.get_model_config(architecture) is None:
+        raise ValueError(f"unknown open_clip architecture {architecture!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = open_clip.create_model(BACKBONE_NAME, pretrained=None)
-    config = {"model_cfg": open_clip.get_model_config(BACKBONE_NAME),
+        model = open_clip.create_model(architecture, pretrained=None)
+    config = {"model_cfg": open_clip.get_model_config(architecture),
               "preprocess_cfg": dict(model.visual.preprocess_cfg)}  # open_clip's defaults for this architecture
     with atomic_directory(Path(directory)) as staging:
         state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}

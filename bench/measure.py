@@ -11,14 +11,15 @@ A measurement is a method in one variant:
 
 Training throughput is images per second over whole epochs with the method's published batch size: one warm-up
 epoch (which also sizes the timed repeats so each lasts at least `min_seconds`), then `repeats` timed runs from a
-freshly built classifier, median. Memory: the process's peak resident set (ru_maxrss) at the end, and that peak
-minus the peak before training (the backbone and the inputs already loaded); on CUDA also
-torch.cuda.max_memory_allocated over the timed part.
+freshly built classifier, median. Memory: the process's peak resident set (VmHWM) over the measurement, with
+the kernel's peak mark reset just before it (Linux), and that peak minus the resident set before it (the backbone
+and the inputs already loaded); on CUDA also torch.cuda.max_memory_allocated over the measurement.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import resource
 import statistics
 import sys
@@ -66,12 +67,21 @@ class Measurement:
     variant: str
     batch_size: int
     parameters: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)  # recorded with the figures (e.g. parameters fitted to the backbone)
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+    """Peak resident set size of this process so far: the kernel's high-water mark (VmHWM) on Linux, else
+    ru_maxrss (KiB on Linux, bytes on macOS).
+
+    Not ru_maxrss on Linux: after fork + exec it starts at the forking parent's peak (the orchestrator, itself
+    holding torch and the backbone), so every child would report the parent's peak."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 2**10
+    except (OSError, StopIteration, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def current_rss_mb() -> float | None:
@@ -80,6 +90,18 @@ def current_rss_mb() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return pages * resource.getpagesize() / 2**20
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; Linux only (/proc/self/clear_refs).
+
+    Importing torch and loading the backbone and inputs peak above what training needs, so without a reset the
+    peak of the measurement would be hidden under the peak of the setup."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def load_bench_backbone(plan: BenchPlan):
@@ -202,9 +224,13 @@ def measure_cocoop(plan: BenchPlan, measurement: Measurement, backbone) -> dict[
 # ------------------------------------------------------------------------------------------------- timing
 def _timed(plan: BenchPlan, device: torch.device, images_per_unit: int, run: Callable[[int], float], unit: str,
            details: dict) -> dict[str, Any]:
-    """Warm up with one unit (an epoch or an iteration), size the repeats, time them; images/s of the median."""
-    rss_before = peak_rss_mb()
+    """Warm up with one unit (an epoch or an iteration), size the repeats, time them; images/s of the median.
+
+    Memory: the peak RSS from here on (the setup's peak is reset where the platform allows) and that peak minus
+    the RSS before the measurement; without a reset, minus the peak so far (the setup's)."""
+    peak_reset = reset_peak_rss()
     current_before = current_rss_mb()
+    rss_before = current_before if peak_reset and current_before is not None else peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warm_up = run(1)
@@ -222,8 +248,12 @@ def _timed(plan: BenchPlan, device: torch.device, images_per_unit: int, run: Cal
         "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "details": {**details, unit: units, "repeats": plan.repeats, "timings_seconds": [round(t, 5) for t in timings],
                     "warm_up_seconds": round(warm_up, 5),
-                    "rss_before_mb": None if current_before is None else round(current_before, 1),
-                    "peak_rss_before_mb": round(rss_before, 1), "threads": torch.get_num_threads()},
+                    "rss_baseline_mb": round(rss_before, 1),
+                    "rss_baseline": "RSS before the measurement (peak reset)" if peak_reset
+                    else "peak RSS before the measurement (no peak reset on this platform)",
+                    "threads": torch.get_num_threads(),
+                    # other work on the machine shows up here before it shows up as noisy timings
+                    "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None},
     }
 
 

@@ -21,6 +21,7 @@ run goes to the warehouse in one transaction (`Warehouse.record_benchmark`: tabl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -60,6 +61,7 @@ class BenchmarkFailed(RuntimeError):
 @dataclass(frozen=True)
 class BenchOptions:
     workspace: Path = field(default_factory=default_workspace_root)
+    architecture: str = "tiny-clip"  # another open_clip architecture runs with seeded random weights
     dataset: str = "Shapes"
     images_per_class: int = 16
     methods: tuple[str, ...] | None = None  # None: every registered method
@@ -102,10 +104,33 @@ class BenchResult:
 
 
 # ----------------------------------------------------------------------------------------------- planning
+def fit_prompt_depths(parameters_type: type, parameters: dict, text_layers: int, vision_layers: int
+                      ) -> tuple[dict, dict]:
+    """The parameters with every `*prompt_depth` lowered to the layers of the tower it prompts (the published
+    depths, 9 or 12, exceed the embedded backbone's towers); the tower is named by a text_/vision_ prefix, and an
+    unprefixed depth (MaPLe's coupled prompts, VPT-deep) fits both. Returns (parameters, {name: [was, now]})."""
+    fitted, adjusted = dict(parameters), {}
+    for field_info in dataclasses.fields(parameters_type):
+        if not field_info.name.endswith("prompt_depth"):
+            continue
+        value = fitted.get(field_info.name, field_info.default)
+        limit = (vision_layers if field_info.name.startswith("vision") else
+                 text_layers if field_info.name.startswith("text") else min(text_layers, vision_layers))
+        if isinstance(value, int) and value > limit:
+            fitted[field_info.name] = limit
+            adjusted[field_info.name] = [value, limit]
+    return fitted, adjusted
+
+
 def plan_measurements(catalog_methods: dict[str, dict], backbone, classnames: list[str], templates: list[str],
                       selected: tuple[str, ...] | None) -> tuple[list[Measurement], dict[str, str]]:
     """Every registered method's measurements (iterating the registry), and the methods skipped with why."""
     from models.experiments import build_classifier
+    from models.prompting.deep_prompts import PromptedVisionTower
+    from models.prompting.text_tower import TextTower
+
+    text_layers = len(TextTower(backbone.model).transformer.resblocks)
+    vision_layers = PromptedVisionTower(backbone.model).n_layers
 
     if selected is not None:
         unknown = sorted(set(selected) - set(METHODS))
@@ -119,14 +144,18 @@ def plan_measurements(catalog_methods: dict[str, dict], backbone, classnames: li
             skipped[name] = "learns nothing (no training to time)"
             continue
         entry = catalog_methods.get(name, {})
-        parameters = dict(entry.get("parameters") or {})
+        parameters, adjusted = fit_prompt_depths(spec.parameters_type, dict(entry.get("parameters") or {}),
+                                                 text_layers, vision_layers)
         classifier = build_classifier(backbone.model, backbone.tokenizer, name, parameters, classnames, templates)
         if not classifier.trained_by_gradient:
             skipped[name] = "fitted in closed form (trained_by_gradient is False): no SGD loop to time"
             continue
         batch_size = int((entry.get("optimization") or {}).get("batch_size", OptimizationConfig.batch_size))
         variants = ("cached", "re-encoded") if spec.frozen_image_encoder else ("image-prompted",)
-        measurements += [Measurement(name, variant, batch_size, parameters) for variant in variants]
+        notes = {"parameters": parameters, **({"depths_fitted_to_backbone": adjusted} if adjusted else {}),
+                 **({} if "batch_size" in (entry.get("optimization") or {})
+                    else {"batch_size": "OptimizationConfig default (no catalog entry)"})}
+        measurements += [Measurement(name, variant, batch_size, parameters, notes) for variant in variants]
     return measurements, skipped
 
 
@@ -141,7 +170,7 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
         torch.set_num_threads(options.num_threads)
     with tempfile.TemporaryDirectory(prefix="promptlab-bench-") as scratch_name:
         scratch = Path(scratch_name)
-        bench_backbone = resolve_backbone(workspace, scratch)
+        bench_backbone = resolve_backbone(workspace, scratch, architecture=options.architecture)
         templates = (list(catalog.datasets[options.dataset].templates) if options.dataset in catalog.datasets
                      else None)
         images = resolve_images(workspace, scratch, options.dataset, options.images_per_class, templates)
@@ -162,8 +191,8 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
         if any(m.method == "cocoop" for m in measurements):
             parameters = next(m.parameters for m in measurements if m.method == "cocoop")
             checks["cocoop_equivalence"] = check_cocoop_equivalence(*cocoop_batch(plan, backbone, parameters))
-            measurements += [Measurement("cocoop", variant, min(options.cocoop_batch, len(images.labels)), parameters)
-                             for variant in COCOOP_VARIANTS]
+            measurements += [Measurement("cocoop", variant, min(options.cocoop_batch, len(images.labels)), parameters,
+                                         {"parameters": parameters}) for variant in COCOOP_VARIANTS]
         if not measurements:
             raise BenchmarkFailed(f"nothing to measure among methods {options.methods or sorted(METHODS)}")
         plan_path = scratch / "plan.json"
@@ -185,7 +214,7 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
             peak_rss_mb=float(r["peak_rss_mb"]), rss_delta_mb=float(r["rss_delta_mb"]),
             peak_cuda_mb=r["peak_cuda_mb"], baseline_variant=_baseline(m, measurements),
             target_speedup=TARGET_SPEEDUPS.get((m.method, m.variant)) if _baseline(m, measurements) else None,
-            details=r["details"],
+            details={**r["details"], **m.notes},
         )
         for m, r in results
     ]
@@ -257,7 +286,7 @@ def _write_json_atomically(path: Path, value: Any) -> None:
 # ------------------------------------------------------------------------------------------------ display
 def format_table(result: BenchResult) -> str:
     speedups = {(s["method"], s["variant"]): s for s in result.as_dict()["speedups"]}
-    lines = [f"{'method':<14}{'variant':<16}{'batch':>6}{'images/s':>12}{'speed-up':>10}{'target':>9}"
+    lines = [f"{'method':<14}{'variant':<16}{'batch':>6}{'images/s':>12}{'speed-up':>10}{'target':>14}"
              f"{'peak RSS MB':>13}{'delta MB':>10}"]
     for row in result.rows:
         speedup = speedups.get((row.method, row.variant))
@@ -265,7 +294,7 @@ def format_table(result: BenchResult) -> str:
         target = (f"{row.target_speedup:g}x {'met' if speedup['meets_target'] else 'MISSED'}"
                   if speedup and row.target_speedup else "")
         lines.append(f"{row.method:<14}{row.variant:<16}{row.batch_size:>6}{row.images_per_second:>12.1f}"
-                     f"{ratio:>10}{target:>9}  {row.peak_rss_mb:>11.0f}{row.rss_delta_mb:>10.1f}")
+                     f"{ratio:>10}{target:>14}{row.peak_rss_mb:>13.0f}{row.rss_delta_mb:>10.1f}")
     lines.append(f"device: {result.run.device}; torch {result.run.torch_version}; backbone {result.run.backbone} "
                  f"({result.run.weights_source}); {result.run.dataset}")
     for name, reason in result.skipped.items():
@@ -277,6 +306,9 @@ def parse_options(argv: list[str] | None = None) -> tuple[argparse.Namespace, Be
     defaults = BenchOptions()
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", type=Path, default=defaults.workspace)
+    parser.add_argument("--architecture", default=defaults.architecture,
+                        help="open_clip architecture (default tiny-clip: the workspace's pretrained one if present; "
+                             "any other is built with seeded random weights)")
     parser.add_argument("--dataset", default=defaults.dataset)
     parser.add_argument("--images-per-class", type=int, default=defaults.images_per_class)
     parser.add_argument("--methods", help="comma-separated method names (default: every registered method)")
@@ -299,7 +331,7 @@ def parse_options(argv: list[str] | None = None) -> tuple[argparse.Namespace, Be
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     options = BenchOptions(
-        workspace=args.workspace, dataset=args.dataset, images_per_class=args.images_per_class,
+        workspace=args.workspace, architecture=args.architecture, dataset=args.dataset, images_per_class=args.images_per_class,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else None,
         device=args.device, epochs=args.epochs, repeats=args.repeats, min_seconds=args.min_seconds,
         max_epochs=args.max_epochs, cocoop_batch=args.cocoop_batch, isolate=not args.in_process,

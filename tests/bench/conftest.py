@@ -13,8 +13,8 @@ if str(REPOSITORY_ROOT) not in sys.path:
 @pytest.fixture(scope="session")
 def random_tiny_clip(tmp_path_factory):
     """The catalog's tiny-clip architecture with seeded random weights, loaded through the backbone loader."""
-    from bench.inputs import BenchBackbone, write_random_tiny_clip
+    from bench.inputs import BenchBackbone, write_random_clip
     from models.backbones.loader import load_backbone
 
-    directory = write_random_tiny_clip(tmp_path_factory.mktemp("bench_backbone") / "tiny-clip")
+    directory = write_random_clip(tmp_path_factory.mktemp("bench_backbone") / "tiny-clip")
     return load_backbone(BenchBackbone("tiny-clip", str(directory), "random").spec())

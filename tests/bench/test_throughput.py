@@ -222,5 +222,5 @@ def test_an_isolated_measurement_runs_in_a_fresh_process_and_reports_its_memory(
     assert row.details["isolation"] == "fresh subprocess"
     # a fresh interpreter with torch loaded: well above nothing, and the training adds a non-negative amount
     assert row.peak_rss_mb > 100 and row.rss_delta_mb >= 0
-    assert row.peak_rss_mb - row.rss_delta_mb == pytest.approx(row.details["peak_rss_before_mb"], abs=0.1)
+    assert row.peak_rss_mb - row.rss_delta_mb == pytest.approx(row.details["rss_baseline_mb"], abs=0.1)
     assert benchmark_row_count(warehouse_at(tmp_path / "workspace")) == 1
