@@ -104,18 +104,19 @@ class BenchResult:
 
 
 # ----------------------------------------------------------------------------------------------- planning
-def fit_prompt_depths(parameters_type: type, parameters: dict, text_layers: int, vision_layers: int
-                      ) -> tuple[dict, dict]:
+def fit_prompt_depths(parameters_type: type, parameters: dict, text_layers: int, vision_layers: int,
+                      unqualified_limit: int) -> tuple[dict, dict]:
     """The parameters with every `*prompt_depth` lowered to the layers of the tower it prompts (the published
     depths, 9 or 12, exceed the embedded backbone's towers); the tower is named by a text_/vision_ prefix, and an
-    unprefixed depth (MaPLe's coupled prompts, VPT-deep) fits both. Returns (parameters, {name: [was, now]})."""
+    unprefixed depth (VPT-deep's vision prompts, MaPLe's coupled prompts) is lowered to `unqualified_limit`.
+    Returns (parameters, {name: [was, now]})."""
     fitted, adjusted = dict(parameters), {}
     for field_info in dataclasses.fields(parameters_type):
         if not field_info.name.endswith("prompt_depth"):
             continue
         value = fitted.get(field_info.name, field_info.default)
         limit = (vision_layers if field_info.name.startswith("vision") else
-                 text_layers if field_info.name.startswith("text") else min(text_layers, vision_layers))
+                 text_layers if field_info.name.startswith("text") else unqualified_limit)
         if isinstance(value, int) and value > limit:
             fitted[field_info.name] = limit
             adjusted[field_info.name] = [value, limit]
@@ -144,9 +145,17 @@ def plan_measurements(catalog_methods: dict[str, dict], backbone, classnames: li
             skipped[name] = "learns nothing (no training to time)"
             continue
         entry = catalog_methods.get(name, {})
-        parameters, adjusted = fit_prompt_depths(spec.parameters_type, dict(entry.get("parameters") or {}),
-                                                 text_layers, vision_layers)
-        classifier = build_classifier(backbone.model, backbone.tokenizer, name, parameters, classnames, templates)
+        # An unprefixed depth may prompt one tower (VPT-deep) or both (MaPLe): the deeper limit first, then both.
+        for unqualified_limit in sorted({text_layers, vision_layers}, reverse=True):
+            parameters, adjusted = fit_prompt_depths(spec.parameters_type, dict(entry.get("parameters") or {}),
+                                                     text_layers, vision_layers, unqualified_limit)
+            try:
+                classifier = build_classifier(backbone.model, backbone.tokenizer, name, parameters, classnames,
+                                              templates)
+                break
+            except ValueError:
+                if unqualified_limit == min(text_layers, vision_layers):
+                    raise
         if not classifier.trained_by_gradient:
             skipped[name] = "fitted in closed form (trained_by_gradient is False): no SGD loop to time"
             continue

@@ -224,3 +224,23 @@ def test_an_isolated_measurement_runs_in_a_fresh_process_and_reports_its_memory(
     assert row.peak_rss_mb > 100 and row.rss_delta_mb >= 0
     assert row.peak_rss_mb - row.rss_delta_mb == pytest.approx(row.details["rss_baseline_mb"], abs=0.1)
     assert benchmark_row_count(warehouse_at(tmp_path / "workspace")) == 1
+
+
+def test_published_prompt_depths_are_lowered_to_the_tower_they_prompt():
+    from dataclasses import dataclass
+
+    from bench.throughput import fit_prompt_depths
+
+    @dataclass(frozen=True)
+    class DeepParameters:
+        text_prompt_depth: int = 9
+        vision_prompt_depth: int = 12
+        prompt_depth: int = 2
+        n_context: int = 16
+
+    fitted, adjusted = fit_prompt_depths(DeepParameters, {"prompt_depth": 12}, text_layers=3, vision_layers=4,
+                                         unqualified_limit=4)
+    assert fitted == {"text_prompt_depth": 3, "vision_prompt_depth": 4, "prompt_depth": 4}
+    assert adjusted == {"text_prompt_depth": [9, 3], "vision_prompt_depth": [12, 4], "prompt_depth": [12, 4]}
+    fitted, adjusted = fit_prompt_depths(DeepParameters, {}, text_layers=12, vision_layers=12, unqualified_limit=12)
+    assert fitted == {} and adjusted == {}  # depths that fit are left as published
