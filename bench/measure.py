@@ -7,7 +7,8 @@ A measurement is a method in one variant:
   (bench.reencoding.ReencodingClassifier);
 - "image-prompted": a method that prompts the image tower, trained on preprocessed images (its only path);
 - "batched" / "per-image": one CoCoOp forward+backward over a batch of B cached features, all B x C prompts in
-  one batched text pass, against a loop calling CoCoOp once per image.
+  one batched text pass, against a loop calling CoCoOp once per image; both in one process, equivalence checked
+  first, timed repeats interleaved (`measure_cocoop_pair`).
 
 Training throughput is images per second over whole epochs with the method's published batch size: one warm-up
 epoch (which also sizes the timed repeats so each lasts at least `min_seconds`), then `repeats` timed runs from a
@@ -38,6 +39,7 @@ from models.prompting.training import OptimizationConfig, train_prompt_parameter
 
 TRAINING_VARIANTS = ("cached", "re-encoded", "image-prompted")
 COCOOP_VARIANTS = ("batched", "per-image")
+COCOOP_PAIR = "batched+per-image"  # one measurement process yielding both COCOOP_VARIANTS
 EQUIVALENCE_TOLERANCE = 1e-5
 
 
@@ -120,13 +122,14 @@ def cached_training_features(plan: BenchPlan, backbone) -> torch.Tensor:
                                Path(plan.cache_dir), with_mirror=True)
 
 
-def run_measurement(plan: BenchPlan, measurement: Measurement, backbone=None) -> dict[str, Any]:
+def run_measurement(plan: BenchPlan, measurement: Measurement, backbone=None) -> dict[str, dict[str, Any]]:
+    """{variant: result} (one variant, or both of the CoCoOp pair)."""
     backbone = backbone if backbone is not None else load_bench_backbone(plan)
     if measurement.variant in TRAINING_VARIANTS:
-        return measure_training(plan, measurement, backbone)
-    if measurement.variant in COCOOP_VARIANTS:
-        return measure_cocoop(plan, measurement, backbone)
-    raise ValueError(f"unknown variant {measurement.variant!r}; known: {TRAINING_VARIANTS + COCOOP_VARIANTS}")
+        return {measurement.variant: measure_training(plan, measurement, backbone)}
+    if measurement.variant == COCOOP_PAIR:
+        return measure_cocoop_pair(plan, measurement, backbone)
+    raise ValueError(f"unknown variant {measurement.variant!r}; known: {TRAINING_VARIANTS + (COCOOP_PAIR,)}")
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -205,51 +208,88 @@ def check_cocoop_equivalence(classifier, features: torch.Tensor, labels: torch.T
             "batch": int(features.shape[0])}
 
 
-def measure_cocoop(plan: BenchPlan, measurement: Measurement, backbone) -> dict[str, Any]:
+def measure_cocoop_pair(plan: BenchPlan, measurement: Measurement, backbone) -> dict[str, dict[str, Any]]:
+    """Batched against per-image CoCoOp in ONE process: equivalence checked first, then each variant's memory
+    phase (peak reset, one warm-up iteration), then the timed repeats interleaved (B, P, B, P, ...), so that both
+    see the same machine state and the speed-up is not confounded by differences between processes."""
     classifier, features, labels = cocoop_batch(plan, backbone, measurement.parameters)
-    step = batched_step if measurement.variant == "batched" else per_image_step
     device = torch.device(plan.device)
+    check = check_cocoop_equivalence(classifier, features, labels)
+    steps = {"batched": batched_step, "per-image": per_image_step}
 
-    def run(iterations: int) -> float:
-        _synchronize(device)
-        started = time.perf_counter()
-        for _ in range(iterations):
-            step(classifier, features, labels)
-        _synchronize(device)
-        return time.perf_counter() - started
+    def runner(step):
+        def run(iterations: int) -> float:
+            _synchronize(device)
+            started = time.perf_counter()
+            for _ in range(iterations):
+                step(classifier, features, labels)
+            _synchronize(device)
+            return time.perf_counter() - started
+        return run
 
-    return _timed(plan, device, features.shape[0], run, "iterations", details={"batch": int(features.shape[0])})
+    runs = {variant: runner(step) for variant, step in steps.items()}
+    memory = {variant: _memory_phase(device, lambda run=run: run(1)) for variant, run in runs.items()}
+    units = {variant: _repeat_units(plan, memory[variant]["warm_up_seconds"]) for variant in runs}
+    timings: dict[str, list[float]] = {variant: [] for variant in runs}
+    for _ in range(plan.repeats):
+        for variant, run in runs.items():
+            timings[variant].append(run(units[variant]))
+    details = {"batch": int(features.shape[0]), "equivalence": check,
+               "memory": "peak over the variant's warm-up iteration (the same work as a timed iteration)",
+               "timing": "repeats interleaved with the other variant in the same process"}
+    return {variant: _summary(features.shape[0], units[variant], timings[variant], memory[variant], "iterations",
+                              details, plan) for variant in runs}
 
 
 # ------------------------------------------------------------------------------------------------- timing
-def _timed(plan: BenchPlan, device: torch.device, images_per_unit: int, run: Callable[[int], float], unit: str,
-           details: dict) -> dict[str, Any]:
-    """Warm up with one unit (an epoch or an iteration), size the repeats, time them; images/s of the median.
-
-    Memory: the peak RSS from here on (the setup's peak is reset where the platform allows) and that peak minus
-    the RSS before the measurement; without a reset, minus the peak so far (the setup's)."""
+def _memory_phase(device: torch.device, run_once: Callable[[], float]) -> dict[str, Any]:
+    """Run once from a reset peak-RSS mark (where the platform allows); the peak and its rise over the start."""
     peak_reset = reset_peak_rss()
     current_before = current_rss_mb()
     rss_before = current_before if peak_reset and current_before is not None else peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    warm_up = run(1)
-    units = min(plan.max_epochs, max(plan.epochs, math.ceil(plan.min_seconds / max(warm_up, 1e-9))))
+    warm_up = run_once()
+    return {"warm_up_seconds": warm_up, "rss_before": rss_before, "peak_reset": peak_reset, **_peaks(device)}
+
+
+def _peaks(device: torch.device) -> dict[str, Any]:
+    return {"peak_rss_mb": peak_rss_mb(),
+            "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
+
+
+def _repeat_units(plan: BenchPlan, warm_up_seconds: float) -> int:
+    return min(plan.max_epochs, max(plan.epochs, math.ceil(plan.min_seconds / max(warm_up_seconds, 1e-9))))
+
+
+def _timed(plan: BenchPlan, device: torch.device, images_per_unit: int, run: Callable[[int], float], unit: str,
+           details: dict) -> dict[str, Any]:
+    """Warm up with one unit (an epoch or an iteration), size the repeats, time them; images/s of the median.
+
+    Memory: the peak RSS from the warm-up on (the setup's peak is reset where the platform allows) and that peak
+    minus the RSS before the warm-up; without a reset, minus the peak so far (the setup's)."""
+    memory = _memory_phase(device, lambda: run(1))
+    units = _repeat_units(plan, memory["warm_up_seconds"])
     timings = [run(units) for _ in range(plan.repeats)]
+    memory.update(_peaks(device))  # the peaks over the repeats too
+    return _summary(images_per_unit, units, timings, memory, unit, details, plan)
+
+
+def _summary(images_per_unit: int, units: int, timings: list[float], memory: dict, unit: str, details: dict,
+             plan: BenchPlan) -> dict[str, Any]:
     seconds = statistics.median(timings)
     n_images = images_per_unit * units
-    peak = peak_rss_mb()
     return {
         "n_images": n_images,
         "seconds": seconds,
         "images_per_second": n_images / seconds,
-        "peak_rss_mb": peak,
-        "rss_delta_mb": peak - rss_before,
-        "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "peak_rss_mb": memory["peak_rss_mb"],
+        "rss_delta_mb": memory["peak_rss_mb"] - memory["rss_before"],
+        "peak_cuda_mb": memory["peak_cuda_mb"],
         "details": {**details, unit: units, "repeats": plan.repeats, "timings_seconds": [round(t, 5) for t in timings],
-                    "warm_up_seconds": round(warm_up, 5),
-                    "rss_baseline_mb": round(rss_before, 1),
-                    "rss_baseline": "RSS before the measurement (peak reset)" if peak_reset
+                    "warm_up_seconds": round(memory["warm_up_seconds"], 5),
+                    "rss_baseline_mb": round(memory["rss_before"], 1),
+                    "rss_baseline": "RSS before the measurement (peak reset)" if memory["peak_reset"]
                     else "peak RSS before the measurement (no peak reset on this platform)",
                     "threads": torch.get_num_threads(),
                     # other work on the machine shows up here before it shows up as noisy timings

@@ -10,7 +10,8 @@ a) training images/s of every method in the registry that trains by gradient (so
 b) peak memory of each measurement: every measurement runs in a fresh subprocess (`--child`), whose peak RSS and
    peak-minus-baseline are recorded (and torch.cuda.max_memory_allocated on a GPU);
 c) CoCoOp's batched forward+backward over B images against a loop of one call per image, after checking that
-   both give the same logits and gradients within 1e-5.
+   both give the same logits and gradients within 1e-5; both run in one process with their timed repeats
+   interleaved, so machine noise hits both alike (each still gets its own peak-memory phase).
 
 Targets, reported and never asserted: the cache at least 5x faster than re-encoding for CoOp, batched CoCoOp at
 least 3x faster than the per-image loop. Nothing is written unless every measurement succeeded; then the whole
@@ -38,8 +39,8 @@ from typing import Any
 import torch
 
 from bench.inputs import resolve_backbone, resolve_images
-from bench.measure import (COCOOP_VARIANTS, BenchPlan, Measurement, check_cocoop_equivalence, cocoop_batch,
-                           load_bench_backbone, cached_training_features, run_measurement)
+from bench.measure import (COCOOP_PAIR, BenchPlan, Measurement, cached_training_features, load_bench_backbone,
+                           run_measurement)
 from models.catalog import load_catalog
 from models.prompting.methods import METHODS
 from models.prompting.training import OptimizationConfig
@@ -68,7 +69,7 @@ class BenchOptions:
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
     epochs: int = 2
     repeats: int = 3
-    min_seconds: float = 0.5
+    min_seconds: float = 1.0
     max_epochs: int = 50
     cocoop_batch: int = 32
     isolate: bool = True  # one fresh subprocess per measurement (peak memory per measurement)
@@ -198,10 +199,10 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
         cached_training_features(plan, backbone)
         checks["cache_warm_seconds"] = round(time.perf_counter() - started, 4)
         if any(m.method == "cocoop" for m in measurements):
+            # batched and per-image in one process, their equivalence checked there before timing
             parameters = next(m.parameters for m in measurements if m.method == "cocoop")
-            checks["cocoop_equivalence"] = check_cocoop_equivalence(*cocoop_batch(plan, backbone, parameters))
-            measurements += [Measurement("cocoop", variant, min(options.cocoop_batch, len(images.labels)), parameters,
-                                         {"parameters": parameters}) for variant in COCOOP_VARIANTS]
+            measurements.append(Measurement("cocoop", COCOOP_PAIR, min(options.cocoop_batch, len(images.labels)),
+                                            parameters, {"parameters": parameters}))
         if not measurements:
             raise BenchmarkFailed(f"nothing to measure among methods {options.methods or sorted(METHODS)}")
         plan_path = scratch / "plan.json"
@@ -211,18 +212,24 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
             print(f"measuring {measurement.method} ({measurement.variant}, batch {measurement.batch_size})",
                   file=sys.stderr, flush=True)
             if options.isolate:
-                result = _run_isolated(plan_path, measurement, scratch)
+                by_variant = _run_isolated(plan_path, measurement, scratch)
             else:
-                result = run_measurement(plan, measurement, backbone)
-                result["details"]["isolation"] = "in-process (peak memory is the whole process's)"
-            results.append((measurement, result))
+                by_variant = run_measurement(plan, measurement, backbone)
+            for variant, result in by_variant.items():
+                result["details"]["isolation"] = ("fresh subprocess" if options.isolate
+                                                  else "in-process (peak memory is the whole process's)")
+                results.append((dataclasses.replace(measurement, variant=variant), result))
+    for measurement, result in results:
+        if "equivalence" in result["details"]:
+            checks[f"{measurement.method}_equivalence"] = result["details"]["equivalence"]
+    measured = {(m.method, m.variant) for m, _ in results}
     rows = [
         BenchmarkRow(
             method=m.method, variant=m.variant, batch_size=m.batch_size, n_images=int(r["n_images"]),
             seconds=float(r["seconds"]), images_per_second=float(r["images_per_second"]),
             peak_rss_mb=float(r["peak_rss_mb"]), rss_delta_mb=float(r["rss_delta_mb"]),
-            peak_cuda_mb=r["peak_cuda_mb"], baseline_variant=_baseline(m, measurements),
-            target_speedup=TARGET_SPEEDUPS.get((m.method, m.variant)) if _baseline(m, measurements) else None,
+            peak_cuda_mb=r["peak_cuda_mb"], baseline_variant=_baseline(m, measured),
+            target_speedup=TARGET_SPEEDUPS.get((m.method, m.variant)) if _baseline(m, measured) else None,
             details={**r["details"], **m.notes},
         )
         for m, r in results
@@ -245,14 +252,13 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
     return result
 
 
-def _baseline(measurement: Measurement, measurements: list[Measurement]) -> str | None:
+def _baseline(measurement: Measurement, measured: set[tuple[str, str]]) -> str | None:
     baseline = BASELINE_VARIANT.get(measurement.variant)
-    present = any(m.method == measurement.method and m.variant == baseline for m in measurements)
-    return baseline if present else None
+    return baseline if (measurement.method, baseline) in measured else None
 
 
-def _run_isolated(plan_path: Path, measurement: Measurement, scratch: Path) -> dict[str, Any]:
-    result_path = scratch / f"result-{measurement.method}-{measurement.variant}.json"
+def _run_isolated(plan_path: Path, measurement: Measurement, scratch: Path) -> dict[str, dict[str, Any]]:
+    result_path = scratch / f"result-{measurement.method}-{measurement.variant.replace('+', '-')}.json"
     command = [sys.executable, "-m", "bench.throughput", "--child", str(plan_path),
                "--measurement", json.dumps(asdict(measurement)), "--result", str(result_path)]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
@@ -263,9 +269,7 @@ def _run_isolated(plan_path: Path, measurement: Measurement, scratch: Path) -> d
         raise BenchmarkFailed(f"measurement {measurement.method} ({measurement.variant}) failed with exit code "
                               f"{completed.returncode}; nothing was recorded. Its output ended with:\n"
                               f"{(completed.stderr or completed.stdout)[-3000:]}")
-    result = json.loads(result_path.read_text())
-    result["details"]["isolation"] = "fresh subprocess"
-    return result
+    return json.loads(result_path.read_text())
 
 
 def _child(plan_path: Path, measurement_json: str, result_path: Path) -> None:

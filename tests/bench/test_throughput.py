@@ -197,6 +197,17 @@ def test_a_tiny_benchmark_writes_every_row_to_the_warehouse_and_the_json(tmp_pat
         latest["images_per_second"][0] / latest["images_per_second"][1])
 
 
+def test_batched_and_per_image_cocoop_are_measured_side_by_side_after_the_equivalence_check(tmp_path):
+    result = run_benchmark(tiny_options(tmp_path, methods=("cocoop",), record=False))
+    rows = {row.variant: row for row in result.rows}
+    assert set(rows) == {"cached", "re-encoded", "batched", "per-image"}
+    assert (rows["batched"].baseline_variant, rows["batched"].target_speedup) == ("per-image", 3.0)
+    assert (rows["cached"].baseline_variant, rows["cached"].target_speedup) == ("re-encoded", None)
+    assert rows["batched"].batch_size == rows["per-image"].batch_size == 16  # 2 images x 8 classes, below 32
+    assert result.checks["cocoop_equivalence"]["max_logit_difference"] <= 1e-5
+    assert len(rows["batched"].details["timings_seconds"]) == len(rows["per-image"].details["timings_seconds"])
+
+
 def test_a_failed_measurement_records_nothing(tmp_path, monkeypatch):
     calls = []
 
@@ -204,8 +215,8 @@ def test_a_failed_measurement_records_nothing(tmp_path, monkeypatch):
         calls.append(measurement)
         if len(calls) == 2:
             raise RuntimeError("simulated measurement failure")
-        return {"n_images": 4, "seconds": 1.0, "images_per_second": 4.0, "peak_rss_mb": 1.0, "rss_delta_mb": 0.0,
-                "peak_cuda_mb": None, "details": {}}
+        return {measurement.variant: {"n_images": 4, "seconds": 1.0, "images_per_second": 4.0, "peak_rss_mb": 1.0,
+                                      "rss_delta_mb": 0.0, "peak_cuda_mb": None, "details": {}}}
 
     monkeypatch.setattr("bench.throughput.run_measurement", fail_on_the_second)
     with pytest.raises(RuntimeError, match="simulated"):
