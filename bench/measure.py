@@ -209,13 +209,13 @@ def check_cocoop_equivalence(classifier, features: torch.Tensor, labels: torch.T
 
 
 def measure_cocoop_pair(plan: BenchPlan, measurement: Measurement, backbone) -> dict[str, dict[str, Any]]:
-    """Batched against per-image CoCoOp in ONE process: equivalence checked first, then each variant's memory
-    phase (peak reset, one warm-up iteration), then the timed repeats interleaved (B, P, B, P, ...), so that both
-    see the same machine state and the speed-up is not confounded by differences between processes."""
+    """Batched against per-image CoCoOp in ONE process: each variant's memory phase (peak reset, one warm-up
+    iteration; the smaller per-image first, so the batched one's freed memory cannot inflate it), then the
+    equivalence check, then the timed repeats interleaved (B, P, B, P, ...), so that both see the same machine
+    state and the speed-up is not confounded by differences between processes."""
     classifier, features, labels = cocoop_batch(plan, backbone, measurement.parameters)
     device = torch.device(plan.device)
-    check = check_cocoop_equivalence(classifier, features, labels)
-    steps = {"batched": batched_step, "per-image": per_image_step}
+    steps = {"per-image": per_image_step, "batched": batched_step}
 
     def runner(step):
         def run(iterations: int) -> float:
@@ -229,6 +229,7 @@ def measure_cocoop_pair(plan: BenchPlan, measurement: Measurement, backbone) -> 
 
     runs = {variant: runner(step) for variant, step in steps.items()}
     memory = {variant: _memory_phase(device, lambda run=run: run(1)) for variant, run in runs.items()}
+    check = check_cocoop_equivalence(classifier, features, labels)  # raises before any timing
     units = {variant: _repeat_units(plan, memory[variant]["warm_up_seconds"]) for variant in runs}
     timings: dict[str, list[float]] = {variant: [] for variant in runs}
     for _ in range(plan.repeats):
@@ -238,12 +239,13 @@ def measure_cocoop_pair(plan: BenchPlan, measurement: Measurement, backbone) -> 
                "memory": "peak over the variant's warm-up iteration (the same work as a timed iteration)",
                "timing": "repeats interleaved with the other variant in the same process"}
     return {variant: _summary(features.shape[0], units[variant], timings[variant], memory[variant], "iterations",
-                              details, plan) for variant in runs}
+                              details, plan) for variant in COCOOP_VARIANTS}
 
 
 # ------------------------------------------------------------------------------------------------- timing
 def _memory_phase(device: torch.device, run_once: Callable[[], float]) -> dict[str, Any]:
     """Run once from a reset peak-RSS mark (where the platform allows); the peak and its rise over the start."""
+    _release_freed_memory()
     peak_reset = reset_peak_rss()
     current_before = current_rss_mb()
     rss_before = current_before if peak_reset and current_before is not None else peak_rss_mb()
@@ -251,6 +253,19 @@ def _memory_phase(device: torch.device, run_once: Callable[[], float]) -> dict[s
         torch.cuda.reset_peak_memory_stats(device)
     warm_up = run_once()
     return {"warm_up_seconds": warm_up, "rss_before": rss_before, "peak_reset": peak_reset, **_peaks(device)}
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by earlier work back to the OS (glibc keeps it resident otherwise), so the baseline RSS
+    is what is live; best effort, a no-op off glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _peaks(device: torch.device) -> dict[str, Any]:
