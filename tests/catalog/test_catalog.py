@@ -61,8 +61,8 @@ def test_missing_catalog_file_is_named(catalog_copy):
 
 def test_a_method_that_prompts_the_image_tower_can_be_in_a_grid(catalog_copy):
     edit(catalog_copy / "experiments.yaml",
-         lambda c: c["grid"].append({"method": "maple", "shots": [16], "seeds": [1], "optimization": {"epochs": 2}}))
-    experiment = load_catalog(catalog_copy).experiment("maple-k16-s1")
+         lambda c: c["grid"].append({"method": "maple", "shots": [16], "seeds": [7], "optimization": {"epochs": 2}}))
+    experiment = load_catalog(catalog_copy).experiment("maple-k16-s7")
     assert experiment.method == "maple" and experiment.optimization["epochs"] == 2
 
 
@@ -77,9 +77,9 @@ def test_class_specific_context_is_refused_in_base_to_new(catalog_copy):
 def test_an_experiment_can_replace_the_dataset_templates(catalog_copy):
     ensemble = ["a photo of a {}.", "a drawing of a {}.", "a {} shape."]
     edit(catalog_copy / "experiments.yaml",
-         lambda c: c["grid"].append({"method": "zero_shot", "name": "ensemble", "templates": ensemble}))
+         lambda c: c["grid"].append({"method": "zero_shot", "name": "myensemble", "templates": ensemble}))
     catalog = load_catalog(catalog_copy)
-    experiment, plain = catalog.experiment("zeroshot-ensemble"), catalog.experiment("zeroshot")
+    experiment, plain = catalog.experiment("zeroshot-myensemble"), catalog.experiment("zeroshot")
     assert experiment.templates_for(catalog.dataset("Shapes")) == ensemble
     assert plain.templates_for(catalog.dataset("Shapes")) == list(catalog.dataset("Shapes").templates)
     assert experiment.variant_options() != plain.variant_options()  # reported as a separate configuration

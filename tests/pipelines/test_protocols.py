@@ -16,11 +16,13 @@ def test_default_grid_partitions_per_protocol():
     assert {(d, key) for d in datasets for key in coop | {"zeroshot"}} <= set(few_shot)
     assert not [key for _, key in few_shot if key.endswith("-b2n")]
     base_to_new = protocol_experiment_partitions(catalog, "base_to_new")
-    assert {key for _, key in base_to_new} == {"zeroshot"} | {k for k in catalog.experiments if k.endswith("-b2n")}
+    untrained = {key for key, e in catalog.experiments.items() if e.method == "zero_shot"}
+    assert {key for _, key in base_to_new} == untrained | {k for k in catalog.experiments if k.endswith("-b2n")}
     transfer = protocol_experiment_partitions(catalog, "transfer")
-    sources = {(source, f"coop-k16-s{s}") for source in ("ColourShapes", "Shapes") for s in (1, 2, 3)}
+    sources = {(source, f"{method}-k16-s{s}") for source in ("ColourShapes", "Shapes") for s in (1, 2, 3)
+               for method in ("coop", "cocoop", "kgcoop", "maple", "promptsrc")}
     # the source checkpoints, and zero-shot on the sources and all their targets (the reference row)
-    assert set(transfer) == sources | {(d, "zeroshot") for d in datasets}
+    assert set(transfer) == sources | {(d, key) for d in datasets for key in untrained}
     assert set(transfer_partition_keys(catalog)) == sources
     with pytest.raises(ValueError, match="unknown protocol"):
         protocol_experiment_partitions(catalog, "zero_shot")
