@@ -88,6 +88,7 @@ class ExperimentConfig:
     protocol: str = "all_classes"
     # Prompt templates replacing the dataset's own (e.g. a zero-shot template ensemble); None: the dataset's.
     templates: tuple[str, ...] | None = None
+    name: str | None = None  # the grid entry's `name`, which tells its variants apart ("csc", "ensemble")
 
     def as_dict(self) -> dict[str, Any]:
         described = {
@@ -126,6 +127,8 @@ class ExperimentConfig:
                 options[name] = value.__dict__
         if self.protocol != "all_classes":
             options["protocol"] = self.protocol
+        if self.name:
+            options["variant"] = self.name
         return options
 
 
@@ -295,6 +298,7 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
                     pseudolabels=pseudolabels,
                     protocol=protocol,
                     templates=None if templates is None else tuple(templates),
+                    name=entry.get("name"),
                 )
     return experiments
 

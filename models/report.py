@@ -50,7 +50,7 @@ backbone_variety AS (
 -- A readable name. When a method ran with several option sets, the options in use are named ("coop +
 -- augmentation"); the settings hash is shown only when the parameters themselves differ. Options without a
 -- settings hash (written by other tools) are shown as their JSON.
-labels AS (
+base_labels AS (
     SELECT DISTINCT e.backbone, e.method, e.options,
         CASE WHEN b.n_backbones > 1 THEN e.backbone || ' / ' ELSE '' END
         || e.method
@@ -60,12 +60,19 @@ labels AS (
              ELSE coalesce(' + ' || nullif(array_to_string(
                       list_transform(
                           list_sort(list_filter(json_keys(e.options), k -> k <> 'settings_hash')),
-                          k -> CASE WHEN k = 'protocol' THEN json_extract_string(e.options, '$.protocol') ELSE k END),
+                          k -> CASE WHEN k IN ('protocol', 'variant') THEN json_extract_string(e.options, '$.' || k)
+                                    ELSE k END),
                       ' + '), ''), '')
-                  || CASE WHEN v.n_settings > 1
-                          THEN ' [' || json_extract_string(e.options, '$.settings_hash') || ']' ELSE '' END
-           END AS configuration
+           END AS base_label
     FROM evaluation AS e JOIN option_variety AS v USING (method) CROSS JOIN backbone_variety AS b
+),
+-- The settings hash is appended only where two configurations would otherwise share a name.
+labels AS (
+    SELECT backbone, method, options,
+        base_label || CASE WHEN count(*) OVER (PARTITION BY backbone, method, base_label) > 1
+                           THEN ' [' || json_extract_string(options, '$.settings_hash') || ']' ELSE '' END
+            AS configuration
+    FROM base_labels
 ),
 labelled AS (
     SELECT e.*, l.configuration FROM evaluation AS e JOIN labels AS l USING (backbone, method, options)
