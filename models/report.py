@@ -190,6 +190,15 @@ FROM base_to_new_averages AS a JOIN labels AS l USING (backbone, method, options
 ORDER BY a.method <> $zero_shot, l.configuration, a.shots
 """
 
+# One base-to-new configuration per method for the published-pattern checks: the plain one (zero-shot with the
+# dataset's template, each tuned method's base_to_new run without further variants).
+PATTERN_AVERAGES_SQL = _LABELLED_RESULTS + """
+SELECT a.method, l.configuration, a.base_accuracy, a.new_accuracy, a.harmonic_mean, a.n_datasets
+FROM base_to_new_averages AS a JOIN labels AS l USING (backbone, method, options)
+WHERE l.configuration IN (a.method, a.method || ' + base_to_new')
+ORDER BY a.method
+"""
+
 OTHER_EVALUATION_SPLITS_SQL = _LABELLED_RESULTS + """
 SELECT dataset, split, configuration, shots, mean, std, n_seeds
 FROM labelled WHERE metric = 'top1_accuracy' AND split NOT IN ('test', 'base', 'new')
@@ -538,6 +547,27 @@ def _base_to_new_section(warehouse: Warehouse, params: dict) -> tuple[str, dict[
     return section, harmonic_by_method
 
 
+def _published_pattern_section(warehouse: Warehouse) -> str:
+    from models.evaluation.phenomena import published_pattern_checks
+
+    averages = warehouse.query(PATTERN_AVERAGES_SQL)
+    checks = published_pattern_checks(averages) if averages.height else []
+    if not checks:
+        return ""
+    rows = [(check.claim, check.method, _percent(check.value), check.reference, _percent(check.reference_value),
+             _signed_points(check.difference), "yes" if check.holds else "no") for check in checks]
+    return _section(
+        "Does the published base-to-new pattern appear?",
+        _paragraph("The papers report (ViT-B/16, 11 datasets) that tuning beats zero-shot on base classes, that "
+                   "CoOp falls below zero-shot on new classes, and that CoCoOp, KgCoOp, MaPLe and PromptSRC recover "
+                   "harmonic mean over CoOp. Each claim is checked here on the base-to-new averages above (base and "
+                   "new: accuracy; HM: harmonic mean); 'no' means the pattern does not appear on this backbone.",
+                   "muted"),
+        _table(["Claim", "Method", "Value (%)", "Against", "Its value (%)", "Difference", "Holds"], rows,
+               numeric_columns=(2, 4, 5)),
+    )
+
+
 def _transfer_section(warehouse: Warehouse, params: dict, sql: str, title: str, targets_name: str) -> str:
     """Rows: configurations; columns: the source, each target, the average over targets (mean ± std over seeds)."""
     results = warehouse.query(sql, params)
@@ -725,6 +755,7 @@ def build_report(
         _charts_section(warehouse, params),
         _few_shot_section(warehouse, params),
         base_to_new,
+        _published_pattern_section(warehouse),
         _transfer_section(warehouse, params, CROSS_DATASET_TRANSFER_SQL, "Cross-dataset transfer", "other dataset"),
         _transfer_section(warehouse, params, DOMAIN_GENERALIZATION_SQL, "Domain generalization",
                           "domain-shifted variant of the source"),

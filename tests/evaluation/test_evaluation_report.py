@@ -163,3 +163,18 @@ def test_report_with_only_pseudolabels_and_single_shot_count(tmp_path: Path):
     assert "<h2>Other evaluation splits" in page and "<td>sketch</td>" in page and "30.00 ± 0.00 (1 seed)" in page
     assert "<h2>Other stages" in page and "0.123 ± 0 (1 seed)" in page
     assert summary.mean_best_trained_top1 == pytest.approx(0.6)
+
+
+def test_report_checks_the_published_pattern_on_its_own_numbers(synthetic_results, report):
+    _, page = report
+    section = _section_html(page, "Does the published base-to-new pattern appear?")
+    mean = statistics.mean
+    coop_base = mean(mean(synthetic_results.base_new[(d, "coop")][0]) for d in DATASETS)
+    zero_base = mean(mean(synthetic_results.base_new[(d, "zero_shot")][0]) for d in DATASETS)
+    coop_new = mean(mean(synthetic_results.base_new[(d, "coop")][1]) for d in DATASETS)
+    zero_new = mean(mean(synthetic_results.base_new[(d, "zero_shot")][1]) for d in DATASETS)
+    cells = _row_cells(section, "tuning beats zero-shot on base classes")
+    assert cells[:4] == ["coop", f"{100 * coop_base:.2f}", "zero_shot", f"{100 * zero_base:.2f}"]
+    assert cells[-1] == ("yes" if coop_base > zero_base else "no")
+    cells = _row_cells(section, "CoOp&#x27;s new-class accuracy falls below zero-shot")
+    assert cells[-1] == ("yes" if coop_new < zero_new else "no")
