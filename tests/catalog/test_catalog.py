@@ -1,23 +1,9 @@
-import shutil
-from pathlib import Path
-
 import pytest
-import yaml
 
+from catalog_editing import catalog_copy, edit  # noqa: F401 (catalog_copy is a fixture)
 from models.catalog import DEFAULT_CATALOG_DIR, CatalogError, load_catalog
 
 
-@pytest.fixture
-def catalog_copy(tmp_path) -> Path:
-    directory = tmp_path / "catalog"
-    shutil.copytree(DEFAULT_CATALOG_DIR, directory)
-    return directory
-
-
-def edit(path: Path, change) -> None:
-    content = yaml.safe_load(path.read_text())
-    change(content)
-    path.write_text(yaml.safe_dump(content))
 
 
 def test_default_catalog_expands_the_grid_into_stable_keys():

@@ -1,25 +1,13 @@
 """The `transfer:` section of experiments.yaml: sources, targets per protocol, and the checkpoints it may name."""
 
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
+from catalog_editing import catalog_copy, edit  # noqa: F401 (catalog_copy is a fixture)
 from models.catalog import DEFAULT_CATALOG_DIR, CatalogError, load_catalog
 
 
-@pytest.fixture
-def catalog_copy(tmp_path) -> Path:
-    directory = tmp_path / "catalog"
-    shutil.copytree(DEFAULT_CATALOG_DIR, directory)
-    return directory
-
-
-def edit(path: Path, change) -> None:
-    content = yaml.safe_load(path.read_text())
-    change(content)
-    path.write_text(yaml.safe_dump(content))
 
 
 def set_transfer(directory: Path, transfer, grid_additions=()) -> None:
