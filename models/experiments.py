@@ -135,15 +135,23 @@ def read_checkpoint_config(directory: Path) -> dict[str, Any]:
 
 
 def load_prompt_checkpoint(
-    directory: Path, clip_model: torch.nn.Module, tokenizer, classnames: list[str] | None = None
+    directory: Path,
+    clip_model: torch.nn.Module,
+    tokenizer,
+    classnames: list[str] | None = None,
+    templates: list[str] | None = None,
 ) -> tuple[PromptedClassifier, dict]:
     """Rebuild a classifier from its checkpoint folder alone (config + learned parameters).
 
     `classnames` applies the learned prompt to other classes than it was trained on (new classes in
     base-to-new, another dataset's classes in cross-dataset transfer); class-specific parameters cannot transfer.
+    `templates` replaces the hand-crafted templates the classifier was trained with (a transfer target's own), for
+    methods that use them at prediction time (zero-shot, VPT's text side); the returned config says which were used.
     """
     config = read_checkpoint_config(directory)
     target_classnames = classnames if classnames is not None else config["classnames"]
+    if templates is not None:
+        config = {**config, "trained_templates": config["templates"], "templates": list(templates)}
     classifier = build_classifier(
         clip_model, tokenizer, config["method"], config["parameters"], target_classnames, config["templates"]
     )

@@ -59,10 +59,12 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
                                         f"({workspace.class_split_path(target)} is missing); run curation_job for it")
             started_at = datetime.now(timezone.utc)
             inputs = partition_inputs(promptlab, target, experiment_key)
-            # The learned prompt on the target's class names; a class-specific state fails here, clearly.
+            # The learned prompt on the target's class names (and, where a method uses hand-crafted templates at
+            # prediction time, the target's templates); a class-specific state fails here, clearly.
             classifier, checkpoint = load_prompt_checkpoint(workspace.checkpoint_dir(source, experiment_key),
                                                             backbone.model, backbone.tokenizer,
-                                                            classnames=inputs.classnames)
+                                                            classnames=inputs.classnames,
+                                                            templates=inputs.experiment.templates_for(inputs.dataset))
             if checkpoint["backbone_weights_sha256"] != backbone.weights_sha256:
                 raise ValueError(f"checkpoint of {source}/{experiment_key} was trained on other backbone weights; "
                                  "retrain it")

@@ -96,3 +96,22 @@ def test_base_and_new_splits_are_scored_among_their_own_classes():
     assert base.relative_paths == ["a", "b"] and base.classnames == ["w", "x"]
     np.testing.assert_allclose(base.probabilities[0], [0.1 / 0.6, 0.5 / 0.6])
     assert list(by_name["new"].labels) == [0] and by_name["new"].label_map == [2, 3]
+
+
+def test_a_checkpoint_can_be_applied_with_other_templates(tmp_path, reference_clip):
+    from models.prompting.prompt_assembly import template_ensemble_features
+
+    model, tokenizer = reference_clip
+    trained = ["a photo of a {}."]
+    target = ["a sketch of a {}.", "a drawing of the {}."]
+    classifier = build_classifier(model, tokenizer, "zero_shot", {}, CLASSNAMES, trained)
+    directory = save_prompt_checkpoint(tmp_path / "ckpt", classifier,
+                                       {"method": "zero_shot", "parameters": {}, "classnames": CLASSNAMES,
+                                        "templates": trained})
+    same, config = load_prompt_checkpoint(directory, model, tokenizer)
+    assert config["templates"] == trained
+    other, config = load_prompt_checkpoint(directory, model, tokenizer, classnames=["cat", "dog"], templates=target)
+    assert config["templates"] == target and config["trained_templates"] == trained
+    expected = template_ensemble_features(classifier.text_tower, tokenizer, ["cat", "dog"], target)
+    torch.testing.assert_close(other.text_features(), expected)
+    assert not torch.allclose(same.text_features()[:2], other.text_features())
