@@ -140,6 +140,7 @@ def load_prompt_checkpoint(
     tokenizer,
     classnames: list[str] | None = None,
     templates: list[str] | None = None,
+    backbone_weights_sha256: str | None = None,
 ) -> tuple[PromptedClassifier, dict]:
     """Rebuild a classifier from its checkpoint folder alone (config + learned parameters).
 
@@ -149,6 +150,10 @@ def load_prompt_checkpoint(
     methods that use them at prediction time (zero-shot, VPT's text side); the returned config says which were used.
     """
     config = read_checkpoint_config(directory)
+    trained_on = config.get("backbone_weights_sha256")
+    if backbone_weights_sha256 is not None and trained_on != backbone_weights_sha256:
+        raise ValueError(f"{directory}: the checkpoint was trained on other backbone weights "
+                         f"({str(trained_on)[:12]} != {backbone_weights_sha256[:12]}); retrain it")
     target_classnames = classnames if classnames is not None else config["classnames"]
     if templates is not None:
         config = {**config, "trained_templates": config["templates"], "templates": list(templates)}

@@ -41,10 +41,8 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     backbone = promptlab.load_backbone()
     # Scored on all the dataset's classes; base and new are then each scored among their own classes.
     classifier, checkpoint = load_prompt_checkpoint(workspace.checkpoint_dir(dataset, experiment_key),
-                                                    backbone.model, backbone.tokenizer, classnames=inputs.classnames)
-    if checkpoint["backbone_weights_sha256"] != backbone.weights_sha256:
-        raise ValueError(f"checkpoint of {dataset}/{experiment_key} was trained on other backbone weights "
-                         f"({checkpoint['backbone_weights_sha256'][:12]} != {backbone.weights_sha256[:12]}); retrain it")
+                                                    backbone.model, backbone.tokenizer, classnames=inputs.classnames,
+                                                    backbone_weights_sha256=backbone.weights_sha256)
     test = inputs.index.filter(pl.col("split") == "test").sort("relative_path")
     # cached features for frozen-image-tower methods, preprocessed images for vision-prompt methods
     image_inputs = method_inputs_for_images(checkpoint["method"], backbone, inputs.image_dir,

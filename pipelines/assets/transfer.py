@@ -64,10 +64,8 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
             classifier, checkpoint = load_prompt_checkpoint(workspace.checkpoint_dir(source, experiment_key),
                                                             backbone.model, backbone.tokenizer,
                                                             classnames=inputs.classnames,
-                                                            templates=inputs.experiment.templates_for(inputs.dataset))
-            if checkpoint["backbone_weights_sha256"] != backbone.weights_sha256:
-                raise ValueError(f"checkpoint of {source}/{experiment_key} was trained on other backbone weights; "
-                                 "retrain it")
+                                                            templates=inputs.experiment.templates_for(inputs.dataset),
+                                                            backbone_weights_sha256=backbone.weights_sha256)
             test = inputs.index.filter(pl.col("split") == "test").sort("relative_path")
             # cached features for frozen-image-tower methods, preprocessed images for vision-prompt methods
             image_inputs = method_inputs_for_images(checkpoint["method"], backbone, inputs.image_dir,

@@ -115,3 +115,14 @@ def test_a_checkpoint_can_be_applied_with_other_templates(tmp_path, reference_cl
     expected = template_ensemble_features(classifier.text_tower, tokenizer, ["cat", "dog"], target)
     torch.testing.assert_close(other.text_features(), expected)
     assert not torch.allclose(same.text_features()[:2], other.text_features())
+
+
+def test_a_checkpoint_from_other_backbone_weights_is_refused(tmp_path, reference_clip):
+    model, tokenizer = reference_clip
+    classifier = build_classifier(model, tokenizer, "zero_shot", {}, CLASSNAMES, ["a photo of a {}."])
+    directory = save_prompt_checkpoint(tmp_path / "ckpt", classifier,
+                                       {"method": "zero_shot", "parameters": {}, "classnames": CLASSNAMES,
+                                        "templates": ["a photo of a {}."], "backbone_weights_sha256": "a" * 64})
+    load_prompt_checkpoint(directory, model, tokenizer, backbone_weights_sha256="a" * 64)
+    with pytest.raises(ValueError, match="ckpt: the checkpoint was trained on other backbone weights"):
+        load_prompt_checkpoint(directory, model, tokenizer, backbone_weights_sha256="b" * 64)
