@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make run GRID=quick`: a named subset of the grid (assets_catalog/grids.yaml).
 run: install
-	$(BIN)/promptlab run
+	$(BIN)/promptlab run $(if $(GRID),--grid $(GRID))
 
 test: install
 	$(BIN)/python -m pytest -q

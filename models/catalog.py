@@ -27,6 +27,12 @@ PROTOCOLS = ("all_classes", "base_to_new")
 # dataset is evaluated on other datasets with their own class names. cross_dataset: every other dataset except the
 # source's domain-shifted variants; domain_generalization: the datasets whose domain_shift_of is the source.
 TRANSFER_PROTOCOLS = ("cross_dataset", "domain_generalization")
+# Named subsets of the default grid (grids.yaml), picked with `promptlab run --grid NAME` or $PROMPTLAB_GRID. A
+# subset only removes experiments; the ones it keeps have the same keys and hashes as in the full grid.
+GRID_SUBSET_FILTERS = ("methods", "shots", "seeds")
+# The evaluation protocols a run can be restricted to (`promptlab run --protocol`; pipelines/partitions.py).
+EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer")
+DEFAULT_GRID = "default"
 
 
 class CatalogError(ValueError):
@@ -161,6 +167,7 @@ class Catalog:
     experiments: dict[str, ExperimentConfig]
     world: dict[str, Any]
     transfer: TransferPlan = field(default_factory=TransferPlan)
+    grid: str = DEFAULT_GRID  # the subset of grids.yaml in use, or the whole of experiments.yaml
 
     def dataset(self, name: str) -> DatasetEntry:
         if name not in self.datasets:
@@ -393,8 +400,57 @@ def parse_transfer(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
     return TransferPlan(experiments=tuple(keys), targets=targets)
 
 
-def load_catalog(directory: Path | str | None = None) -> Catalog:
+def grid_subset_names(directory: Path) -> list[str]:
+    """The subsets grids.yaml defines (besides `default`, the whole grid)."""
+    path = directory / "grids.yaml"
+    return list((_read_yaml(path).get("grids") or {}) if path.exists() else {})
+
+
+def select_grid_subset(directory: Path, name: str, experiments: dict[str, ExperimentConfig],
+                       transfer: TransferPlan) -> tuple[dict[str, ExperimentConfig], TransferPlan]:
+    """Keep the experiments a named subset of grids.yaml selects (every filter it sets must match; an experiment
+    without shots or seed, zero-shot, passes those filters). The transfer plan keeps its surviving experiments."""
+    if name == DEFAULT_GRID:
+        return experiments, transfer
+    path = directory / "grids.yaml"
+    subsets = (_read_yaml(path).get("grids") or {}) if path.exists() else {}
+    if name not in subsets:
+        raise CatalogError(f"{path}: no grid named {name!r}; known: {[DEFAULT_GRID, *subsets]}")
+    subset = subsets[name]
+    where = f"{path.name}: grids.{name}"
+    if not isinstance(subset, dict):
+        raise CatalogError(f"{where}: expected a mapping of filters {GRID_SUBSET_FILTERS}")
+    unknown = set(subset) - {"description", *GRID_SUBSET_FILTERS}
+    if unknown:
+        raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}; known: description, {GRID_SUBSET_FILTERS}")
+    for field_name in GRID_SUBSET_FILTERS:
+        values = subset.get(field_name)
+        if values is not None and (not isinstance(values, list) or not values):
+            raise CatalogError(f"{where}.{field_name}: expected a non-empty list, got {values!r}")
+    unknown_methods = sorted(set(subset.get("methods") or []) - set(METHODS))
+    if unknown_methods:
+        raise CatalogError(f"{where}.methods: {unknown_methods} are not registered; known: {sorted(METHODS)}")
+
+    def kept(experiment: ExperimentConfig) -> bool:
+        if subset.get("methods") is not None and experiment.method not in subset["methods"]:
+            return False
+        for field_name, value in (("shots", experiment.shots), ("seeds", experiment.seed)):
+            if subset.get(field_name) is not None and value is not None and value not in subset[field_name]:
+                return False
+        return True
+
+    selected = {key: experiment for key, experiment in experiments.items() if kept(experiment)}
+    if not selected:
+        raise CatalogError(f"{where}: selects no experiment of the grid")
+    transferred = tuple(key for key in transfer.experiments if key in selected)
+    return selected, (TransferPlan(transferred, transfer.targets) if transferred else TransferPlan())
+
+
+def load_catalog(directory: Path | str | None = None, grid: str | None = None) -> Catalog:
+    """The catalog in `directory` ($PROMPTLAB_CATALOG, else assets_catalog/), its experiments restricted to the
+    named subset `grid` of grids.yaml ($PROMPTLAB_GRID, else the whole grid)."""
     directory = Path(directory or os.environ.get("PROMPTLAB_CATALOG", DEFAULT_CATALOG_DIR))
+    grid = grid or os.environ.get("PROMPTLAB_GRID") or DEFAULT_GRID
     datasets_file = directory / "datasets.yaml"
     datasets = [
         _dataset_entry(datasets_file, i, raw) for i, raw in enumerate(_read_yaml(datasets_file).get("datasets") or [])
@@ -427,6 +483,7 @@ def load_catalog(directory: Path | str | None = None) -> Catalog:
     experiments = expand_grid(experiments_file, experiments_raw.get("grid") or [], methods)
     dataset_entries = {d.name: d for d in datasets}
     transfer = parse_transfer(experiments_file, experiments_raw.get("transfer"), dataset_entries, experiments)
+    experiments, transfer = select_grid_subset(directory, grid, experiments, transfer)
     return Catalog(
         directory=directory,
         datasets={d.name: d for d in datasets},
@@ -436,4 +493,5 @@ def load_catalog(directory: Path | str | None = None) -> Catalog:
         experiments=experiments,
         world=_read_yaml(directory / "world.yaml"),
         transfer=transfer,
+        grid=grid,
     )

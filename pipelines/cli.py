@@ -105,6 +105,7 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
     summary = {
         "wall_seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
+        "grid": catalog.grid,
         "failures": failures,
         "skipped": skipped,
         "report": str(workspace.report_path),
@@ -134,8 +135,9 @@ def print_accuracy_table(log=print) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.partitions import EVALUATION_PROTOCOLS
+    from models.catalog import DEFAULT_CATALOG_DIR, DEFAULT_GRID, EVALUATION_PROTOCOLS, grid_subset_names
 
+    catalog_dir = Path(os.environ.get("PROMPTLAB_CATALOG", DEFAULT_CATALOG_DIR))
     parser = argparse.ArgumentParser(prog="promptlab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="materialize the default graph (embedded world, every dataset x experiment)")
@@ -143,11 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--experiment", action="append", help="only this experiment key (repeatable)")
     run.add_argument("--protocol", choices=EVALUATION_PROTOCOLS,
                      help="only the partitions of this evaluation protocol (zero-shot included as its reference)")
+    run.add_argument("--grid", choices=[DEFAULT_GRID, *grid_subset_names(catalog_dir)],
+                     help="a named subset of the experiment grid (assets_catalog/grids.yaml; default: $PROMPTLAB_GRID "
+                          "or the whole grid)")
     commands.add_parser("results", help="print test top-1 per dataset, method and shots from the warehouse")
     arguments = parser.parse_args(argv)
     if arguments.command == "results":
         print_accuracy_table()
         return 0
+    if arguments.grid:  # before the definitions are imported: the partitions are read from the catalog then
+        os.environ["PROMPTLAB_GRID"] = arguments.grid
     summary = run_graph(arguments.dataset, arguments.experiment, protocol=arguments.protocol)
     print(json.dumps(summary, indent=2))
     if "report" in summary:

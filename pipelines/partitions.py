@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from models.catalog import Catalog, load_catalog
+from models.catalog import EVALUATION_PROTOCOLS, Catalog, load_catalog
 from models.prompting.methods import get_method
 
 _catalog = load_catalog()
@@ -25,9 +25,8 @@ transfer_partitions = dg.MultiPartitionsDefinition({
 # An experiment partition reads the curation outputs of its own dataset.
 from_dataset = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
 
-# `promptlab run --protocol`: the few-shot and base-to-new protocols are sets of experiment partitions, transfer
-# adds the transfer partitions on top of the checkpoints and zero-shot references it reads.
-EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer")
+# `promptlab run --protocol` (EVALUATION_PROTOCOLS): the few-shot and base-to-new protocols are sets of experiment
+# partitions, transfer adds the transfer partitions on top of the checkpoints and zero-shot references it reads.
 
 
 def dataset_and_experiment(context: dg.AssetExecutionContext) -> tuple[str, str]:

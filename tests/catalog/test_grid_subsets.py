@@ -1,0 +1,66 @@
+"""Named subsets of the grid (grids.yaml): `promptlab run --grid quick` and $PROMPTLAB_GRID."""
+
+import subprocess
+import sys
+
+import pytest
+
+from catalog_editing import catalog_copy, edit  # noqa: F401 (catalog_copy is a fixture)
+from models.catalog import DEFAULT_CATALOG_DIR, CatalogError, load_catalog
+
+
+def test_quick_grid_keeps_seed_1_at_three_shot_counts_with_the_full_grids_configurations():
+    full = load_catalog(DEFAULT_CATALOG_DIR, grid="default")
+    quick = load_catalog(DEFAULT_CATALOG_DIR, grid="quick")
+    assert quick.grid == "quick" and full.grid == "default"
+    assert set(quick.experiments) < set(full.experiments)
+    trained = [e for e in quick.experiments.values() if e.seed is not None]
+    assert {e.seed for e in trained} == {1} and {e.shots for e in trained} == {1, 4, 16}
+    assert "zeroshot" in quick.experiments  # no shots or seed: passes those filters
+    # Every method of the full grid is still there, with the same key and configuration hash.
+    assert {e.method for e in quick.experiments.values()} == {e.method for e in full.experiments.values()}
+    for key, experiment in quick.experiments.items():
+        assert experiment.config_hash == full.experiments[key].config_hash
+    dropped = set(full.experiments) - set(quick.experiments)
+    assert "coop-k16-s2" in dropped and "coop-k8-s1" in dropped
+    # Transfer keeps the surviving checkpoints and the same targets.
+    assert quick.transfer.experiments == tuple(k for k in full.transfer.experiments if k.endswith("-s1"))
+    assert quick.transfer.targets == full.transfer.targets
+
+
+def test_the_grid_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("PROMPTLAB_GRID", "quick")
+    assert load_catalog(DEFAULT_CATALOG_DIR).grid == "quick"
+    monkeypatch.delenv("PROMPTLAB_GRID")
+    assert load_catalog(DEFAULT_CATALOG_DIR).grid == "default"
+
+
+def test_a_unknown_grid_is_named_with_the_known_ones():
+    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'quick'\]"):
+        load_catalog(DEFAULT_CATALOG_DIR, grid="fast")
+
+
+@pytest.mark.parametrize("subset, message", [
+    ({"seed": [1]}, r"grids.quick: unknown field\(s\) \['seed'\]"),
+    ({"shots": 4}, r"grids.quick.shots: expected a non-empty list, got 4"),
+    ({"methods": ["coop", "cooop"]}, r"grids.quick.methods: \['cooop'\] are not registered"),
+    ({"methods": ["vpt_deep"], "shots": [3]}, r"grids.quick: selects no experiment"),
+])
+def test_bad_subsets_are_named(catalog_copy, subset, message):
+    edit(catalog_copy / "grids.yaml", lambda c: c["grids"].update(quick=subset))
+    with pytest.raises(CatalogError, match=message):
+        load_catalog(catalog_copy, grid="quick")
+
+
+def test_a_subset_without_transferred_checkpoints_has_no_transfer_partitions(catalog_copy):
+    edit(catalog_copy / "grids.yaml", lambda c: c["grids"].update(probe={"methods": ["linear_probe", "zero_shot"]}))
+    catalog = load_catalog(catalog_copy, grid="probe")
+    assert {e.method for e in catalog.experiments.values()} == {"linear_probe", "zero_shot"}
+    assert catalog.transfer.experiments == () and catalog.transfer.sources == ()
+
+
+def test_the_cli_offers_the_catalogs_grids():
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--grid", "fast"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--grid: invalid choice: 'fast'" in result.stderr and "quick" in result.stderr
