@@ -15,11 +15,13 @@ Schema (all accuracy-like values are fractions in [0, 1]; timestamps are UTC wit
   configuration, upserted by every run of it.
 - `runs` (run_id PK, stage, dataset, experiment_key, partition_key, method, shots, seed, options JSON,
   dagster_run_id, code_version, config_hash, git_commit, backbone, backbone_weights_sha256, data_hash,
-  templates JSON, started_at, finished_at, is_current, source_dataset): every run ever recorded. Recording a
+  templates JSON, started_at, finished_at, is_current, source_dataset, compute): every run ever recorded. Recording a
   run of a (stage, dataset, partition_key, source_dataset) marks the earlier runs of it `is_current = false`;
   they are kept. `source_dataset` is NULL for in-domain runs and names the dataset a prompt was trained on for
   transfer runs (stage `cross_dataset` / `domain_generalization`, dataset = the target). Warehouses written
-  before the column existed get it (NULL: in-domain) the next time the schema is ensured.
+  before the column existed get it (NULL: in-domain) the next time the schema is ensured. `compute` says where
+  and at which precision the run was computed ("cpu fp32"; on CUDA the GPU and its autocast dtypes); NULL for
+  runs recorded before the column existed.
 - `metrics` (run_id, dataset, experiment_key, split, metric, value): rows of CURRENT runs only, so a query over
   it never double counts a re-materialized partition. PK (run_id, split, metric).
 - `metrics_history`: the same columns + superseded_at, superseded_by_run_id: rows of superseded runs.
@@ -106,6 +108,8 @@ class RunRecord:
     finished_at: datetime
     # Transfer runs: the dataset the prompt was trained on (`dataset` is the target evaluated); None: in-domain.
     source_dataset: str | None = None
+    # Where and at which precision it was computed (models.precision.compute_description), e.g. "cpu fp32".
+    compute: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,7 @@ CREATE TABLE IF NOT EXISTS runs (
     is_current BOOLEAN NOT NULL
 );
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS source_dataset VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS compute VARCHAR;
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR NOT NULL,
     dataset VARCHAR NOT NULL,
@@ -893,8 +898,8 @@ class Warehouse:
             INSERT INTO runs (run_id, stage, dataset, experiment_key, partition_key, method, shots, seed, options,
                               dagster_run_id, code_version, config_hash, git_commit, backbone,
                               backbone_weights_sha256, data_hash, templates, started_at, finished_at, is_current,
-                              source_dataset)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true, ?)
+                              source_dataset, compute)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true, ?, ?)
             """,
             [
                 run.run_id, run.stage, run.dataset, run.experiment_key, run.partition_key, run.method, int(run.shots),
@@ -902,7 +907,7 @@ class Warehouse:
                 run.config_hash, run.git_commit, run.backbone, run.backbone_weights_sha256, run.data_hash,
                 _canonical_json(run.templates, "run.templates"),
                 _as_utc_naive(run.started_at, "run.started_at"), _as_utc_naive(run.finished_at, "run.finished_at"),
-                run.source_dataset,
+                run.source_dataset, run.compute,
             ],
         )
 

@@ -1,15 +1,17 @@
 """Content-addressed on-disk cache of image features from a frozen image tower, one entry per image.
 
 An entry is keyed by what the features depend on: the backbone (name and weights sha256), the image transform
-(its repr), the view ("original" or "mirrored") and the image's content sha256. So the 16-shot set reuses the
+(its repr), the view ("original" or "mirrored"), the numeric precision of the encoding (`models.precision`: fp32 on
+CPU, bf16 autocast on CUDA) and the image's content sha256. So the 16-shot set reuses the
 features of the 4-shot images it contains, a test split is encoded once for every method, shot count and seed,
 and every augmented image and every view is cached separately. `features_for_images` in `models.experiments` is
 the caller the pipeline uses; it encodes only the images the cache is missing, in batches, then stores them.
 
-Layout. Entries sharing (backbone, weights, transform, view) form a namespace, one folder per namespace:
+Layout. Entries sharing (backbone, weights, transform, view, precision) form a namespace, one folder per namespace:
 
     <cache_dir>/<backbone>-<weights[:12]>-<view>-<namespace key>/
-        namespace.json                  backbone, weights sha256, transform repr, view (what the key hashes)
+        namespace.json                  backbone, weights sha256, transform repr, view, precision (what the key
+                                        hashes)
         shard-<time>-<uuid>.safetensors hashes (M, 32) uint8 (raw sha256 digests) + features (M, E) float32,
                                         metadata: format version, row count, sha256 checksum of both tensors
         .compact.lock                   held (flock) while small shards are merged
@@ -55,6 +57,7 @@ from safetensors import safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from models.precision import precision_for
 from models.provenance import stable_hash
 
 SHARD_FORMAT = "promptlab-feature-shard/1"
@@ -83,18 +86,20 @@ class FeatureNamespace:
     weights_sha256: str
     transform: str  # repr of the eval transform
     view: str  # "original" | "mirrored"
+    precision: str = "fp32"  # models.precision: "fp32", "bf16-autocast", "fp16-autocast"
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
             raise ValueError(f"feature cache view must be one of {VIEWS}, got {self.view!r}")
-        for name in ("backbone", "weights_sha256", "transform"):
+        for name in ("backbone", "weights_sha256", "transform", "precision"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"feature cache namespace {name} must be a non-empty string")
 
     @classmethod
     def of(cls, backbone, view: str) -> "FeatureNamespace":
         """The namespace of a loaded backbone (models.backbones.loader.LoadedBackbone) and a view."""
-        return cls(backbone.spec.name, backbone.weights_sha256, repr(backbone.preprocess_eval), view)
+        precision = precision_for(backbone.device, training=False).name
+        return cls(backbone.spec.name, backbone.weights_sha256, repr(backbone.preprocess_eval), view, precision)
 
     @property
     def key(self) -> str:
@@ -103,7 +108,7 @@ class FeatureNamespace:
     @property
     def folder_name(self) -> str:
         readable = re.sub(r"[^A-Za-z0-9._-]+", "_", self.backbone)[:40]
-        return f"{readable}-{self.weights_sha256[:12]}-{self.view}-{self.key}"
+        return f"{readable}-{self.weights_sha256[:12]}-{self.view}-{self.precision}-{self.key}"
 
 
 @dataclass(frozen=True)

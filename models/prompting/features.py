@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
+from models.precision import precision_for
+
 
 @torch.no_grad()
 def encode_images(
@@ -19,11 +21,11 @@ def encode_images(
     """Raw (unnormalized) image features (N, E) in input order."""
     clip_model.eval()
     device = torch.device(device)
-    use_amp = device.type == "cuda"
+    precision = precision_for(device, training=False)
     chunks = []
     for start in range(0, len(images), batch_size):
         pixels = torch.stack([preprocess(image) for image in images[start : start + batch_size]]).to(device)
-        with torch.autocast(device_type=device.type, enabled=use_amp):
+        with precision.autocast():
             chunks.append(clip_model.encode_image(pixels).float().cpu())
     if not chunks:
         raise ValueError("no images to encode")

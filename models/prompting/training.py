@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from models.prompting.methods.registry import PromptedClassifier
+from models.precision import precision_for
+
+if TYPE_CHECKING:  # annotations only: the methods package imports this module (TrainingHistory)
+    from models.prompting.methods.registry import PromptedClassifier
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,7 @@ def train_prompt_parameters(
         parameters, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
     )
     generator = torch.Generator().manual_seed(config.seed)
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    precision = precision_for(device, training=True)  # fp32 on CPU, bf16 autocast on CUDA where supported
     view_inputs, labels = view_inputs.to(device), labels.to(device)
     if sample_weights is not None:
         sample_weights = sample_weights.to(device)
@@ -103,7 +105,7 @@ def train_prompt_parameters(
                 inputs,
                 labels[batch],
                 weights,
-                forward_context=lambda: torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp),
+                forward_context=precision.autocast,
             )
             optimizer.step()
             history.steps += 1

@@ -49,6 +49,7 @@ def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: Pa
     import uuid
     from datetime import datetime, timezone
 
+    from models.precision import compute_description
     from models.provenance import git_commit, library_code_version, stable_hash
     from models.warehouse import RunRecord
 
@@ -74,4 +75,5 @@ def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: Pa
         templates=list(templates),
         started_at=started_at,
         finished_at=datetime.now(timezone.utc),
+        compute=compute_description(backbone.device),
     )

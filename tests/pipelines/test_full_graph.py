@@ -70,12 +70,14 @@ def test_results_carry_their_lineage(graph_run):
 
     instance = dg.DagsterInstance.get()
     rows = read(workspace, """SELECT dagster_run_id, partition_key, code_version, config_hash, git_commit, backbone,
-                                     backbone_weights_sha256, data_hash, templates FROM runs WHERE is_current""")
+                                     backbone_weights_sha256, data_hash, templates, compute
+                              FROM runs WHERE is_current""")
     weights = sha256_file(workspace.tiny_clip_dir / "open_clip_model.safetensors")
-    for run_id, partition, code, config, commit, backbone, weights_hash, data_hash, templates in rows:
+    for run_id, partition, code, config, commit, backbone, weights_hash, data_hash, templates, compute in rows:
         assert instance.get_run_by_id(run_id) is not None
         assert "|" in partition and code and config and commit and data_hash and templates
         assert (backbone, weights_hash) == ("tiny-clip", weights)
+        assert compute == "cpu fp32"  # the suite runs on CPU
 
 
 def test_pseudolabel_accuracy_is_recorded(graph_run):

@@ -134,6 +134,23 @@ def test_other_weights_transform_or_backbone_miss(tmp_path, backbone, images, ch
     assert other.model.encoded_images == 6
 
 
+def test_features_encoded_at_another_precision_miss(tmp_path, backbone, images, monkeypatch):
+    """Features encoded under bf16 autocast (CUDA) are not served to an fp32 (CPU) run, nor the other way."""
+    import models.prompting.feature_cache as feature_cache
+    from models.precision import Precision
+
+    image_dir, paths, hashes = images
+    features_for_images(backbone, image_dir, paths[:6], hashes[:6], tmp_path / "cache")
+    assert backbone.model.encoded_images == 6
+    monkeypatch.setattr(feature_cache, "precision_for", lambda device, training: Precision("cuda", torch.bfloat16))
+    assert FeatureNamespace.of(backbone, "original").precision == "bf16-autocast"
+    features_for_images(backbone, image_dir, paths[:6], hashes[:6], tmp_path / "cache")
+    assert backbone.model.encoded_images == 12
+    folders = sorted(path.name for path in (tmp_path / "cache").iterdir())
+    assert len(folders) == 2 and any("-bf16-autocast-" in name for name in folders)
+    assert any("-fp32-" in name for name in folders)
+
+
 def test_each_view_is_cached_separately(tmp_path, backbone, images):
     image_dir, paths, hashes = images
     features_for_images(backbone, image_dir, paths[:6], hashes[:6], tmp_path / "cache")
