@@ -231,6 +231,7 @@ WITH facts AS (
                      backbone || ' (' || coalesce(backbone_weights_sha256, 'unknown') || ')', is_current FROM runs
     UNION ALL SELECT 'config hash', config_hash, is_current FROM runs
     UNION ALL SELECT 'data hash (' || dataset || ')', coalesce(data_hash, '(none)'), is_current FROM runs
+    UNION ALL SELECT 'computed on', coalesce(compute, '(not recorded)'), is_current FROM runs
 )
 SELECT field, value, count(*) AS runs, count(*) FILTER (WHERE is_current) AS current_runs
 FROM facts GROUP BY field, value ORDER BY field, current_runs DESC, value

@@ -48,6 +48,7 @@ def make_run(
         templates={dataset: "a photo of a {}."},
         started_at=started_at,
         finished_at=started_at + timedelta(seconds=30),
+        compute="cpu fp32" if code_version == "code-v1" else None,  # runs of older code did not record it
     )
 
 

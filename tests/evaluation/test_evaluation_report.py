@@ -45,6 +45,8 @@ def test_report_superseded_run_is_not_counted(synthetic_results, report):
     assert summary.num_runs == synthetic_results.num_runs
     assert summary.num_current_runs == synthetic_results.num_runs - 1
     assert "2 different code versions" in page
+    assert re.search(r"<td>computed on</td><td>cpu fp32</td>", page)
+    assert re.search(r"<td>computed on</td><td>\(not recorded\)</td>", page)
     for code_version in synthetic_results.code_versions:
         assert code_version in page
 
