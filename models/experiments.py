@@ -55,6 +55,22 @@ def build_classifier(
     return spec.build(context, parse_method_parameters(method, parameters))
 
 
+class MethodNotApplicableError(ValueError):
+    """An experiment's method cannot run on the backbone in use (raised before any work starts)."""
+
+
+def check_method_applies(backbone, method: str, parameters: dict[str, Any], classnames: list[str],
+                         templates: list[str]) -> None:
+    """Build the method's classifier on the loaded backbone and discard it, so that a method that cannot hook into
+    it (vision prompts on a ResNet image tower, a prompt depth beyond the tower's layers, a parameter the method
+    refuses) fails with the reason before augmentation, pseudolabelling or training spend any time."""
+    try:
+        build_classifier(backbone.model, backbone.tokenizer, method, parameters, classnames, templates)
+    except ValueError as error:  # UnsupportedBackboneError and parameter checks are ValueErrors
+        raise MethodNotApplicableError(
+            f"{method} cannot run on backbone {backbone.spec.name!r}: {error}") from error
+
+
 @dataclass
 class TrainingSet:
     """Inputs of the training images (features (N, V, E) or images (N, V, 3, H, W)), labels, per-sample loss

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from models.provenance import source_version
-from pipelines.assets.common import partition_inputs
+from pipelines.assets.common import partition_inputs, refuse_inapplicable_method
 from pipelines.assets.curation import fewshot_subsets
 from pipelines.assets.world import tiny_clip_backbone, tiny_diffusion_model
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
@@ -36,9 +36,10 @@ def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabReso
     options = inputs.experiment.augmentation
     if options is None:
         return dg.MaterializeResult(metadata={"applies": False, "reason": f"{experiment} requests no augmentation"})
+    backbone = promptlab.load_backbone()
+    refuse_inapplicable_method(inputs, backbone)
     rows = inputs.fewshot_train(pl.read_parquet(workspace.fewshot_path(dataset)))
     paths = rows["relative_path"].to_list()
-    backbone = promptlab.load_backbone()
     staging = output_dir.with_name(output_dir.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     table = augment_with_diffusion(

@@ -77,3 +77,13 @@ def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: Pa
         finished_at=datetime.now(timezone.utc),
         compute=compute_description(backbone.device),
     )
+
+
+def refuse_inapplicable_method(inputs: PartitionInputs, backbone) -> None:
+    """Fail now, naming why, if the experiment's method cannot run on this backbone: called by the stages that do
+    work before training (augmentation, pseudolabels), so none of it is spent on an experiment that cannot train."""
+    from models.experiments import check_method_applies
+
+    experiment = inputs.experiment
+    check_method_applies(backbone, experiment.method, experiment.parameters, inputs.classnames,
+                         experiment.templates_for(inputs.dataset))

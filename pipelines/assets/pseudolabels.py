@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from models.provenance import source_version
-from pipelines.assets.common import lineage_record, partition_inputs
+from pipelines.assets.common import lineage_record, partition_inputs, refuse_inapplicable_method
 from pipelines.assets.curation import dataset_index, fewshot_subsets
 from pipelines.assets.world import tiny_clip_backbone
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
@@ -39,6 +39,7 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
         return dg.MaterializeResult(metadata={"applies": False, "reason": f"{experiment} requests no pseudolabels"})
     if options.strategy != "fpl":
         raise ValueError(f"{experiment}: pseudolabel strategy {options.strategy!r} is not available yet (fpl is)")
+    refuse_inapplicable_method(inputs, promptlab.load_backbone())
     started_at = datetime.now(timezone.utc)
     labelled = inputs.fewshot_train(pl.read_parquet(workspace.fewshot_path(dataset)))
     pool = inputs.index.filter(pl.col("split") == "train").join(labelled.select("relative_path"),

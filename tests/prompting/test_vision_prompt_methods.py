@@ -135,6 +135,28 @@ def test_resnet_visual_tower_is_refused(reference_clip, method):
         build(method, resnet_model, tokenizer, **SMALL_DEPTHS[method])
 
 
+def test_the_pipeline_check_names_method_backbone_and_reason_before_any_work(reference_clip):
+    """check_method_applies (called by the stages before training) refuses what cannot run, naming why."""
+    from types import SimpleNamespace
+
+    from open_clip.modified_resnet import ModifiedResNet
+
+    from models.experiments import MethodNotApplicableError, check_method_applies
+
+    model, tokenizer = reference_clip
+    resnet_model = open_clip.model.build_model_from_openai_state_dict(
+        load_file(DATA / "tiny_clip_openai.safetensors"), quick_gelu=True, cast_dtype=None
+    )
+    resnet_model.visual = ModifiedResNet(layers=(1, 1, 1, 1), output_dim=32, heads=1, image_size=32, width=8)
+    resnet = SimpleNamespace(model=resnet_model, tokenizer=tokenizer, spec=SimpleNamespace(name="toy-RN"))
+    with pytest.raises(MethodNotApplicableError, match=r"maple cannot run on backbone 'toy-RN': .*ModifiedResNet.*ViT"):
+        check_method_applies(resnet, "maple", {"prompt_depth": 2}, CLASSNAMES, TEMPLATES)
+    check_method_applies(resnet, "coop", {}, CLASSNAMES, TEMPLATES)  # text prompts only: a ResNet is fine
+    vit = SimpleNamespace(model=model, tokenizer=tokenizer, spec=SimpleNamespace(name="tiny"))
+    with pytest.raises(MethodNotApplicableError, match=r"vpt_deep cannot run on backbone 'tiny': .*prompt_depth"):
+        check_method_applies(vit, "vpt_deep", {}, CLASSNAMES, TEMPLATES)  # the published depth 12 > 2 layers
+
+
 @pytest.mark.parametrize("method", PROMPTED_METHODS)
 def test_gradients_reach_the_prompts_only(reference_clip, inputs, method):
     model, tokenizer = reference_clip
