@@ -54,11 +54,11 @@ def tokenize_context_prompts(
             raise ValueError(f"n_context must be >= 1 for random initialisation, got {n_context}")
         placeholder = " ".join(["X"] * n_context)
     prompts = [f"{placeholder} {name}." for name in classnames]
-    device = text_tower.token_embedding.weight.device
-    token_ids = tokenizer(prompts).to(device)
-    longest = int((token_ids != 0).sum(dim=1).max().item())
+    token_ids = tokenizer(prompts)
+    longest = int((token_ids != 0).sum(dim=1).max().item())  # on the tokenizer's CPU ids: no device sync
     if longest > text_tower.context_length:
         raise ValueError(f"prompt of {longest} tokens exceeds the text context length {text_tower.context_length}")
+    token_ids = token_ids.to(text_tower.token_embedding.weight.device)
     with torch.no_grad():
         embeddings = text_tower.embed_tokens(token_ids)
     initial_context = embeddings[0, 1 : 1 + n_context].clone() if context_init else None

@@ -94,7 +94,10 @@ def train_prompt_parameters(
             group["lr"] = learning_rate_at(epoch, config)
         order = torch.randperm(n_samples, generator=generator)
         views = torch.randint(n_views, (n_samples,), generator=generator)
-        total_loss, correct = 0.0, 0
+        # Accumulated on the device (float64, as Python floats would be) and read once per epoch: no device-to-host
+        # sync per step on a GPU.
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         for start in range(0, n_samples, config.batch_size):
             batch = order[start : start + config.batch_size].to(device)
             inputs = view_inputs[batch, views[batch.cpu()].to(device)]
@@ -109,10 +112,10 @@ def train_prompt_parameters(
             )
             optimizer.step()
             history.steps += 1
-            total_loss += loss.item() * len(batch)
-            correct += int((logits.argmax(dim=1) == labels[batch]).sum().item())
-        history.epoch_losses.append(total_loss / n_samples)
-        history.epoch_accuracies.append(correct / n_samples)
+            total_loss += loss.detach().double() * len(batch)
+            correct += (logits.argmax(dim=1) == labels[batch]).sum()
+        history.epoch_losses.append(total_loss.item() / n_samples)
+        history.epoch_accuracies.append(correct.item() / n_samples)
         classifier.on_epoch_end(epoch + 1, config.epochs)
         if on_epoch is not None:
             on_epoch(epoch + 1, history.epoch_losses[-1], history.epoch_accuracies[-1])

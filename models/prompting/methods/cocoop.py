@@ -102,7 +102,8 @@ class CoCoOpClassifier(PromptedClassifier):
             token_ids=self.pieces.token_ids[class_index],
             prefix_embeddings=self.pieces.prefix_embeddings[class_index],
             suffix_embeddings=self.pieces.suffix_embeddings[class_index],
-            name_token_counts=[self.pieces.name_token_counts[i] for i in class_index.tolist()],
+            # from the range itself, not class_index.tolist(): no device-to-host sync per chunk on a GPU
+            name_token_counts=[self.pieces.name_token_counts[i % n_classes] for i in range(start, stop)],
             initial_context=None,
         )
         prompts = assemble_prompts(shifted_context[image_index], chunk_pieces, "end")

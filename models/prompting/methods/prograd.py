@@ -33,11 +33,11 @@ def project_conflicting_gradient(
 ) -> torch.Tensor:
     """G_ce where it agrees with G_kl; where it conflicts, G_ce minus lambda times its component along G_kl."""
     dot = torch.dot(classification_gradient.flatten().float(), knowledge_gradient.flatten().float())
-    # dot < 0 also implies ||G_kl|| > 0, so the division below is safe.
-    if dot >= 0:
-        return classification_gradient
     squared_norm = knowledge_gradient.float().pow(2).sum()
-    correction = (projection_lambda * dot / squared_norm) * knowledge_gradient.float()
+    # Branch-free (no device-to-host sync on a GPU): the coefficient is 0 where the gradients agree. dot < 0 implies
+    # ||G_kl|| > 0, so the division is only used where it is safe.
+    coefficient = torch.where(dot < 0, projection_lambda * dot / squared_norm, torch.zeros_like(dot))
+    correction = coefficient * knowledge_gradient.float()
     return (classification_gradient.float() - correction).to(classification_gradient.dtype)
 
 
