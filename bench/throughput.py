@@ -42,6 +42,7 @@ from bench.inputs import resolve_backbone, resolve_images
 from bench.measure import (COCOOP_PAIR, BenchPlan, Measurement, cached_training_features, load_bench_backbone,
                            run_measurement)
 from models.catalog import load_catalog
+from models.precision import compute_description, precision_for
 from models.prompting.methods import METHODS
 from models.prompting.training import OptimizationConfig
 from models.provenance import PACKAGE_ROOT, git_commit, library_code_version
@@ -280,10 +281,12 @@ def _child(plan_path: Path, measurement_json: str, result_path: Path) -> None:
 
 
 def describe_device(device: str) -> str:
+    """The device and the precision the training steps run at (models.precision), as the warehouse runs say it."""
     device = torch.device(device)
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()}, {os.cpu_count()} cores)"
+        return compute_description(device)
+    return (f"cpu ({torch.get_num_threads()} threads, {platform.machine()}, {os.cpu_count()} cores), "
+            f"{precision_for(device, training=True).name}")
 
 
 def _write_json_atomically(path: Path, value: Any) -> None:
