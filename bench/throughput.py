@@ -175,6 +175,7 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
     """Measure everything, then record it all (warehouse + JSON) or, if any measurement failed, nothing."""
     started_at = datetime.now(UTC)
     bench_run_id = f"bench-{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    load_before = machine_load_warning()
     workspace = Workspace(Path(options.workspace))
     catalog = load_catalog()
     if options.num_threads:
@@ -194,7 +195,7 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
         backbone = load_bench_backbone(plan)
         measurements, skipped = plan_measurements(catalog.methods, backbone, images.classnames, images.templates,
                                                   options.methods)
-        checks: dict[str, Any] = {}
+        checks: dict[str, Any] = {"load_average_1min_before": load_before}
         # Warm the cache once: the "cached" measurements then read it, as the pipeline's second run would.
         started = time.perf_counter()
         cached_training_features(plan, backbone)
@@ -251,6 +252,19 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
     if options.output is not None:
         _write_json_atomically(Path(options.output), result.as_dict())
     return result
+
+
+def machine_load_warning() -> float | None:
+    """The 1-minute load average before measuring; warns when other work is running. Torch's worker threads
+    busy-wait, so on a shared CPU the figures swing wildly (a measured 0.2x to 41x for the same cache pair while a
+    pipeline run was going): measure on an idle machine."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    load = round(os.getloadavg()[0], 2)
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: the machine is busy (1-minute load {load} on {os.cpu_count()} cores); throughput figures "
+              "measured now are unreliable. Measure on an idle machine.", file=sys.stderr)
+    return load
 
 
 def _baseline(measurement: Measurement, measured: set[tuple[str, str]]) -> str | None:

@@ -255,3 +255,13 @@ def test_published_prompt_depths_are_lowered_to_the_tower_they_prompt():
     assert adjusted == {"text_prompt_depth": [9, 3], "vision_prompt_depth": [12, 4], "prompt_depth": [12, 4]}
     fitted, adjusted = fit_prompt_depths(DeepParameters, {}, text_layers=12, vision_layers=12, unqualified_limit=12)
     assert fitted == {} and adjusted == {}  # depths that fit are left as published
+
+
+@pytest.mark.parametrize("load, warned", [(3.5, True), (0.2, False)])
+def test_a_busy_machine_is_warned_about_before_measuring(monkeypatch, capsys, load, warned):
+    import bench.throughput as throughput
+
+    monkeypatch.setattr(throughput.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(throughput.os, "cpu_count", lambda: 2)
+    assert throughput.machine_load_warning() == load
+    assert ("the machine is busy (1-minute load 3.5 on 2 cores)" in capsys.readouterr().err) is warned
