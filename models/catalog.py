@@ -182,7 +182,7 @@ class Catalog:
 
     def experiment(self, key: str) -> ExperimentConfig:
         if key not in self.experiments:
-            raise CatalogError(f"unknown experiment {key!r}; the grid has {sorted(self.experiments)}")
+            raise CatalogError(f"unknown experiment {key!r}; the grid ({self.grid}) has {sorted(self.experiments)}")
         return self.experiments[key]
 
 

@@ -155,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if arguments.grid:  # before the definitions are imported: the partitions are read from the catalog then
         os.environ["PROMPTLAB_GRID"] = arguments.grid
-    summary = run_graph(arguments.dataset, arguments.experiment, protocol=arguments.protocol)
+    from models.catalog import CatalogError
+
+    try:
+        summary = run_graph(arguments.dataset, arguments.experiment, protocol=arguments.protocol)
+    except CatalogError as error:  # a bad --dataset / --experiment or catalog file: say so, no traceback
+        print(f"promptlab run: error: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2))
     if "report" in summary:
         print_accuracy_table()

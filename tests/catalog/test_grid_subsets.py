@@ -1,5 +1,6 @@
 """Named subsets of the grid (grids.yaml): `promptlab run --grid quick` and $PROMPTLAB_GRID."""
 
+import os
 import subprocess
 import sys
 
@@ -64,3 +65,17 @@ def test_the_cli_offers_the_catalogs_grids():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "--grid: invalid choice: 'fast'" in result.stderr and "quick" in result.stderr
+
+
+def test_the_cli_runs_the_chosen_grid_and_names_what_it_lacks(tmp_path):
+    """--grid reaches the Dagster definitions (their partitions) and the run: an experiment of the full grid that
+    the quick grid leaves out is refused by name before anything runs."""
+    environment = {**os.environ, "PROMPTLAB_WORKSPACE": str(tmp_path / "workspace"),
+                   "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    environment.pop("PROMPTLAB_GRID", None)
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--grid", "quick",
+                             "--experiment", "coop-k8-s1"], capture_output=True, text=True, env=environment)
+    assert result.returncode == 2
+    assert "promptlab run: error: unknown experiment 'coop-k8-s1'; the grid (quick) has" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "workspace").exists()  # nothing ran
