@@ -20,7 +20,8 @@ from models.atomic import atomic_directory
 from models.catalog import ExperimentConfig
 from models.prompting.methods import get_method, parse_method_parameters
 from models.prompting.methods.registry import ClassifierContext, PromptedClassifier
-from models.prompting.training import OptimizationConfig, TrainingHistory, predict_probabilities, train_prompt_parameters
+from models.prompting.training import (OptimizationConfig, TrainingHistory, predict_logits, predict_probabilities,
+                                      train_prompt_parameters)
 
 CHECKPOINT_CONFIG = "prompt_config.json"
 CHECKPOINT_WEIGHTS = "prompt_parameters.safetensors"
@@ -206,20 +207,26 @@ class SplitPredictions:
 
 
 def evaluation_splits(
-    probabilities: np.ndarray,
+    log_probabilities: np.ndarray,
     labels: np.ndarray,
     relative_paths: list[str],
     classnames: list[str],
     base_labels: list[int] | None,
     new_labels: list[int] | None,
 ) -> list[SplitPredictions]:
-    """All classes ('test'), and when a base/new split applies, base and new each among their own classes."""
+    """All classes ('test'), and when a base/new split applies, base and new each among their own classes.
+
+    Takes log-probabilities (`predict_log_probabilities`): a subset's distribution is the softmax of their columns,
+    which stays finite when a confident classifier gives every class of the subset a probability that underflows
+    to 0 (renormalising such probabilities divides 0 by 0)."""
+    probabilities = np.exp(log_probabilities)
     splits = [SplitPredictions("test", probabilities, labels, classnames, relative_paths, list(range(len(classnames))))]
     for name, subset in (("base", base_labels), ("new", new_labels)):
         if not subset:
             continue
         mask = np.isin(labels, subset)
-        restricted = probabilities[mask][:, subset]
+        restricted = log_probabilities[mask][:, subset]
+        restricted = np.exp(restricted - restricted.max(axis=1, keepdims=True))
         restricted = restricted / restricted.sum(axis=1, keepdims=True)
         relabel = {old: new for new, old in enumerate(subset)}
         splits.append(
@@ -237,6 +244,11 @@ def evaluation_splits(
 
 def predict(classifier: PromptedClassifier, image_inputs: torch.Tensor) -> np.ndarray:
     return predict_probabilities(classifier, image_inputs).numpy().astype(np.float64)
+
+
+def predict_log_probabilities(classifier: PromptedClassifier, image_inputs: torch.Tensor) -> np.ndarray:
+    """log softmax of the logits, in float64 (what `evaluation_splits` takes)."""
+    return predict_logits(classifier, image_inputs).double().log_softmax(dim=-1).numpy()
 
 
 def predictions_frame(run_id: str, dataset: str, split: SplitPredictions) -> pl.DataFrame:

@@ -126,14 +126,21 @@ def train_prompt_parameters(
 
 
 @torch.no_grad()
+def predict_logits(
+    classifier: PromptedClassifier, image_inputs: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
+    """Logits (N, C) in float32 on the CPU for image features (N, E) or images (N, 3, H, W), in input order."""
+    classifier.eval()
+    device = classifier.logit_scale.device
+    chunks = [
+        classifier(image_inputs[start : start + batch_size].to(device)).float().cpu()
+        for start in range(0, image_inputs.shape[0], batch_size)
+    ]
+    return torch.cat(chunks) if chunks else torch.empty(0, len(classifier.classnames))
+
+
 def predict_probabilities(
     classifier: PromptedClassifier, image_inputs: torch.Tensor, batch_size: int = 1024
 ) -> torch.Tensor:
     """Class probabilities for image features (N, E) or images (N, 3, H, W), in input order (never shuffled)."""
-    classifier.eval()
-    device = classifier.logit_scale.device
-    chunks = [
-        classifier(image_inputs[start : start + batch_size].to(device)).float().softmax(dim=-1).cpu()
-        for start in range(0, image_inputs.shape[0], batch_size)
-    ]
-    return torch.cat(chunks) if chunks else torch.empty(0, len(classifier.classnames))
+    return predict_logits(classifier, image_inputs, batch_size).softmax(dim=-1)

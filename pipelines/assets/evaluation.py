@@ -30,7 +30,8 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     """Top-1, macro F1, ECE and per-class accuracy on test; base, new and their harmonic mean."""
     from models.data.index import dataset_fingerprint
     from models.evaluation.metrics import classification_metrics, harmonic_mean
-    from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images, predict,
+    from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images,
+                                    predict_log_probabilities,
                                     predictions_frame)
     from models.warehouse import MetricRow, PerClassRow, Warehouse
 
@@ -49,8 +50,8 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
                                             test["relative_path"].to_list(), test["content_sha256"].to_list(),
                                             workspace.feature_cache_dir)
     class_split = json.loads(workspace.class_split_path(dataset).read_text())
-    splits = evaluation_splits(predict(classifier, image_inputs), np.asarray(test["label"].to_list()),
-                               test["relative_path"].to_list(), inputs.classnames,
+    splits = evaluation_splits(predict_log_probabilities(classifier, image_inputs),
+                               np.asarray(test["label"].to_list()), test["relative_path"].to_list(), inputs.classnames,
                                class_split["base_labels"], class_split["new_labels"])
     record = lineage_record(context, promptlab, "evaluation", inputs, backbone, checkpoint["templates"],
                             dataset_fingerprint(inputs.index), started_at,

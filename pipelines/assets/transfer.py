@@ -36,7 +36,8 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
 
     from models.data.index import dataset_fingerprint
     from models.evaluation.metrics import classification_metrics
-    from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images, predict,
+    from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images,
+                                    predict_log_probabilities,
                                     predictions_frame)
     from models.warehouse import Warehouse, metric_rows, per_class_rows
 
@@ -71,8 +72,9 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
             image_inputs = method_inputs_for_images(checkpoint["method"], backbone, inputs.image_dir,
                                                     test["relative_path"].to_list(),
                                                     test["content_sha256"].to_list(), workspace.feature_cache_dir)
-            (split,) = evaluation_splits(predict(classifier, image_inputs), np.asarray(test["label"].to_list()),
-                                         test["relative_path"].to_list(), inputs.classnames, None, None)
+            (split,) = evaluation_splits(predict_log_probabilities(classifier, image_inputs),
+                                         np.asarray(test["label"].to_list()), test["relative_path"].to_list(),
+                                         inputs.classnames, None, None)
             result = classification_metrics(split.probabilities, split.labels, split.classnames)
             record = replace(
                 lineage_record(context, promptlab, protocol, inputs, backbone, checkpoint["templates"],

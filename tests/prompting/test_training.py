@@ -87,15 +87,35 @@ def test_pseudolabelled_and_labelled_sets_weigh_equally():
 
 
 def test_base_and_new_splits_are_scored_among_their_own_classes():
-    probabilities = np.array([[0.1, 0.5, 0.4, 0.0], [0.6, 0.1, 0.1, 0.2], [0.1, 0.1, 0.7, 0.1]])
-    splits = evaluation_splits(probabilities, np.array([0, 0, 2]), ["a", "b", "c"], ["w", "x", "y", "z"],
+    probabilities = np.array([[0.1, 0.5, 0.4, 1e-9], [0.6, 0.1, 0.1, 0.2], [0.1, 0.1, 0.7, 0.1]])
+    splits = evaluation_splits(np.log(probabilities), np.array([0, 0, 2]), ["a", "b", "c"], ["w", "x", "y", "z"],
                                base_labels=[0, 1], new_labels=[2, 3])
     by_name = {s.split: s for s in splits}
     assert set(by_name) == {"test", "base", "new"}
+    np.testing.assert_allclose(by_name["test"].probabilities, probabilities)
     base = by_name["base"]
     assert base.relative_paths == ["a", "b"] and base.classnames == ["w", "x"]
     np.testing.assert_allclose(base.probabilities[0], [0.1 / 0.6, 0.5 / 0.6])
     assert list(by_name["new"].labels) == [0] and by_name["new"].label_map == [2, 3]
+
+
+def test_a_subset_whose_probabilities_all_underflow_is_still_scored(reference_clip):
+    """A confident classifier (a linear probe with C = 1e7) can give every base class a probability that underflows
+    to 0 in float64; the base split is then the softmax of their log-probabilities, not 0 / 0."""
+    from models.experiments import predict_log_probabilities
+    from models.prompting.methods.linear_probe import LinearProbeClassifier
+
+    model, tokenizer = reference_clip
+    classifier = build_classifier(model, tokenizer, "linear_probe", {}, ["w", "x", "y", "z"], ["a photo of a {}."])
+    assert isinstance(classifier, LinearProbeClassifier)
+    with torch.no_grad():  # logits: 0 and -1 for the base classes, 2000 for class y
+        classifier.weight.zero_()
+        classifier.bias.copy_(torch.tensor([0.0, -1.0, 2000.0, 0.0]))
+    log_probabilities = predict_log_probabilities(classifier, torch.randn(1, classifier.weight.shape[1]))
+    assert np.isfinite(log_probabilities).all() and np.exp(log_probabilities)[0, :2].sum() == 0.0
+    splits = {s.split: s for s in evaluation_splits(log_probabilities, np.array([0]), ["a"], ["w", "x", "y", "z"],
+                                                    base_labels=[0, 1], new_labels=[2, 3])}
+    np.testing.assert_allclose(splits["base"].probabilities[0], [1 / (1 + np.exp(-1)), np.exp(-1) / (1 + np.exp(-1))])
 
 
 def test_a_checkpoint_can_be_applied_with_other_templates(tmp_path, reference_clip):
