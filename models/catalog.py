@@ -334,6 +334,15 @@ def _dataset_names(where: str, value: Any, datasets: dict[str, DatasetEntry]) ->
     return value
 
 
+def _check_fields(where: str, raw: Any, known: tuple[str, ...]) -> None:
+    """A catalog section must be a mapping whose keys are all known; errors name the section and the fields."""
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: expected a mapping with fields {list(known)}, got {raw!r}")
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}; known: {list(known)}")
+
+
 def parse_transfer(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
                    experiments: dict[str, ExperimentConfig]) -> TransferPlan:
     """Validate the `transfer:` section: experiment keys or shell-style patterns (fnmatch: `coop-k16-s?`) that
@@ -342,11 +351,7 @@ def parse_transfer(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
     if raw is None:
         return TransferPlan()
     where = f"{path.name}: transfer"
-    if not isinstance(raw, dict):
-        raise CatalogError(f"{where}: expected a mapping with 'experiments' and {TRANSFER_PROTOCOLS}")
-    unknown = set(raw) - {"experiments", *TRANSFER_PROTOCOLS}
-    if unknown:
-        raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}; known: experiments, {TRANSFER_PROTOCOLS}")
+    _check_fields(where, raw, ("experiments", *TRANSFER_PROTOCOLS))
     patterns = raw.get("experiments")
     if not isinstance(patterns, list) or not patterns or any(not isinstance(p, str) for p in patterns):
         raise CatalogError(f"{where}.experiments: expected a non-empty list of experiment keys or patterns "
@@ -418,11 +423,7 @@ def select_grid_subset(directory: Path, name: str, experiments: dict[str, Experi
         raise CatalogError(f"{path}: no grid named {name!r}; known: {[DEFAULT_GRID, *subsets]}")
     subset = subsets[name]
     where = f"{path.name}: grids.{name}"
-    if not isinstance(subset, dict):
-        raise CatalogError(f"{where}: expected a mapping of filters {GRID_SUBSET_FILTERS}")
-    unknown = set(subset) - {"description", *GRID_SUBSET_FILTERS}
-    if unknown:
-        raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}; known: description, {GRID_SUBSET_FILTERS}")
+    _check_fields(where, subset, ("description", *GRID_SUBSET_FILTERS))
     for field_name in GRID_SUBSET_FILTERS:
         values = subset.get(field_name)
         if values is not None and (not isinstance(values, list) or not values):
