@@ -2,16 +2,18 @@
 
 An entry is keyed by what the features depend on: the backbone (name and weights sha256), the image transform
 (its repr), the view ("original" or "mirrored"), the numeric precision of the encoding (`models.precision`: fp32 on
-CPU, bf16 autocast on CUDA) and the image's content sha256. So the 16-shot set reuses the
+CPU, bf16 autocast on CUDA), how the encoder was batched (one image per pass, so an image's features do not depend
+on the images encoded with it) and the image's content sha256. So the 16-shot set reuses the
 features of the 4-shot images it contains, a test split is encoded once for every method, shot count and seed,
 and every augmented image and every view is cached separately. `features_for_images` in `models.experiments` is
 the caller the pipeline uses; it encodes only the images the cache is missing, in batches, then stores them.
 
-Layout. Entries sharing (backbone, weights, transform, view, precision) form a namespace, one folder per namespace:
+Layout. Entries sharing (backbone, weights, transform, view, precision, batching) form a namespace, one folder per
+namespace:
 
     <cache_dir>/<backbone>-<weights[:12]>-<view>-<namespace key>/
-        namespace.json                  backbone, weights sha256, transform repr, view, precision (what the key
-                                        hashes)
+        namespace.json                  backbone, weights sha256, transform repr, view, precision, batching
+                                        (what the key hashes)
         shard-<time>-<uuid>.safetensors hashes (M, 32) uint8 (raw sha256 digests) + features (M, E) float32,
                                         metadata: format version, row count, sha256 checksum of both tensors
         .compact.lock                   held (flock) while small shards are merged
@@ -87,11 +89,12 @@ class FeatureNamespace:
     transform: str  # repr of the eval transform
     view: str  # "original" | "mirrored"
     precision: str = "fp32"  # models.precision: "fp32", "bf16-autocast", "fp16-autocast"
+    batching: str = "one-image-per-pass"  # models.experiments.features_for_images encodes so (exact across sets)
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
             raise ValueError(f"feature cache view must be one of {VIEWS}, got {self.view!r}")
-        for name in ("backbone", "weights_sha256", "transform", "precision"):
+        for name in ("backbone", "weights_sha256", "transform", "precision", "batching"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"feature cache namespace {name} must be a non-empty string")
 

@@ -146,3 +146,41 @@ def test_a_checkpoint_from_other_backbone_weights_is_refused(tmp_path, reference
     load_prompt_checkpoint(directory, model, tokenizer, backbone_weights_sha256="a" * 64)
     with pytest.raises(ValueError, match="ckpt: the checkpoint was trained on other backbone weights"):
         load_prompt_checkpoint(directory, model, tokenizer, backbone_weights_sha256="b" * 64)
+
+
+def test_cached_features_do_not_depend_on_the_images_encoded_with_them(tmp_path, reference_clip):
+    """Two workspaces that cache different image sets get bit-identical features for the images they share (one
+    image per encoder pass); a batched pass would round some of them differently."""
+    from dataclasses import dataclass
+
+    from PIL import Image
+
+    from models.experiments import features_for_images
+    from models.provenance import sha256_file
+
+    @dataclass
+    class Backbone:
+        model: torch.nn.Module
+        preprocess_eval: object
+        weights_sha256: str = "ab" * 32
+        spec: object = type("Spec", (), {"name": "reference"})()
+        device: torch.device = torch.device("cpu")
+
+    def preprocess(image):
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+    model, _ = reference_clip
+    rng = np.random.default_rng(0)
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    paths = [f"{index}.png" for index in range(40)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image_dir / path)
+    hashes = [sha256_file(image_dir / path) for path in paths]
+    backbone = Backbone(model, preprocess)
+    small = features_for_images(backbone, image_dir, paths[5:8], hashes[5:8], tmp_path / "cache_a")
+    large = features_for_images(backbone, image_dir, paths, hashes, tmp_path / "cache_b")
+    assert torch.equal(small, large[5:8])
+    with torch.no_grad():  # and they are the model's features, up to that rounding
+        batched = model.encode_image(torch.stack([preprocess(Image.open(image_dir / p)) for p in paths]))
+    torch.testing.assert_close(large, batched)
