@@ -405,10 +405,18 @@ def parse_transfer(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
     return TransferPlan(experiments=tuple(keys), targets=targets)
 
 
+def _grid_subsets(directory: Path) -> dict[str, Any]:
+    """The `grids:` mapping of grids.yaml (name -> filters); empty when the file is absent."""
+    path = directory / "grids.yaml"
+    subsets = (_read_yaml(path).get("grids") or {}) if path.exists() else {}
+    if not isinstance(subsets, dict):
+        raise CatalogError(f"{path}: grids: expected a mapping of grid names to filters, got {subsets!r}")
+    return subsets
+
+
 def grid_subset_names(directory: Path) -> list[str]:
     """The subsets grids.yaml defines (besides `default`, the whole grid)."""
-    path = directory / "grids.yaml"
-    return list((_read_yaml(path).get("grids") or {}) if path.exists() else {})
+    return list(_grid_subsets(directory))
 
 
 def select_grid_subset(directory: Path, name: str, experiments: dict[str, ExperimentConfig],
@@ -417,12 +425,11 @@ def select_grid_subset(directory: Path, name: str, experiments: dict[str, Experi
     without shots or seed, zero-shot, passes those filters). The transfer plan keeps its surviving experiments."""
     if name == DEFAULT_GRID:
         return experiments, transfer
-    path = directory / "grids.yaml"
-    subsets = (_read_yaml(path).get("grids") or {}) if path.exists() else {}
+    subsets = _grid_subsets(directory)
     if name not in subsets:
-        raise CatalogError(f"{path}: no grid named {name!r}; known: {[DEFAULT_GRID, *subsets]}")
+        raise CatalogError(f"{directory / 'grids.yaml'}: no grid named {name!r}; known: {[DEFAULT_GRID, *subsets]}")
     subset = subsets[name]
-    where = f"{path.name}: grids.{name}"
+    where = f"grids.yaml: grids.{name}"
     _check_fields(where, subset, ("description", *GRID_SUBSET_FILTERS))
     for field_name in GRID_SUBSET_FILTERS:
         values = subset.get(field_name)

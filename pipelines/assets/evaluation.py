@@ -31,8 +31,7 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     from models.data.index import dataset_fingerprint
     from models.evaluation.metrics import classification_metrics, harmonic_mean
     from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images,
-                                    predict_log_probabilities,
-                                    predictions_frame)
+                                    predict_log_probabilities, predictions_frame)
     from models.warehouse import MetricRow, PerClassRow, Warehouse
 
     started_at = datetime.now(timezone.utc)

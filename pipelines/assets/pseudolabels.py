@@ -39,13 +39,13 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
         return dg.MaterializeResult(metadata={"applies": False, "reason": f"{experiment} requests no pseudolabels"})
     if options.strategy != "fpl":
         raise ValueError(f"{experiment}: pseudolabel strategy {options.strategy!r} is not available yet (fpl is)")
-    refuse_inapplicable_method(inputs, promptlab.load_backbone())
+    backbone = promptlab.load_backbone()
+    refuse_inapplicable_method(inputs, backbone)
     started_at = datetime.now(timezone.utc)
     labelled = inputs.fewshot_train(pl.read_parquet(workspace.fewshot_path(dataset)))
     pool = inputs.index.filter(pl.col("split") == "train").join(labelled.select("relative_path"),
                                                                   on="relative_path", how="anti")
     pool = pool.sort("relative_path")
-    backbone = promptlab.load_backbone()
     templates = inputs.experiment.templates_for(inputs.dataset)
     features = features_for_images(backbone, inputs.image_dir, pool["relative_path"].to_list(),
                                    pool["content_sha256"].to_list(), workspace.feature_cache_dir)

@@ -37,8 +37,7 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
     from models.data.index import dataset_fingerprint
     from models.evaluation.metrics import classification_metrics
     from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images,
-                                    predict_log_probabilities,
-                                    predictions_frame)
+                                    predict_log_probabilities, predictions_frame)
     from models.warehouse import Warehouse, metric_rows, per_class_rows
 
     source, experiment_key = dataset_and_experiment(context)
