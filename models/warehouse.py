@@ -17,7 +17,9 @@ Schema (all accuracy-like values are fractions in [0, 1]; timestamps are UTC wit
   dagster_run_id, code_version, config_hash, git_commit, backbone, backbone_weights_sha256, data_hash,
   templates JSON, started_at, finished_at, is_current, source_dataset, compute): every run ever recorded. Recording a
   run of a (stage, dataset, partition_key, source_dataset) marks the earlier runs of it `is_current = false`;
-  they are kept. `source_dataset` is NULL for in-domain runs and names the dataset a prompt was trained on for
+  they are kept. Recording a run whose backbone_weights_sha256 differs from that of current runs of the same
+  backbone name (the backbone was retrained) supersedes those runs the same way, on every partition: results of
+  old weights become history and never mix with the new ones (runs with a NULL hash are left alone). `source_dataset` is NULL for in-domain runs and names the dataset a prompt was trained on for
   transfer runs (stage `cross_dataset` / `domain_generalization`, dataset = the target). Warehouses written
   before the column existed get it (NULL: in-domain) the next time the schema is ensured. `compute` says where
   and at which precision the run was computed ("cpu fp32"; on CUDA the GPU and its autocast dtypes); NULL for
@@ -39,7 +41,8 @@ options, split, metric; std is 0 for a single seed). Protocol views (test top-1)
 configurations trained on all classes, and zero-shot at 0 shots, per dataset and shots), `base_to_new_results`
 (per dataset, base_to_new configurations and zero-shot: mean base and new top-1 and the harmonic mean of those
 means), `base_to_new_averages` (the same averaged over datasets, harmonic mean of the averages as the papers
-report it), `cross_dataset_results` and `domain_generalization_results` (per configuration and source: the
+report it), `base_to_new_seed_averages` (per configuration and seed, base and new averaged over datasets and their
+harmonic mean: the seed spread behind those averages), `cross_dataset_results` and `domain_generalization_results` (per configuration and source: the
 source's own test split, each target, and the average over targets; mean / std over seeds; zero-shot and other
 0-shot configurations appear with their own evaluation on each dataset as the reference). Macros
 `harmonic_mean(base, new)`, `transfer_seed_results(stage)`, `transfer_results(stage)`. `dashboards/README.md`
@@ -271,6 +274,27 @@ CREATE OR REPLACE VIEW base_to_new_averages AS
            count(*) AS n_datasets
     FROM base_to_new_results
     GROUP BY backbone, method, shots, options;
+-- The seed spread behind base_to_new_averages: per configuration and seed, base and new top-1 averaged over the
+-- datasets that seed was scored on (n_datasets), and the harmonic mean of those averages.
+CREATE OR REPLACE VIEW base_to_new_seed_averages AS
+    WITH per_dataset AS (
+        SELECT dataset, backbone, method, shots, options, seed,
+               avg(value) FILTER (WHERE split = 'base') AS base_accuracy,
+               avg(value) FILTER (WHERE split = 'new') AS new_accuracy
+        FROM current_results
+        WHERE stage = 'evaluation' AND source_dataset IS NULL AND metric = 'top1_accuracy'
+          AND split IN ('base', 'new')
+          AND (shots = 0 OR json_extract_string(options, '$.protocol') = 'base_to_new')
+        GROUP BY dataset, backbone, method, shots, options, seed
+    )
+    SELECT backbone, method, shots, options, seed,
+           avg(base_accuracy) AS base_accuracy,
+           avg(new_accuracy) AS new_accuracy,
+           harmonic_mean(avg(base_accuracy), avg(new_accuracy)) AS harmonic_mean,
+           count(*) AS n_datasets
+    FROM per_dataset
+    WHERE base_accuracy IS NOT NULL AND new_accuracy IS NOT NULL
+    GROUP BY backbone, method, shots, options, seed;
 -- Transfer protocols, one row per seed: the transferred checkpoints on each target (stage = the protocol), the same
 -- checkpoints on their source's own test split, and 0-shot configurations (zero-shot), which learned nothing from
 -- the source, with their own evaluation on the source and on every target of those transfers.
@@ -806,7 +830,8 @@ class Warehouse:
         per_class: Sequence[PerClassRow] = (),
         predictions: pl.DataFrame | None = None,
     ) -> None:
-        """Record one run, all or nothing, replacing the current run of its (stage, dataset, partition_key).
+        """Record one run, all or nothing, replacing the current run of its (stage, dataset, partition_key) and
+        every current run of its backbone name with other (non-NULL) weights.
 
         Inputs are validated before anything is written (ValueError naming the field). The predictions go to a
         temporary Parquet file, the database changes happen in one transaction, and the file is renamed into
@@ -867,14 +892,20 @@ class Warehouse:
     @staticmethod
     def _supersede_current_runs(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
         superseded_at = datetime.now(UTC).replace(tzinfo=None)
+        # Two kinds of run leave the current results: the earlier runs of the same partition, and every run of the
+        # same backbone name computed with other weights (the backbone was retrained; its old results must not mix
+        # with the new ones). A NULL hash is unknown, never "other weights": `<>` with NULL is not true.
         connection.execute(
             """
             CREATE OR REPLACE TEMP TABLE superseded_runs AS
             SELECT run_id FROM runs
-            WHERE is_current AND stage = ? AND dataset = ? AND partition_key = ?
-              AND source_dataset IS NOT DISTINCT FROM ?
+            WHERE is_current
+              AND ((stage = $stage AND dataset = $dataset AND partition_key = $partition_key
+                    AND source_dataset IS NOT DISTINCT FROM $source_dataset)
+                   OR (backbone = $backbone AND backbone_weights_sha256 <> $weights))
             """,
-            [run.stage, run.dataset, run.partition_key, run.source_dataset],
+            {"stage": run.stage, "dataset": run.dataset, "partition_key": run.partition_key,
+             "source_dataset": run.source_dataset, "backbone": run.backbone, "weights": run.backbone_weights_sha256},
         )
         for table, columns in (
             ("metrics", "run_id, dataset, experiment_key, split, metric, value"),

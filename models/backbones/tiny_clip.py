@@ -75,11 +75,15 @@ def pretrain_tiny_clip(
     output_dir: Path,
     config: ClipPretrainConfig,
     on_epoch: Callable[[int, float], None] | None = None,
+    families: np.ndarray | None = None,
 ) -> PretrainedBackbone:
     """Train a CLIP from scratch with open_clip's contrastive loss and save it as an open_clip local-dir folder.
 
     images: (N, H, W, 3) uint8 at the architecture's image size; captions: N strings (caption i describes image i).
     on_epoch(epoch, mean_loss) is called after every epoch, epoch counted from 1.
+    families: optional group id per pair (the corpus's families). Each epoch shuffles whole families and keeps
+    their pairs next to each other, so a batch holds each family together: its in-batch negatives then differ from
+    the positive in the family's varying attribute only.
     """
     started = time.perf_counter()
     register_embedded_model_configs()
@@ -89,6 +93,7 @@ def pretrain_tiny_clip(
     image_size = model_cfg["vision_cfg"]["image_size"]
     _check_corpus(images, captions, image_size)
     _check_config(config)
+    family_rows = _family_rows(families, len(captions))
 
     with reproducible_torch(config.num_threads):
         torch.manual_seed(config.seed)
@@ -111,7 +116,7 @@ def pretrain_tiny_clip(
         epoch_losses: list[float] = []
         step = 0
         for epoch in range(1, config.epochs + 1):
-            order = torch.randperm(num_images, generator=generator)
+            order = _epoch_order(family_rows, generator)
             batch_losses = []
             for batch_index in range(steps_per_epoch):
                 indices = order[batch_index * batch_size:(batch_index + 1) * batch_size]
@@ -159,6 +164,25 @@ def pretrain_tiny_clip(
             "weights_sha256": weights_sha256,
         })
     return PretrainedBackbone(Path(output_dir), epoch_losses, weights_sha256, seconds)
+
+
+def _family_rows(families: np.ndarray | None, num_pairs: int) -> list[torch.Tensor]:
+    if families is None:
+        return [torch.arange(num_pairs)]
+    families = np.asarray(families)
+    if families.shape != (num_pairs,):
+        raise ValueError(f"families must hold one id per pair ({num_pairs}), got shape {families.shape}")
+    _values, first_rows, inverse = np.unique(families, return_index=True, return_inverse=True)
+    rows = [torch.from_numpy(np.flatnonzero(inverse == index)) for index in np.argsort(first_rows)]
+    return rows
+
+
+def _epoch_order(family_rows: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    """A random order of all pairs; with families, a random order of families with each family's pairs together."""
+    if len(family_rows) == 1:
+        return family_rows[0][torch.randperm(len(family_rows[0]), generator=generator)]
+    family_order = torch.randperm(len(family_rows), generator=generator).tolist()
+    return torch.cat([family_rows[index] for index in family_order])
 
 
 def _check_corpus(images: np.ndarray, captions: list[str], image_size: int) -> None:

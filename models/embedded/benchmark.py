@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from models.atomic import atomic_directory
-from models.embedded.corpus import DIGIT_WORDS, SHAPES, TEXTURES, render_concept, sample_concept
+from models.embedded.corpus import COLOURS, DIGIT_WORDS, SHAPES, TEXTURES, render_concept, sample_concept
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 BENCHMARK_IMAGE_SIZE = 32
@@ -42,12 +42,15 @@ BENCHMARK_STREAM_TAG = 0x62656E63  # "benc"
 
 # Backgrounds the in-domain datasets use; "noisy" is kept for the ShapesNoisy domain shift.
 _CLEAN_BACKGROUNDS: tuple[str, ...] = ("white", "black", "grey", "shaded")
-_SHAPE_CLASSES: tuple[str, ...] = ("circle", "cross", "heart", "hexagon", "ring", "square", "star", "triangle")
-_COLOUR_CLASSES: tuple[str, ...] = ("blue", "brown", "cyan", "green", "orange", "pink", "purple", "red", "yellow")
+# Every shape and every colour word of the corpus: 20 classes each, so that base and new halves hold 10.
+_SHAPE_CLASSES: tuple[str, ...] = tuple(sorted(SHAPES))
+_COLOUR_CLASSES: tuple[str, ...] = tuple(sorted(COLOURS))
 # Shapes with room for a pattern to show.
 _TEXTURE_CARRIERS: tuple[str, ...] = ("circle", "square", "hexagon", "heart", "diamond", "triangle")
-_FINE_GRAINED_COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
-_FINE_GRAINED_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+# ColourShapes, the fine-grained dataset: 24 classes that share their colour with 3 others and their shape with 5,
+# among them close neighbours (red/orange, blue/purple; circle/oval/hexagon/octagon).
+_FINE_GRAINED_COLOURS: tuple[str, ...] = ("blue", "green", "orange", "purple", "red", "yellow")
+_FINE_GRAINED_SHAPES: tuple[str, ...] = ("circle", "hexagon", "octagon", "oval")
 
 
 @dataclass(frozen=True)

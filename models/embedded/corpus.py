@@ -31,6 +31,7 @@ from models.atomic import atomic_directory
 
 SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "cross", "heart", "hexagon", "ring", "diamond", "crescent",
+    "pentagon", "octagon", "arrow", "oval", "semicircle", "trapezoid", "teardrop", "lightning", "hourglass", "flower",
 )
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -44,6 +45,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (130, 80, 35),
     "black": (15, 15, 15),
     "white": (245, 245, 245),
+    # Neighbours of the basic colours: naming them apart is the fine-grained part of the Colours dataset.
+    "grey": (128, 128, 128),
+    "navy": (15, 25, 110),
+    "teal": (0, 128, 128),
+    "lime": (150, 240, 30),
+    "olive": (120, 120, 20),
+    "maroon": (120, 10, 30),
+    "magenta": (230, 0, 230),
+    "gold": (215, 170, 20),
+    "beige": (225, 205, 160),
 }
 TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "zigzag", "gradient")
 SIZES: tuple[str, ...] = ("small", "medium", "large")
@@ -57,13 +68,18 @@ DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "
 DIGIT_FRACTION = 0.2
 
 # Radius of the drawn object as a fraction of the canvas side, per size word.
+# Even a small object spans a few 4-pixel patches at 32 px, so its outline can still be read.
 _SIZE_RADIUS_FRACTION: dict[str, tuple[float, float]] = {
-    "small": (0.16, 0.21),
-    "medium": (0.25, 0.30),
-    "large": (0.35, 0.42),
+    "small": (0.20, 0.25),
+    "medium": (0.28, 0.34),
+    "large": (0.38, 0.44),
 }
+# How far from the centre an object may sit (share of the room the canvas leaves) and how far it may turn.
+POSITION_JITTER = 0.35
+MAX_ROTATION_DEGREES = 12.0
 # A colour invisible on a background is not a concept worth drawing.
-_CLASHING_COLOUR_BACKGROUND: frozenset[tuple[str, str]] = frozenset({("black", "black"), ("white", "white")})
+_CLASHING_COLOUR_BACKGROUND: frozenset[tuple[str, str]] = frozenset(
+    {("black", "black"), ("white", "white"), ("grey", "grey"), ("navy", "black"), ("beige", "white")})
 
 _VOCABULARY: dict[str, tuple[str, ...]] = {
     "shape": SHAPES + DIGIT_WORDS,
@@ -176,6 +192,48 @@ def sample_concept(rng: np.random.Generator, **fixed: str | Sequence[str]) -> Co
         except ValueError:
             continue
     raise ValueError(f"sample_concept: no valid concept satisfies {fixed} (checked 200 random draws)")
+
+
+# Families: pairs written next to each other that share every attribute but one. The pretraining batches keep a
+# family together, so a batch holds the same colour, size, background and style with several shapes (or the same
+# shape in several colours, ...): there, only the attribute that varies tells the captions apart, and the model
+# has to read it from the pixels. Most families vary the shape, the attribute hardest to learn.
+FAMILY_VARYING_WEIGHTS: dict[str, float] = {
+    "shape": 0.55, "colour": 0.2, "texture": 0.1, "size": 0.05, "background": 0.05, "style": 0.05,
+}
+
+
+def sample_family(rng: np.random.Generator, size: int) -> tuple[str, list[Concept]]:
+    """``size`` concepts that differ only in one attribute (drawn by ``FAMILY_VARYING_WEIGHTS``); returns its name.
+
+    Values of the varying attribute are distinct while the vocabulary allows; a digit family varies the digit. A
+    member whose value clashes with the shared attributes (white on white) is drawn with the others free.
+    """
+    if size < 1:
+        raise ValueError(f"sample_family: size must be positive, got {size}")
+    names = list(FAMILY_VARYING_WEIGHTS)
+    weights = np.array([FAMILY_VARYING_WEIGHTS[name] for name in names])
+    varying = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    if varying == "texture":  # digits and sketches carry no pattern
+        base = sample_concept(rng, shape=SHAPES, style=tuple(style for style in STYLES if style != "sketch"))
+    else:
+        base = sample_concept(rng)
+    if varying == "shape":
+        vocabulary = DIGIT_WORDS if base.is_digit else SHAPES
+    elif varying == "texture" or (varying == "style" and base.texture != "plain"):
+        vocabulary = tuple(value for value in _VOCABULARY[varying] if value != "sketch")
+    else:
+        vocabulary = _VOCABULARY[varying]
+    order = rng.permutation(len(vocabulary))
+    values = [vocabulary[int(order[index % len(order)])] for index in range(size)]
+    shared = {name: getattr(base, name) for name in CONCEPT_FIELDS if name != varying}
+    members = []
+    for value in values:
+        try:
+            members.append(sample_concept(rng, **shared, **{varying: value}))
+        except ValueError:
+            members.append(sample_concept(rng, **{varying: value}))
+    return varying, members
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,7 +355,37 @@ _CROSS_POINTS = np.array(
     [(-0.3, -0.95), (0.3, -0.95), (0.3, -0.3), (0.95, -0.3), (0.95, 0.3), (0.3, 0.3),
      (0.3, 0.95), (-0.3, 0.95), (-0.3, 0.3), (-0.95, 0.3), (-0.95, -0.3), (-0.3, -0.3)]
 )
+def _polar_points(radius_of_angle, count: int = 72) -> np.ndarray:
+    angles = np.linspace(0, 2 * math.pi, count, endpoint=False)
+    radii = radius_of_angle(angles)
+    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+
+
+def _semicircle_points() -> np.ndarray:
+    angles = np.linspace(math.pi, 2 * math.pi, 25)  # the upper half (y grows downwards)
+    arc = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return arc + np.array([0.0, 0.45])  # centred on the half disc's box
+
+
+def _teardrop_points() -> np.ndarray:
+    # A round bottom and a point at the top: x = sin(t) * sin(t/2)^m, y = -cos(t).
+    t = np.linspace(0, 2 * math.pi, 60, endpoint=False)
+    return np.stack([0.75 * np.sin(t) * np.sin(t / 2) ** 1.5, np.cos(t)], axis=1) * np.array([1.0, -1.0])
+
+
 _POLYGONS: dict[str, np.ndarray] = {
+    "pentagon": _regular_polygon(5, -90.0) + np.array([0.0, 0.09]),
+    "octagon": _regular_polygon(8, 22.5),
+    "arrow": np.array([(-0.95, -0.28), (0.05, -0.28), (0.05, -0.7), (0.95, 0.0), (0.05, 0.7), (0.05, 0.28),
+                       (-0.95, 0.28)]),
+    "oval": _polar_points(lambda a: 1.0 / np.sqrt(np.cos(a) ** 2 + (np.sin(a) / 0.55) ** 2)),
+    "semicircle": _semicircle_points(),
+    "trapezoid": np.array([(-0.95, 0.6), (0.95, 0.6), (0.45, -0.6), (-0.45, -0.6)]),
+    "teardrop": _teardrop_points(),
+    "lightning": np.array([(0.25, -1.0), (-0.55, 0.12), (-0.02, 0.12), (-0.3, 1.0), (0.55, -0.18), (0.05, -0.18),
+                           (0.35, -1.0)]),
+    "hourglass": np.array([(-0.72, -0.92), (0.72, -0.92), (0.12, 0.0), (0.72, 0.92), (-0.72, 0.92), (-0.12, 0.0)]),
+    "flower": _polar_points(lambda a: 0.55 + 0.45 * np.abs(np.cos(2.5 * a)), count=120),
     "square": np.array([(-0.82, -0.82), (0.82, -0.82), (0.82, 0.82), (-0.82, 0.82)]),
     # Centred on its centroid, nudged down so it looks centred.
     "triangle": _regular_polygon(3, -90.0) + np.array([0.0, 0.12]),
@@ -393,9 +481,11 @@ def _sample_layout(concept: Concept, rng: np.random.Generator, canvas: int) -> _
     # Digits are taller than wide (their box is about 1.1 radius from the centre vertically).
     margin = radius * (1.2 if concept.is_digit else 1.0) + canvas * 0.03
     margin = min(margin, canvas / 2)
-    centre_x, centre_y = rng.uniform(margin, canvas - margin, size=2)
+    # Objects sit near the centre, as in a photo of one object: a fraction POSITION_JITTER of the free room.
+    free = canvas / 2 - margin
+    centre_x, centre_y = canvas / 2 + rng.uniform(-1.0, 1.0, size=2) * free * POSITION_JITTER
     # Small turns only: a square turned 45 degrees is a diamond, a cross turned 45 degrees an x.
-    rotation = math.radians(rng.uniform(-20, 20))
+    rotation = math.radians(rng.uniform(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES))
     return _Layout(float(centre_x), float(centre_y), float(radius), rotation)
 
 
@@ -431,6 +521,9 @@ def render_concept(concept: Concept, rng: np.random.Generator, image_size: int =
 
     if concept.style == "painting":
         image = image.filter(ImageFilter.GaussianBlur(radius=rng.uniform(1.0, 2.0) * canvas / 64))
+    elif concept.style == "pixelated" and concept.is_digit:
+        # A scanned digit at 8 x 8 grey levels, smoothed back up: how low-resolution handwriting looks.
+        image = image.resize((8, 8), Image.Resampling.BOX).resize((canvas, canvas), Image.Resampling.BILINEAR)
     elif concept.style == "pixelated":
         blocks = int(rng.integers(10, 17))
         image = image.resize((blocks, blocks), Image.Resampling.BOX).resize((canvas, canvas), Image.Resampling.NEAREST)
@@ -474,12 +567,12 @@ def _background_suffix(background: str, rng: np.random.Generator, probability: f
     return f" on a {background} background" if rng.random() < probability else ""
 
 
-def _shape_caption(concept: Concept, rng: np.random.Generator) -> str:
-    prefix = _style_prefix(concept.style, rng)
+def _shape_caption(concept: Concept, rng: np.random.Generator, named: frozenset[str]) -> str:
+    prefix = _style_prefix(concept.style, rng) if "style" not in named else _choose(rng, _STYLE_PHRASES[concept.style]) + " "
     adjectives: list[str] = []
-    if rng.random() < 0.45:
+    if "size" in named or rng.random() < 0.4:
         adjectives.append(concept.size)
-    mention_colour = rng.random() < 0.8
+    mention_colour = "colour" in named or rng.random() < 0.6
     if mention_colour:
         adjectives.append(concept.colour)
     texture_suffix = ""
@@ -489,23 +582,27 @@ def _shape_caption(concept: Concept, rng: np.random.Generator) -> str:
         texture_probability = 0.35  # blur and big pixels wash patterns out; say so less often
     else:
         texture_probability = 0.75
-    mention_texture = rng.random() < texture_probability
+    mention_texture = "texture" in named or rng.random() < texture_probability
     if mention_texture:
         if rng.random() < 0.5:
             adjectives.append(concept.texture)
         else:
             texture_suffix = " " + _TEXTURE_PHRASES[concept.texture]
-    noun = concept.shape if rng.random() < 0.85 else _choose(rng, _GENERIC_NOUNS)
+    noun = concept.shape if "shape" in named or rng.random() < 0.92 else _choose(rng, _GENERIC_NOUNS)
     if noun in _GENERIC_NOUNS and not mention_colour and not mention_texture:
         adjectives.append(concept.colour)  # "a photo of an object" would teach nothing
-    phrase = " ".join([*adjectives, noun]) + texture_suffix + _background_suffix(concept.background, rng, 0.4)
+    background_probability = 1.0 if "background" in named else 0.4
+    phrase = " ".join([*adjectives, noun]) + texture_suffix + _background_suffix(concept.background, rng,
+                                                                                 background_probability)
     return prefix + _with_article(phrase)
 
 
-def _digit_caption(concept: Concept, rng: np.random.Generator) -> str:
-    prefix = _style_prefix(concept.style, rng)
+def _digit_caption(concept: Concept, rng: np.random.Generator, named: frozenset[str]) -> str:
+    prefix = _style_prefix(concept.style, rng) if "style" not in named else _choose(rng, _STYLE_PHRASES[concept.style]) + " "
     word = concept.shape
     form = rng.random()
+    if "colour" in named or "size" in named:
+        form = 0.7  # the form that names both
     if form < 0.45:
         subject = f"the digit {word}"
     elif form < 0.65:
@@ -516,12 +613,19 @@ def _digit_caption(concept: Concept, rng: np.random.Generator) -> str:
         subject = f"the number {word}"
     else:
         subject = f"a handwritten digit {word}"
-    return prefix + subject + _background_suffix(concept.background, rng, 0.35)
+    return prefix + subject + _background_suffix(concept.background, rng, 1.0 if "background" in named else 0.35)
 
 
-def caption_for(concept: Concept, rng: np.random.Generator) -> str:
-    """A natural-language caption naming a random subset of the concept's attributes (never a wrong one)."""
-    caption = _digit_caption(concept, rng) if concept.is_digit else _shape_caption(concept, rng)
+def caption_for(concept: Concept, rng: np.random.Generator, named: Sequence[str] = ()) -> str:
+    """A natural-language caption naming a random subset of the concept's attributes (never a wrong one).
+
+    ``named`` lists attributes the caption must name (the attribute that tells the images of a family apart).
+    """
+    unknown = sorted(set(named) - set(CONCEPT_FIELDS))
+    if unknown:
+        raise ValueError(f"caption_for: unknown attributes {unknown}; expected some of {list(CONCEPT_FIELDS)}")
+    named = frozenset(named)
+    caption = _digit_caption(concept, rng, named) if concept.is_digit else _shape_caption(concept, rng, named)
     return caption + "." if rng.random() < 0.5 else caption
 
 
@@ -563,34 +667,49 @@ def corpus_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(CORPUS_STREAM_TAG,)))
 
 
-def _write_captions(path: Path, captions: list[str], concepts: list[Concept]) -> None:
+def _write_captions(path: Path, captions: list[str], concepts: list[Concept], families: list[int]) -> None:
     columns: dict[str, pa.Array] = {
         "row": pa.array(np.arange(len(captions), dtype=np.int64)),
         "caption": pa.array(captions, type=pa.string()),
+        "family": pa.array(np.asarray(families, dtype=np.int64)),
     }
     for field_name in CONCEPT_FIELDS:
         columns[field_name] = pa.array([getattr(concept, field_name) for concept in concepts], type=pa.string())
     pq.write_table(pa.table(columns), path)
 
 
-def write_corpus(output_dir: Path, num_pairs: int, seed: int, image_size: int = 32) -> CorpusSummary:
+def write_corpus(output_dir: Path, num_pairs: int, seed: int, image_size: int = 32,
+                 family_size: int = 1) -> CorpusSummary:
     """Generate ``num_pairs`` image-caption pairs into ``output_dir`` (replaced atomically).
 
-    Writes ``images.npy`` (uint8, N x H x W x 3), ``captions.parquet`` (row, caption and one column per concept
-    attribute) and ``corpus.json`` (the generation settings). Same arguments => identical bytes.
+    ``family_size`` > 1 writes families (``sample_family``) on consecutive rows, each caption naming the attribute
+    its family varies; 1 draws every pair on its own. Writes ``images.npy`` (uint8, N x H x W x 3),
+    ``captions.parquet`` (row, caption, family and one column per concept attribute) and ``corpus.json`` (the
+    generation settings). Same arguments => identical bytes.
     """
     if num_pairs < 1:
         raise ValueError(f"write_corpus: num_pairs must be positive, got {num_pairs}")
+    if not isinstance(family_size, (int, np.integer)) or family_size < 1:
+        raise ValueError(f"write_corpus: family_size must be a positive integer, got {family_size!r}")
     output_dir = Path(output_dir)
     rng = corpus_rng(seed)
     images = np.empty((num_pairs, image_size, image_size, 3), dtype=np.uint8)
     concepts: list[Concept] = []
     captions: list[str] = []
-    for row in range(num_pairs):
-        concept = sample_concept(rng)
-        images[row] = np.asarray(render_concept(concept, rng, image_size))
-        concepts.append(concept)
-        captions.append(caption_for(concept, rng))
+    families: list[int] = []
+    family = 0
+    while len(concepts) < num_pairs:
+        if family_size == 1:
+            named, members = (), [sample_concept(rng)]
+        else:
+            varying, members = sample_family(rng, min(family_size, num_pairs - len(concepts)))
+            named = (varying,)
+        for concept in members:
+            images[len(concepts)] = np.asarray(render_concept(concept, rng, image_size))
+            concepts.append(concept)
+            captions.append(caption_for(concept, rng, named))
+            families.append(family)
+        family += 1
 
     attribute_counts = {
         field_name: dict(sorted(Counter(getattr(concept, field_name) for concept in concepts).items()))
@@ -603,10 +722,12 @@ def write_corpus(output_dir: Path, num_pairs: int, seed: int, image_size: int = 
         "vocabulary": {name: list(values) for name, values in _VOCABULARY.items()},
         "colours_rgb": {name: list(rgb) for name, rgb in COLOURS.items()},
         "digit_fraction": DIGIT_FRACTION,
+        "family_size": int(family_size),
+        "family_varying_weights": FAMILY_VARYING_WEIGHTS if family_size > 1 else None,
     }
     with atomic_directory(output_dir) as staging:
         np.save(staging / IMAGES_FILE, images)
-        _write_captions(staging / CAPTIONS_FILE, captions, concepts)
+        _write_captions(staging / CAPTIONS_FILE, captions, concepts, families)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return CorpusSummary(output_dir, num_pairs, image_size, int(seed), attribute_counts)
 
@@ -632,6 +753,17 @@ def load_corpus(output_dir: Path) -> tuple[np.ndarray, list[str]]:
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"{captions_path}: row {row}: caption is empty")
     return images, captions
+
+
+def load_corpus_families(output_dir: Path) -> np.ndarray:
+    """The family of every pair (int64, N); a corpus written before families existed is one family per pair."""
+    path = Path(output_dir) / CAPTIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file missing: {path} (write it with write_corpus)")
+    table = pq.read_table(path)
+    if "family" not in table.column_names:
+        return np.arange(table.num_rows, dtype=np.int64)
+    return table.column("family").to_numpy().astype(np.int64)
 
 
 def concept_table(output_dir: Path) -> pa.Table:

@@ -167,16 +167,67 @@ def test_report_with_only_pseudolabels_and_single_shot_count(tmp_path: Path):
     assert summary.mean_best_trained_top1 == pytest.approx(0.6)
 
 
+def _expected_verdict(margin: float, margins_by_seed: list[float], threshold: float = 0.0) -> str:
+    """The report's verdict, recomputed: shown / contradicted beyond 2 sample stds of the per-seed margins."""
+    if len(margins_by_seed) < 2:
+        return "not shown"
+    spread = 2 * statistics.stdev(margins_by_seed)
+    return ("shown" if margin - threshold > spread else "contradicted" if margin - threshold < -spread
+            else "not shown")
+
+
 def test_report_checks_the_published_pattern_on_its_own_numbers(synthetic_results, report):
     _, page = report
     section = _section_html(page, "Does the published base-to-new pattern appear?")
+    assert "at least 3 points" in section and "2 seed stds" in section
     mean = statistics.mean
     coop_base = mean(mean(synthetic_results.base_new[(d, "coop")][0]) for d in DATASETS)
     zero_base = mean(mean(synthetic_results.base_new[(d, "zero_shot")][0]) for d in DATASETS)
     coop_new = mean(mean(synthetic_results.base_new[(d, "coop")][1]) for d in DATASETS)
     zero_new = mean(mean(synthetic_results.base_new[(d, "zero_shot")][1]) for d in DATASETS)
+    # per seed: CoOp's base and new averaged over the datasets (zero-shot has one deterministic value)
+    n_seeds = len(synthetic_results.base_new[(DATASETS[0], "coop")][0])
+    coop_base_by_seed = [mean(synthetic_results.base_new[(d, "coop")][0][i] for d in DATASETS) for i in range(n_seeds)]
+    coop_new_by_seed = [mean(synthetic_results.base_new[(d, "coop")][1][i] for d in DATASETS) for i in range(n_seeds)]
+
     cells = _row_cells(section, "tuning beats zero-shot on base classes")
-    assert cells[:4] == ["coop", f"{100 * coop_base:.2f}", "zero_shot", f"{100 * zero_base:.2f}"]
-    assert cells[-1] == ("yes" if coop_base > zero_base else "no")
+    margins = [value - zero_base for value in coop_base_by_seed]
+    assert cells[:8] == ["coop", f"{100 * coop_base:.2f}", "zero_shot", f"{100 * zero_base:.2f}",
+                         f"{100 * (coop_base - zero_base):+.2f}", f"{100 * statistics.stdev(margins):.2f}",
+                         str(n_seeds), _expected_verdict(coop_base - zero_base, margins)]
+    margins = [zero_new - value for value in coop_new_by_seed]
     cells = _row_cells(section, "CoOp&#x27;s new-class accuracy falls below zero-shot")
-    assert cells[-1] == ("yes" if coop_new < zero_new else "no")
+    assert cells[4:8] == [f"{100 * (zero_new - coop_new):+.2f}", f"{100 * statistics.stdev(margins):.2f}",
+                          str(n_seeds), _expected_verdict(zero_new - coop_new, margins)]
+    cells = _row_cells(section, "CoOp&#x27;s new-class accuracy at least 3 points below zero-shot&#x27;s")
+    assert cells[4] == f"{100 * (zero_new - coop_new):+.2f}"
+    assert cells[7] == _expected_verdict(zero_new - coop_new, margins, threshold=0.03)
+    # the synthetic CoOp is clearly better on base and clearly worse on new than zero-shot, over 2 seeds
+    assert _row_cells(section, "tuning beats zero-shot on base classes")[7] == "shown"
+
+
+def test_report_pattern_verdicts_follow_the_seed_spread(tmp_path: Path):
+    """CoOp 1 point over zero-shot on base with seeds 6 points apart: not shown; with one seed: not shown either."""
+    warehouse = Warehouse(tmp_path / "w.duckdb", tmp_path / "predictions")
+    base_to_new = {"settings_hash": "0a1b2c3d", "protocol": "base_to_new"}
+    for dataset in DATASETS:
+        warehouse.record_run(make_run(f"{dataset}-zs", dataset=dataset, method="zero_shot", shots=0),
+                             [MetricRow("base", "top1_accuracy", 0.60), MetricRow("new", "top1_accuracy", 0.60)])
+        for seed, base in ((1, 0.58), (2, 0.64)):
+            warehouse.record_run(make_run(f"{dataset}-coop-{seed}", dataset=dataset, seed=seed, options=base_to_new),
+                                 [MetricRow("base", "top1_accuracy", base), MetricRow("new", "top1_accuracy", 0.50)])
+    build_report(warehouse, tmp_path / "spread.html")
+    section = _section_html((tmp_path / "spread.html").read_text(encoding="utf-8"),
+                            "Does the published base-to-new pattern appear?")
+    cells = _row_cells(section, "tuning beats zero-shot on base classes")
+    assert cells[4:8] == ["+1.00", f"{100 * statistics.stdev([-0.02, 0.04]):.2f}", "2", "not shown"]
+    assert _row_cells(section, "CoOp&#x27;s new-class accuracy falls below zero-shot")[4:8] == [
+        "+10.00", "0.00", "2", "shown"]
+
+    # a third seed scored on one dataset only does not enter the spread (its average would cover other datasets)
+    warehouse.record_run(make_run("caltech101-coop-3", seed=3, options=base_to_new),
+                         [MetricRow("base", "top1_accuracy", 0.90), MetricRow("new", "top1_accuracy", 0.50)])
+    build_report(warehouse, tmp_path / "partial.html")
+    section = _section_html((tmp_path / "partial.html").read_text(encoding="utf-8"),
+                            "Does the published base-to-new pattern appear?")
+    assert _row_cells(section, "tuning beats zero-shot on base classes")[6] == "2"

@@ -1,36 +1,128 @@
+import statistics
+
 import polars as pl
 import pytest
 
-from models.evaluation.phenomena import published_pattern_checks
+from models.evaluation.metrics import harmonic_mean
+from models.evaluation.phenomena import CONTRADICTED, NOT_SHOWN, SHOWN, published_pattern_checks
+
+COOP_BELOW = "CoOp's new-class accuracy falls below zero-shot"
+COOP_THREE_POINTS = "CoOp's new-class accuracy at least 3 points below zero-shot's"
+BEATS_ON_BASE = "tuning beats zero-shot on base classes"
+RECOVERS = "recovers harmonic mean over CoOp"
 
 
-def averages(rows):
-    return pl.DataFrame(rows, schema=["method", "base_accuracy", "new_accuracy", "harmonic_mean"], orient="row")
+def seed_rows(by_method: dict[str, dict[int, tuple[float, float]]]) -> pl.DataFrame:
+    """Per method and seed (base, new) averaged over datasets; HM of those, as the warehouse view gives it."""
+    rows = [(method, seed, base, new, harmonic_mean(base, new))
+            for method, seeds in by_method.items() for seed, (base, new) in seeds.items()]
+    return pl.DataFrame(rows, schema=["method", "seed", "base_accuracy", "new_accuracy", "harmonic_mean"],
+                        orient="row")
 
 
-def by_claim(checks):
-    return {(c.claim, c.method): c for c in checks}
+def averages_of(seeds: pl.DataFrame) -> pl.DataFrame:
+    """The averages over seeds, with the HM of the averages (as base_to_new_averages)."""
+    means = seeds.group_by("method").agg(pl.col("base_accuracy").mean(), pl.col("new_accuracy").mean())
+    return means.with_columns(harmonic_mean=2 * pl.col("base_accuracy") * pl.col("new_accuracy")
+                              / (pl.col("base_accuracy") + pl.col("new_accuracy")))
 
 
-def test_the_published_pattern_is_recognised():
-    checks = by_claim(published_pattern_checks(averages([
-        ("zero_shot", 0.70, 0.74, 0.72), ("coop", 0.82, 0.63, 0.71), ("cocoop", 0.80, 0.72, 0.76),
-        ("maple", 0.82, 0.75, 0.785)])))
-    assert checks[("tuning beats zero-shot on base classes", "coop")].holds
-    assert checks[("CoOp's new-class accuracy falls below zero-shot", "coop")].holds
-    assert checks[("recovers harmonic mean over CoOp", "maple")].holds
-    assert checks[("recovers harmonic mean over CoOp", "cocoop")].difference == pytest.approx(0.05)
-    assert ("recovers harmonic mean over CoOp", "kgcoop") not in checks  # absent methods are not invented
+def checks_of(by_method):
+    seeds = seed_rows(by_method)
+    return {(c.claim, c.method): c for c in published_pattern_checks(averages_of(seeds), seeds)}
 
 
-def test_a_pattern_that_does_not_appear_is_reported_as_not_holding():
-    checks = by_claim(published_pattern_checks(averages([
-        ("zero_shot", 0.50, 0.40, 0.444), ("coop", 0.49, 0.45, 0.469), ("kgcoop", 0.48, 0.44, 0.459)])))
-    assert not checks[("tuning beats zero-shot on base classes", "coop")].holds
-    assert not checks[("CoOp's new-class accuracy falls below zero-shot", "coop")].holds
-    assert not checks[("recovers harmonic mean over CoOp", "kgcoop")].holds
+def test_margins_beyond_two_seed_stds_are_shown():
+    checks = checks_of({
+        "zero_shot": {1: (0.70, 0.74)},
+        "coop": {1: (0.81, 0.62), 2: (0.83, 0.64), 3: (0.82, 0.63)},
+        "maple": {1: (0.81, 0.74), 2: (0.83, 0.76), 3: (0.82, 0.75)},
+    })
+    base = checks[(BEATS_ON_BASE, "coop")]
+    assert base.margin == pytest.approx(0.12)  # method base minus zero-shot base
+    assert base.seed_std == pytest.approx(statistics.stdev([0.11, 0.13, 0.12]))  # zero-shot adds no spread
+    assert base.n_seeds == 3 and base.verdict == SHOWN
+    below = checks[(COOP_BELOW, "coop")]
+    assert below.margin == pytest.approx(0.11)  # zero-shot new minus CoOp new
+    assert below.verdict == SHOWN and checks[(COOP_THREE_POINTS, "coop")].verdict == SHOWN
+    recovers = checks[(RECOVERS, "maple")]
+    coop_hm = harmonic_mean(0.82, 0.63)
+    assert recovers.margin == pytest.approx(harmonic_mean(0.82, 0.75) - coop_hm)
+    # paired by seed: maple and coop move together, so the spread of the difference is small
+    paired = [harmonic_mean(b, n) - harmonic_mean(b, n - 0.12)
+              for b, n in ((0.81, 0.74), (0.83, 0.76), (0.82, 0.75))]
+    assert recovers.seed_std == pytest.approx(statistics.stdev(paired))
+    assert recovers.verdict == SHOWN and "above" in recovers.reason
+    assert (RECOVERS, "kgcoop") not in checks  # absent methods are not invented
+
+
+def test_margins_inside_two_seed_stds_are_not_shown():
+    # CoOp's base is 1 point above zero-shot on average, but its seeds spread by 3 points.
+    checks = checks_of({
+        "zero_shot": {1: (0.70, 0.66)},
+        "coop": {1: (0.68, 0.60), 2: (0.71, 0.63), 3: (0.74, 0.66)},
+    })
+    base = checks[(BEATS_ON_BASE, "coop")]
+    assert base.margin == pytest.approx(0.01) and base.seed_std == pytest.approx(0.03)
+    assert base.verdict == NOT_SHOWN and "within" in base.reason
+    # 3 points below zero-shot on new: clearly below, but not clearly by 3 points
+    assert checks[(COOP_BELOW, "coop")].margin == pytest.approx(0.03)
+    assert checks[(COOP_BELOW, "coop")].verdict == NOT_SHOWN  # 3 < 2 × 3
+    assert checks[(COOP_THREE_POINTS, "coop")].verdict == NOT_SHOWN
+
+
+def test_the_three_point_threshold_is_its_own_claim():
+    # CoOp reliably below zero-shot on new classes, but by 1 point, not 3.
+    checks = checks_of({
+        "zero_shot": {1: (0.70, 0.74)},
+        "coop": {1: (0.80, 0.729), 2: (0.80, 0.731)},
+    })
+    assert checks[(COOP_BELOW, "coop")].verdict == SHOWN
+    three_points = checks[(COOP_THREE_POINTS, "coop")]
+    assert three_points.margin == pytest.approx(0.01) and three_points.threshold == pytest.approx(0.03)
+    assert three_points.verdict == CONTRADICTED
+
+
+def test_a_margin_the_other_way_beyond_two_stds_is_contradicted():
+    checks = checks_of({
+        "zero_shot": {1: (0.50, 0.40)},
+        "coop": {1: (0.44, 0.45), 2: (0.46, 0.47)},
+        "kgcoop": {1: (0.43, 0.43), 2: (0.45, 0.45)},
+    })
+    base = checks[(BEATS_ON_BASE, "coop")]
+    assert base.margin == pytest.approx(-0.05) and base.verdict == CONTRADICTED and "below" in base.reason
+    assert checks[(COOP_BELOW, "coop")].margin == pytest.approx(-0.06)
+    assert checks[(COOP_BELOW, "coop")].verdict == CONTRADICTED
+    recovers = checks[(RECOVERS, "kgcoop")]
+    assert recovers.margin < 0 and recovers.verdict == CONTRADICTED
+
+
+def test_a_single_seed_shows_nothing_however_large_the_margin():
+    checks = checks_of({
+        "zero_shot": {1: (0.50, 0.70)},
+        "coop": {1: (0.90, 0.30)},
+        "cocoop": {1: (0.90, 0.60)},
+    })
+    for check in checks.values():
+        assert check.n_seeds == 1 and check.seed_std == 0.0
+        assert check.verdict == NOT_SHOWN and "1 seed" in check.reason
+    assert checks[(BEATS_ON_BASE, "coop")].margin == pytest.approx(0.40)
+
+
+def test_against_coop_only_the_seeds_both_ran_are_paired():
+    seeds = seed_rows({
+        "coop": {1: (0.80, 0.60), 2: (0.80, 0.62)},
+        "cocoop": {2: (0.80, 0.70), 3: (0.80, 0.71)},
+    })
+    checks = {(c.claim, c.method): c for c in published_pattern_checks(averages_of(seeds), seeds)}
+    recovers = checks[(RECOVERS, "cocoop")]
+    assert recovers.n_seeds == 1 and recovers.verdict == NOT_SHOWN
+    assert not any(claim == BEATS_ON_BASE for claim, _ in checks)  # no zero-shot row: nothing against it
 
 
 def test_several_rows_for_one_method_are_refused():
-    with pytest.raises(ValueError, match="several rows.*coop"):
-        published_pattern_checks(averages([("coop", 0.5, 0.5, 0.5), ("coop", 0.6, 0.6, 0.6)]))
+    seeds = seed_rows({"coop": {1: (0.5, 0.5)}})
+    with pytest.raises(ValueError, match="averages have several rows.*coop"):
+        published_pattern_checks(pl.concat([averages_of(seeds), averages_of(seeds)]), seeds)
+    with pytest.raises(ValueError, match="seed averages have several rows.*coop"):
+        published_pattern_checks(averages_of(seeds), pl.concat([seeds, seeds]))
