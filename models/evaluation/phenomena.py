@@ -72,12 +72,12 @@ class PatternCheck:
             return f"{self.n_seeds} seed{'' if self.n_seeds == 1 else 's'}: no seed spread to weigh the margin against"
         margin, threshold, std = 100 * self.margin, 100 * self.threshold, 100 * self.seed_std
         low, high = threshold - SPREADS_TO_SHOW * std, threshold + SPREADS_TO_SHOW * std
-        bound = f"{threshold:g} ± {SPREADS_TO_SHOW:g} × {std:.2f}" if threshold else f"± {SPREADS_TO_SHOW:g} × {std:.2f}"
+        how = f"threshold {threshold:g} {{sign}} {SPREADS_TO_SHOW:g} × seed std {std:.2f}"
         if self.verdict == SHOWN:
-            return f"margin {margin:.2f} above {bound} (> {high:.2f})"
+            return f"margin {margin:.2f} > {high:.2f} ({how.format(sign='+')})"
         if self.verdict == CONTRADICTED:
-            return f"margin {margin:.2f} below {bound} (< {low:.2f})"
-        return f"margin {margin:.2f} within {bound} ({low:.2f} to {high:.2f})"
+            return f"margin {margin:.2f} < {low:.2f} ({how.format(sign='−')})"
+        return f"margin {margin:.2f} within {low:.2f} to {high:.2f} ({how.format(sign='±')})"
 
 
 def _one_row_each(frame: pl.DataFrame, keys: Sequence[str], what: str) -> None:

@@ -56,7 +56,7 @@ def test_files_have_the_published_shapes_and_columns(coverage_corpus: Path) -> N
     assert images.dtype == np.uint8 and images.shape == (COVERAGE_PAIRS, 32, 32, 3)
     assert len(captions) == COVERAGE_PAIRS and all(caption.strip() for caption in captions)
     table = pq.read_table(coverage_corpus / "captions.parquet")
-    assert table.column_names == ["row", "caption", "shape", "colour", "texture", "size", "background", "style"]
+    assert table.column_names == ["row", "caption", "family", "shape", "colour", "texture", "size", "background", "style"]
     assert table.column("row").to_pylist() == list(range(COVERAGE_PAIRS))
     # Not all images equal: position, size and colour jitter make every image different.
     assert len({image.tobytes() for image in images}) == COVERAGE_PAIRS
@@ -97,9 +97,10 @@ def test_captions_name_true_attributes_and_never_false_ones(coverage_corpus: Pat
             assert f"on a {background} background" in caption, where
         names_subject += shape in words
         names_colour += colour in words
-    # Attributes are dropped at random, but the subject and the colour are usually named.
+    # Attributes are dropped at random, but the subject is almost always named and the colour often (colour is
+    # named less than the shape so that it cannot stand in for it).
     assert names_subject / COVERAGE_PAIRS > 0.8
-    assert names_colour / COVERAGE_PAIRS > 0.6
+    assert names_colour / COVERAGE_PAIRS > 0.45
 
 
 def test_benchmark_class_names_appear_in_the_captions(coverage_corpus: Path) -> None:
@@ -107,7 +108,8 @@ def test_benchmark_class_names_appear_in_the_captions(coverage_corpus: Path) -> 
     text = "\n".join(caption.lower() for caption in captions)
     for name in EMBEDDED_DATASET_NAMES:
         for classname in embedded_classnames(name):
-            assert re.search(rf"\b{classname}\b", text), f"{name}: class {classname!r} never appears in a caption"
+            for word in classname.split(" "):  # a compositional class ("blue oval") is taught word by word
+                assert re.search(rf"\b{word}\b", text), f"{name}: {word!r} of {classname!r} never appears in a caption"
     assert "a photo of the digit" in text and "object" in text and "shape" in text
 
 
@@ -213,3 +215,29 @@ def test_crash_mid_write_leaves_nothing_half_written(tmp_path: Path, monkeypatch
     assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus"]  # no staging leftovers, no "fresh"
     assert previous.images_path.read_bytes() == previous_bytes  # the earlier corpus is untouched
     assert sorted(path.name for path in (tmp_path / "corpus").iterdir()) == ["captions.parquet", "corpus.json", "images.npy"]
+
+
+def test_families_differ_in_one_attribute_and_their_captions_name_it(tmp_path: Path) -> None:
+    summary = write_corpus(tmp_path / "corpus", 400, seed=5, family_size=8)
+    table = pq.read_table(summary.captions_path).to_pydict()
+    families = corpus.load_corpus_families(summary.output_dir)
+    assert families.tolist() == table["family"] and families.tolist() == sorted(families.tolist())
+    assert len(set(families.tolist())) == 50  # consecutive rows, 8 to a family
+    attributes = ("shape", "colour", "texture", "size", "background", "style")
+    for family in range(50):
+        rows = [row for row in range(400) if table["family"][row] == family]
+        varying = [name for name in attributes if len({table[name][row] for row in rows}) > 1]
+        # Members of a clashing value are redrawn freely, so rarely more differ; usually exactly one does.
+        assert varying, f"family {family}: all members are the same concept"
+        if len(varying) == 1 and varying[0] in ("shape", "colour"):
+            for row in rows:
+                assert table[varying[0]][row] in _words(table["caption"][row]), (family, table["caption"][row])
+    with pytest.raises(ValueError, match="family_size"):
+        write_corpus(tmp_path / "bad", 10, seed=0, family_size=0)
+
+
+def test_corpus_without_family_column_reads_as_one_family_per_pair(tmp_path: Path) -> None:
+    summary = write_corpus(tmp_path / "corpus", 12, seed=1)
+    table = pq.read_table(summary.captions_path).drop(["family"])
+    pq.write_table(table, summary.captions_path)
+    assert corpus.load_corpus_families(summary.output_dir).tolist() == list(range(12))

@@ -99,6 +99,48 @@ def test_other_partitions_datasets_and_stages_are_not_superseded(warehouse):
     assert summary["n_seeds"] == 2
 
 
+def test_runs_of_retrained_backbone_weights_become_history(warehouse):
+    weights_a, weights_b = "a" * 64, "b" * 64
+    old_runs = [replace(make_run("a-seed-1", seed=1), backbone_weights_sha256=weights_a),
+                replace(make_run("a-seed-2", seed=2), backbone_weights_sha256=weights_a),
+                replace(make_run("a-pseudo", stage="pseudolabels", seed=1), backbone_weights_sha256=weights_a)]
+    for run in old_runs:
+        warehouse.record_run(run, _metrics(0.5), make_per_class(accuracy=0.5))
+    other_backbone = replace(make_run("vit-seed-1", seed=1), backbone="vit-b-16", backbone_weights_sha256="c" * 64,
+                             partition_key="vit|coop-16shots-seed1")
+    unknown_weights = replace(make_run("unknown-seed-1", seed=1), backbone_weights_sha256=None,
+                              partition_key="unknown|coop-16shots-seed1")
+    warehouse.record_run(other_backbone, _metrics(0.8))
+    warehouse.record_run(unknown_weights, _metrics(0.3))
+
+    # The retrained tiny-clip is run on one other partition only: every run of the old weights leaves the views.
+    new_run = replace(make_run("b-seed-3", seed=3), backbone_weights_sha256=weights_b)
+    warehouse.record_run(new_run, _metrics(0.7))
+
+    old_ids = {run.run_id for run in old_runs}
+    runs = dict(warehouse.query("SELECT run_id, is_current FROM runs").rows())
+    assert runs == {**dict.fromkeys(old_ids, False), "vit-seed-1": True, "unknown-seed-1": True, "b-seed-3": True}
+    assert set(warehouse.query("SELECT DISTINCT run_id FROM current_results")["run_id"]) == {
+        "vit-seed-1", "unknown-seed-1", "b-seed-3"}
+    tiny_clip = warehouse.query("SELECT stage, mean, n_seeds FROM results_by_config "
+                                "WHERE backbone = 'tiny-clip' AND metric = 'top1_accuracy' ORDER BY mean")
+    assert tiny_clip.rows() == [("evaluation", pytest.approx(0.5), 2)]  # the unknown-weights run and the new one
+    assert "pseudolabels" not in set(warehouse.query("SELECT stage FROM results_by_config")["stage"])
+    history = warehouse.query("SELECT run_id, value, superseded_by_run_id FROM metrics_history "
+                              "WHERE metric = 'top1_accuracy' ORDER BY run_id")
+    assert history.rows() == [(run_id, pytest.approx(0.5), "b-seed-3") for run_id in sorted(old_ids)]
+    assert set(warehouse.query("SELECT run_id FROM per_class_metrics_history")["run_id"]) == old_ids
+    assert _count(warehouse, "SELECT count(*) FROM per_class_metrics") == 0
+    assert _count(warehouse, f"SELECT count(*) FROM metrics WHERE run_id IN {tuple(sorted(old_ids))}") == 0
+    vit = warehouse.query("SELECT mean FROM results_by_config WHERE backbone = 'vit-b-16' "
+                          "AND metric = 'top1_accuracy'")
+    assert vit["mean"].to_list() == pytest.approx([0.8])
+
+    # Recording more runs of the same new weights supersedes nothing more.
+    warehouse.record_run(replace(make_run("b-seed-4", seed=4), backbone_weights_sha256=weights_b), _metrics(0.6))
+    assert _count(warehouse, "SELECT count(*) FROM runs WHERE is_current") == 4
+
+
 def test_failure_midway_writes_nothing_and_keeps_the_previous_run(warehouse, monkeypatch):
     warehouse.record_run(make_run("good"), _metrics(0.5), make_per_class(), make_predictions())
     original_insert = Warehouse._insert_per_class_rows

@@ -52,7 +52,7 @@ def test_margins_beyond_two_seed_stds_are_shown():
     paired = [harmonic_mean(b, n) - harmonic_mean(b, n - 0.12)
               for b, n in ((0.81, 0.74), (0.83, 0.76), (0.82, 0.75))]
     assert recovers.seed_std == pytest.approx(statistics.stdev(paired))
-    assert recovers.verdict == SHOWN and "above" in recovers.reason
+    assert recovers.verdict == SHOWN and recovers.reason.startswith(f"margin {100 * recovers.margin:.2f} > ")
     assert (RECOVERS, "kgcoop") not in checks  # absent methods are not invented
 
 
@@ -64,7 +64,8 @@ def test_margins_inside_two_seed_stds_are_not_shown():
     })
     base = checks[(BEATS_ON_BASE, "coop")]
     assert base.margin == pytest.approx(0.01) and base.seed_std == pytest.approx(0.03)
-    assert base.verdict == NOT_SHOWN and "within" in base.reason
+    assert base.verdict == NOT_SHOWN
+    assert base.reason == "margin 1.00 within -6.00 to 6.00 (threshold 0 ± 2 × seed std 3.00)"
     # 3 points below zero-shot on new: clearly below, but not clearly by 3 points
     assert checks[(COOP_BELOW, "coop")].margin == pytest.approx(0.03)
     assert checks[(COOP_BELOW, "coop")].verdict == NOT_SHOWN  # 3 < 2 × 3
@@ -90,7 +91,7 @@ def test_a_margin_the_other_way_beyond_two_stds_is_contradicted():
         "kgcoop": {1: (0.43, 0.43), 2: (0.45, 0.45)},
     })
     base = checks[(BEATS_ON_BASE, "coop")]
-    assert base.margin == pytest.approx(-0.05) and base.verdict == CONTRADICTED and "below" in base.reason
+    assert base.margin == pytest.approx(-0.05) and base.verdict == CONTRADICTED and " < " in base.reason
     assert checks[(COOP_BELOW, "coop")].margin == pytest.approx(-0.06)
     assert checks[(COOP_BELOW, "coop")].verdict == CONTRADICTED
     recovers = checks[(RECOVERS, "kgcoop")]
