@@ -19,9 +19,10 @@ Schema (all accuracy-like values are fractions in [0, 1]; timestamps are UTC wit
   run of a (stage, dataset, partition_key, source_dataset) marks the earlier runs of it `is_current = false`;
   they are kept. Recording a run whose backbone_weights_sha256 differs from that of current runs of the same
   backbone name (the backbone was retrained) supersedes those runs the same way, on every partition: results of
-  old weights become history and never mix with the new ones (runs with a NULL hash are left alone). `source_dataset` is NULL for in-domain runs and names the dataset a prompt was trained on for
-  transfer runs (stage `cross_dataset` / `domain_generalization`, dataset = the target). Warehouses written
-  before the column existed get it (NULL: in-domain) the next time the schema is ensured. `compute` says where
+  old weights become history and never mix with the new ones (runs with a NULL hash are left alone).
+  `source_dataset` is NULL for in-domain runs and names the dataset a prompt was trained on for transfer runs
+  (stage `cross_dataset` / `domain_generalization`, dataset = the target). Warehouses written before the column
+  existed get it (NULL: in-domain) the next time the schema is ensured. `compute` says where
   and at which precision the run was computed ("cpu fp32"; on CUDA the GPU and its autocast dtypes); NULL for
   runs recorded before the column existed.
 - `metrics` (run_id, dataset, experiment_key, split, metric, value): rows of CURRENT runs only, so a query over
@@ -42,9 +43,10 @@ configurations trained on all classes, and zero-shot at 0 shots, per dataset and
 (per dataset, base_to_new configurations and zero-shot: mean base and new top-1 and the harmonic mean of those
 means), `base_to_new_averages` (the same averaged over datasets, harmonic mean of the averages as the papers
 report it), `base_to_new_seed_averages` (per configuration and seed, base and new averaged over datasets and their
-harmonic mean: the seed spread behind those averages), `cross_dataset_results` and `domain_generalization_results` (per configuration and source: the
-source's own test split, each target, and the average over targets; mean / std over seeds; zero-shot and other
-0-shot configurations appear with their own evaluation on each dataset as the reference). Macros
+harmonic mean: the seed spread behind those averages), `cross_dataset_results` and
+`domain_generalization_results` (per configuration and source: the source's own test split, each target, and the
+average over targets; mean / std over seeds; zero-shot and other 0-shot configurations appear with their own
+evaluation on each dataset as the reference). Macros
 `harmonic_mean(base, new)`, `transfer_seed_results(stage)`, `transfer_results(stage)`. `dashboards/README.md`
 has examples.
 """
