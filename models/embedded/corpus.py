@@ -766,6 +766,18 @@ def load_corpus_families(output_dir: Path) -> np.ndarray:
     return table.column("family").to_numpy().astype(np.int64)
 
 
+def subject_caption(concept: Concept) -> str:
+    """The caption that names only what the image shows: "a circle", "the digit three" (a pretraining curriculum)."""
+    return f"the digit {concept.shape}" if concept.is_digit else _with_article(concept.shape)
+
+
+def load_subject_captions(output_dir: Path) -> list[str]:
+    """``subject_caption`` of every pair of a corpus, from its concept columns."""
+    table = concept_table(output_dir).to_pydict()
+    return [subject_caption(Concept(**{name: table[name][row] for name in CONCEPT_FIELDS}))
+            for row in range(len(table["row"]))]
+
+
 def concept_table(output_dir: Path) -> pa.Table:
     """The full ``captions.parquet`` table (row, caption and the concept attributes of each pair)."""
     path = Path(output_dir) / CAPTIONS_FILE
