@@ -114,3 +114,41 @@ def test_unknown_architecture_is_rejected(tmp_path):
     images, captions, _ = coloured_squares(8, seed=3)
     with pytest.raises(ValueError, match="no-such-clip"):
         pretrain_tiny_clip(images, captions, tmp_path / "model", ClipPretrainConfig(model_name="no-such-clip"))
+
+
+def test_curriculum_epochs_train_on_the_subject_captions_then_on_the_full_ones(tmp_path, micro_clip_config):
+    images, colour_captions, _ = coloured_squares(64, seed=4)
+    full_captions = [f"{caption} on a grey background" for caption in colour_captions]
+    config = dataclasses.replace(micro_clip_config, epochs=2, batch_size=32)
+    on_subjects = pretrain_tiny_clip(images, colour_captions, tmp_path / "subjects", config)
+    on_full = pretrain_tiny_clip(images, full_captions, tmp_path / "full", config)
+    curriculum = pretrain_tiny_clip(images, full_captions, tmp_path / "curriculum",
+                                    dataclasses.replace(config, subject_caption_epochs=1),
+                                    subject_captions=colour_captions)
+    all_subjects = pretrain_tiny_clip(images, full_captions, tmp_path / "all_subjects",
+                                      dataclasses.replace(config, subject_caption_epochs=2),
+                                      subject_captions=colour_captions)
+    assert curriculum.epoch_losses[0] == on_subjects.epoch_losses[0] != on_full.epoch_losses[0]
+    assert curriculum.epoch_losses[1] not in (on_subjects.epoch_losses[1], on_full.epoch_losses[1])
+    assert all_subjects.weights_sha256 == on_subjects.weights_sha256
+    with pytest.raises(ValueError, match="subject_captions"):
+        pretrain_tiny_clip(images, full_captions, tmp_path / "missing",
+                           dataclasses.replace(config, subject_caption_epochs=1))
+
+
+def test_family_batches_keep_each_family_together(tmp_path, micro_clip_config):
+    from models.backbones.tiny_clip import _epoch_order, _family_rows
+
+    families = np.repeat(np.arange(12), 4)[np.random.default_rng(0).permutation(48)]  # rows of a family scattered
+    rows = _family_rows(families, 48)
+    order = _epoch_order(rows, torch.Generator().manual_seed(0)).numpy()
+    assert sorted(order.tolist()) == list(range(48))
+    in_order = families[order]
+    assert all(len(set(in_order[start:start + 4])) == 1 for start in range(0, 48, 4))
+    assert len({tuple(_epoch_order(rows, torch.Generator().manual_seed(seed)).tolist()) for seed in range(3)}) == 3
+    images, captions, _ = coloured_squares(48, seed=5)
+    with pytest.raises(ValueError, match="one id per pair"):
+        pretrain_tiny_clip(images, captions, tmp_path / "model", micro_clip_config, families=families[:10])
+    result = pretrain_tiny_clip(images, captions, tmp_path / "model", dataclasses.replace(
+        micro_clip_config, epochs=1, batch_size=16), families=families)
+    assert np.isfinite(result.epoch_losses).all()

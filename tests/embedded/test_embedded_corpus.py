@@ -241,3 +241,14 @@ def test_corpus_without_family_column_reads_as_one_family_per_pair(tmp_path: Pat
     table = pq.read_table(summary.captions_path).drop(["family"])
     pq.write_table(table, summary.captions_path)
     assert corpus.load_corpus_families(summary.output_dir).tolist() == list(range(12))
+
+
+def test_subject_captions_name_only_the_shape_or_digit(tmp_path: Path) -> None:
+    summary = write_corpus(tmp_path / "corpus", 300, seed=2, family_size=4)
+    table = pq.read_table(summary.captions_path).to_pydict()
+    subjects = corpus.load_subject_captions(summary.output_dir)
+    assert len(subjects) == 300
+    for row, subject in enumerate(subjects):
+        shape = table["shape"][row]
+        assert subject == (f"the digit {shape}" if shape in DIGIT_WORDS else corpus._with_article(shape)), row
+    assert corpus.subject_caption(Concept("oval", "red", "plain", "small", "white", "photo")) == "an oval"
