@@ -767,8 +767,15 @@ def load_corpus_families(output_dir: Path) -> np.ndarray:
 
 
 def subject_caption(concept: Concept) -> str:
-    """The caption that names only what the image shows: "a circle", "the digit three" (a pretraining curriculum)."""
-    return f"the digit {concept.shape}" if concept.is_digit else _with_article(concept.shape)
+    """The caption that names what the object is, not how it is coloured: "a circle", "a striped circle", "the digit
+    three" (a pretraining curriculum). Texture is named because, like shape, raw pixels do not give it away."""
+    if concept.is_digit:
+        return f"the digit {concept.shape}"
+    if concept.texture == "plain":
+        return _with_article(concept.shape)
+    if concept.texture == "gradient":
+        return _with_article(f"{concept.shape} {_TEXTURE_PHRASES['gradient']}")
+    return _with_article(f"{concept.texture} {concept.shape}")
 
 
 def load_subject_captions(output_dir: Path) -> list[str]:

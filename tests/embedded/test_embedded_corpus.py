@@ -249,6 +249,11 @@ def test_subject_captions_name_only_the_shape_or_digit(tmp_path: Path) -> None:
     subjects = corpus.load_subject_captions(summary.output_dir)
     assert len(subjects) == 300
     for row, subject in enumerate(subjects):
-        shape = table["shape"][row]
-        assert subject == (f"the digit {shape}" if shape in DIGIT_WORDS else corpus._with_article(shape)), row
+        shape, texture = table["shape"][row], table["texture"][row]
+        assert shape in _words(subject) and not _words(subject) & (set(COLOURS) - {"colour"}), (row, subject)
+        if shape in DIGIT_WORDS:
+            assert subject == f"the digit {shape}", row
+        elif texture not in ("plain", "gradient"):
+            assert texture in _words(subject), (row, subject)
     assert corpus.subject_caption(Concept("oval", "red", "plain", "small", "white", "photo")) == "an oval"
+    assert corpus.subject_caption(Concept("star", "red", "dotted", "small", "white", "photo")) == "a dotted star"
