@@ -60,7 +60,7 @@ def pretrain_on_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
                        settings_key: str, code_version: str, directory: Path, train) -> dg.MaterializeResult:
     """Pretrain a model on the corpus, or reuse the saved one when code version, settings and corpus are unchanged.
 
-    train(images, captions, families, directory, settings, on_epoch) saves the model and returns its training result.
+    train(images, captions, corpus, directory, settings, on_epoch) saves (corpus: families and subject captions) the model and returns its training result.
     """
     workspace, settings = promptlab.workspace(), promptlab.catalog().world[settings_key]
     fingerprint = stable_hash({"code": code_version, "settings": settings,
@@ -70,11 +70,12 @@ def pretrain_on_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         context.log.info(f"{model} is current (fingerprint {fingerprint}); not retrained")
         return dg.MaterializeResult(metadata={"path": str(directory), "reused": True, "fingerprint": fingerprint,
                                               "weights_sha256": summary.get("weights_sha256", "")})
-    from models.embedded.corpus import load_corpus, load_corpus_families
+    from models.embedded.corpus import load_corpus, load_corpus_families, load_subject_captions
 
     images, captions = load_corpus(workspace.corpus_dir)
-    families = load_corpus_families(workspace.corpus_dir)
-    result = train(images, captions, families, directory, settings, _epoch_logger(context, model))
+    corpus = {"families": load_corpus_families(workspace.corpus_dir),
+              "subject_captions": load_subject_captions(workspace.corpus_dir)}
+    result = train(images, captions, corpus, directory, settings, _epoch_logger(context, model))
     mark_current(directory, fingerprint)
     return dg.MaterializeResult(
         metadata={
@@ -94,9 +95,9 @@ def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     """tiny-clip: open_clip's native CLIP architecture pretrained contrastively (ClipLoss) on the corpus."""
     from models.backbones.tiny_clip import ClipPretrainConfig, pretrain_tiny_clip
 
-    def train(images, captions, families, directory, settings, on_epoch):
+    def train(images, captions, corpus, directory, settings, on_epoch):
         return pretrain_tiny_clip(images, captions, directory, ClipPretrainConfig(**settings), on_epoch=on_epoch,
-                                  families=families)
+                                  **corpus)
 
     return pretrain_on_corpus(context, promptlab, "tiny-clip", "tiny_clip", TINY_CLIP_CODE,
                               promptlab.workspace().tiny_clip_dir, train)
@@ -107,7 +108,7 @@ def tiny_diffusion_model(context: dg.AssetExecutionContext, promptlab: PromptLab
     """A small diffusers UNet2DModel + DDPM scheduler pretrained on the corpus images (save_pretrained folder)."""
     from models.backbones.tiny_diffusion import DiffusionPretrainConfig, pretrain_diffusion
 
-    def train(images, captions, families, directory, settings, on_epoch):
+    def train(images, captions, corpus, directory, settings, on_epoch):
         return pretrain_diffusion(images, directory, DiffusionPretrainConfig(**settings), on_epoch=on_epoch)
 
     return pretrain_on_corpus(context, promptlab, "tiny diffusion model", "diffusion", DIFFUSION_CODE,
