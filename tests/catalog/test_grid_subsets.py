@@ -37,7 +37,7 @@ def test_the_grid_comes_from_the_environment(monkeypatch):
 
 
 def test_a_unknown_grid_is_named_with_the_known_ones():
-    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'quick'\]"):
+    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'quick', 'targets'\]"):
         load_catalog(DEFAULT_CATALOG_DIR, grid="fast")
 
 
