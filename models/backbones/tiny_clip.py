@@ -59,9 +59,6 @@ class ClipPretrainConfig:
     num_threads: int = 2
     horizontal_flip: bool = False  # off by default: captions may name left and right
     random_shift_pixels: int = 0  # random translation with reflected borders, up to this many pixels
-    # open_clip draws token embeddings with std 0.02; on a tiny text tower trained from scratch the captions'
-    # embeddings then start almost equal (cosine ~0.9 among the shape words) and stay so for epochs. None keeps 0.02.
-    token_embedding_init_std: float | None = None
     # Curriculum: the first epochs pair each image with its subject caption only ("a circle", "the digit three").
     # With full captions from the start both towers settle on colour, the attribute raw pixels already separate,
     # and the text tower maps every shape word to one point (cosine 0.99); naming only the subject first makes
@@ -111,8 +108,6 @@ def pretrain_tiny_clip(
     with reproducible_torch(config.num_threads):
         torch.manual_seed(config.seed)
         model = open_clip.create_model(config.model_name, pretrained=None)
-        if config.token_embedding_init_std is not None:
-            torch.nn.init.normal_(model.token_embedding.weight, std=config.token_embedding_init_std)
         model.train()
         tokenizer = open_clip.get_tokenizer(config.model_name)
         token_ids = tokenizer(list(captions))
