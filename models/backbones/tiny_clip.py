@@ -184,9 +184,10 @@ def _family_rows(families: np.ndarray | None, num_pairs: int) -> list[torch.Tens
     families = np.asarray(families)
     if families.shape != (num_pairs,):
         raise ValueError(f"families must hold one id per pair ({num_pairs}), got shape {families.shape}")
-    _values, first_rows, inverse = np.unique(families, return_index=True, return_inverse=True)
-    rows = [torch.from_numpy(np.flatnonzero(inverse == index)) for index in np.argsort(first_rows)]
-    return rows
+    _ids, first_rows, inverse, counts = np.unique(families, return_index=True, return_inverse=True,
+                                                  return_counts=True)
+    rows_by_family = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    return [torch.from_numpy(rows_by_family[index]) for index in np.argsort(first_rows)]  # in corpus order
 
 
 def _epoch_order(family_rows: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:

@@ -556,7 +556,9 @@ def _with_article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _style_prefix(style: str, rng: np.random.Generator) -> str:
+def _style_prefix(style: str, rng: np.random.Generator, named: frozenset[str]) -> str:
+    if "style" in named:
+        return _choose(rng, _STYLE_PHRASES[style]) + " "
     keep_probability = 0.75 if style == "photo" else 0.85
     if rng.random() < keep_probability:
         return _choose(rng, _STYLE_PHRASES[style]) + " "
@@ -568,7 +570,7 @@ def _background_suffix(background: str, rng: np.random.Generator, probability: f
 
 
 def _shape_caption(concept: Concept, rng: np.random.Generator, named: frozenset[str]) -> str:
-    prefix = _style_prefix(concept.style, rng) if "style" not in named else _choose(rng, _STYLE_PHRASES[concept.style]) + " "
+    prefix = _style_prefix(concept.style, rng, named)
     adjectives: list[str] = []
     if "size" in named or rng.random() < 0.4:
         adjectives.append(concept.size)
@@ -598,7 +600,7 @@ def _shape_caption(concept: Concept, rng: np.random.Generator, named: frozenset[
 
 
 def _digit_caption(concept: Concept, rng: np.random.Generator, named: frozenset[str]) -> str:
-    prefix = _style_prefix(concept.style, rng) if "style" not in named else _choose(rng, _STYLE_PHRASES[concept.style]) + " "
+    prefix = _style_prefix(concept.style, rng, named)
     word = concept.shape
     form = rng.random()
     if "colour" in named or "size" in named:
@@ -760,10 +762,10 @@ def load_corpus_families(output_dir: Path) -> np.ndarray:
     path = Path(output_dir) / CAPTIONS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"corpus file missing: {path} (write it with write_corpus)")
-    table = pq.read_table(path)
-    if "family" not in table.column_names:
-        return np.arange(table.num_rows, dtype=np.int64)
-    return table.column("family").to_numpy().astype(np.int64)
+    metadata = pq.read_metadata(path)
+    if "family" not in metadata.schema.names:
+        return np.arange(metadata.num_rows, dtype=np.int64)
+    return pq.read_table(path, columns=["family"]).column("family").to_numpy().astype(np.int64)
 
 
 def subject_caption(concept: Concept) -> str:

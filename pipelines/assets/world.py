@@ -60,7 +60,7 @@ def pretrain_on_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
                        settings_key: str, code_version: str, directory: Path, train) -> dg.MaterializeResult:
     """Pretrain a model on the corpus, or reuse the saved one when code version, settings and corpus are unchanged.
 
-    train(images, captions, corpus, directory, settings, on_epoch) saves (corpus: families and subject captions) the model and returns its training result.
+    train(images, captions, directory, settings, on_epoch) saves the model and returns its training result.
     """
     workspace, settings = promptlab.workspace(), promptlab.catalog().world[settings_key]
     fingerprint = stable_hash({"code": code_version, "settings": settings,
@@ -70,12 +70,10 @@ def pretrain_on_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         context.log.info(f"{model} is current (fingerprint {fingerprint}); not retrained")
         return dg.MaterializeResult(metadata={"path": str(directory), "reused": True, "fingerprint": fingerprint,
                                               "weights_sha256": summary.get("weights_sha256", "")})
-    from models.embedded.corpus import load_corpus, load_corpus_families, load_subject_captions
+    from models.embedded.corpus import load_corpus
 
     images, captions = load_corpus(workspace.corpus_dir)
-    corpus = {"families": load_corpus_families(workspace.corpus_dir),
-              "subject_captions": load_subject_captions(workspace.corpus_dir)}
-    result = train(images, captions, corpus, directory, settings, _epoch_logger(context, model))
+    result = train(images, captions, directory, settings, _epoch_logger(context, model))
     mark_current(directory, fingerprint)
     return dg.MaterializeResult(
         metadata={
@@ -94,10 +92,15 @@ def pretrain_on_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
 def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """tiny-clip: open_clip's native CLIP architecture pretrained contrastively (ClipLoss) on the corpus."""
     from models.backbones.tiny_clip import ClipPretrainConfig, pretrain_tiny_clip
+    from models.embedded.corpus import load_corpus_families, load_subject_captions
 
-    def train(images, captions, corpus, directory, settings, on_epoch):
+    corpus_dir = promptlab.workspace().corpus_dir
+
+    def train(images, captions, directory, settings, on_epoch):
+        # families keep each batch's in-batch negatives within a family; subject captions feed the curriculum
         return pretrain_tiny_clip(images, captions, directory, ClipPretrainConfig(**settings), on_epoch=on_epoch,
-                                  **corpus)
+                                  families=load_corpus_families(corpus_dir),
+                                  subject_captions=load_subject_captions(corpus_dir))
 
     return pretrain_on_corpus(context, promptlab, "tiny-clip", "tiny_clip", TINY_CLIP_CODE,
                               promptlab.workspace().tiny_clip_dir, train)
@@ -108,7 +111,7 @@ def tiny_diffusion_model(context: dg.AssetExecutionContext, promptlab: PromptLab
     """A small diffusers UNet2DModel + DDPM scheduler pretrained on the corpus images (save_pretrained folder)."""
     from models.backbones.tiny_diffusion import DiffusionPretrainConfig, pretrain_diffusion
 
-    def train(images, captions, corpus, directory, settings, on_epoch):
+    def train(images, captions, directory, settings, on_epoch):
         return pretrain_diffusion(images, directory, DiffusionPretrainConfig(**settings), on_epoch=on_epoch)
 
     return pretrain_on_corpus(context, promptlab, "tiny diffusion model", "diffusion", DIFFUSION_CODE,
