@@ -148,11 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--grid", choices=[DEFAULT_GRID, *grid_subset_names(catalog_dir)],
                      help="a named subset of the experiment grid (assets_catalog/grids.yaml; default: $PROMPTLAB_GRID "
                           "or the whole grid)")
+    run.add_argument("--retrain-world", action="store_true",
+                     help="pretrain tiny-clip from the catalog's recipe (world.yaml tiny_clip) instead of installing "
+                          "the shipped weights; about 30 minutes on 2 CPU cores")
     commands.add_parser("results", help="print test top-1 per dataset, method and shots from the warehouse")
     arguments = parser.parse_args(argv)
     if arguments.command == "results":
         print_accuracy_table()
         return 0
+    if getattr(arguments, "retrain_world", False):
+        os.environ["PROMPTLAB_RETRAIN_WORLD"] = "1"
     if arguments.grid:  # before the definitions are imported: the partitions are read from the catalog then
         os.environ["PROMPTLAB_GRID"] = arguments.grid
     from models.catalog import CatalogError

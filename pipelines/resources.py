@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,12 +26,18 @@ class PromptLabResource(dg.ConfigurableResource):
     catalog_dir: str = ""  # empty: $PROMPTLAB_CATALOG or ./assets_catalog
     backbone: str = ""  # empty: the catalog's default backbone
     device: str = "auto"  # "auto" picks CUDA when available
+    # Pretrain tiny-clip from the catalog's recipe instead of installing its shipped weights (also
+    # $PROMPTLAB_RETRAIN_WORLD=1, which `promptlab run --retrain-world` sets).
+    retrain_world: bool = False
 
     def workspace(self) -> Workspace:
         return Workspace(Path(self.workspace_dir) if self.workspace_dir else default_workspace_root())
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_dir or None)
+
+    def retrain_world_requested(self) -> bool:
+        return self.retrain_world or os.environ.get("PROMPTLAB_RETRAIN_WORLD", "") == "1"
 
     def torch_device(self) -> str:
         if self.device != "auto":

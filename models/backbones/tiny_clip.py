@@ -6,6 +6,9 @@ with `create_model_and_transforms("local-dir:<folder>")`:
     <folder>/open_clip_config.json      {"model_cfg": ..., "preprocess_cfg": {...}}
     <folder>/open_clip_model.safetensors
     <folder>/training_summary.json      config, per-epoch losses, seconds, weights hash
+
+`install_shipped_weights` copies such a folder (the weights shipped in the repository) into place after checking
+the weights' SHA-256 against the catalog, so the default graph need not spend the pretraining budget.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import shutil
 
 import numpy as np
 import open_clip
@@ -176,6 +181,41 @@ def pretrain_tiny_clip(
             "weights_sha256": weights_sha256,
         })
     return PretrainedBackbone(Path(output_dir), epoch_losses, weights_sha256, seconds)
+
+
+class ShippedWeightsError(ValueError):
+    """Shipped weights that are missing, altered or not made from the catalog's architecture."""
+
+
+def install_shipped_weights(source_dir: Path, expected_sha256: str, output_dir: Path,
+                            model_name: str = "tiny-clip") -> PretrainedBackbone:
+    """Copy a shipped tiny-clip folder to ``output_dir`` (atomically) once its weights hash is the expected one.
+
+    Raises ``ShippedWeightsError`` naming the file when a file is missing, the weights' SHA-256 differs from
+    ``expected_sha256`` (altered, truncated or a Git LFS pointer) or the folder's architecture is not the catalog's
+    ``model_name`` config; ``output_dir`` is then left as it was.
+    """
+    source_dir = Path(source_dir)
+    for filename in (CONFIG_FILENAME, WEIGHTS_FILENAME, SUMMARY_FILENAME):
+        if not (source_dir / filename).is_file():
+            raise ShippedWeightsError(f"shipped tiny-clip file missing: {source_dir / filename}")
+    found = sha256_file(source_dir / WEIGHTS_FILENAME)
+    if found != expected_sha256:
+        raise ShippedWeightsError(
+            f"{source_dir / WEIGHTS_FILENAME} has SHA-256 {found}, but the catalog expects {expected_sha256} "
+            "(world.yaml tiny_clip_weights.weights_sha256): the file was altered or not fetched (Git LFS?); "
+            "restore it, or pretrain with `promptlab run --retrain-world`")
+    register_embedded_model_configs()
+    shipped_cfg = json.loads((source_dir / CONFIG_FILENAME).read_text())["model_cfg"]
+    if shipped_cfg != open_clip.get_model_config(model_name):
+        raise ShippedWeightsError(
+            f"{source_dir / CONFIG_FILENAME} describes another architecture than the catalog's {model_name!r} "
+            f"({EMBEDDED_MODEL_CONFIG_DIR / (model_name + '.json')}); the shipped weights do not fit it")
+    summary = json.loads((source_dir / SUMMARY_FILENAME).read_text())
+    with atomic_directory(output_dir) as staging:
+        for filename in (CONFIG_FILENAME, WEIGHTS_FILENAME, SUMMARY_FILENAME):
+            shutil.copyfile(source_dir / filename, staging / filename)
+    return PretrainedBackbone(Path(output_dir), list(summary["epoch_losses"]), found, float(summary["seconds"]))
 
 
 def _family_rows(families: np.ndarray | None, num_pairs: int) -> list[torch.Tensor]:

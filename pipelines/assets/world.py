@@ -90,11 +90,20 @@ def pretrain_on_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
 
 @dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=TINY_CLIP_CODE, kinds={"pytorch"})
 def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
-    """tiny-clip: open_clip's native CLIP architecture pretrained contrastively (ClipLoss) on the corpus."""
+    """tiny-clip: open_clip's native CLIP architecture pretrained contrastively (ClipLoss) on the corpus.
+
+    By default the weights shipped in the catalog (world.yaml `tiny_clip_weights`) are installed after their hash is
+    checked; with `retrain_world` (launchpad) or `promptlab run --retrain-world`, or with no shipped weights in the
+    catalog, the `tiny_clip` recipe is pretrained here and the result compared with the shipped hash.
+    """
     from models.backbones.tiny_clip import ClipPretrainConfig, pretrain_tiny_clip
     from models.embedded.corpus import load_corpus_families, load_subject_captions
 
-    corpus_dir = promptlab.workspace().corpus_dir
+    workspace, catalog = promptlab.workspace(), promptlab.catalog()
+    shipped = catalog.world.get("tiny_clip_weights")
+    if shipped and not promptlab.retrain_world_requested():
+        return install_shipped_tiny_clip(context, promptlab, shipped)
+    corpus_dir = workspace.corpus_dir
 
     def train(images, captions, directory, settings, on_epoch):
         # families keep each batch's in-batch negatives within a family; subject captions feed the curriculum
@@ -102,8 +111,37 @@ def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabRe
                                   families=load_corpus_families(corpus_dir),
                                   subject_captions=load_subject_captions(corpus_dir))
 
-    return pretrain_on_corpus(context, promptlab, "tiny-clip", "tiny_clip", TINY_CLIP_CODE,
-                              promptlab.workspace().tiny_clip_dir, train)
+    result = pretrain_on_corpus(context, promptlab, "tiny-clip", "tiny_clip", TINY_CLIP_CODE,
+                                workspace.tiny_clip_dir, train)
+    if shipped:
+        found = result.metadata["weights_sha256"].value
+        same = found == shipped["weights_sha256"]
+        message = ("tiny-clip retrained: the same weights as the shipped ones, bit for bit" if same else
+                   f"tiny-clip retrained: weights {found} differ from the shipped {shipped['weights_sha256']} "
+                   "(other hardware, thread count or library versions change the floating-point sums)")
+        (context.log.info if same else context.log.warning)(message)
+        result = dg.MaterializeResult(metadata={**result.metadata, "source": "retrained",
+                                                "same_as_shipped": same})
+    return result
+
+
+def install_shipped_tiny_clip(context: dg.AssetExecutionContext, promptlab: PromptLabResource,
+                              shipped: dict) -> dg.MaterializeResult:
+    """Install the catalog's shipped tiny-clip into the workspace (hash checked), unless it is already there."""
+    from models.backbones.tiny_clip import install_shipped_weights
+
+    source = promptlab.catalog().directory / shipped["folder"]
+    directory = promptlab.workspace().tiny_clip_dir
+    fingerprint = stable_hash({"code": TINY_CLIP_CODE, "shipped_weights_sha256": shipped["weights_sha256"]})
+    reused = is_current(directory, fingerprint)
+    if not reused:
+        install_shipped_weights(source, shipped["weights_sha256"], directory)
+        mark_current(directory, fingerprint)
+    context.log.info(f"tiny-clip: shipped weights {source} (SHA-256 {shipped['weights_sha256']} verified) "
+                     f"{'already installed' if reused else 'installed'} at {directory}")
+    return dg.MaterializeResult(metadata={
+        "path": str(directory), "source": "shipped", "shipped_from": str(source), "reused": reused,
+        "fingerprint": fingerprint, "weights_sha256": shipped["weights_sha256"]})
 
 
 @dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=DIFFUSION_CODE, kinds={"pytorch"})

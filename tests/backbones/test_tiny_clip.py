@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import open_clip
@@ -11,7 +12,8 @@ import torch
 from backbone_toys import COLOURS, coloured_squares, normalized_pixels
 from models.backbones.loader import BackboneSpec, load_backbone
 from models.backbones.tiny_clip import (
-    EMBEDDED_MODEL_CONFIG_DIR, ClipPretrainConfig, pretrain_tiny_clip, register_embedded_model_configs)
+    EMBEDDED_MODEL_CONFIG_DIR, WEIGHTS_FILENAME, ClipPretrainConfig, ShippedWeightsError, install_shipped_weights,
+    pretrain_tiny_clip, register_embedded_model_configs)
 from models.provenance import sha256_file
 
 
@@ -152,3 +154,51 @@ def test_family_batches_keep_each_family_together(tmp_path, micro_clip_config):
     result = pretrain_tiny_clip(images, captions, tmp_path / "model", dataclasses.replace(
         micro_clip_config, epochs=1, batch_size=16), families=families)
     assert np.isfinite(result.epoch_losses).all()
+
+
+def _shipped_copy(trained_micro_clip, tmp_path):
+    result, _ = trained_micro_clip
+    shipped = tmp_path / "shipped"
+    shutil.copytree(result.directory, shipped)
+    return shipped, result.weights_sha256
+
+
+def test_shipped_weights_install_when_their_hash_matches(trained_micro_clip, micro_clip_name, tmp_path):
+    shipped, sha256 = _shipped_copy(trained_micro_clip, tmp_path)
+    installed = install_shipped_weights(shipped, sha256, tmp_path / "workspace" / "tiny-clip", micro_clip_name)
+    assert installed.weights_sha256 == sha256
+    assert sha256_file(installed.directory / WEIGHTS_FILENAME) == sha256
+    assert installed.epoch_losses == trained_micro_clip[0].epoch_losses
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{installed.directory}")
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flip_byte", "has SHA-256"),
+    ("lfs_pointer", "has SHA-256"),
+    ("drop_summary", "file missing"),
+    ("other_architecture", "another architecture"),
+])
+def test_damaged_shipped_weights_are_refused_and_leave_the_installed_ones(
+        trained_micro_clip, micro_clip_name, tmp_path, damage, message):
+    shipped, sha256 = _shipped_copy(trained_micro_clip, tmp_path)
+    target = tmp_path / "workspace" / "tiny-clip"
+    install_shipped_weights(shipped, sha256, target, micro_clip_name)
+    before = sha256_file(target / WEIGHTS_FILENAME)
+    weights = shipped / WEIGHTS_FILENAME
+    if damage == "flip_byte":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "lfs_pointer":
+        weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + sha256 + "\nsize 1\n")
+    elif damage == "drop_summary":
+        (shipped / "training_summary.json").unlink()
+    else:
+        config = json.loads((shipped / "open_clip_config.json").read_text())
+        config["model_cfg"]["embed_dim"] += 1
+        (shipped / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(ShippedWeightsError, match=message) as error:
+        install_shipped_weights(shipped, sha256, target, micro_clip_name)
+    assert str(shipped) in str(error.value)
+    assert sha256_file(target / WEIGHTS_FILENAME) == before

@@ -24,6 +24,7 @@ def _write_micro_catalog() -> None:
     keep.append({"name": "Broken", "source": "coop", "root": str(BROKEN_DATASET), "template": "a photo of a {}."})
     (MICRO_CATALOG / "datasets.yaml").write_text(yaml.safe_dump({"datasets": keep}))
     world = yaml.safe_load((MICRO_CATALOG / "world.yaml").read_text())
+    world.pop("tiny_clip_weights", None)  # no shipped weights: the asset pretrains the shortened recipe below
     world["corpus"]["num_pairs"] = 384
     world["tiny_clip"].update(epochs=1, batch_size=128, warmup_steps=1)
     world["diffusion"].update(epochs=1, batch_size=64)
