@@ -1,6 +1,7 @@
 import base64
 import re
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,35 @@ def test_report_pattern_verdicts_follow_the_seed_spread(tmp_path: Path):
     section = _section_html((tmp_path / "partial.html").read_text(encoding="utf-8"),
                             "Does the published base-to-new pattern appear?")
     assert _row_cells(section, "tuning beats zero-shot on base classes")[6] == "2"
+
+
+def test_report_checks_the_few_shot_pattern_on_plain_configurations(tmp_path: Path):
+    """CoOp 16 shots gains 12 points over zero-shot on both datasets (seeds 2 points apart); a CoOp variant with other
+    options and a base-to-new CoOp run are not the plain configuration and stay out of the check."""
+    warehouse = Warehouse(tmp_path / "w.duckdb", tmp_path / "predictions")
+    for dataset in DATASETS:
+        warehouse.record_run(make_run(f"{dataset}-zs", dataset=dataset, method="zero_shot", shots=0, seed=0),
+                             [MetricRow("test", "top1_accuracy", 0.50)])
+        for seed, coop, probe_1, probe_16 in ((1, 0.61, 0.30, 0.58), (2, 0.63, 0.34, 0.60)):
+            for method, shots, value in (("coop", 16, coop), ("linear_probe", 1, probe_1),
+                                         ("linear_probe", 16, probe_16)):
+                warehouse.record_run(make_run(f"{dataset}-{method}-{shots}-{seed}", dataset=dataset, method=method,
+                                              shots=shots, seed=seed), [MetricRow("test", "top1_accuracy", value)])
+            run = make_run(f"{dataset}-coop-csc-{seed}", dataset=dataset, seed=seed,
+                           options={"settings_hash": "99999999", "variant": "csc"})
+            warehouse.record_run(replace(run, experiment_key=f"coop-csc-{seed}", partition_key=f"{dataset}|csc{seed}"),
+                                 [MetricRow("test", "top1_accuracy", 0.10)])
+            run = make_run(f"{dataset}-coop-b2n-{seed}", dataset=dataset, seed=seed,
+                           options={"settings_hash": "0a1b2c3d", "protocol": "base_to_new"})
+            warehouse.record_run(replace(run, experiment_key=f"coop-b2n-{seed}", partition_key=f"{dataset}|b2n{seed}"),
+                                 [MetricRow("test", "top1_accuracy", 0.10)])
+    build_report(warehouse, tmp_path / "few.html")
+    section = _section_html((tmp_path / "few.html").read_text(encoding="utf-8"),
+                            "Does the published few-shot pattern appear?")
+    assert _row_cells(section, "CoOp at 16 shots beats zero-shot")[:8] == [
+        "coop, 16 shots", "62.00", "zero_shot", "50.00", "+12.00", f"{100 * statistics.stdev([0.11, 0.13]):.2f}",
+        "2", "shown"]
+    assert _row_cells(section, "CoOp at 16 shots beats zero-shot by at least 8 points")[7] == "shown"
+    assert _row_cells(section, "the 1-shot linear probe falls below zero-shot")[4] == "+18.00"
+    assert _row_cells(section, "the linear probe overtakes zero-shot by 16 shots")[4] == "+9.00"
+    assert _row_cells(section, "CoOp stays above the linear probe at 16 shots")[4:8] == ["+3.00", "0.00", "2", "shown"]

@@ -4,7 +4,8 @@ import polars as pl
 import pytest
 
 from models.evaluation.metrics import harmonic_mean
-from models.evaluation.phenomena import CONTRADICTED, NOT_SHOWN, SHOWN, published_pattern_checks
+from models.evaluation.phenomena import (
+    CONTRADICTED, NOT_SHOWN, SHOWN, few_shot_pattern_checks, published_pattern_checks)
 
 COOP_BELOW = "CoOp's new-class accuracy falls below zero-shot"
 COOP_THREE_POINTS = "CoOp's new-class accuracy at least 3 points below zero-shot's"
@@ -127,3 +128,52 @@ def test_several_rows_for_one_method_are_refused():
         published_pattern_checks(pl.concat([averages_of(seeds), averages_of(seeds)]), seeds)
     with pytest.raises(ValueError, match="seed averages have several rows.*coop"):
         published_pattern_checks(averages_of(seeds), pl.concat([seeds, seeds]))
+
+
+def few_shot_rows(values: dict[tuple[str, int], dict[str, dict[int, float]]]) -> pl.DataFrame:
+    rows = [(dataset, method, shots, seed, value) for (method, shots), by_dataset in values.items()
+            for dataset, by_seed in by_dataset.items() for seed, value in by_seed.items()]
+    return pl.DataFrame(rows, schema=["dataset", "method", "shots", "seed", "value"], orient="row")
+
+
+def few_shot_checks_of(values):
+    return {check.claim: check for check in few_shot_pattern_checks(few_shot_rows(values))}
+
+
+def test_few_shot_claims_average_over_the_shared_datasets_and_weigh_the_seed_spread():
+    checks = few_shot_checks_of({
+        ("zero_shot", 0): {"a": {0: 0.50}, "b": {0: 0.60}, "c": {0: 0.90}},
+        ("coop", 16): {"a": {1: 0.70, 2: 0.72, 3: 0.68}, "b": {1: 0.71, 2: 0.69, 3: 0.70}},  # no "c"
+        ("linear_probe", 1): {"a": {1: 0.30, 2: 0.50, 3: 0.40}, "b": {1: 0.40, 2: 0.40, 3: 0.40}},
+        ("linear_probe", 16): {"a": {1: 0.74, 2: 0.73, 3: 0.72}, "b": {1: 0.75, 2: 0.74, 3: 0.73}},
+    })
+    gain = checks["CoOp at 16 shots beats zero-shot"]
+    assert gain.value == pytest.approx(0.70) and gain.reference_value == pytest.approx(0.55)  # "c" left out
+    assert gain.margin == pytest.approx(0.15) and gain.n_seeds == 3
+    assert gain.seed_std == pytest.approx(statistics.stdev([0.705 - 0.55, 0.705 - 0.55, 0.69 - 0.55]))
+    assert gain.verdict == SHOWN and checks["CoOp at 16 shots beats zero-shot by at least 8 points"].verdict == SHOWN
+    below = checks["the 1-shot linear probe falls below zero-shot"]
+    assert below.margin == pytest.approx(0.55 - 0.40) and below.method == "linear_probe, 1 shot"
+    assert below.seed_std == pytest.approx(statistics.stdev([0.20, 0.10, 0.15]))
+    above = checks["CoOp stays above the linear probe at 16 shots"]
+    # paired per seed: coop minus probe, averaged over the two datasets
+    assert above.margin == pytest.approx(0.70 - 0.735)
+    assert above.seed_std == pytest.approx(statistics.stdev([0.705 - 0.745, 0.705 - 0.735, 0.69 - 0.725]))
+    assert above.verdict == CONTRADICTED and above.reference == "linear_probe, 16 shots"
+
+
+def test_few_shot_gain_inside_the_spread_is_not_shown_and_missing_methods_are_skipped():
+    checks = few_shot_checks_of({
+        ("zero_shot", 0): {"a": {0: 0.50}},
+        ("coop", 16): {"a": {1: 0.45, 2: 0.65, 3: 0.55}},
+    })
+    assert set(checks) == {"CoOp at 16 shots beats zero-shot",
+                           "CoOp at 16 shots beats zero-shot by at least 8 points"}
+    assert checks["CoOp at 16 shots beats zero-shot"].verdict == NOT_SHOWN
+    assert checks["CoOp at 16 shots beats zero-shot by at least 8 points"].verdict == NOT_SHOWN
+
+
+def test_few_shot_rows_must_be_one_per_seed():
+    rows = few_shot_rows({("coop", 16): {"a": {1: 0.5}}})
+    with pytest.raises(ValueError, match="several rows"):
+        few_shot_pattern_checks(pl.concat([rows, rows]))
