@@ -114,7 +114,7 @@ def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     result = pretrain_on_corpus(context, promptlab, "tiny-clip", "tiny_clip", TINY_CLIP_CODE,
                                 workspace.tiny_clip_dir, train)
     if shipped:
-        found = result.metadata["weights_sha256"].value
+        found = result.metadata["weights_sha256"]
         same = found == shipped["weights_sha256"]
         message = ("tiny-clip retrained: the same weights as the shipped ones, bit for bit" if same else
                    f"tiny-clip retrained: weights {found} differ from the shipped {shipped['weights_sha256']} "
