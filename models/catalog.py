@@ -29,7 +29,7 @@ PROTOCOLS = ("all_classes", "base_to_new")
 TRANSFER_PROTOCOLS = ("cross_dataset", "domain_generalization")
 # Named subsets of the default grid (grids.yaml), picked with `promptlab run --grid NAME` or $PROMPTLAB_GRID. A
 # subset only removes experiments; the ones it keeps have the same keys and hashes as in the full grid.
-GRID_SUBSET_FILTERS = ("methods", "shots", "seeds")
+GRID_SUBSET_FILTERS = ("methods", "shots", "seeds", "experiments")
 # The evaluation protocols a run can be restricted to (`promptlab run --protocol`; pipelines/partitions.py).
 EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer")
 DEFAULT_GRID = "default"
@@ -438,9 +438,15 @@ def select_grid_subset(directory: Path, name: str, experiments: dict[str, Experi
     unknown_methods = sorted(set(subset.get("methods") or []) - set(METHODS))
     if unknown_methods:
         raise CatalogError(f"{where}.methods: {unknown_methods} are not registered; known: {sorted(METHODS)}")
+    patterns = subset.get("experiments")
+    for pattern in patterns or []:
+        if not any(fnmatch.fnmatchcase(key, str(pattern)) for key in experiments):
+            raise CatalogError(f"{where}.experiments: {pattern!r} matches no experiment key of the grid")
 
     def kept(experiment: ExperimentConfig) -> bool:
         if subset.get("methods") is not None and experiment.method not in subset["methods"]:
+            return False
+        if patterns is not None and not any(fnmatch.fnmatchcase(experiment.key, str(p)) for p in patterns):
             return False
         for field_name, value in (("shots", experiment.shots), ("seeds", experiment.seed)):
             if subset.get(field_name) is not None and value is not None and value not in subset[field_name]:

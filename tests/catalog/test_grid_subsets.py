@@ -29,6 +29,19 @@ def test_quick_grid_keeps_seed_1_at_three_shot_counts_with_the_full_grids_config
     assert quick.transfer.targets == full.transfer.targets
 
 
+def test_targets_grid_is_the_plain_configurations_the_issue_8_targets_are_measured_on():
+    full = load_catalog(DEFAULT_CATALOG_DIR, grid="default")
+    targets = load_catalog(DEFAULT_CATALOG_DIR, grid="targets")
+    seeds = (1, 2, 3)
+    expected = {"zeroshot", *(f"{method}-k{shots}-s{seed}" for method in ("linearprobe", "coop") for shots in (1, 16)
+                              for seed in seeds),
+                *(f"{method}-k16-s{seed}-b2n" for method in ("coop", "kgcoop", "cocoop", "promptsrc") for seed in seeds)}
+    assert set(targets.experiments) == expected  # no CoOp variants (csc, -aug, ...), no other protocol's entries
+    for key, experiment in targets.experiments.items():
+        assert experiment.config_hash == full.experiments[key].config_hash
+    assert targets.transfer.experiments == ("coop-k16-s1", "coop-k16-s2", "coop-k16-s3")
+
+
 def test_the_grid_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("PROMPTLAB_GRID", "quick")
     assert load_catalog(DEFAULT_CATALOG_DIR).grid == "quick"
@@ -46,6 +59,8 @@ def test_a_unknown_grid_is_named_with_the_known_ones():
     ({"shots": 4}, r"grids.quick.shots: expected a non-empty list, got 4"),
     ({"methods": ["coop", "cooop"]}, r"grids.quick.methods: \['cooop'\] are not registered"),
     ({"methods": ["vpt_deep"], "shots": [3]}, r"grids.quick: selects no experiment"),
+    ({"experiments": ["coop-k16-s?", "copo-*"]}, r"grids.quick.experiments: 'copo-\*' matches no experiment key"),
+    ({"experiments": "coop-k16-s1"}, r"grids.quick.experiments: expected a non-empty list"),
 ])
 def test_bad_subsets_are_named(catalog_copy, subset, message):
     edit(catalog_copy / "grids.yaml", lambda c: c["grids"].update(quick=subset))
