@@ -268,6 +268,12 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
         try:
             augmentation = AugmentationOptions(**entry["augmentation"]) if entry.get("augmentation") else None
             pseudolabels = PseudolabelOptions(**entry["pseudolabels"]) if entry.get("pseudolabels") else None
+            if pseudolabels is not None:
+                from models.pseudolabels import STRATEGIES
+
+                if pseudolabels.strategy not in STRATEGIES:
+                    raise CatalogError(f"{where}.pseudolabels.strategy: unknown strategy {pseudolabels.strategy!r}; "
+                                       f"known: {sorted(STRATEGIES)}")
         except TypeError as error:
             raise CatalogError(f"{where}: {error}") from error
         if (augmentation or pseudolabels) and not trains:

@@ -88,12 +88,15 @@ def combine_training_sets(
     labelled: tuple[torch.Tensor, torch.Tensor],
     augmented: tuple[torch.Tensor, torch.Tensor] | None = None,
     pseudolabelled: tuple[torch.Tensor, torch.Tensor] | None = None,
+    strategy: str = "fpl",
 ) -> TrainingSet:
     """Few-shot images, plus their kept diffusion variations (same labels), plus pseudolabelled pool images.
 
-    Pseudolabelled images are weighted so that the labelled and the pseudolabelled sets contribute equally to the
-    loss however large the pool selection is (Menghini et al. scale the labelled term by |PL|/|L|).
+    The labelled term is weighted as the pseudolabel strategy publishes it (models/pseudolabels.py): FPL scales it by
+    |PL|/|L|, IFPL and GRIP by |L|/|PL|; each pseudolabelled image has weight 1.
     """
+    from models.pseudolabels import get_strategy
+
     parts_features, parts_labels, parts_weights = [], [], []
     composition = {}
     for name, part in (("labelled", labelled), ("augmented", augmented)):
@@ -105,7 +108,8 @@ def combine_training_sets(
     weights = None
     if pseudolabelled is not None and pseudolabelled[0].shape[0]:
         n_pseudo = pseudolabelled[0].shape[0]
-        parts_weights = [torch.full((n_labelled,), n_pseudo / n_labelled), torch.ones(n_pseudo)]
+        labelled_weight = get_strategy(strategy).labelled_loss_weight(n_labelled, n_pseudo)
+        parts_weights = [torch.full((n_labelled,), labelled_weight), torch.ones(n_pseudo)]
         parts_features.append(pseudolabelled[0])
         parts_labels.append(pseudolabelled[1])
         composition["pseudolabelled"] = n_pseudo

@@ -1,13 +1,87 @@
-"""Pseudolabels from zero-shot predictions on an unlabeled pool (Menghini et al., "Enhancing CLIP with CLIP").
+"""Pseudolabels on an unlabeled pool (Menghini et al., "Enhancing CLIP with CLIP", NeurIPS 2023), and the registry of
+pseudolabelling strategies.
 
-FPL: the K most confident images per predicted class, fixed once. IFPL/GRIP iterate the same selection with
-retrained prompts (a later stage builds on `select_top_k_per_class`).
+FPL: the K most confident images per predicted class from zero-shot CLIP, chosen once. IFPL: train, re-pseudolabel
+the pool with the trained prompts, K fixed, for 10 rounds. GRIP: the same with K growing each round until the whole
+pool is used. A strategy here is the schedule (rounds, K per round) and the loss weighting; the training rounds are
+run by the caller.
+
+Departures from the authors' code (their repository, read for ../shared/METHODS-2.md section 3):
+- an image is pseudolabelled into one class at most, its most probable one (their leaderboard loop could put one
+  image into several classes);
+- ties in confidence are broken by path, so a selection does not depend on the pool's order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
+
+# Menghini et al.'s two weightings of the labelled term against the pseudolabelled one (each CE averaged over its part
+# of the batch): FPL scales the labelled loss by |PL|/|L|, IFPL and GRIP (update_training_set) by |L|/|PL|.
+LABELLED_WEIGHTINGS: dict[str, Callable[[int, int], float]] = {
+    "pseudo_over_labelled": lambda labelled, pseudo: pseudo / labelled,
+    "labelled_over_pseudo": lambda labelled, pseudo: labelled / pseudo,
+    "equal": lambda labelled, pseudo: 1.0,
+}
+
+
+@dataclass(frozen=True)
+class PseudolabelStrategy:
+    """A pseudolabelling schedule: how many rounds, how many pseudolabels per class in each, how the loss weighs them.
+
+    Round 0 pseudolabels with zero-shot CLIP; round r > 0 with the prompts trained in round r - 1. `per_class(r,
+    pool_size, num_classes)` is K of round r; it never exceeds floor(pool_size / num_classes): a fixed K beyond that
+    is refused, GRIP's growing K stops there (its last round uses the whole pool).
+    """
+
+    name: str
+    rounds: int
+    labelled_weighting: str
+    growing: bool  # GRIP: K grows with the round; otherwise K is the experiment's `per_class`
+    description: str
+
+    def per_class(self, round_index: int, pool_size: int, num_classes: int, fixed_per_class: int = 16) -> int:
+        if not 0 <= round_index < self.rounds:
+            raise ValueError(f"{self.name}: round {round_index} outside 0..{self.rounds - 1}")
+        if pool_size < 1 or num_classes < 1:
+            raise ValueError(f"{self.name}: the pool ({pool_size} images) and the classes ({num_classes}) must be "
+                             "non-empty")
+        cap = pool_size // num_classes
+        if self.growing:  # grip_train: K = int((r + 1) * |U| / 10 / C), capped at floor(|U| / C)
+            if cap < 1:
+                raise ValueError(f"{self.name}: a pool of {pool_size} images cannot give each of {num_classes} "
+                                 "classes a pseudolabel")
+            return max(1, min(int((round_index + 1) * pool_size / self.rounds / num_classes), cap))
+        if fixed_per_class < 1 or fixed_per_class > cap:
+            raise ValueError(f"{self.name}: K = {fixed_per_class} per class needs {fixed_per_class * num_classes} "
+                             f"pool images for {num_classes} classes, but the pool holds {pool_size}")
+        return fixed_per_class
+
+    def labelled_loss_weight(self, num_labelled: int, num_pseudolabelled: int) -> float:
+        """The factor on the labelled loss term (the pseudolabelled term has weight 1)."""
+        if num_labelled < 1 or num_pseudolabelled < 1:
+            return 1.0  # one of the two terms is absent: nothing to balance
+        return LABELLED_WEIGHTINGS[self.labelled_weighting](num_labelled, num_pseudolabelled)
+
+
+STRATEGIES: dict[str, PseudolabelStrategy] = {
+    "fpl": PseudolabelStrategy("fpl", rounds=1, labelled_weighting="pseudo_over_labelled", growing=False,
+                               description="top-K per class by zero-shot confidence, fixed"),
+    "ifpl": PseudolabelStrategy("ifpl", rounds=10, labelled_weighting="labelled_over_pseudo", growing=False,
+                                description="iterative: re-pseudolabel with the trained prompts, K fixed, 10 rounds"),
+    "grip": PseudolabelStrategy("grip", rounds=10, labelled_weighting="labelled_over_pseudo", growing=True,
+                                description="iterative with K growing by a tenth of the pool per class each round"),
+}
+
+
+def get_strategy(name: str) -> PseudolabelStrategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown pseudolabel strategy {name!r}; known: {sorted(STRATEGIES)}")
+    return STRATEGIES[name]
 
 
 def pseudolabel_table(relative_paths: list[str], probabilities: np.ndarray) -> pl.DataFrame:

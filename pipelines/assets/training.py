@@ -92,7 +92,8 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
                 inputs.index.select("relative_path", "content_sha256"), on="relative_path", how="left")
             pseudo = (inputs_for(inputs.image_dir, selected, selected["content_sha256"].to_list()),
                       torch.tensor(selected["pseudo_label"].to_list()))
-        training_set = combine_training_sets(labelled, augmented, pseudo)
+        strategy = experiment.pseudolabels.strategy if experiment.pseudolabels is not None else "fpl"
+        training_set = combine_training_sets(labelled, augmented, pseudo, strategy=strategy)
         # the few-shot val subset (min(K, 4) per class), for methods that select hyperparameters on it
         training_set.validation = (
             inputs_for(inputs.image_dir, val_rows, val_rows["content_sha256"].to_list(), with_mirror=False),

@@ -78,3 +78,11 @@ def test_templates_without_a_placeholder_are_refused(catalog_copy):
          lambda c: c["grid"].append({"method": "zero_shot", "name": "bad", "templates": ["a photo"]}))
     with pytest.raises(CatalogError, match="templates must be"):
         load_catalog(catalog_copy)
+
+
+def test_an_unknown_pseudolabel_strategy_names_the_grid_entry_and_field(catalog_copy):
+    edit(catalog_copy / "experiments.yaml", lambda c: c["grid"].append(
+        {"method": "coop", "shots": [16], "seeds": [1], "pseudolabels": {"strategy": "gripp", "per_class": 16}}))
+    with pytest.raises(CatalogError, match=r"grid\[\d+\]\.pseudolabels\.strategy: unknown strategy 'gripp'; "
+                                           r"known: \['fpl', 'grip', 'ifpl'\]"):
+        load_catalog(catalog_copy)

@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 
 from models.augmentation import AugmentationSettings, augment_with_diffusion
-from models.pseudolabels import pseudolabel_accuracy, pseudolabel_table, select_top_k_per_class
+from models.pseudolabels import (
+    STRATEGIES, get_strategy, pseudolabel_accuracy, pseudolabel_table, select_top_k_per_class)
 
 
 def test_fpl_keeps_the_most_confident_per_predicted_class():
@@ -44,3 +45,52 @@ def test_augmentation_keeps_only_variations_similar_to_their_source(tmp_path, re
     assert kept["source_relative_path"].to_list() == ["red/a.png", "green/b.png"]
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted(kept["relative_path"].to_list())
     assert set(table.columns) >= {"seed", "strength", "similarity", "source_relative_path"}
+
+
+def test_the_strategy_registry_holds_the_published_schedules():
+    assert set(STRATEGIES) == {"fpl", "ifpl", "grip"}
+    assert get_strategy("fpl").rounds == 1 and get_strategy("ifpl").rounds == 10 and get_strategy("grip").rounds == 10
+    with pytest.raises(ValueError, match=r"unknown pseudolabel strategy 'gripp'; known: \['fpl', 'grip', 'ifpl'\]"):
+        get_strategy("gripp")
+
+
+@pytest.mark.parametrize("pool_size, num_classes", [(1000, 10), (637, 20), (48, 6), (10, 10)])
+def test_grip_grows_k_by_a_tenth_of_the_pool_until_the_whole_pool_is_used(pool_size, num_classes):
+    grip = get_strategy("grip")
+    schedule = [grip.per_class(r, pool_size, num_classes) for r in range(grip.rounds)]
+    # grip_train: K_r = int((r + 1) * |U| / 10 / C), at least 1, never beyond floor(|U| / C)
+    assert schedule == [max(1, min(int((r + 1) * pool_size / 10 / num_classes), pool_size // num_classes))
+                        for r in range(10)]
+    assert schedule == sorted(schedule) and schedule[-1] == pool_size // num_classes
+    assert all(k * num_classes <= pool_size for k in schedule)  # the selection never outgrows the pool
+
+
+def test_fpl_and_ifpl_keep_k_fixed_and_refuse_a_k_the_pool_cannot_hold():
+    for name in ("fpl", "ifpl"):
+        strategy = get_strategy(name)
+        assert {strategy.per_class(r, 500, 10, fixed_per_class=16) for r in range(strategy.rounds)} == {16}
+        with pytest.raises(ValueError, match=r"K = 16 per class needs 160 pool images for 10 classes, but the pool "
+                                             r"holds 150"):
+            strategy.per_class(0, 150, 10, fixed_per_class=16)
+    with pytest.raises(ValueError, match="round 10 outside 0..9"):
+        get_strategy("ifpl").per_class(10, 500, 10)
+    with pytest.raises(ValueError, match="cannot give each of 10 classes"):
+        get_strategy("grip").per_class(0, 9, 10)
+
+
+def test_the_labelled_term_is_weighted_as_each_strategy_publishes():
+    # 2 labels per class on 10 classes against 160 pseudolabels
+    assert get_strategy("fpl").labelled_loss_weight(20, 160) == pytest.approx(160 / 20)  # |PL| / |L|
+    assert get_strategy("ifpl").labelled_loss_weight(20, 160) == pytest.approx(20 / 160)  # |L| / |PL|
+    assert get_strategy("grip").labelled_loss_weight(20, 160) == pytest.approx(20 / 160)
+    assert get_strategy("grip").labelled_loss_weight(0, 160) == 1.0  # UL: no labelled term to balance
+
+
+def test_an_image_is_pseudolabelled_into_one_class_at_most():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4), size=40)
+    table = pseudolabel_table([f"img{i:02d}.png" for i in range(40)], probabilities)
+    selected = select_top_k_per_class(table, per_class=10)
+    assert selected["relative_path"].is_unique().all()
+    assert (selected["pseudo_label"].to_numpy() == probabilities.argmax(1)[
+        [int(p[3:5]) for p in selected["relative_path"]]]).all()

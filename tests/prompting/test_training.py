@@ -84,6 +84,9 @@ def test_pseudolabelled_and_labelled_sets_weigh_equally():
     assert combined.composition == {"labelled": 4, "pseudolabelled": 12}
     weights = combined.sample_weights
     assert math.isclose(weights[:4].sum().item(), weights[4:].sum().item())
+    # IFPL and GRIP weigh the labelled term by |L| / |PL| instead (Menghini et al.'s update_training_set)
+    iterative = combine_training_sets(labelled, None, pseudo, strategy="grip").sample_weights
+    assert torch.allclose(iterative[:4], torch.full((4,), 4 / 12)) and torch.equal(iterative[4:], torch.ones(12))
 
 
 def test_base_and_new_splits_are_scored_among_their_own_classes():
