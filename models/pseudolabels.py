@@ -109,11 +109,36 @@ def select_top_k_per_class(pseudolabels: pl.DataFrame, per_class: int) -> pl.Dat
     )
 
 
-def pseudolabel_accuracy(selected: pl.DataFrame, hidden_labels: pl.DataFrame) -> float:
-    """Accuracy of the selected pseudolabels against the pool's true labels (relative_path, label)."""
+def _with_hidden_labels(selected: pl.DataFrame, hidden_labels: pl.DataFrame) -> pl.DataFrame:
+    """The selection joined with the pool's true labels (relative_path, label), and whether each pseudolabel is right."""
     joined = selected.join(hidden_labels.select("relative_path", "label"), on="relative_path", how="left")
     if joined["label"].null_count():
         raise ValueError("some pseudolabelled images are missing from the labelled index")
-    if joined.height == 0:
-        return 0.0
-    return float((joined["pseudo_label"] == joined["label"]).mean())
+    return joined.with_columns(correct=(pl.col("pseudo_label") == pl.col("label")).cast(pl.Float64))
+
+
+def pseudolabel_accuracy(selected: pl.DataFrame, hidden_labels: pl.DataFrame) -> float:
+    """Accuracy of the selected pseudolabels against the pool's true labels (relative_path, label)."""
+    joined = _with_hidden_labels(selected, hidden_labels)
+    return float(joined["correct"].mean()) if joined.height else 0.0
+
+
+def pseudolabel_quality(selected: pl.DataFrame, hidden_labels: pl.DataFrame, num_classes: int) -> dict[str, float]:
+    """How good one round's pseudolabels are, against the pool's hidden labels: accuracy, class coverage (share of
+    classes given at least one pseudolabel), the lowest per-class accuracy among covered classes, and the expected
+    calibration error of the confidences (a well-calibrated selection is as often right as it is confident)."""
+    from models.evaluation.metrics import expected_calibration_error
+
+    if selected.height == 0:
+        return {"pseudolabel_accuracy": 0.0, "class_coverage": 0.0, "worst_class_accuracy": 0.0,
+                "confidence_calibration_error": 0.0, "num_pseudolabels": 0.0}
+    joined = _with_hidden_labels(selected, hidden_labels)
+    per_class = joined.group_by("pseudo_label").agg(pl.col("correct").mean())
+    return {
+        "pseudolabel_accuracy": float(joined["correct"].mean()),
+        "class_coverage": per_class.height / num_classes,
+        "worst_class_accuracy": float(per_class["correct"].min()),
+        "confidence_calibration_error": expected_calibration_error(joined["confidence"].to_numpy(),
+                                                                   joined["correct"].to_numpy()),
+        "num_pseudolabels": float(selected.height),
+    }

@@ -6,7 +6,7 @@ from PIL import Image
 
 from models.augmentation import AugmentationSettings, augment_with_diffusion
 from models.pseudolabels import (
-    STRATEGIES, get_strategy, pseudolabel_accuracy, pseudolabel_table, select_top_k_per_class)
+    STRATEGIES, get_strategy, pseudolabel_accuracy, pseudolabel_quality, pseudolabel_table, select_top_k_per_class)
 
 
 def test_fpl_keeps_the_most_confident_per_predicted_class():
@@ -94,3 +94,17 @@ def test_an_image_is_pseudolabelled_into_one_class_at_most():
     assert selected["relative_path"].is_unique().all()
     assert (selected["pseudo_label"].to_numpy() == probabilities.argmax(1)[
         [int(p[3:5]) for p in selected["relative_path"]]]).all()
+
+
+def test_pseudolabel_quality_against_the_hidden_labels():
+    selected = pl.DataFrame({"relative_path": ["a", "b", "c", "d"], "pseudo_label": [0, 0, 1, 1],
+                             "confidence": [0.9, 0.8, 0.6, 0.7]})
+    hidden = pl.DataFrame({"relative_path": ["a", "b", "c", "d", "e"], "label": [0, 1, 1, 1, 2]})
+    quality = pseudolabel_quality(selected, hidden, num_classes=3)
+    assert quality["pseudolabel_accuracy"] == pytest.approx(0.75)
+    assert quality["class_coverage"] == pytest.approx(2 / 3)  # class 2 got no pseudolabel
+    assert quality["worst_class_accuracy"] == pytest.approx(0.5)
+    # ECE: bins (0.5, 0.6]: c right at 0.6; (0.6, 0.7]: d right at 0.7; (0.7, 0.8]: b wrong at 0.8; (0.8, 0.9]: a right
+    assert quality["confidence_calibration_error"] == pytest.approx((0.4 + 0.3 + 0.8 + 0.1) / 4)
+    with pytest.raises(ValueError, match="missing from the labelled index"):
+        pseudolabel_quality(selected, hidden.head(2), num_classes=3)
