@@ -117,6 +117,57 @@ def combine_training_sets(
     return TrainingSet(torch.cat(parts_features), torch.cat(parts_labels).long(), weights, composition)
 
 
+def assemble_training_set(
+    method: str,
+    backbone,
+    image_dir: Path,
+    labelled_rows: pl.DataFrame,
+    val_rows: pl.DataFrame,
+    trained_labels: list[int],
+    cache_dir: Path | None,
+    augmented_dir: Path | None = None,
+    augmented_rows: pl.DataFrame | None = None,
+    pseudolabelled_rows: pl.DataFrame | None = None,
+    strategy: str = "fpl",
+) -> TrainingSet:
+    """The training set of one experiment, in the inputs its method takes (cached features or preprocessed images).
+
+    labelled_rows / val_rows: the labelled images for training and for validation (relative_path, label,
+    content_sha256), restricted to `trained_labels` and relabelled 0..len-1 in that order (base-to-new trains on the
+    base classes only). augmented_rows: kept diffusion variations under `augmented_dir` (relative_path, label).
+    pseudolabelled_rows: pool images with their pseudo_label and content_sha256, weighted by `strategy`.
+    """
+    from models.provenance import sha256_file
+
+    relabel = {label: index for index, label in enumerate(trained_labels)}
+
+    def labelled_part(directory: Path, rows: pl.DataFrame, hashes: list[str], label_column: str,
+                      with_mirror: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = method_inputs_for_images(method, backbone, directory, rows["relative_path"].to_list(), hashes,
+                                          cache_dir, with_mirror)
+        return inputs, torch.tensor(rows[label_column].to_list())
+
+    def relabelled(rows: pl.DataFrame) -> pl.DataFrame:
+        rows = rows.filter(pl.col("label").is_in(trained_labels))
+        return rows.with_columns(pl.col("label").replace_strict(relabel, return_dtype=pl.Int64))
+
+    labelled_rows, val_rows = relabelled(labelled_rows), relabelled(val_rows)
+    labelled = labelled_part(image_dir, labelled_rows, labelled_rows["content_sha256"].to_list(), "label")
+    augmented = None
+    if augmented_rows is not None and augmented_rows.height:
+        hashes = [sha256_file(augmented_dir / "images" / path) for path in augmented_rows["relative_path"].to_list()]
+        augmented = labelled_part(augmented_dir / "images", augmented_rows, hashes, "label")
+    pseudo = None
+    if pseudolabelled_rows is not None:
+        pseudo = labelled_part(image_dir, pseudolabelled_rows, pseudolabelled_rows["content_sha256"].to_list(),
+                               "pseudo_label")
+    training_set = combine_training_sets(labelled, augmented, pseudo, strategy=strategy)
+    # the labelled val images (few-shot: min(K, 4) per class), for methods that select hyperparameters on them
+    training_set.validation = labelled_part(image_dir, val_rows, val_rows["content_sha256"].to_list(), "label",
+                                            with_mirror=False)
+    return training_set
+
+
 def train_prompts(
     classifier: PromptedClassifier,
     training_set: TrainingSet,

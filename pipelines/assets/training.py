@@ -6,7 +6,6 @@ import json
 
 import dagster as dg
 import polars as pl
-import torch
 
 from models.provenance import library_code_version
 from pipelines.assets.augmentation import augmented_images
@@ -30,8 +29,8 @@ from pipelines.resources import PromptLabResource
 def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """The learned prompt of one experiment (method, shots, seed, options) on one dataset."""
     from models.data.index import dataset_fingerprint
-    from models.experiments import (build_classifier, combine_training_sets, method_inputs_for_images,
-                                    optimization_config, save_prompt_checkpoint, train_prompts)
+    from models.experiments import (assemble_training_set, build_classifier, optimization_config,
+                                    save_prompt_checkpoint, train_prompts)
     from models.prompting.methods import get_method
 
     dataset, experiment_key = dataset_and_experiment(context)
@@ -63,41 +62,19 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     }
     metadata: dict = {"method": experiment.method, "trained": method.trains_prompts}
     if method.trains_prompts:
-        cache = workspace.feature_cache_dir
-
-        def inputs_for(image_dir, rows: pl.DataFrame, hashes: list[str], with_mirror: bool = True):
-            # cached features for frozen-image-tower methods, preprocessed images for vision-prompt methods
-            return method_inputs_for_images(experiment.method, backbone, image_dir, rows["relative_path"].to_list(),
-                                            hashes, cache, with_mirror)
-
-        # base_to_new relabels the base classes 0..B-1
-        relabel = {label: index for index, label in enumerate(trained_labels)}
         fewshot = pl.read_parquet(workspace.fewshot_path(dataset))
-        labelled_rows = inputs.fewshot_train(fewshot).filter(pl.col("label").is_in(trained_labels))
-        val_rows = inputs.fewshot_train(fewshot, subset="val").filter(pl.col("label").is_in(trained_labels))
-        labelled = (inputs_for(inputs.image_dir, labelled_rows, labelled_rows["content_sha256"].to_list()),
-                    torch.tensor([relabel[label] for label in labelled_rows["label"].to_list()]))
-        augmented = None
+        augmented_dir = augmented_rows = pseudolabelled_rows = None
         if experiment.augmentation is not None:
-            directory = workspace.augmentation_dir(dataset, experiment_key)
-            kept = pl.read_parquet(directory / "augmented.parquet").filter(pl.col("kept"))
-            if kept.height:
-                from models.provenance import sha256_file
-
-                hashes = [sha256_file(directory / "images" / p) for p in kept["relative_path"].to_list()]
-                augmented = (inputs_for(directory / "images", kept, hashes), torch.tensor(kept["label"].to_list()))
-        pseudo = None
+            augmented_dir = workspace.augmentation_dir(dataset, experiment_key)
+            augmented_rows = pl.read_parquet(augmented_dir / "augmented.parquet").filter(pl.col("kept"))
         if experiment.pseudolabels is not None:
-            selected = pl.read_parquet(workspace.pseudolabels_path(dataset, experiment_key)).join(
+            pseudolabelled_rows = pl.read_parquet(workspace.pseudolabels_path(dataset, experiment_key)).join(
                 inputs.index.select("relative_path", "content_sha256"), on="relative_path", how="left")
-            pseudo = (inputs_for(inputs.image_dir, selected, selected["content_sha256"].to_list()),
-                      torch.tensor(selected["pseudo_label"].to_list()))
-        strategy = experiment.pseudolabels.strategy if experiment.pseudolabels is not None else "fpl"
-        training_set = combine_training_sets(labelled, augmented, pseudo, strategy=strategy)
-        # the few-shot val subset (min(K, 4) per class), for methods that select hyperparameters on it
-        training_set.validation = (
-            inputs_for(inputs.image_dir, val_rows, val_rows["content_sha256"].to_list(), with_mirror=False),
-            torch.tensor([relabel[label] for label in val_rows["label"].to_list()]))
+        training_set = assemble_training_set(
+            experiment.method, backbone, inputs.image_dir, inputs.fewshot_train(fewshot),
+            inputs.fewshot_train(fewshot, subset="val"), trained_labels, workspace.feature_cache_dir,
+            augmented_dir, augmented_rows, pseudolabelled_rows,
+            strategy=experiment.pseudolabels.strategy if experiment.pseudolabels is not None else "fpl")
         optimization = optimization_config(experiment)
         context.log.info(f"training {experiment.method} on {training_set.composition} for {optimization.epochs} epochs")
 
