@@ -25,7 +25,6 @@ import polars as pl
 LABELLED_WEIGHTINGS: dict[str, Callable[[int, int], float]] = {
     "pseudo_over_labelled": lambda labelled, pseudo: pseudo / labelled,
     "labelled_over_pseudo": lambda labelled, pseudo: labelled / pseudo,
-    "equal": lambda labelled, pseudo: 1.0,
 }
 
 

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                           "or the whole grid)")
     run.add_argument("--retrain-world", action="store_true",
                      help="pretrain tiny-clip from the catalog's recipe (world.yaml tiny_clip) instead of installing "
-                          "the shipped weights; about 30 minutes on 2 CPU cores")
+                          "the shipped weights; about 33 minutes on 2 CPU cores")
     commands.add_parser("results", help="print test top-1 per dataset, method and shots from the warehouse")
     arguments = parser.parse_args(argv)
     if arguments.command == "results":

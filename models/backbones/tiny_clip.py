@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import shutil
 
 import numpy as np
 import open_clip
@@ -206,16 +205,25 @@ def install_shipped_weights(source_dir: Path, expected_sha256: str, output_dir: 
             "(world.yaml tiny_clip_weights.weights_sha256): the file was altered or not fetched (Git LFS?); "
             "restore it, or pretrain with `promptlab run --retrain-world`")
     register_embedded_model_configs()
-    shipped_cfg = json.loads((source_dir / CONFIG_FILENAME).read_text())["model_cfg"]
+    shipped_cfg = _read_json_field(source_dir / CONFIG_FILENAME, "model_cfg")
     if shipped_cfg != open_clip.get_model_config(model_name):
         raise ShippedWeightsError(
             f"{source_dir / CONFIG_FILENAME} describes another architecture than the catalog's {model_name!r} "
             f"({EMBEDDED_MODEL_CONFIG_DIR / (model_name + '.json')}); the shipped weights do not fit it")
-    summary = json.loads((source_dir / SUMMARY_FILENAME).read_text())
+    epoch_losses = _read_json_field(source_dir / SUMMARY_FILENAME, "epoch_losses")
+    seconds = _read_json_field(source_dir / SUMMARY_FILENAME, "seconds")
     with atomic_directory(output_dir) as staging:
         for filename in (CONFIG_FILENAME, WEIGHTS_FILENAME, SUMMARY_FILENAME):
             shutil.copyfile(source_dir / filename, staging / filename)
-    return PretrainedBackbone(Path(output_dir), list(summary["epoch_losses"]), found, float(summary["seconds"]))
+    return PretrainedBackbone(Path(output_dir), list(epoch_losses), found, float(seconds))
+
+
+def _read_json_field(path: Path, field_name: str):
+    """One field of a shipped JSON file; a file that is not JSON or lacks the field is refused by name."""
+    try:
+        return json.loads(path.read_text())[field_name]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ShippedWeightsError(f"{path}: not a JSON object with a {field_name!r} field ({error})") from error
 
 
 def _family_rows(families: np.ndarray | None, num_pairs: int) -> list[torch.Tensor]:
