@@ -29,7 +29,7 @@ PROTOCOLS = ("all_classes", "base_to_new")
 TRANSFER_PROTOCOLS = ("cross_dataset", "domain_generalization")
 # Named subsets of the default grid (grids.yaml), picked with `promptlab run --grid NAME` or $PROMPTLAB_GRID. A
 # subset only removes experiments; the ones it keeps have the same keys and hashes as in the full grid.
-GRID_SUBSET_FILTERS = ("methods", "shots", "seeds", "experiments")
+GRID_SUBSET_FILTERS = ("methods", "shots", "seeds", "settings", "experiments")
 # The evaluation protocols a run can be restricted to (`promptlab run --protocol`; pipelines/partitions.py).
 EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer")
 DEFAULT_GRID = "default"
@@ -80,6 +80,22 @@ class PseudolabelOptions:
 
 
 @dataclass(frozen=True)
+class LearningSettingsPlan:
+    """The `learning_settings:` section of experiments.yaml: the data of Menghini et al.'s limited-label settings
+    (models/data/learning_settings.py). labels_per_class: SSL's labelled images per class (2); trzsl_split_seeds:
+    experiment seed -> the split seed that draws TRZSL's seen classes (the authors' 500, 0, 200)."""
+
+    labels_per_class: int = 2
+    trzsl_split_seeds: dict[int, int] = field(default_factory=lambda: {1: 500, 2: 0, 3: 200})
+
+    def split_seed(self, seed: int) -> int:
+        if seed not in self.trzsl_split_seeds:
+            raise CatalogError(f"learning_settings.trzsl_split_seeds has no split seed for experiment seed {seed}; "
+                               f"it has {sorted(self.trzsl_split_seeds)}")
+        return self.trzsl_split_seeds[seed]
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment partition: a method with its parameters, shots, seed and options."""
 
@@ -95,6 +111,15 @@ class ExperimentConfig:
     # Prompt templates replacing the dataset's own (e.g. a zero-shot template ensemble); None: the dataset's.
     templates: tuple[str, ...] | None = None
     name: str | None = None  # the grid entry's `name`, which tells its variants apart ("csc", "ensemble")
+    # A limited-label learning setting (ssl, ul, trzsl; models/data/learning_settings.py) instead of K shots.
+    setting: str | None = None
+    # Where the experiment comes from, for error messages ("experiments.yaml: grid[3]"); not part of its hash.
+    grid_entry: str = ""
+
+    @property
+    def where(self) -> str:
+        """The grid entry and key of this experiment, to start an error message that names them."""
+        return f"{self.grid_entry} ({self.key})" if self.grid_entry else self.key
 
     def as_dict(self) -> dict[str, Any]:
         described = {
@@ -110,6 +135,8 @@ class ExperimentConfig:
         }
         if self.templates is not None:  # only when set, so the hashes of existing experiments do not move
             described["templates"] = list(self.templates)
+        if self.setting is not None:  # likewise
+            described["setting"] = self.setting
         return described
 
     def templates_for(self, dataset: "DatasetEntry") -> list[str]:
@@ -133,6 +160,8 @@ class ExperimentConfig:
                 options[name] = value.__dict__
         if self.protocol != "all_classes":
             options["protocol"] = self.protocol
+        if self.setting is not None:
+            options["setting"] = self.setting
         if self.name:
             options["variant"] = self.name
         return options
@@ -167,7 +196,8 @@ class Catalog:
     experiments: dict[str, ExperimentConfig]
     world: dict[str, Any]
     transfer: TransferPlan = field(default_factory=TransferPlan)
-    grid: str = DEFAULT_GRID  # the subset of grids.yaml in use, or the whole of experiments.yaml
+    grid: str = DEFAULT_GRID
+    learning_settings: LearningSettingsPlan = field(default_factory=LearningSettingsPlan)  # the subset of grids.yaml in use, or the whole of experiments.yaml
 
     def dataset(self, name: str) -> DatasetEntry:
         if name not in self.datasets:
@@ -233,8 +263,11 @@ def _dataset_entry(path: Path, index: int, raw: dict[str, Any]) -> DatasetEntry:
     )
 
 
-def experiment_key(method: str, shots: int | None, seed: int | None, suffixes: list[str]) -> str:
+def experiment_key(method: str, shots: int | None, seed: int | None, suffixes: list[str],
+                   setting: str | None = None) -> str:
     parts = [method.replace("_", "")]
+    if setting is not None:
+        parts.append(setting)
     if shots is not None:
         parts.append(f"k{shots}")
     if seed is not None:
@@ -252,7 +285,7 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
         if method not in methods:
             raise CatalogError(f"{where}: method {method!r} is not listed in methods.yaml")
         unknown = set(entry) - {"method", "shots", "seeds", "parameters", "optimization", "augmentation",
-                                "pseudolabels", "name", "protocol", "templates"}
+                                "pseudolabels", "name", "protocol", "templates", "setting"}
         if unknown:
             raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}")
         method_defaults = methods[method]
@@ -263,8 +296,9 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
             raise CatalogError(f"{where}: {error}") from error
         optimization = {**(method_defaults.get("optimization") or {}), **(entry.get("optimization") or {})}
         trains = METHODS[method].trains_prompts
-        shots_list = entry.get("shots") or ([16] if trains else [None])
-        seeds = entry.get("seeds") or ([1] if trains else [None])
+        setting = entry.get("setting")
+        shots_list = entry.get("shots") or ([16] if trains and setting is None else [None])
+        seeds = entry.get("seeds") or ([1] if trains or setting == "trzsl" else [None])
         try:
             augmentation = AugmentationOptions(**entry["augmentation"]) if entry.get("augmentation") else None
             pseudolabels = PseudolabelOptions(**entry["pseudolabels"]) if entry.get("pseudolabels") else None
@@ -287,6 +321,8 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
         if protocol == "base_to_new" and not METHODS[method].transfers_to_other_classes(parameters):
             raise CatalogError(f"{where}: {method} with these parameters learns one state per class, which cannot "
                                "be applied to the new classes of base_to_new")
+        if setting is not None:
+            _check_setting(where, entry, setting, method, trains, pseudolabels, augmentation, protocol)
         templates = entry.get("templates")
         if templates is not None and (not isinstance(templates, list) or not templates
                                       or any(not isinstance(t, str) or t.count("{}") != 1 for t in templates)):
@@ -297,7 +333,7 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
         )
         for shots in shots_list:
             for seed in seeds:
-                key = experiment_key(method, shots, seed, suffixes)
+                key = experiment_key(method, shots, seed, suffixes, setting)
                 if key in experiments:
                     raise CatalogError(f"{where}: experiment key {key!r} appears twice; add a distinct 'name'")
                 experiments[key] = ExperimentConfig(
@@ -312,8 +348,36 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
                     protocol=protocol,
                     templates=None if templates is None else tuple(templates),
                     name=entry.get("name"),
+                    setting=setting,
+                    grid_entry=where,
                 )
     return experiments
+
+
+def _check_setting(where: str, entry: dict[str, Any], setting: Any, method: str, trains: bool,
+                   pseudolabels: PseudolabelOptions | None, augmentation: AugmentationOptions | None,
+                   protocol: str) -> None:
+    """A grid entry with `setting:` (ssl, ul, trzsl): its labels come from the setting, not from shots."""
+    from models.data.learning_settings import LEARNING_SETTINGS
+
+    if setting not in LEARNING_SETTINGS:
+        raise CatalogError(f"{where}.setting: unknown learning setting {setting!r}; known: {list(LEARNING_SETTINGS)}")
+    if entry.get("shots"):
+        raise CatalogError(f"{where}.shots: an experiment in setting {setting} takes its labels from the setting "
+                           "(learning_settings), not from shots; remove 'shots'")
+    if protocol != "all_classes" or augmentation is not None:
+        raise CatalogError(f"{where}: setting {setting} runs on all classes without augmentation; remove "
+                           "'protocol' / 'augmentation'")
+    spec = METHODS[method]
+    if not trains and setting != "trzsl":
+        raise CatalogError(f"{where}.setting: {method} does not train, so in {setting} it is the plain {method} "
+                           "row (test on all classes); only trzsl, which scores seen and unseen classes, needs it")
+    if setting == "ul" and trains and pseudolabels is None and not spec.adapts_from_pool:
+        raise CatalogError(f"{where}.pseudolabels: {method} in ul (no labels at all) has nothing to train on; give "
+                           "it a pseudolabel strategy")
+    if spec.adapts_from_pool and pseudolabels is not None:
+        raise CatalogError(f"{where}.pseudolabels: {method} selects its own pseudolabels from the pool; remove "
+                           "'pseudolabels'")
 
 
 def default_transfer_targets(protocol: str, source: str, datasets: dict[str, DatasetEntry]) -> list[str]:
@@ -454,6 +518,8 @@ def select_grid_subset(directory: Path, name: str, experiments: dict[str, Experi
             return False
         if patterns is not None and not any(fnmatch.fnmatchcase(experiment.key, str(p)) for p in patterns):
             return False
+        if subset.get("settings") is not None and (experiment.setting or "few_shot") not in subset["settings"]:
+            return False
         for field_name, value in (("shots", experiment.shots), ("seeds", experiment.seed)):
             if subset.get(field_name) is not None and value is not None and value not in subset[field_name]:
                 return False
@@ -503,6 +569,8 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None) -
     experiments = expand_grid(experiments_file, experiments_raw.get("grid") or [], methods)
     dataset_entries = {d.name: d for d in datasets}
     transfer = parse_transfer(experiments_file, experiments_raw.get("transfer"), dataset_entries, experiments)
+    learning_settings = parse_learning_settings(experiments_file, experiments_raw.get("learning_settings"),
+                                                experiments)
     experiments, transfer = select_grid_subset(directory, grid, experiments, transfer)
     return Catalog(
         directory=directory,
@@ -514,4 +582,29 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None) -
         world=_read_yaml(directory / "world.yaml"),
         transfer=transfer,
         grid=grid,
+        learning_settings=learning_settings,
     )
+
+
+def parse_learning_settings(path: Path, raw: Any, experiments: dict[str, ExperimentConfig]) -> LearningSettingsPlan:
+    """The `learning_settings:` section (defaults when absent); every trzsl experiment's seed needs a split seed."""
+    where = f"{path.name}: learning_settings"
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: expected a mapping, got {raw!r}")
+    _check_fields(where, raw, ("labels_per_class", "trzsl_split_seeds"))
+    defaults = LearningSettingsPlan()
+    labels_per_class = raw.get("labels_per_class", defaults.labels_per_class)
+    if not isinstance(labels_per_class, int) or isinstance(labels_per_class, bool) or labels_per_class < 1:
+        raise CatalogError(f"{where}.labels_per_class: expected an integer >= 1, got {labels_per_class!r}")
+    split_seeds = raw.get("trzsl_split_seeds", defaults.trzsl_split_seeds)
+    if not isinstance(split_seeds, dict) or not all(
+            isinstance(k, int) and isinstance(v, int) for k, v in split_seeds.items()):
+        raise CatalogError(f"{where}.trzsl_split_seeds: expected a mapping of experiment seed to split seed "
+                           f"(integers), got {split_seeds!r}")
+    plan = LearningSettingsPlan(labels_per_class, dict(split_seeds))
+    for key, experiment in experiments.items():
+        if experiment.setting == "trzsl" and experiment.seed not in plan.trzsl_split_seeds:
+            raise CatalogError(f"{where}.trzsl_split_seeds: experiment {key!r} has seed {experiment.seed}, which "
+                               f"has no split seed (have {sorted(plan.trzsl_split_seeds)})")
+    return plan

@@ -25,6 +25,8 @@ from models.prompting.training import (OptimizationConfig, TrainingHistory, pred
 
 CHECKPOINT_CONFIG = "prompt_config.json"
 CHECKPOINT_WEIGHTS = "prompt_parameters.safetensors"
+# Every round's pseudolabels (round, per_class, relative_path, pseudo_label, confidence) of a pseudolabel strategy.
+CHECKPOINT_PSEUDOLABEL_ROUNDS = "pseudolabel_rounds.parquet"
 
 
 def optimization_config(experiment: ExperimentConfig) -> OptimizationConfig:
@@ -82,6 +84,9 @@ class TrainingSet:
     sample_weights: torch.Tensor | None = None
     composition: dict[str, int] = field(default_factory=dict)
     validation: tuple[torch.Tensor, torch.Tensor] | None = None
+    # The unlabelled pool's inputs (same layout as view_inputs, without labels), for methods that adapt from the
+    # pool itself (TFUP); None outside the limited-label settings.
+    unlabelled: torch.Tensor | None = None
 
 
 def combine_training_sets(
@@ -189,12 +194,16 @@ def train_prompts(
     )
 
 
-def save_prompt_checkpoint(directory: Path, classifier: PromptedClassifier, config: dict[str, Any]) -> Path:
-    """Write the learned prompt parameters with the config that rebuilds them, all or nothing."""
+def save_prompt_checkpoint(directory: Path, classifier: PromptedClassifier, config: dict[str, Any],
+                           pseudolabel_rounds: pl.DataFrame | None = None) -> Path:
+    """Write the learned prompt parameters with the config that rebuilds them (and every round's pseudolabels),
+    all or nothing."""
     with atomic_directory(Path(directory)) as staging:
         state = classifier.trainable_state()
         if state:
             save_file(state, str(staging / CHECKPOINT_WEIGHTS))
+        if pseudolabel_rounds is not None:
+            pseudolabel_rounds.write_parquet(staging / CHECKPOINT_PSEUDOLABEL_ROUNDS)
         (staging / CHECKPOINT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
     return Path(directory)
 
@@ -268,14 +277,23 @@ def evaluation_splits(
     classnames: list[str],
     base_labels: list[int] | None,
     new_labels: list[int] | None,
+    generalized: dict[str, list[int]] | None = None,
 ) -> list[SplitPredictions]:
-    """All classes ('test'), and when a base/new split applies, base and new each among their own classes.
+    """All classes ('test'), and when a base/new split applies, base and new each among their own classes;
+    `generalized` adds splits of the images of some classes scored among all classes (TRZSL: seen, unseen).
 
     Takes log-probabilities (`predict_log_probabilities`): a subset's distribution is the softmax of their columns,
     which stays finite when a confident classifier gives every class of the subset a probability that underflows
     to 0 (renormalising such probabilities divides 0 by 0)."""
     probabilities = np.exp(log_probabilities)
     splits = [SplitPredictions("test", probabilities, labels, classnames, relative_paths, list(range(len(classnames))))]
+    # Generalized splits (TRZSL's seen and unseen): the test images of those classes, still scored among all
+    # classes, as in transductive zero-shot learning (a seen image predicted as an unseen class is wrong).
+    for name, subset in (generalized or {}).items():
+        mask = np.isin(labels, subset)
+        splits.append(SplitPredictions(name, probabilities[mask], labels[mask], classnames,
+                                       [p for p, keep in zip(relative_paths, mask) if keep],
+                                       list(range(len(classnames)))))
     for name, subset in (("base", base_labels), ("new", new_labels)):
         if not subset:
             continue

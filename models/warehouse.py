@@ -247,7 +247,7 @@ CREATE OR REPLACE VIEW few_shot_results AS
     SELECT dataset, backbone, method, shots, options, mean, std, n_seeds
     FROM results_by_config
     WHERE stage = 'evaluation' AND source_dataset IS NULL AND split = 'test' AND metric = 'top1_accuracy'
-      AND json_extract_string(options, '$.protocol') IS NULL;
+      AND json_extract_string(options, '$.protocol') IS NULL AND json_extract_string(options, '$.setting') IS NULL;
 CREATE OR REPLACE VIEW base_to_new_results AS
     WITH per_config AS (
         SELECT dataset, backbone, method, shots, options,
@@ -263,6 +263,7 @@ CREATE OR REPLACE VIEW base_to_new_results AS
         WHERE stage = 'evaluation' AND source_dataset IS NULL AND metric = 'top1_accuracy'
           AND split IN ('base', 'new')
           AND (shots = 0 OR json_extract_string(options, '$.protocol') = 'base_to_new')
+          AND json_extract_string(options, '$.setting') IS NULL
         GROUP BY dataset, backbone, method, shots, options
     )
     SELECT *, harmonic_mean(base_accuracy, new_accuracy) AS harmonic_mean
@@ -287,6 +288,7 @@ CREATE OR REPLACE VIEW base_to_new_seed_averages AS
         WHERE stage = 'evaluation' AND source_dataset IS NULL AND metric = 'top1_accuracy'
           AND split IN ('base', 'new')
           AND (shots = 0 OR json_extract_string(options, '$.protocol') = 'base_to_new')
+          AND json_extract_string(options, '$.setting') IS NULL
         GROUP BY dataset, backbone, method, shots, options, seed
     )
     SELECT backbone, method, shots, options, seed,
@@ -326,7 +328,7 @@ CREATE OR REPLACE MACRO transfer_seed_results(transfer_stage) AS TABLE
         SELECT i.backbone, i.method, i.shots, i.options, i.seed, i.experiment_key, e.source_dataset, i.dataset,
                i.value
         FROM in_domain AS i JOIN evaluated AS e ON i.backbone = e.backbone AND i.dataset = e.dataset
-        WHERE i.shots = 0
+        WHERE i.shots = 0 AND json_extract_string(i.options, '$.setting') IS NULL
     )
     SELECT *, dataset = source_dataset AS is_source
     FROM (SELECT * FROM transferred UNION ALL SELECT * FROM on_source UNION ALL SELECT * FROM untrained);
@@ -356,6 +358,59 @@ CREATE OR REPLACE MACRO transfer_results(transfer_stage) AS TABLE
     FROM cells
     GROUP BY backbone, method, shots, options, source_dataset, dataset, role;
 CREATE OR REPLACE VIEW cross_dataset_results AS SELECT * FROM transfer_results('cross_dataset');
+-- Limited-label settings (Menghini et al.), one row per run: SSL and UL score test top-1 on all classes, TRZSL the
+-- harmonic mean of seen and unseen top-1 (both scored among all classes). strategy: the pseudolabel strategy, 'none'
+-- without one. Plain zero-shot (no setting, no variant) is the reference row of SSL and UL; zero-shot with setting
+-- trzsl (one run per split seed) that of TRZSL.
+CREATE OR REPLACE VIEW limited_label_seed_results AS
+    WITH scored AS (
+        SELECT dataset, backbone, method, shots, seed, options,
+               json_extract_string(options, '$.setting') AS run_setting,
+               coalesce(json_extract_string(options, '$.pseudolabels.strategy'), 'none') AS strategy,
+               max(value) FILTER (WHERE split = 'test' AND metric = 'top1_accuracy') AS top1,
+               max(value) FILTER (WHERE split = 'seen' AND metric = 'top1_accuracy') AS seen_top1,
+               max(value) FILTER (WHERE split = 'unseen' AND metric = 'top1_accuracy') AS unseen_top1,
+               max(value) FILTER (WHERE split = 'seen_unseen' AND metric = 'harmonic_mean') AS seen_unseen_hm
+        FROM current_results
+        WHERE stage = 'evaluation' AND source_dataset IS NULL
+        GROUP BY dataset, backbone, method, shots, seed, options
+    )
+    SELECT dataset, backbone, method, strategy, run_setting AS setting, seed, options,
+           CASE WHEN run_setting = 'trzsl' THEN seen_unseen_hm ELSE top1 END AS score,
+           top1, seen_top1, unseen_top1, seen_unseen_hm
+    FROM scored WHERE run_setting IS NOT NULL
+    UNION ALL
+    SELECT dataset, backbone, method, strategy, reference.setting, seed, options, top1, top1, NULL, NULL, NULL
+    FROM scored CROSS JOIN (VALUES ('ssl'), ('ul')) AS reference(setting)
+    WHERE run_setting IS NULL AND shots = 0 AND method = 'zero_shot'
+      AND json_extract_string(options, '$.variant') IS NULL;
+CREATE OR REPLACE VIEW limited_label_results AS
+    SELECT dataset, backbone, method, strategy, setting, options,
+           avg(score) AS mean, coalesce(stddev_samp(score), 0.0) AS std, count(DISTINCT seed) AS n_seeds,
+           avg(seen_top1) AS seen_top1, avg(unseen_top1) AS unseen_top1
+    FROM limited_label_seed_results
+    GROUP BY dataset, backbone, method, strategy, setting, options;
+-- Averages over datasets: per seed the mean over the datasets that seed ran on, then mean and std over seeds.
+CREATE OR REPLACE VIEW limited_label_averages AS
+    WITH per_seed AS (
+        SELECT backbone, method, strategy, setting, options, seed, avg(score) AS score,
+               count(DISTINCT dataset) AS n_datasets
+        FROM limited_label_seed_results
+        GROUP BY backbone, method, strategy, setting, options, seed
+    )
+    SELECT backbone, method, strategy, setting, options, avg(score) AS mean,
+           coalesce(stddev_samp(score), 0.0) AS std, count(*) AS n_seeds, min(n_datasets) AS n_datasets
+    FROM per_seed
+    GROUP BY backbone, method, strategy, setting, options;
+-- Pseudolabel quality per round of every iterative run (accuracy against the pool's hidden labels, coverage,
+-- calibration): `SELECT round, avg(value) FROM pseudolabel_rounds WHERE metric = 'pseudolabel_accuracy' ...`.
+CREATE OR REPLACE VIEW pseudolabel_rounds AS
+    SELECT dataset, backbone, method, experiment_key, seed,
+           json_extract_string(options, '$.setting') AS setting,
+           json_extract_string(options, '$.pseudolabels.strategy') AS strategy,
+           CAST(substr(split, 7) AS INTEGER) AS round, metric, value, run_id
+    FROM current_results
+    WHERE stage = 'evaluation' AND starts_with(split, 'round_');
 CREATE OR REPLACE VIEW domain_generalization_results AS SELECT * FROM transfer_results('domain_generalization');
 """
 

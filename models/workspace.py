@@ -44,6 +44,9 @@ class Workspace:
     def class_split_path(self, dataset: str) -> Path:
         return self.curation_dir(dataset) / "base_new_classes.json"
 
+    def setting_splits_path(self, dataset: str) -> Path:
+        return self.curation_dir(dataset) / "learning_setting_splits.parquet"
+
     def experiment_dir(self, dataset: str, experiment: str) -> Path:
         return self.root / "experiments" / dataset / experiment
 
@@ -52,6 +55,10 @@ class Workspace:
 
     def pseudolabels_path(self, dataset: str, experiment: str) -> Path:
         return self.experiment_dir(dataset, experiment) / "pseudolabels.parquet"
+
+    def pseudolabel_rounds_path(self, dataset: str, experiment: str) -> Path:
+        """Every round's pseudolabels of an iterative strategy (round, relative_path, pseudo_label, confidence)."""
+        return self.experiment_dir(dataset, experiment) / "pseudolabel_rounds.parquet"
 
     def checkpoint_dir(self, dataset: str, experiment: str) -> Path:
         return self.experiment_dir(dataset, experiment) / "prompt_checkpoint"

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from pipelines.assets.curation import dataset_index
+from models.data.expectations import SETTING_EXPECTATIONS
+
+from pipelines.assets.curation import dataset_index, learning_setting_splits
 from pipelines.partitions import dataset_partitions
 from pipelines.resources import PromptLabResource
 
@@ -52,3 +54,35 @@ def dataset_expectations(
             severity=dg.AssetCheckSeverity.ERROR,
             metadata={"details": outcome.details, "suite": report.suite_name},
         )
+
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(name, asset=learning_setting_splits, description=description, blocking=True,
+                          partitions_def=dataset_partitions)
+        for name, description in SETTING_EXPECTATIONS.items()
+    ],
+)
+def learning_setting_expectations(
+    context: dg.AssetCheckExecutionContext, promptlab: PromptLabResource
+) -> Iterator[dg.AssetCheckResult]:
+    """GX on the learning-setting splits: no val/test image in any pool, one role per image, labelled classes
+    covered, pools not empty."""
+    import polars as pl
+
+    from models.data.expectations import validate_setting_splits
+
+    workspace = promptlab.workspace()
+    dataset = context.partition_key
+    splits = pl.read_parquet(workspace.setting_splits_path(dataset))
+    if splits.height == 0:  # the grid has no setting experiments: nothing to check
+        for name in SETTING_EXPECTATIONS:
+            yield dg.AssetCheckResult(check_name=name, asset_key=learning_setting_splits.key, passed=True,
+                                      metadata={"details": "no learning-setting experiment in the grid"})
+        return
+    report = validate_setting_splits(splits, pl.read_parquet(workspace.index_path(dataset)), dataset)
+    for name in SETTING_EXPECTATIONS:
+        outcome = report.outcome(name)
+        yield dg.AssetCheckResult(check_name=name, asset_key=learning_setting_splits.key, passed=outcome.success,
+                                  severity=dg.AssetCheckSeverity.ERROR,
+                                  metadata={"details": outcome.details, "suite": report.suite_name})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from pipelines.assets import augmentation, curation, evaluation, pseudolabels, report, training, transfer, world
-from pipelines.checks import dataset_expectations
+from pipelines.checks import dataset_expectations, learning_setting_expectations
 from pipelines.jobs import (base_to_new_job, curation_job, embedded_world_job, experiment_job, few_shot_job,
                            reevaluation_job, report_job, transfer_job)
 from pipelines.resources import PromptLabResource
@@ -17,7 +17,7 @@ ALL_ASSETS = dg.load_assets_from_modules([world, curation, augmentation, pseudol
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    asset_checks=[dataset_expectations],
+    asset_checks=[dataset_expectations, learning_setting_expectations],
     jobs=[embedded_world_job, curation_job, experiment_job, reevaluation_job, report_job, few_shot_job, base_to_new_job,
           transfer_job],
     schedules=[weekly_reevaluation],

@@ -8,7 +8,8 @@ from __future__ import annotations
 import dagster as dg
 
 from pipelines.assets.augmentation import augmented_images
-from pipelines.assets.curation import base_new_classes, dataset_files, dataset_index, fewshot_subsets
+from pipelines.assets.curation import (base_new_classes, dataset_files, dataset_index, fewshot_subsets,
+                                       learning_setting_splits)
 from pipelines.assets.evaluation import evaluation_metrics
 from pipelines.assets.pseudolabels import pseudolabels
 from pipelines.assets.report import cross_dataset_report
@@ -23,7 +24,8 @@ embedded_world_job = dg.define_asset_job(
 )
 curation_job = dg.define_asset_job(
     "curation_job",
-    selection=dg.AssetSelection.assets(dataset_files, dataset_index, fewshot_subsets, base_new_classes),
+    selection=dg.AssetSelection.assets(dataset_files, dataset_index, fewshot_subsets, base_new_classes,
+                                       learning_setting_splits),
     description="Write, index and validate one dataset; draw its few-shot subsets and base/new classes.",
 )
 experiment_job = dg.define_asset_job(

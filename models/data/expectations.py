@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import pandas as pd
 import polars as pl
@@ -188,7 +188,7 @@ def _overlap_details(rows: pd.DataFrame) -> str:
 @dataclass(frozen=True)
 class _Check:
     name: str
-    batch: Literal["index", "coverage"]
+    batch: str  # which frame it validates ("index", "coverage"; "rows", "classes", "pools" for settings)
     expectation: Any  # a gx.expectations.Expectation
     failure_details: Callable[[pd.DataFrame], str] | None  # offending rows -> text
     success_details: str
@@ -274,19 +274,22 @@ def validate_dataset_index(index: pl.DataFrame, dataset_name: str) -> Validation
     if not index.schema["label"].is_integer():
         raise DatasetFormatError(f"dataset '{dataset_name}': label column must be integer, got {index.schema['label']}")
 
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
     checks, index_with_helpers, coverage = _build_checks(index)
     frames = {
         "index": index_with_helpers.to_pandas().reset_index(drop=True),
         "coverage": coverage.to_pandas().reset_index(drop=True),
     }
-    suite_name = f"{dataset_name}_dataset_index"
+    return _run_suite(f"{dataset_name}_dataset_index", checks, frames)
+
+
+def _run_suite(suite_name: str, checks: list[_Check], frames: dict[str, pd.DataFrame]) -> ValidationReport:
+    """Run each check's GX expectation on its frame (one suite per frame) and turn the results into outcomes."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    datasource = context.data_sources.add_pandas(f"{dataset_name}_frames")
+    datasource = context.data_sources.add_pandas(f"{suite_name}_frames")
     results_by_name: dict[str, Any] = {}
     # GX logs at INFO/WARNING about the ephemeral context; keep the caller's log clean.
     gx_logger = logging.getLogger("great_expectations")
@@ -326,3 +329,76 @@ def validate_dataset_index(index: pl.DataFrame, dataset_name: str) -> Validation
             details = check.failure_details(offending_rows)
         outcomes.append(ExpectationOutcome(check.name, success, details))
     return ValidationReport(suite_name, all(outcome.success for outcome in outcomes), outcomes)
+
+
+# The learning-setting splits (models.data.learning_settings, curated per dataset): one outcome each.
+SETTING_EXPECTATIONS = {
+    "setting_rows_are_train_images": "every labelled or pooled image is a training image of the index",
+    "one_role_per_image": "within a split an image is labelled train, labelled val or unlabelled, never two",
+    "no_eval_image_in_pool": "no pooled image has the content of a val or test image",
+    "labelled_class_coverage": "every class the setting labels (SSL: all, TRZSL: seen) has a labelled training image",
+    "pools_not_empty": "every split's unlabelled pool holds at least one image",
+    "trzsl_pool_unseen_only": "TRZSL pools only hold unseen-class images (seen classes are fully labelled)",
+}
+
+
+def validate_setting_splits(splits: pl.DataFrame, index: pl.DataFrame, dataset_name: str) -> ValidationReport:
+    """Run the learning-setting expectations with GX on `splits` (`setting_splits_table`) against the index."""
+    import great_expectations as gx
+
+    def tag(expectation: Any, name: str) -> Any:
+        expectation.meta = {"outcome_name": name}
+        return expectation
+
+    eval_hashes = index.filter(pl.col("split") != "train")["content_sha256"].to_list()
+    rows = (splits.join(index.select("relative_path", pl.col("split").alias("index_split"), "content_sha256"),
+                        on="relative_path", how="left")
+            .with_columns(index_split=pl.col("index_split").fill_null("absent"),
+                          images_in_split=pl.len().over("setting", "seed", "relative_path"),
+                          pooled_eval_content=(pl.col("role") == "unlabelled")
+                          & pl.col("content_sha256").is_in(eval_hashes),
+                          seen_class_in_trzsl_pool=(pl.col("setting") == "trzsl") & (pl.col("role") == "unlabelled")
+                          & pl.col("seen_class")))
+    labelled = splits.filter(((pl.col("setting") == "ssl") | (pl.col("setting") == "trzsl") & pl.col("seen_class")))
+    classes = (labelled.group_by("setting", "seed", "label")
+               .agg(labelled_train=(pl.col("role") == "labelled_train").sum())
+               .sort("setting", "seed", "label"))
+    pools = (splits.group_by("setting", "seed").agg(pool_size=(pl.col("role") == "unlabelled").sum())
+             .sort("setting", "seed"))
+
+    def listing(columns: list[str], noun: str) -> Callable[[pd.DataFrame], str]:
+        return lambda bad: _preview([" ".join(f"{c}={row[c]}" for c in columns) for _, row in bad.iterrows()], noun)
+
+    checks = [
+        _Check("setting_rows_are_train_images", "rows",
+               tag(gx.expectations.ExpectColumnValuesToBeInSet(column="index_split", value_set=["train"]),
+                   "setting_rows_are_train_images"),
+               listing(["setting", "seed", "relative_path", "index_split"], "rows outside the train split"),
+               f"all {splits.height} rows are training images"),
+        _Check("one_role_per_image", "rows",
+               tag(gx.expectations.ExpectColumnValuesToBeInSet(column="images_in_split", value_set=[1]),
+                   "one_role_per_image"),
+               listing(["setting", "seed", "relative_path", "role"], "rows of an image listed twice in a split"),
+               "every image has one role per split"),
+        _Check("no_eval_image_in_pool", "rows",
+               tag(gx.expectations.ExpectColumnValuesToBeInSet(column="pooled_eval_content", value_set=[False]),
+                   "no_eval_image_in_pool"),
+               listing(["setting", "seed", "relative_path"], "pooled images whose content is a val/test image"),
+               "no val or test content in any pool"),
+        _Check("labelled_class_coverage", "classes",
+               tag(gx.expectations.ExpectColumnValuesToBeBetween(column="labelled_train", min_value=1),
+                   "labelled_class_coverage"),
+               listing(["setting", "seed", "label"], "classes without a labelled training image"),
+               f"{classes.height} (setting, seed, class) combinations each have a labelled training image"),
+        _Check("pools_not_empty", "pools",
+               tag(gx.expectations.ExpectColumnValuesToBeBetween(column="pool_size", min_value=1), "pools_not_empty"),
+               listing(["setting", "seed"], "splits with an empty pool"), f"{pools.height} splits, none empty"),
+        _Check("trzsl_pool_unseen_only", "rows",
+               tag(gx.expectations.ExpectColumnValuesToBeInSet(column="seen_class_in_trzsl_pool", value_set=[False]),
+                   "trzsl_pool_unseen_only"),
+               listing(["seed", "relative_path", "label"], "seen-class images in a TRZSL pool"),
+               "TRZSL pools hold unseen classes only"),
+    ]
+    frames = {"rows": rows.to_pandas().reset_index(drop=True), "classes": classes.to_pandas().reset_index(drop=True),
+              "pools": pools.to_pandas().reset_index(drop=True)}
+    return _run_suite(f"{dataset_name}_learning_settings", checks, frames)

@@ -105,3 +105,33 @@ def learning_setting_split(train: pl.DataFrame, classnames: list[str], setting: 
     if rows.filter(pl.col("role") == UNLABELLED).height == 0:
         raise ValueError(f"{setting}: the unlabelled pool is empty ({rows.height} training images, all labelled)")
     return SettingSplit(setting, rows, seen)
+
+
+def setting_splits_table(train: pl.DataFrame, classnames: list[str], requests: list[tuple[str, int]],
+                         labels_per_class: int, split_seed_of: dict[int, int]) -> pl.DataFrame:
+    """Every requested (setting, seed) split of the training rows, stacked: setting, seed, split_seed (TRZSL's, else
+    null), relative_path, label, role, seen_class (whether the row's class is a seen class of that split)."""
+    frames = []
+    for setting, seed in sorted(set(requests)):
+        split_seed = split_seed_of[seed] if setting == "trzsl" else None
+        split = learning_setting_split(train, classnames, setting, seed, labels_per_class=labels_per_class,
+                                       split_seed=split_seed if split_seed is not None else 500)
+        frames.append(split.rows.with_columns(
+            setting=pl.lit(setting), seed=pl.lit(seed, dtype=pl.Int64),
+            split_seed=pl.lit(split_seed, dtype=pl.Int64),
+            seen_class=pl.col("label").is_in(list(split.seen_labels))))
+    columns = ["setting", "seed", "split_seed", "relative_path", "label", "role", "seen_class"]
+    if not frames:
+        return pl.DataFrame(schema={"setting": pl.String, "seed": pl.Int64, "split_seed": pl.Int64,
+                                    "relative_path": pl.String, "label": pl.Int64, "role": pl.String,
+                                    "seen_class": pl.Boolean})
+    return pl.concat([frame.select(columns) for frame in frames])
+
+
+def split_of(table: pl.DataFrame, setting: str, seed: int, where: str = "") -> SettingSplit:
+    """One (setting, seed) split back out of `setting_splits_table`'s output."""
+    rows = table.filter((pl.col("setting") == setting) & (pl.col("seed") == seed))
+    if rows.height == 0:
+        raise ValueError(f"{where}no {setting} split for seed {seed} was curated (learning_setting_splits)")
+    seen = tuple(sorted(set(rows.filter(pl.col("seen_class"))["label"].to_list())))
+    return SettingSplit(setting, rows.select("relative_path", "label", "role").sort("relative_path"), seen)

@@ -33,6 +33,17 @@ class PartitionInputs:
             )
         return chosen.join(self.index, on="relative_path", how="left").sort("label", "relative_path")
 
+    def experiment_rows(self, workspace):
+        """The labelled, validation and pool rows of this experiment (models.limited_labels.experiment_rows), from
+        its learning setting's curated split or its few-shot subset."""
+        from models.limited_labels import experiment_rows
+
+        fewshot = (pl.read_parquet(workspace.fewshot_path(self.dataset.name)) if self.experiment.setting is None
+                   else None)
+        splits = (pl.read_parquet(workspace.setting_splits_path(self.dataset.name))
+                  if self.experiment.setting is not None else None)
+        return experiment_rows(self.experiment, self.index, len(self.classnames), fewshot, splits)
+
 
 def partition_inputs(promptlab: PromptLabResource, dataset: str, experiment: str) -> PartitionInputs:
     catalog, workspace = promptlab.catalog(), promptlab.workspace()

@@ -136,3 +136,35 @@ def base_new_classes(context: dg.AssetExecutionContext, promptlab: PromptLabReso
         metadata={"path": str(path), "base": [classnames[i] for i in split.base_labels],
                   "new": [classnames[i] for i in split.new_labels]}
     )
+
+
+@dg.asset(group_name="curation", partitions_def=dataset_partitions, deps=[dataset_index, base_new_classes],
+          code_version=source_version("models/data/learning_settings.py"), kinds={"polars", "parquet"})
+def learning_setting_splits(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """The limited-label splits of the training images (SSL, UL, TRZSL) for every setting and seed the grid uses:
+    which images are labelled (train / val) and which form the unlabelled pool; checked by GX before any use."""
+    import polars as pl
+
+    from models.data.learning_settings import setting_splits_table
+
+    catalog, workspace = promptlab.catalog(), promptlab.workspace()
+    dataset = context.partition_key
+    index = pl.read_parquet(workspace.index_path(dataset))
+    classnames = json.loads(workspace.class_split_path(dataset).read_text())["classnames"]
+    requests = sorted({(e.setting, e.seed) for e in catalog.experiments.values() if e.setting is not None})
+    plan = catalog.learning_settings
+    try:
+        table = setting_splits_table(index.filter(pl.col("split") == "train"), classnames, requests,
+                                     plan.labels_per_class, plan.trzsl_split_seeds)
+    except ValueError as error:
+        raise ValueError(f"{dataset}: {error}") from error
+    path = workspace.setting_splits_path(dataset)
+    table.write_parquet(path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    counts = (table.group_by("setting", "seed", "role").len().sort("setting", "seed", "role")
+              .pivot(on="role", index=["setting", "seed"], values="len") if table.height else table)
+    context.log.info(f"{dataset}: {len(requests)} learning-setting splits")
+    return dg.MaterializeResult(metadata={
+        "path": str(path), "splits": dg.MetadataValue.json([list(r) for r in requests]),
+        "roles": dg.MetadataValue.md(counts.to_pandas().to_markdown(index=False)) if table.height else "none",
+        "split_hash": stable_hash(table.rows())})

@@ -10,7 +10,7 @@ import polars as pl
 
 from models.provenance import library_code_version
 from pipelines.assets.common import lineage_record, partition_inputs
-from pipelines.assets.curation import base_new_classes, dataset_index
+from pipelines.assets.curation import base_new_classes, dataset_index, learning_setting_splits
 from pipelines.assets.training import prompt_checkpoints
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
 from pipelines.resources import PromptLabResource
@@ -20,7 +20,8 @@ from pipelines.resources import PromptLabResource
     group_name="evaluation",
     partitions_def=dataset_experiment_partitions,
     deps=[prompt_checkpoints, dg.AssetDep(dataset_index, partition_mapping=from_dataset),
-          dg.AssetDep(base_new_classes, partition_mapping=from_dataset)],
+          dg.AssetDep(base_new_classes, partition_mapping=from_dataset),
+          dg.AssetDep(learning_setting_splits, partition_mapping=from_dataset)],
     code_version=library_code_version(),
     # A newly trained checkpoint is evaluated as soon as it lands (when the automation sensor runs).
     automation_condition=dg.AutomationCondition.eager(),
@@ -49,9 +50,13 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
                                             test["relative_path"].to_list(), test["content_sha256"].to_list(),
                                             workspace.feature_cache_dir)
     class_split = json.loads(workspace.class_split_path(dataset).read_text())
+    generalized = None
+    if inputs.experiment.setting == "trzsl":
+        seen = inputs.experiment_rows(workspace).seen_labels
+        generalized = {"seen": list(seen), "unseen": [i for i in range(len(inputs.classnames)) if i not in seen]}
     splits = evaluation_splits(predict_log_probabilities(classifier, image_inputs),
                                np.asarray(test["label"].to_list()), test["relative_path"].to_list(), inputs.classnames,
-                               class_split["base_labels"], class_split["new_labels"])
+                               class_split["base_labels"], class_split["new_labels"], generalized)
     record = lineage_record(context, promptlab, "evaluation", inputs, backbone, checkpoint["templates"],
                             dataset_fingerprint(inputs.index), started_at,
                             config_extra={"checkpoint_config_hash": checkpoint["config_hash"]})
@@ -67,6 +72,10 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         predictions.append(predictions_frame(record.run_id, dataset, split))
     if "base" in top1 and "new" in top1:
         metric_rows.append(MetricRow("base_new", "harmonic_mean", harmonic_mean(top1["base"], top1["new"])))
+    if "seen" in top1 and "unseen" in top1:
+        metric_rows.append(MetricRow("seen_unseen", "harmonic_mean", harmonic_mean(top1["seen"], top1["unseen"])))
+    # the quality of each round's pseudolabels (the checkpoint's record), so SQL can plot it by round
+    metric_rows += pseudolabel_round_rows(checkpoint)
     warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
     warehouse.ensure_schema()
     warehouse.record_run(record, metric_rows, per_class_rows, pl.concat(predictions))
@@ -76,3 +85,15 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
                   **{f"{k}_top1_accuracy": v for k, v in top1.items() if k != "test"},
                   "warehouse": str(workspace.warehouse_path)}
     )
+
+
+def pseudolabel_round_rows(checkpoint: dict) -> list:
+    """MetricRows (split round_00, round_01, ...) of the pseudolabel quality the checkpoint recorded per round."""
+    from models.warehouse import MetricRow
+
+    rows = []
+    for entry in checkpoint.get("pseudolabel_rounds") or []:
+        split = f"round_{int(entry['round']):02d}"
+        rows += [MetricRow(split, name, float(value)) for name, value in entry.items()
+                 if name not in ("round", "selected_epoch") and value is not None]
+    return rows

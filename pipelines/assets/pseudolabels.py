@@ -1,4 +1,6 @@
-"""Zero-shot pseudolabels for the unlabeled training pool; FPL keeps the top-K most confident per class."""
+"""Round 0 of pseudolabelling: zero-shot pseudolabels for the experiment's unlabelled pool (the training images
+outside its few-shot subset, or its learning setting's pool), K_0 per class as its strategy schedules them. The
+later rounds of IFPL and GRIP run with the training (models/limited_labels.py)."""
 
 
 from datetime import datetime, timezone
@@ -8,7 +10,7 @@ import polars as pl
 
 from models.provenance import source_version
 from pipelines.assets.common import lineage_record, partition_inputs, refuse_inapplicable_method
-from pipelines.assets.curation import dataset_index, fewshot_subsets
+from pipelines.assets.curation import dataset_index, fewshot_subsets, learning_setting_splits
 from pipelines.assets.world import tiny_clip_backbone
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
 from pipelines.resources import PromptLabResource
@@ -18,16 +20,19 @@ from pipelines.resources import PromptLabResource
     group_name="pseudolabels",
     partitions_def=dataset_experiment_partitions,
     deps=[dg.AssetDep(dataset_index, partition_mapping=from_dataset),
-          dg.AssetDep(fewshot_subsets, partition_mapping=from_dataset), tiny_clip_backbone],
-    code_version=source_version("models/pseudolabels.py", "models/prompting/methods/zero_shot.py"),
+          dg.AssetDep(fewshot_subsets, partition_mapping=from_dataset),
+          dg.AssetDep(learning_setting_splits, partition_mapping=from_dataset), tiny_clip_backbone],
+    code_version=source_version("models/pseudolabels.py", "models/limited_labels.py",
+                                "models/prompting/methods/zero_shot.py"),
     kinds={"pytorch", "parquet", "duckdb"},
 )
 def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Pseudolabels of the unlabeled pool (train images outside the labelled few-shot subset), with their accuracy."""
     from models.data.index import dataset_fingerprint
     from models.experiments import build_classifier, features_for_images, predict
-    from models.pseudolabels import pseudolabel_accuracy, pseudolabel_table, select_top_k_per_class
-    from models.warehouse import MetricRow, Warehouse
+    from models.limited_labels import round_zero_selection
+    from models.pseudolabels import get_strategy, pseudolabel_quality
+    from models.warehouse import MetricRow, Warehouse, metric_rows
 
     dataset, experiment = dataset_and_experiment(context)
     inputs = partition_inputs(promptlab, dataset, experiment)
@@ -37,22 +42,25 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
     options = inputs.experiment.pseudolabels
     if options is None:
         return dg.MaterializeResult(metadata={"applies": False, "reason": f"{experiment} requests no pseudolabels"})
-    if options.strategy != "fpl":
-        raise ValueError(f"{experiment}: pseudolabel strategy {options.strategy!r} is not available yet (fpl is)")
     backbone = promptlab.load_backbone()
     refuse_inapplicable_method(inputs, backbone)
     started_at = datetime.now(timezone.utc)
-    labelled = inputs.fewshot_train(pl.read_parquet(workspace.fewshot_path(dataset)))
-    pool = inputs.index.filter(pl.col("split") == "train").join(labelled.select("relative_path"),
-                                                                  on="relative_path", how="anti")
-    pool = pool.sort("relative_path")
+    rows = inputs.experiment_rows(workspace)
+    pool, strategy = rows.pool, get_strategy(options.strategy)
+    where = f"{inputs.experiment.where}.pseudolabels"
+    if pool is None or pool.height == 0:
+        raise ValueError(f"{where}: the unlabelled pool of {dataset} is empty ({inputs.experiment.setting or 'few-shot'}"
+                         "): there is nothing to pseudolabel")
     templates = inputs.experiment.templates_for(inputs.dataset)
     features = features_for_images(backbone, inputs.image_dir, pool["relative_path"].to_list(),
                                    pool["content_sha256"].to_list(), workspace.feature_cache_dir)
     classifier = build_classifier(backbone.model, backbone.tokenizer, "zero_shot", {}, inputs.classnames, templates)
-    table = pseudolabel_table(pool["relative_path"].to_list(), predict(classifier, features))
-    selected = select_top_k_per_class(table, options.per_class)
-    accuracy = pseudolabel_accuracy(selected, pool)
+    try:
+        selected = round_zero_selection(strategy, options.per_class, pool["relative_path"].to_list(),
+                                        predict(classifier, features), rows.pseudolabel_classes)
+    except ValueError as error:  # K beyond the pool: name the grid entry and field, before any training
+        raise ValueError(f"{where}.per_class ({dataset}): {error}") from error
+    quality = pseudolabel_quality(selected, pool, len(rows.pseudolabel_classes))
     path.parent.mkdir(parents=True, exist_ok=True)
     selected.write_parquet(path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
@@ -61,12 +69,12 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
     warehouse.record_run(
         lineage_record(context, promptlab, "pseudolabels", inputs, backbone, templates,
                        dataset_fingerprint(inputs.index), started_at),
-        [MetricRow("train_pool", "pseudolabel_accuracy", accuracy),
-         MetricRow("train_pool", "num_pseudolabels", float(selected.height)),
-         MetricRow("train_pool", "pool_size", float(pool.height))],
+        metric_rows("train_pool", quality) + [MetricRow("train_pool", "pool_size", float(pool.height))],
     )
-    context.log.info(f"{selected.height} pseudolabels from a pool of {pool.height}; accuracy {accuracy:.3f}")
+    context.log.info(f"round 0 ({strategy.name}): {selected.height} zero-shot pseudolabels from a pool of "
+                     f"{pool.height}; accuracy {quality['pseudolabel_accuracy']:.3f}")
     return dg.MaterializeResult(
-        metadata={"applies": True, "path": str(path), "pool_size": pool.height, "selected": selected.height,
-                  "pseudolabel_accuracy": accuracy}
+        metadata={"applies": True, "path": str(path), "strategy": strategy.name, "pool_size": pool.height,
+                  "selected": selected.height, "pseudolabel_accuracy": quality["pseudolabel_accuracy"],
+                  "class_coverage": quality["class_coverage"]}
     )

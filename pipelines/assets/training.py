@@ -44,8 +44,12 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     trained_labels = (class_split["base_labels"] if experiment.protocol == "base_to_new"
                       else list(range(len(inputs.classnames))))
     trained_classnames = [inputs.classnames[label] for label in trained_labels]
-    classifier = build_classifier(backbone.model, backbone.tokenizer, experiment.method, experiment.parameters,
-                                  trained_classnames, templates)
+
+    def classifier_factory():
+        return build_classifier(backbone.model, backbone.tokenizer, experiment.method, experiment.parameters,
+                                trained_classnames, templates)
+
+    classifier = classifier_factory()
     config = {
         "method": experiment.method,
         "parameters": experiment.parameters,
@@ -61,38 +65,108 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         "code_version": library_code_version(),
     }
     metadata: dict = {"method": experiment.method, "trained": method.trains_prompts}
+    rounds = None
     if method.trains_prompts:
-        fewshot = pl.read_parquet(workspace.fewshot_path(dataset))
-        augmented_dir = augmented_rows = pseudolabelled_rows = None
-        if experiment.augmentation is not None:
-            augmented_dir = workspace.augmentation_dir(dataset, experiment_key)
-            augmented_rows = pl.read_parquet(augmented_dir / "augmented.parquet").filter(pl.col("kept"))
-        if experiment.pseudolabels is not None:
-            pseudolabelled_rows = pl.read_parquet(workspace.pseudolabels_path(dataset, experiment_key)).join(
-                inputs.index.select("relative_path", "content_sha256"), on="relative_path", how="left")
-        training_set = assemble_training_set(
-            experiment.method, backbone, inputs.image_dir, inputs.fewshot_train(fewshot),
-            inputs.fewshot_train(fewshot, subset="val"), trained_labels, workspace.feature_cache_dir,
-            augmented_dir, augmented_rows, pseudolabelled_rows,
-            strategy=experiment.pseudolabels.strategy if experiment.pseudolabels is not None else "fpl")
         optimization = optimization_config(experiment)
-        context.log.info(f"training {experiment.method} on {training_set.composition} for {optimization.epochs} epochs")
 
         def log_epoch(epoch: int, loss: float, accuracy: float) -> None:
             context.log.info(f"epoch {epoch}/{optimization.epochs}: loss {loss:.4f}, train accuracy {accuracy:.3f}")
 
-        history = train_prompts(classifier, training_set, optimization, on_epoch=log_epoch, device=backbone.device)
-        config.update(optimization=optimization.__dict__, training_composition=training_set.composition,
-                      epoch_losses=history.epoch_losses, training_seconds=history.seconds,
-                      training_details=history.details)
+        if experiment.setting is not None or experiment.pseudolabels is not None or method.adapts_from_pool:
+            result = train_with_pool(context, promptlab, inputs, backbone, classifier_factory, optimization,
+                                     log_epoch)
+            classifier, histories, composition = result.classifier, result.histories, result.composition
+            details = {**result.details, **histories[-1].details}
+            if result.pseudolabelling is not None:
+                rounds = result.pseudolabelling
+                config["pseudolabel_rounds"] = rounds.quality_frame().to_dicts()
+        else:
+            fewshot = pl.read_parquet(workspace.fewshot_path(dataset))
+            training_set = assemble_training_set(
+                experiment.method, backbone, inputs.image_dir, inputs.fewshot_train(fewshot),
+                inputs.fewshot_train(fewshot, subset="val"), trained_labels, workspace.feature_cache_dir,
+                *augmentation_inputs(workspace, dataset, experiment_key, experiment))
+            context.log.info(f"training {experiment.method} on {training_set.composition} for "
+                             f"{optimization.epochs} epochs")
+            history = train_prompts(classifier, training_set, optimization, on_epoch=log_epoch,
+                                    device=backbone.device)
+            histories, composition, details = [history], training_set.composition, history.details
+        losses = [loss for history in histories for loss in history.epoch_losses]
+        config.update(optimization=optimization.__dict__, training_composition=composition,
+                      epoch_losses=losses, training_seconds=sum(h.seconds for h in histories),
+                      training_details=details)
         metadata.update(
             epochs=optimization.epochs,
-            final_loss=history.epoch_losses[-1],
-            training_seconds=round(history.seconds, 2),
-            composition=dg.MetadataValue.json(training_set.composition),
-            epoch_losses=dg.MetadataValue.json([round(x, 4) for x in history.epoch_losses]),
-            training_details=dg.MetadataValue.json(history.details),
+            final_loss=losses[-1] if losses else None,
+            training_seconds=round(sum(h.seconds for h in histories), 2),
+            composition=dg.MetadataValue.json(composition),
+            epoch_losses=dg.MetadataValue.json([round(x, 4) for x in losses]),
+            training_details=dg.MetadataValue.json(details),
         )
-    directory = save_prompt_checkpoint(workspace.checkpoint_dir(dataset, experiment_key), classifier, config)
+        if rounds is not None:
+            quality = rounds.quality_frame()
+            metadata["pseudolabel_rounds"] = dg.MetadataValue.md(quality.to_pandas().to_markdown(index=False))
+            metadata["pseudolabel_accuracy_by_round"] = dg.MetadataValue.md(round_plot(quality))
+    directory = save_prompt_checkpoint(workspace.checkpoint_dir(dataset, experiment_key), classifier, config,
+                                       rounds.rounds_frame() if rounds is not None else None)
     metadata["path"] = str(directory)
     return dg.MaterializeResult(metadata=metadata)
+
+
+def augmentation_inputs(workspace, dataset: str, experiment_key: str, experiment):
+    """(augmented_dir, kept augmented rows) of an experiment with augmentation, else (None, None)."""
+    if experiment.augmentation is None:
+        return None, None
+    augmented_dir = workspace.augmentation_dir(dataset, experiment_key)
+    return augmented_dir, pl.read_parquet(augmented_dir / "augmented.parquet").filter(pl.col("kept"))
+
+
+def train_with_pool(context, promptlab, inputs, backbone, classifier_factory, optimization, log_epoch):
+    """An experiment with a pool or a learning setting (models.limited_labels): rounds of pseudolabels, a method
+    that adapts from the pool (TFUP), or a setting's labelled images alone; each round logged."""
+    from models.experiments import train_prompts
+    from models.limited_labels import limited_label_inputs, train_limited_label_experiment
+    from models.prompting.methods import get_method
+
+    experiment, workspace = inputs.experiment, promptlab.workspace()
+    rows = inputs.experiment_rows(workspace)
+    method = get_method(experiment.method)
+    validation_rows = None
+    if method.adapts_from_pool and rows.validation.height == 0:
+        # UL has no labelled image; TFUP-T selects its epoch on the dataset's val split (the authors: on test)
+        validation_rows = inputs.index.filter(pl.col("split") == "val").select(
+            "relative_path", "label", "content_sha256").sort("label", "relative_path")
+    limited = limited_label_inputs(experiment.method, backbone, inputs.image_dir, rows,
+                                   workspace.feature_cache_dir, validation_rows)
+    initial = None
+    if experiment.pseudolabels is not None:
+        initial = pl.read_parquet(workspace.pseudolabels_path(inputs.dataset.name, experiment.key))
+
+    def train(classifier, training_set, after_epoch):
+        context.log.info(f"training {experiment.method} on {training_set.composition} for {optimization.epochs} "
+                         "epochs")
+
+        def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+            log_epoch(epoch, loss, accuracy)
+            if after_epoch is not None:
+                after_epoch(epoch)
+
+        return train_prompts(classifier, training_set, optimization, on_epoch=on_epoch, device=backbone.device)
+
+    def on_round(step) -> None:
+        quality = step.quality
+        context.log.info(f"round {step.round + 1}: K = {step.per_class} per class, {int(quality['num_pseudolabels'])} "
+                         f"pseudolabels, accuracy {quality['pseudolabel_accuracy']:.3f}, coverage "
+                         f"{quality['class_coverage']:.2f}; kept epoch {step.selected_epoch or 'last'}")
+
+    return train_limited_label_experiment(experiment, method.adapts_from_pool, classifier_factory, limited, rows,
+                                          initial, train, on_round)
+
+
+def round_plot(quality: pl.DataFrame) -> str:
+    """A small markdown bar chart of pseudolabel accuracy by round (the UI renders it with the metadata)."""
+    lines = ["| round | K | accuracy | |", "|---|---|---|---|"]
+    for row in quality.iter_rows(named=True):
+        bar = "#" * int(round(30 * row["pseudolabel_accuracy"]))
+        lines.append(f"| {row['round']} | {row['per_class']} | {row['pseudolabel_accuracy']:.3f} | `{bar}` |")
+    return "\n".join(lines)

@@ -46,6 +46,17 @@ def _write_micro_catalog() -> None:
          "parameters": {"prompt_depth": 2}, "protocol": "base_to_new"},
         {"method": "promptsrc", "shots": [2], "seeds": [1], "optimization": {"epochs": 2, "batch_size": 4},
          "parameters": {"text_prompt_depth": 2, "vision_prompt_depth": 2, "aggregation_mean_epoch": 1.5}},
+        # the pseudolabel line: every setting, every strategy once (10 rounds of 1 epoch for the iterative ones)
+        {"method": "zero_shot", "setting": "trzsl", "seeds": [1]},
+        {"method": "coop", "setting": "ssl", "seeds": [1], "optimization": {"epochs": 1},
+         "parameters": {"n_context": 4}, "pseudolabels": {"strategy": "grip"}},
+        {"method": "coop", "setting": "trzsl", "seeds": [1], "optimization": {"epochs": 1},
+         "parameters": {"n_context": 4}, "pseudolabels": {"strategy": "ifpl", "per_class": 1}},
+        {"method": "coop", "setting": "ul", "seeds": [1], "optimization": {"epochs": 1},
+         "parameters": {"n_context": 4}, "pseudolabels": {"strategy": "fpl", "per_class": 2}},
+        {"method": "tfup", "setting": "ul", "seeds": [1]},
+        {"method": "tfup_t", "setting": "ul", "seeds": [1], "optimization": {"epochs": 2},
+         "parameters": {"refined_set_epochs": 1}},
     ]
     # Transfer: Shapes' CoOp and PromptSRC (takes images) prompts on Digits' classes; Broken is left out of the
     # targets (its curation fails on purpose). No micro dataset is a shifted variant: the catalog tests cover DG.

@@ -14,7 +14,8 @@ from pipelines.resources import PromptLabResource
 
 HEALTHY = ["Shapes", "Digits"]
 EXPERIMENTS = ["zeroshot", "coop-k2-s1", "coop-k2-s2", "coop-k2-s1-aug", "coop-k2-s1-fpl", "coop-k2-s1-b2n",
-               "maple-k2-s1-b2n", "promptsrc-k2-s1"]
+               "maple-k2-s1-b2n", "promptsrc-k2-s1", "zeroshot-trzsl-s1", "coop-ssl-s1-grip", "coop-trzsl-s1-ifpl",
+               "coop-ul-s1-fpl", "tfup-ul-s1", "tfupt-ul-s1"]
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,51 @@ def test_pseudolabel_accuracy_is_recorded(graph_run):
     _, workspace = graph_run
     rows = read(workspace, """SELECT r.dataset, m.value FROM metrics m JOIN runs r USING (run_id)
                               WHERE r.stage = 'pseudolabels' AND m.metric = 'pseudolabel_accuracy'""")
-    assert sorted(d for d, _ in rows) == sorted(HEALTHY)
+    assert sorted(d for d, _ in rows) == sorted(HEALTHY * 4)  # round 0 of the four pseudolabelled experiments
     assert all(0.0 <= v <= 1.0 for _, v in rows)
+
+
+def test_learning_setting_splits_are_curated_and_checked(graph_run):
+    import polars as pl
+
+    _, workspace = graph_run
+    for dataset in HEALTHY:
+        splits = pl.read_parquet(workspace.setting_splits_path(dataset))
+        assert {(s, seed) for s, seed in splits.select("setting", "seed").unique().iter_rows()} == {
+            ("ssl", 1), ("trzsl", 1), ("ul", 1)}
+        test_paths = pl.read_parquet(workspace.index_path(dataset)).filter(pl.col("split") != "train")
+        assert splits.join(test_paths, on="relative_path", how="semi").height == 0
+    instance = dg.DagsterInstance.get()
+    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("learning_setting_splits"), "no_eval_image_in_pool")])
+    assert records  # the GX suite ran on the splits
+
+
+def test_iterative_strategies_record_every_round_and_trzsl_scores_seen_and_unseen(graph_run):
+    _, workspace = graph_run
+    rounds = read(workspace, """SELECT dataset, experiment_key, count(DISTINCT round), max(value)
+                                FROM pseudolabel_rounds WHERE metric = 'pseudolabel_accuracy' GROUP BY ALL""")
+    by_key = {(d, e): (n, v) for d, e, n, v in rounds}
+    for dataset in HEALTHY:
+        assert by_key[(dataset, "coop-ssl-s1-grip")][0] == 10
+        assert by_key[(dataset, "coop-trzsl-s1-ifpl")][0] == 10
+        assert by_key[(dataset, "coop-ul-s1-fpl")][0] == 1
+    grip_k = read(workspace, """SELECT round, value FROM pseudolabel_rounds WHERE dataset = 'Shapes'
+                                AND experiment_key = 'coop-ssl-s1-grip' AND metric = 'num_pseudolabels'
+                                ORDER BY round""")
+    sizes = [v for _, v in grip_k]
+    assert sizes == sorted(sizes) and sizes[-1] > sizes[0]  # GRIP's K grows with the round
+    splits = read(workspace, """SELECT DISTINCT m.split FROM metrics m JOIN runs r USING (run_id)
+                                WHERE r.experiment_key IN ('zeroshot-trzsl-s1', 'coop-trzsl-s1-ifpl')""")
+    assert {"seen", "unseen", "seen_unseen"} <= {s for (s,) in splits}
+    table = read(workspace, """SELECT dataset, method, strategy, setting FROM limited_label_results""")
+    assert ("Shapes", "zero_shot", "none", "ssl") in table and ("Shapes", "zero_shot", "none", "trzsl") in table
+    assert ("Digits", "coop", "grip", "ssl") in table and ("Digits", "coop", "fpl", "ul") in table
+    assert ("Shapes", "tfup", "none", "ul") in table and ("Shapes", "tfup_t", "none", "ul") in table
+    # settings stay out of the few-shot and base-to-new views
+    for view in ("few_shot_results", "base_to_new_results"):
+        assert read(workspace, f"""SELECT count(*) FROM {view}
+                                   WHERE json_extract_string(options, '$.setting') IS NOT NULL""") == [(0,)]
 
 
 def test_failed_expectations_block_the_broken_dataset(graph_run):

@@ -24,8 +24,9 @@ SMALL_DEPTHS = {
     "ivlp": {"text_prompt_depth": 2, "vision_prompt_depth": 2},
     "promptsrc": {"text_prompt_depth": 2, "vision_prompt_depth": 2},
 }
+# closed-form and training-free methods (the linear probe, TFUP) have their own `fit`, not the gradient loop
 GRADIENT_METHODS = sorted(name for name, spec in METHODS.items()
-                          if spec.trains_prompts and name != "linear_probe")  # the linear probe is closed-form
+                          if spec.trains_prompts and getattr(spec.build, "trained_by_gradient", True))
 
 
 def test_cpu_is_plain_fp32():

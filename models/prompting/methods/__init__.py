@@ -11,5 +11,6 @@ from models.prompting.methods import prograd  # noqa: F401,E402
 from models.prompting.methods import vpt, ivlp, promptsrc  # noqa: F401,E402
 from models.prompting.methods import linear_probe  # noqa: F401,E402
 from models.prompting.methods import pre  # noqa: F401,E402
+from models.prompting.methods import tfup  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]

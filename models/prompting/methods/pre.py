@@ -26,6 +26,8 @@ transformer and one-network-per-token variants.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 
 import torch
@@ -76,8 +78,14 @@ class PromptEncoder(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.encoder_type == "lstm":
-            # the context tokens are one sequence, read in both directions
-            hidden = self.lstm(inputs.unsqueeze(0))[0].squeeze(0)
+            # the context tokens are one sequence, read in both directions; in fp32 outside autocast: oneDNN has no
+            # bf16 LSTM on CPUs without AVX-512 BF16 ("could not create a primitive descriptor"), and a 16-token
+            # LSTM costs nothing at full precision
+            device_type = inputs.device.type
+            full_precision = (torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda")
+                              else contextlib.nullcontext())  # (meta: the device-placement test)
+            with full_precision:
+                hidden = self.lstm(inputs.float().unsqueeze(0))[0].squeeze(0)
         else:
             hidden = self.hidden(inputs)
         return self.output(hidden)

@@ -114,6 +114,9 @@ class MethodSpec:
     # Whether, with these parameters, the learned state has one entry per class (CoOp's CSC, a linear probe's
     # weights): such a state cannot be applied to other classes (base-to-new's new classes, cross-dataset).
     class_specific: Callable[[Any], bool] = lambda parameters: False
+    # Whether the method adapts from the unlabelled pool itself, without labels or a pseudolabel strategy (TFUP: it
+    # selects its own pseudolabels from TrainingSet.unlabelled); such a method runs in the ul setting on its own.
+    adapts_from_pool: bool = False
 
     def transfers_to_other_classes(self, overrides: dict[str, Any] | None = None) -> bool:
         return not self.class_specific(parse_method_parameters(self.name, overrides))
