@@ -16,7 +16,9 @@ def test_quick_grid_keeps_seed_1_at_three_shot_counts_with_the_full_grids_config
     assert quick.grid == "quick" and full.grid == "default"
     assert set(quick.experiments) < set(full.experiments)
     trained = [e for e in quick.experiments.values() if e.seed is not None]
-    assert {e.seed for e in trained} == {1} and {e.shots for e in trained} == {1, 4, 16}
+    assert {e.seed for e in trained} == {1}
+    assert {e.shots for e in trained if e.setting is None} == {1, 4, 16}
+    assert {e.setting for e in trained if e.shots is None} == {"ssl", "ul", "trzsl"}  # settings have no shots
     assert "zeroshot" in quick.experiments  # no shots or seed: passes those filters
     # Every method of the full grid is still there, with the same key and configuration hash.
     assert {e.method for e in quick.experiments.values()} == {e.method for e in full.experiments.values()}
@@ -50,7 +52,7 @@ def test_the_grid_comes_from_the_environment(monkeypatch):
 
 
 def test_a_unknown_grid_is_named_with_the_known_ones():
-    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'quick', 'targets'\]"):
+    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'quick', 'targets', 'pseudolabels'\]"):
         load_catalog(DEFAULT_CATALOG_DIR, grid="fast")
 
 
@@ -94,3 +96,26 @@ def test_the_cli_runs_the_chosen_grid_and_names_what_it_lacks(tmp_path):
     assert "promptlab run: error: unknown experiment 'coop-k8-s1'; the grid (quick) has" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "workspace").exists()  # nothing ran
+
+
+def test_the_pseudolabels_grid_is_the_limited_label_line_with_its_zero_shot_references():
+    grid = load_catalog(DEFAULT_CATALOG_DIR, grid="pseudolabels")
+    assert "zeroshot" in grid.experiments and "zeroshot-trzsl-s3" in grid.experiments
+    assert all(e.setting is not None for k, e in grid.experiments.items() if k != "zeroshot")
+    strategies = {(e.setting, e.pseudolabels.strategy) for e in grid.experiments.values() if e.pseudolabels}
+    assert strategies == {(s, p) for s in ("ssl", "ul", "trzsl") for p in ("fpl", "ifpl", "grip")}
+    assert {"tfup-ul-s1", "tfupt-ul-s1"} <= set(grid.experiments)
+
+
+def test_a_settings_filter_keeps_those_settings_and_few_shot_names_the_rest(tmp_path):
+    import shutil
+
+    import yaml
+
+    shutil.copytree(DEFAULT_CATALOG_DIR, tmp_path / "catalog")
+    grids = {"grids": {"ul_only": {"settings": ["ul"]}, "few_only": {"settings": ["few_shot"]}}}
+    (tmp_path / "catalog" / "grids.yaml").write_text(yaml.safe_dump(grids))
+    ul = load_catalog(tmp_path / "catalog", grid="ul_only")
+    assert ul.experiments and {e.setting for e in ul.experiments.values()} == {"ul"}
+    few = load_catalog(tmp_path / "catalog", grid="few_only")
+    assert "coop-k16-s1" in few.experiments and all(e.setting is None for e in few.experiments.values())
