@@ -132,15 +132,13 @@ def assemble_training_set(
     cache_dir: Path | None,
     augmented_dir: Path | None = None,
     augmented_rows: pl.DataFrame | None = None,
-    pseudolabelled_rows: pl.DataFrame | None = None,
-    strategy: str = "fpl",
 ) -> TrainingSet:
     """The training set of one experiment, in the inputs its method takes (cached features or preprocessed images).
 
     labelled_rows / val_rows: the labelled images for training and for validation (relative_path, label,
     content_sha256), restricted to `trained_labels` and relabelled 0..len-1 in that order (base-to-new trains on the
     base classes only). augmented_rows: kept diffusion variations under `augmented_dir` (relative_path, label).
-    pseudolabelled_rows: pool images with their pseudo_label and content_sha256, weighted by `strategy`.
+    Pseudolabelled pool images join in the rounds of models/limited_labels.py.
     """
     from models.provenance import sha256_file
 
@@ -162,11 +160,7 @@ def assemble_training_set(
     if augmented_rows is not None and augmented_rows.height:
         hashes = [sha256_file(augmented_dir / "images" / path) for path in augmented_rows["relative_path"].to_list()]
         augmented = labelled_part(augmented_dir / "images", augmented_rows, hashes, "label")
-    pseudo = None
-    if pseudolabelled_rows is not None:
-        pseudo = labelled_part(image_dir, pseudolabelled_rows, pseudolabelled_rows["content_sha256"].to_list(),
-                               "pseudo_label")
-    training_set = combine_training_sets(labelled, augmented, pseudo, strategy=strategy)
+    training_set = combine_training_sets(labelled, augmented)
     # the labelled val images (few-shot: min(K, 4) per class), for methods that select hyperparameters on them
     training_set.validation = labelled_part(image_dir, val_rows, val_rows["content_sha256"].to_list(), "label",
                                             with_mirror=False)
