@@ -148,6 +148,7 @@ def test_report_is_self_contained(graph_run):
     summary, workspace = graph_run
     html = workspace.report_path.read_text()
     assert "Shapes" in html and "Digits" in html and "data:image/png;base64," in html
+    assert "Limited-label settings and pseudolabels" in html and "Shapes TRZSL" in html
     assert 'src="http' not in html and 'href="http' not in html
 
 
