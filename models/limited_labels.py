@@ -23,7 +23,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from models.pseudolabels import PseudolabelStrategy, pseudolabel_quality, select_top_k_per_class
+from models.pseudolabels import (PseudolabelStrategy, pseudolabel_candidates, pseudolabel_quality,
+                                 select_top_k_per_class)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ def experiment_rows(experiment, index: pl.DataFrame, num_classes: int, fewshot: 
                     setting_splits: pl.DataFrame | None = None) -> ExperimentRows:
     """Rows of an experiment: from its learning setting's curated split, else from its few-shot subset (the pool is
     then the training images outside that subset)."""
+    from models.data.fewshot import fewshot_rows
     from models.data.learning_settings import LABELLED_TRAIN, LABELLED_VAL, split_of
 
     hashes = index.select("relative_path", "content_sha256")
@@ -63,12 +65,8 @@ def experiment_rows(experiment, index: pl.DataFrame, num_classes: int, fewshot: 
         raise ValueError(f"{where}the few-shot protocol needs the curated few-shot subsets")
 
     def subset(name: str) -> pl.DataFrame:
-        chosen = fewshot.filter((pl.col("shots") == experiment.shots) & (pl.col("seed") == experiment.seed)
-                                & (pl.col("subset") == name)).select("relative_path")
-        if chosen.height == 0:
-            raise ValueError(f"{where}no {experiment.shots}-shot {name} subset for seed {experiment.seed}")
-        return chosen.join(index.select("relative_path", "label", "content_sha256"), on="relative_path",
-                           how="left").sort("label", "relative_path")
+        return fewshot_rows(fewshot, index.select("relative_path", "label", "content_sha256"), experiment.shots,
+                            experiment.seed, name, experiment.key)
 
     labelled, validation = subset("train"), subset("val")
     pool = None
@@ -77,20 +75,6 @@ def experiment_rows(experiment, index: pl.DataFrame, num_classes: int, fewshot: 
                                                               how="anti")
                 .select("relative_path", "label", "content_sha256").sort("relative_path"))
     return ExperimentRows(labelled, validation, pool, None, tuple(range(num_classes)))
-
-
-def pseudolabel_candidates(relative_paths: list[str], probabilities: np.ndarray,
-                           classes: tuple[int, ...]) -> pl.DataFrame:
-    """Each pool image's most probable class among `classes` (probabilities renormalised over them) and its
-    confidence; labels are the original class indices."""
-    if probabilities.shape[0] != len(relative_paths):
-        raise ValueError(f"{len(relative_paths)} pool images but {probabilities.shape[0]} probability rows")
-    columns = np.asarray(classes, dtype=np.int64)
-    restricted = probabilities[:, columns]
-    restricted = restricted / np.clip(restricted.sum(axis=1, keepdims=True), 1e-300, None)
-    best = restricted.argmax(axis=1)
-    return pl.DataFrame({"relative_path": relative_paths, "pseudo_label": columns[best],
-                         "confidence": restricted.max(axis=1).astype(np.float64)})
 
 
 @dataclass

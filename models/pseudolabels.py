@@ -85,15 +85,22 @@ def get_strategy(name: str) -> PseudolabelStrategy:
 
 def pseudolabel_table(relative_paths: list[str], probabilities: np.ndarray) -> pl.DataFrame:
     """One row per pool image: its predicted class and the confidence of that prediction."""
-    if len(relative_paths) != probabilities.shape[0]:
-        raise ValueError(f"{len(relative_paths)} paths but {probabilities.shape[0]} probability rows")
-    return pl.DataFrame(
-        {
-            "relative_path": relative_paths,
-            "pseudo_label": probabilities.argmax(axis=1).astype(np.int64),
-            "confidence": probabilities.max(axis=1).astype(np.float64),
-        }
-    )
+    return pseudolabel_candidates(relative_paths, probabilities, tuple(range(probabilities.shape[1])))
+
+
+def pseudolabel_candidates(relative_paths: list[str], probabilities: np.ndarray,
+                           classes: tuple[int, ...]) -> pl.DataFrame:
+    """Each pool image's most probable class among `classes` (probabilities renormalised over them) and its
+    confidence; labels are the original class indices."""
+    if probabilities.shape[0] != len(relative_paths):
+        raise ValueError(f"{len(relative_paths)} pool images but {probabilities.shape[0]} probability rows")
+    columns = np.asarray(classes, dtype=np.int64)
+    restricted = probabilities[:, columns]
+    if len(columns) < probabilities.shape[1]:  # a subset of the classes (TRZSL's unseen): renormalised over them
+        restricted = restricted / np.clip(restricted.sum(axis=1, keepdims=True), 1e-300, None)
+    best = restricted.argmax(axis=1)
+    return pl.DataFrame({"relative_path": relative_paths, "pseudo_label": columns[best],
+                         "confidence": restricted.max(axis=1).astype(np.float64)})
 
 
 def select_top_k_per_class(pseudolabels: pl.DataFrame, per_class: int) -> pl.DataFrame:

@@ -6,8 +6,6 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from models.data.expectations import SETTING_EXPECTATIONS
-
 from pipelines.assets.curation import dataset_index, learning_setting_splits
 from pipelines.partitions import dataset_partitions
 from pipelines.resources import PromptLabResource
@@ -22,6 +20,28 @@ DATASET_EXPECTATIONS = {
     "classes_in_every_split": "every class has images in train, val and test",
     "no_train_test_overlap": "no image (by content hash) is in both train and test",
 }
+# The learning-setting splits (models.data.expectations.validate_setting_splits): one check each.
+SETTING_EXPECTATIONS = {
+    "setting_rows_are_train_images": "every labelled or pooled image is a training image of the index",
+    "one_role_per_image": "within a split an image is labelled train, labelled val or unlabelled, never two",
+    "no_eval_image_in_pool": "no pooled image has the content of a val or test image",
+    "labelled_class_coverage": "every class the setting labels (SSL: all, TRZSL: seen) has a labelled training image",
+    "pools_not_empty": "every split's unlabelled pool holds at least one image",
+    "trzsl_pool_unseen_only": "TRZSL pools only hold unseen-class images (seen classes are fully labelled)",
+}
+
+
+def _check_results(report, names, asset_key: dg.AssetKey) -> Iterator[dg.AssetCheckResult]:
+    """One blocking result per expectation of a GX report (models.data.expectations.ValidationReport)."""
+    outcomes = {outcome.name: outcome for outcome in report.outcomes}
+    missing = set(names) - set(outcomes)
+    if missing:
+        raise RuntimeError(f"the expectation suite did not report {sorted(missing)}")
+    for name in names:
+        outcome = outcomes[name]
+        yield dg.AssetCheckResult(check_name=name, asset_key=asset_key, passed=outcome.success,
+                                  severity=dg.AssetCheckSeverity.ERROR,
+                                  metadata={"details": outcome.details, "suite": report.suite_name})
 
 
 @dg.multi_asset_check(
@@ -41,19 +61,7 @@ def dataset_expectations(
     dataset = context.partition_key
     index = pl.read_parquet(promptlab.workspace().index_path(dataset))
     report = validate_dataset_index(index, dataset)
-    outcomes = {outcome.name: outcome for outcome in report.outcomes}
-    missing = set(DATASET_EXPECTATIONS) - set(outcomes)
-    if missing:
-        raise RuntimeError(f"the expectation suite did not report {sorted(missing)}")
-    for name in DATASET_EXPECTATIONS:
-        outcome = outcomes[name]
-        yield dg.AssetCheckResult(
-            check_name=name,
-            asset_key=dataset_index.key,
-            passed=outcome.success,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"details": outcome.details, "suite": report.suite_name},
-        )
+    yield from _check_results(report, DATASET_EXPECTATIONS, dataset_index.key)
 
 
 @dg.multi_asset_check(
@@ -81,8 +89,4 @@ def learning_setting_expectations(
                                       metadata={"details": "no learning-setting experiment in the grid"})
         return
     report = validate_setting_splits(splits, pl.read_parquet(workspace.index_path(dataset)), dataset)
-    for name in SETTING_EXPECTATIONS:
-        outcome = report.outcome(name)
-        yield dg.AssetCheckResult(check_name=name, asset_key=learning_setting_splits.key, passed=outcome.success,
-                                  severity=dg.AssetCheckSeverity.ERROR,
-                                  metadata={"details": outcome.details, "suite": report.suite_name})
+    yield from _check_results(report, SETTING_EXPECTATIONS, learning_setting_splits.key)

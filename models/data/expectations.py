@@ -331,17 +331,6 @@ def _run_suite(suite_name: str, checks: list[_Check], frames: dict[str, pd.DataF
     return ValidationReport(suite_name, all(outcome.success for outcome in outcomes), outcomes)
 
 
-# The learning-setting splits (models.data.learning_settings, curated per dataset): one outcome each.
-SETTING_EXPECTATIONS = {
-    "setting_rows_are_train_images": "every labelled or pooled image is a training image of the index",
-    "one_role_per_image": "within a split an image is labelled train, labelled val or unlabelled, never two",
-    "no_eval_image_in_pool": "no pooled image has the content of a val or test image",
-    "labelled_class_coverage": "every class the setting labels (SSL: all, TRZSL: seen) has a labelled training image",
-    "pools_not_empty": "every split's unlabelled pool holds at least one image",
-    "trzsl_pool_unseen_only": "TRZSL pools only hold unseen-class images (seen classes are fully labelled)",
-}
-
-
 def validate_setting_splits(splits: pl.DataFrame, index: pl.DataFrame, dataset_name: str) -> ValidationReport:
     """Run the learning-setting expectations with GX on `splits` (`setting_splits_table`) against the index."""
     import great_expectations as gx

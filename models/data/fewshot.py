@@ -105,3 +105,14 @@ def all_few_shot_subsets(
         for seed in seeds
     ]
     return pl.concat(frames)
+
+
+def fewshot_rows(fewshot: pl.DataFrame, index: pl.DataFrame, shots: int | None, seed: int | None, subset: str,
+                 where: str) -> pl.DataFrame:
+    """The index rows of one drawn few-shot subset (`subset` train or val), sorted by label and path; `where` starts
+    the error message when it was not drawn."""
+    chosen = fewshot.filter((pl.col("shots") == shots) & (pl.col("seed") == seed)
+                            & (pl.col("subset") == subset)).select("relative_path")
+    if chosen.height == 0:
+        raise ValueError(f"{where}: no {shots}-shot {subset} subset for seed {seed}")
+    return chosen.join(index, on="relative_path", how="left").sort("label", "relative_path")

@@ -22,16 +22,10 @@ class PartitionInputs:
     def fewshot_train(self, fewshot: pl.DataFrame, subset: str = "train") -> pl.DataFrame:
         """The labelled few-shot rows (subset train, or val: min(K, 4) per class) of this experiment, joined
         with the index (content hashes)."""
-        chosen = fewshot.filter(
-            (pl.col("shots") == self.experiment.shots)
-            & (pl.col("seed") == self.experiment.seed)
-            & (pl.col("subset") == subset)
-        ).select("relative_path")
-        if chosen.height == 0:
-            raise ValueError(
-                f"{self.dataset.name}: no {self.experiment.shots}-shot {subset} subset for seed {self.experiment.seed}"
-            )
-        return chosen.join(self.index, on="relative_path", how="left").sort("label", "relative_path")
+        from models.data.fewshot import fewshot_rows
+
+        return fewshot_rows(fewshot, self.index, self.experiment.shots, self.experiment.seed, subset,
+                            self.dataset.name)
 
     def experiment_rows(self, workspace):
         """The labelled, validation and pool rows of this experiment (models.limited_labels.experiment_rows), from
