@@ -549,6 +549,42 @@ ORDER BY method <> 'zero_shot', method, strategy, setting, dataset
 """
 _STRATEGY_ORDER = ("fpl", "ifpl", "grip")
 
+# Pseudolabel accuracy per round (against the hidden labels), averaged over datasets per seed, then over seeds.
+PSEUDOLABEL_ROUNDS_SQL = """
+WITH per_seed AS (
+    SELECT method, strategy, setting, round, seed, avg(value) AS value, count(DISTINCT dataset) AS n_datasets
+    FROM pseudolabel_rounds WHERE metric = 'pseudolabel_accuracy'
+    GROUP BY ALL
+)
+SELECT method, strategy, setting, round, avg(value) AS mean, stddev_samp(value) AS std, count(*) AS n_seeds,
+       max(n_datasets) AS n_datasets
+FROM per_seed GROUP BY ALL
+ORDER BY setting, method, strategy, round
+"""
+
+
+def _pseudolabel_round_curves(rounds: pl.DataFrame) -> str:
+    """Pseudolabel accuracy against round, one panel per learning setting, a line per method x strategy."""
+    settings = [s for s in ("ssl", "ul", "trzsl") if s in set(rounds["setting"].to_list())]
+    figure = Figure(figsize=(3.6 * len(settings), 3.0))
+    for plot_index, setting in enumerate(settings):
+        axes = figure.add_subplot(1, len(settings), plot_index + 1)
+        of_setting = rounds.filter(pl.col("setting") == setting)
+        lines = of_setting.select("method", "strategy").unique(maintain_order=True).rows()
+        for index, (method, strategy) in enumerate(lines):
+            line = of_setting.filter((pl.col("method") == method) & (pl.col("strategy") == strategy)).sort("round")
+            errors = None if line["std"].is_null().all() else (line["std"].fill_null(0.0) * 100).to_list()
+            axes.errorbar(line["round"].to_list(), (line["mean"] * 100).to_list(), yerr=errors, marker="o",
+                          markersize=3, capsize=2, color=_COLORS[index % len(_COLORS)],
+                          label=f"{method} {strategy.upper()}")
+        axes.set_title(setting.upper(), fontsize="medium")
+        axes.set_xlabel("round (0: zero-shot)")
+        axes.set_ylabel("pseudolabel accuracy (%)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="x-small")
+    figure.tight_layout()
+    return _figure_to_image(figure, "pseudolabel accuracy against round, one panel per learning setting")
+
 
 def _limited_label_section(warehouse: Warehouse) -> str:
     """Menghini et al.'s main table: rows are method x pseudolabel strategy, columns SSL / UL / TRZSL (HM) per dataset
@@ -594,7 +630,25 @@ def _limited_label_section(warehouse: Warehouse) -> str:
                numeric_columns=range(2, 2 + len(columns))),
         _table(["Claim", "Value (%)", "Against (%)", "Margin (points)", "2 × seed std", "Verdict"], checks)
         if checks else _paragraph("No strategy pair ran in the same setting yet.", "muted"),
+        *_pseudolabel_rounds_parts(warehouse),
     )
+
+
+def _pseudolabel_rounds_parts(warehouse: Warehouse) -> list[str]:
+    """The per-round pseudolabel accuracy: a plot and its table (view pseudolabel_rounds, all its metrics)."""
+    rounds = warehouse.query(PSEUDOLABEL_ROUNDS_SQL)
+    if rounds.height == 0:
+        return []
+    rows = [(r["setting"].upper(), r["method"], r["strategy"].upper(), r["round"],
+             format_mean_std(r["mean"], r["std"], r["n_seeds"]), r["n_datasets"]) for r in rounds.iter_rows(named=True)]
+    return [
+        _paragraph("Pseudolabel accuracy per round against the hidden training labels (round 0: the zero-shot "
+                   "selection), averaged over datasets per seed, then mean ± std over seeds. Coverage and "
+                   "calibration per round: the view pseudolabel_rounds.", "muted"),
+        _pseudolabel_round_curves(rounds),
+        _table(["Setting", "Method", "Strategy", "Round", "Pseudolabel accuracy (%)", "Datasets"], rows,
+               numeric_columns=(3, 4, 5)),
+    ]
 
 
 def _base_to_new_section(warehouse: Warehouse, params: dict) -> tuple[str, dict[str, float]]:
