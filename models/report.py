@@ -549,11 +549,12 @@ ORDER BY method <> 'zero_shot', method, strategy, setting, dataset
 """
 _STRATEGY_ORDER = ("fpl", "ifpl", "grip")
 
-# Pseudolabel accuracy per round (against the hidden labels), averaged over datasets per seed, then over seeds.
+# Pseudolabel accuracy per round (against the hidden labels) of the learning settings' runs (a few-shot FPL run has
+# one round and no setting), averaged over datasets per seed, then over seeds.
 PSEUDOLABEL_ROUNDS_SQL = """
 WITH per_seed AS (
     SELECT method, strategy, setting, round, seed, avg(value) AS value, count(DISTINCT dataset) AS n_datasets
-    FROM pseudolabel_rounds WHERE metric = 'pseudolabel_accuracy'
+    FROM pseudolabel_rounds WHERE metric = 'pseudolabel_accuracy' AND setting IS NOT NULL
     GROUP BY ALL
 )
 SELECT method, strategy, setting, round, avg(value) AS mean, stddev_samp(value) AS std, count(*) AS n_seeds,

@@ -59,6 +59,11 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> str:
                                 for r in range(3)]
                     metrics += [MetricRow(f"round_{r:02d}", "num_pseudolabels", 10.0 * (r + 1)) for r in range(3)]
                 warehouse.record_run(run, metrics)
+    # a few-shot FPL run (no setting) has one round: it stays out of the settings' curves
+    warehouse.record_run(replace(make_run("Shapes-fewshot-fpl", dataset="Shapes", method="coop", shots=16,
+                                          options={"pseudolabels": {"strategy": "fpl"}}, start_minute=minute + 1),
+                                 experiment_key="coop-k16-s1-fpl", partition_key="Shapes|coop-k16-s1-fpl"),
+                         [MetricRow("test", "top1_accuracy", 0.7), MetricRow("round_00", "pseudolabel_accuracy", 0.9)])
     html_path = root / "report.html"
     build_report(warehouse, html_path)
     return html_path.read_text(encoding="utf-8")

@@ -54,6 +54,9 @@ def _write_micro_catalog() -> None:
          "parameters": {"n_context": 4}, "pseudolabels": {"strategy": "ifpl", "per_class": 1}},
         {"method": "coop", "setting": "ul", "seeds": [1], "optimization": {"epochs": 1},
          "parameters": {"n_context": 4}, "pseudolabels": {"strategy": "fpl", "per_class": 2}},
+        # bad input on purpose: K = 50 per class is beyond every micro pool; it must fail before any training
+        {"method": "coop", "setting": "ssl", "seeds": [1], "optimization": {"epochs": 1},
+         "parameters": {"n_context": 4}, "pseudolabels": {"strategy": "fpl", "per_class": 50}},
         {"method": "tfup", "setting": "ul", "seeds": [1]},
         {"method": "tfup_t", "setting": "ul", "seeds": [1], "optimization": {"epochs": 2},
          "parameters": {"refined_set_epochs": 1}},

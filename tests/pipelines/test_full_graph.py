@@ -16,6 +16,7 @@ HEALTHY = ["Shapes", "Digits"]
 EXPERIMENTS = ["zeroshot", "coop-k2-s1", "coop-k2-s2", "coop-k2-s1-aug", "coop-k2-s1-fpl", "coop-k2-s1-b2n",
                "maple-k2-s1-b2n", "promptsrc-k2-s1", "zeroshot-trzsl-s1", "coop-ssl-s1-grip", "coop-trzsl-s1-ifpl",
                "coop-ul-s1-fpl", "tfup-ul-s1", "tfupt-ul-s1"]
+BEYOND_POOL = "coop-ssl-s1-fpl"  # asks K = 50 pseudolabels per class of pools that hold 5 images per class
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_definitions_validate_and_show_the_lineage():
 
 def test_every_healthy_partition_has_current_metrics_and_the_broken_dataset_none(graph_run):
     summary, workspace = graph_run
-    assert summary["failures"] == ["curation_job[Broken]"]
+    assert summary["failures"] == ["curation_job[Broken]"] + [f"experiment_job[{d}|{BEYOND_POOL}]" for d in HEALTHY]
     rows = read(workspace, """
         SELECT r.dataset, r.experiment_key, count(*) FROM metrics m JOIN runs r USING (run_id)
         WHERE r.stage = 'evaluation' AND m.metric = 'top1_accuracy' AND m.split = 'test' GROUP BY ALL""")
@@ -130,6 +131,27 @@ def test_iterative_strategies_record_every_round_and_trzsl_scores_seen_and_unsee
     for view in ("few_shot_results", "base_to_new_results"):
         assert read(workspace, f"""SELECT count(*) FROM {view}
                                    WHERE json_extract_string(options, '$.setting') IS NOT NULL""") == [(0,)]
+
+
+def test_k_beyond_the_pool_fails_before_training_naming_the_grid_entry_and_writes_nothing(graph_run):
+    _, workspace = graph_run
+    result = defs.resolve_job_def("experiment_job").execute_in_process(
+        instance=dg.DagsterInstance.get(), partition_key=multi_partition_key("Shapes", BEYOND_POOL),
+        raise_on_error=False)
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert failure.step_key == "pseudolabels"
+    message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else ""
+    message += failure.step_failure_data.error.message
+    assert f"({BEYOND_POOL}).pseudolabels.per_class (Shapes)" in message and "K = 50 per class" in message
+    assert "grid[" in message
+    # nothing downstream ran, nothing was written: no pseudolabels, no checkpoint, no warehouse rows
+    ran = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert "prompt_checkpoints" not in ran and "evaluation_metrics" not in ran
+    for dataset in HEALTHY:
+        assert not workspace.pseudolabels_path(dataset, BEYOND_POOL).exists()
+        assert not workspace.checkpoint_dir(dataset, BEYOND_POOL).exists()
+    assert read(workspace, f"SELECT count(*) FROM runs WHERE experiment_key = '{BEYOND_POOL}'") == [(0,)]
 
 
 def test_failed_expectations_block_the_broken_dataset(graph_run):
