@@ -54,6 +54,11 @@ def _write_micro_catalog() -> None:
          "parameters": {"n_context": 4}, "pseudolabels": {"strategy": "ifpl", "per_class": 1}},
         {"method": "coop", "setting": "ul", "seeds": [1], "optimization": {"epochs": 1},
          "parameters": {"n_context": 4}, "pseudolabels": {"strategy": "fpl", "per_class": 2}},
+        # visual and multimodal prompts through the same rounds (they train on images, not cached features)
+        {"method": "vpt_shallow", "setting": "ul", "seeds": [1], "optimization": {"epochs": 1, "batch_size": 8},
+         "pseudolabels": {"strategy": "ifpl", "per_class": 2}},
+        {"method": "maple", "setting": "trzsl", "seeds": [1], "optimization": {"epochs": 1, "batch_size": 8},
+         "parameters": {"prompt_depth": 2}, "pseudolabels": {"strategy": "grip"}},
         # bad input on purpose: K = 50 per class is beyond every micro pool; it must fail before any training
         {"method": "coop", "setting": "ssl", "seeds": [1], "optimization": {"epochs": 1},
          "parameters": {"n_context": 4}, "pseudolabels": {"strategy": "fpl", "per_class": 50}},

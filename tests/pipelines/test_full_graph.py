@@ -15,8 +15,8 @@ from pipelines.resources import PromptLabResource
 HEALTHY = ["Shapes", "Digits"]
 EXPERIMENTS = ["zeroshot", "coop-k2-s1", "coop-k2-s2", "coop-k2-s1-aug", "coop-k2-s1-fpl", "coop-k2-s1-b2n",
                "maple-k2-s1-b2n", "promptsrc-k2-s1", "zeroshot-trzsl-s1", "coop-ssl-s1-grip", "coop-trzsl-s1-ifpl",
-               "coop-ul-s1-fpl", "tfup-ul-s1", "tfupt-ul-s1"]
-BEYOND_POOL = "coop-ssl-s1-fpl"  # asks K = 50 pseudolabels per class of pools that hold 5 images per class
+               "coop-ul-s1-fpl", "tfup-ul-s1", "tfupt-ul-s1", "vptshallow-ul-s1-ifpl", "maple-trzsl-s1-grip"]
+BEYOND_POOL = "coop-ssl-s1-fpl"  # asks K = 50 pseudolabels per class of pools that hold 3 images per class
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_pseudolabel_accuracy_is_recorded(graph_run):
     _, workspace = graph_run
     rows = read(workspace, """SELECT r.dataset, m.value FROM metrics m JOIN runs r USING (run_id)
                               WHERE r.stage = 'pseudolabels' AND m.metric = 'pseudolabel_accuracy'""")
-    assert sorted(d for d, _ in rows) == sorted(HEALTHY * 4)  # round 0 of the four pseudolabelled experiments
+    assert sorted(d for d, _ in rows) == sorted(HEALTHY * 6)  # round 0 of the six pseudolabelled experiments
     assert all(0.0 <= v <= 1.0 for _, v in rows)
 
 
@@ -115,6 +115,8 @@ def test_iterative_strategies_record_every_round_and_trzsl_scores_seen_and_unsee
         assert by_key[(dataset, "coop-ssl-s1-grip")][0] == 10
         assert by_key[(dataset, "coop-trzsl-s1-ifpl")][0] == 10
         assert by_key[(dataset, "coop-ul-s1-fpl")][0] == 1
+        assert by_key[(dataset, "vptshallow-ul-s1-ifpl")][0] == 10  # visual prompts relabel the pool too
+        assert by_key[(dataset, "maple-trzsl-s1-grip")][0] == 10
     grip_k = read(workspace, """SELECT round, value FROM pseudolabel_rounds WHERE dataset = 'Shapes'
                                 AND experiment_key = 'coop-ssl-s1-grip' AND metric = 'num_pseudolabels'
                                 ORDER BY round""")
