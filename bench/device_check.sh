@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU checks, as one prepared script for a lent GPU machine (the `device` tool; its lease is minutes):
+#   1. the CUDA path of every training method and of the pseudolabel rounds (tests/prompting/test_cuda_path.py:
+#      bf16 autocast on the GPU against fp32 on the CPU),
+#   2. `make bench` with --device cuda on tiny-clip (the shipped weights) and on the ViT-B-16 architecture with
+#      random weights, figures written as JSON to $OUT (bring them back and keep them with the README's table).
+#
+# That machine has its own Python (3.12) and torch but not the project's other packages, and reaches no registry.
+# Bring them as one archive of unpacked wheels, made here (split in parts when the tree and it exceed one call's
+# transfer limit):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d wheels \
+#       open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 duckdb==1.5.6 polars==1.44.2 polars-runtime-32==1.44.2
+#   mkdir site && for w in wheels/*.whl; do unzip -qo "$w" -d site; done && tar -C site -cf - . | xz -9 > site.tar.xz
+# and run: PROMPTLAB_SITE_ARCHIVE=/path/to/site.tar.xz bash bench/device_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/device-out}
+mkdir -p "$OUT"
+SITE=/tmp/promptlab-site
+if [ -n "${PROMPTLAB_SITE_ARCHIVE:-}" ]; then
+  mkdir -p "$SITE" && tar -C "$SITE" -xJf "$PROMPTLAB_SITE_ARCHIVE" || { echo "cannot unpack $PROMPTLAB_SITE_ARCHIVE"; exit 2; }
+fi
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PYTHON=${PYTHON:-python3}
+status=0
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  "$PYTHON" -c "import torch, open_clip, polars, duckdb; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+torch.cuda.get_device_name(0), 'open_clip', open_clip.__version__, 'cpus', __import__('os').cpu_count())"
+} 2>&1 | tee "$OUT/device.txt"
+
+echo "== 1. CUDA path tests"
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/prompting/test_cuda_path.py 2>&1 | tee "$OUT/cuda_path_tests.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+echo "== 2. bench on cuda"
+workspace=$(mktemp -d)
+mkdir -p "$workspace/world" && cp -r assets_catalog/pretrained/tiny-clip "$workspace/world/tiny-clip"
+for architecture in tiny-clip ViT-B-16; do
+  "$PYTHON" -m bench.throughput --device cuda --architecture "$architecture" --workspace "$workspace" \
+      --no-warehouse --in-process --output "$OUT/bench-$architecture-cuda.json" 2>&1 | tee "$OUT/bench-$architecture-cuda.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+done
+exit $status
