@@ -207,3 +207,73 @@ def few_shot_pattern_checks(results: pl.DataFrame) -> list[PatternCheck]:
         compare("CoOp stays above the linear probe at 16 shots", ("coop", 16), ("linear_probe", 16), +1, 0.0),
     ]
     return [check for check in checks if check is not None]
+
+
+# Menghini et al. (NeurIPS 2023): on average GRIP >= IFPL >= FPL in every setting, and the iterative strategies beat
+# zero-shot CLIP in the unsupervised setting.
+LIMITED_LABEL_COLUMNS = {"dataset", "method", "strategy", "setting", "seed", "score"}
+PSEUDOLABEL_STRATEGY_ORDER = ("fpl", "ifpl", "grip")
+
+
+@dataclass(frozen=True)
+class LimitedLabelCheck:
+    """One claim between two configurations (method, strategy, setting), on the datasets both ran. Values are
+    fractions; `spread` is twice the larger of the two configurations' seed stds there."""
+
+    claim: str
+    value: float
+    reference_value: float
+    spread: float
+    datasets: tuple[str, ...]
+
+    @property
+    def margin(self) -> float:
+        return self.value - self.reference_value
+
+    @property
+    def verdict(self) -> str:
+        if self.margin > self.spread:
+            return SHOWN
+        return CONTRADICTED if self.margin < -self.spread else NOT_SHOWN
+
+
+def limited_label_pattern_checks(seed_results: pl.DataFrame) -> list[LimitedLabelCheck]:
+    """Menghini et al.'s claims on per-seed scores (one row per dataset, method, strategy, setting and seed; score:
+    test top-1, the seen/unseen HM in TRZSL). Each claim compares two configurations on the datasets where both ran
+    (a row averaged over different datasets than its reference would compare datasets, not strategies): per seed the
+    mean over those datasets (a seed counts where it ran on all of them), then mean and std over seeds. Zero-shot is
+    one deterministic run. Claims whose configurations did not both run are skipped."""
+    _require_columns(seed_results, LIMITED_LABEL_COLUMNS, "limited-label results")
+    _one_row_each(seed_results, ["dataset", "method", "strategy", "setting", "seed"], "limited-label results")
+    scores: dict[tuple[str, str, str], dict[str, dict[int, float]]] = {}
+    for row in seed_results.iter_rows(named=True):
+        configuration = (row["method"], row["strategy"], row["setting"])
+        scores.setdefault(configuration, {}).setdefault(row["dataset"], {})[row["seed"]] = row["score"]
+
+    def summary(configuration, datasets) -> tuple[float, float]:
+        seeds = set.intersection(*(set(scores[configuration][d]) for d in datasets))
+        per_seed = [statistics.fmean(scores[configuration][d][seed] for d in datasets) for seed in sorted(seeds)]
+        return statistics.fmean(per_seed), _spread(per_seed)[0]
+
+    checks = []
+
+    def compare(claim: str, subject: tuple[str, str, str], reference: tuple[str, str, str]) -> None:
+        if subject not in scores or reference not in scores:
+            return
+        datasets = tuple(sorted(scores[subject].keys() & scores[reference].keys()))
+        if not datasets:
+            return
+        (value, value_std), (reference_value, reference_std) = summary(subject, datasets), summary(reference, datasets)
+        checks.append(LimitedLabelCheck(claim, value, reference_value,
+                                        SPREADS_TO_SHOW * max(value_std, reference_std), datasets))
+
+    methods = sorted({method for method, _, _ in scores if method != ZERO_SHOT})
+    for method in methods:
+        for setting in ("ssl", "ul", "trzsl"):
+            for worse, better in zip(PSEUDOLABEL_STRATEGY_ORDER, PSEUDOLABEL_STRATEGY_ORDER[1:]):
+                compare(f"{method} {setting}: {better.upper()} ≥ {worse.upper()}", (method, better, setting),
+                        (method, worse, setting))
+        for strategy in ("ifpl", "grip"):
+            compare(f"{method} ul: {strategy.upper()} beats zero-shot", (method, strategy, "ul"),
+                    (ZERO_SHOT, "none", "ul"))
+    return checks

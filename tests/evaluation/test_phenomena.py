@@ -5,7 +5,7 @@ import pytest
 
 from models.evaluation.metrics import harmonic_mean
 from models.evaluation.phenomena import (
-    CONTRADICTED, NOT_SHOWN, SHOWN, few_shot_pattern_checks, published_pattern_checks)
+    CONTRADICTED, NOT_SHOWN, SHOWN, few_shot_pattern_checks, limited_label_pattern_checks, published_pattern_checks)
 
 COOP_BELOW = "CoOp's new-class accuracy falls below zero-shot"
 COOP_THREE_POINTS = "CoOp's new-class accuracy at least 3 points below zero-shot's"
@@ -177,3 +177,49 @@ def test_few_shot_rows_must_be_one_per_seed():
     rows = few_shot_rows({("coop", 16): {"a": {1: 0.5}}})
     with pytest.raises(ValueError, match="several rows"):
         few_shot_pattern_checks(pl.concat([rows, rows]))
+
+
+def limited_label_checks_of(scores: dict[tuple[str, str, str], dict[str, dict[int, float]]]):
+    rows = [(dataset, method, strategy, setting, seed, score)
+            for (method, strategy, setting), datasets in scores.items()
+            for dataset, seeds in datasets.items() for seed, score in seeds.items()]
+    frame = pl.DataFrame(rows, schema=["dataset", "method", "strategy", "setting", "seed", "score"], orient="row")
+    return {c.claim: c for c in limited_label_pattern_checks(frame)}
+
+
+def test_limited_label_claims_compare_strategies_on_the_datasets_both_ran():
+    checks = limited_label_checks_of({
+        ("zero_shot", "none", "ul"): {"easy": {0: 0.90}, "hard": {0: 0.40}},
+        ("coop", "fpl", "ul"): {"easy": {1: 0.80, 2: 0.82}, "hard": {1: 0.50, 2: 0.52}},
+        ("coop", "ifpl", "ul"): {"easy": {1: 0.81, 2: 0.83}, "hard": {1: 0.60, 2: 0.60}},
+        ("coop", "grip", "ul"): {"hard": {1: 0.70, 2: 0.72}},  # ran on the hard dataset only
+    })
+    # GRIP against IFPL on "hard" alone: 71 against 60, not against IFPL's two-dataset 71
+    grip = checks["coop ul: GRIP ≥ IFPL"]
+    assert grip.datasets == ("hard",) and grip.margin == pytest.approx(0.11)
+    assert grip.spread == pytest.approx(2 * statistics.stdev([0.70, 0.72])) and grip.verdict == SHOWN
+    ifpl = checks["coop ul: IFPL ≥ FPL"]
+    assert ifpl.datasets == ("easy", "hard") and ifpl.margin == pytest.approx(0.71 - 0.66)
+    assert ifpl.spread == pytest.approx(2 * statistics.stdev([0.65, 0.67])) and ifpl.verdict == SHOWN
+    # zero-shot is one run, averaged over the datasets of its comparison: "hard" alone against GRIP
+    assert checks["coop ul: GRIP beats zero-shot"].reference_value == pytest.approx(0.40)
+    assert checks["coop ul: GRIP beats zero-shot"].verdict == SHOWN
+    assert checks["coop ul: IFPL beats zero-shot"].margin == pytest.approx(0.71 - 0.65)
+    assert "coop ssl: GRIP ≥ IFPL" not in checks  # no SSL rows
+
+
+def test_limited_label_margin_inside_or_against_the_spread():
+    checks = limited_label_checks_of({
+        ("coop", "fpl", "ssl"): {"a": {1: 0.60, 2: 0.70}},
+        ("coop", "ifpl", "ssl"): {"a": {1: 0.62, 2: 0.70}},
+        ("coop", "grip", "ssl"): {"a": {1: 0.40, 2: 0.41}},
+    })
+    assert checks["coop ssl: IFPL ≥ FPL"].verdict == NOT_SHOWN  # +1 point, seed std 7 points
+    assert checks["coop ssl: GRIP ≥ IFPL"].verdict == CONTRADICTED  # -25.5 points, 2 x std 5.7
+
+
+def test_limited_label_option_variants_of_one_configuration_are_refused():
+    rows = pl.DataFrame([("a", "coop", "grip", "ul", 1, 0.5)] * 2,
+                        schema=["dataset", "method", "strategy", "setting", "seed", "score"], orient="row")
+    with pytest.raises(ValueError, match="several rows"):
+        limited_label_pattern_checks(rows)
