@@ -77,6 +77,17 @@ class AugmentationOptions:
 class PseudolabelOptions:
     strategy: str = "fpl"
     per_class: int = 16
+    # How the labelled loss term is weighed against the pseudolabelled one (models/pseudolabels.py
+    # LABELLED_WEIGHTINGS); None: the strategy's published weighting (FPL |PL|/|L|, IFPL and GRIP |L|/|PL|).
+    labelled_weighting: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as they enter the configuration hash; an unset weighting is left out, so that the hashes
+        of experiments written before it existed do not move."""
+        described = dict(self.__dict__)
+        if described["labelled_weighting"] is None:
+            del described["labelled_weighting"]
+        return described
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,7 @@ class ExperimentConfig:
             "parameters": self.parameters,
             "optimization": self.optimization,
             "augmentation": None if self.augmentation is None else self.augmentation.__dict__,
-            "pseudolabels": None if self.pseudolabels is None else self.pseudolabels.__dict__,
+            "pseudolabels": None if self.pseudolabels is None else self.pseudolabels.as_dict(),
             "protocol": self.protocol,
         }
         if self.templates is not None:  # only when set, so the hashes of existing experiments do not move
@@ -154,10 +165,10 @@ class ExperimentConfig:
         if self.templates is not None:
             settings["templates"] = list(self.templates)
         options: dict[str, Any] = {"settings_hash": stable_hash(settings, length=8)}
-        for name in ("augmentation", "pseudolabels"):
-            value = getattr(self, name)
-            if value is not None:
-                options[name] = value.__dict__
+        if self.augmentation is not None:
+            options["augmentation"] = self.augmentation.__dict__
+        if self.pseudolabels is not None:
+            options["pseudolabels"] = self.pseudolabels.as_dict()
         if self.protocol != "all_classes":
             options["protocol"] = self.protocol
         if self.setting is not None:
@@ -308,6 +319,12 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
                 if pseudolabels.strategy not in STRATEGIES:
                     raise CatalogError(f"{where}.pseudolabels.strategy: unknown strategy {pseudolabels.strategy!r}; "
                                        f"known: {sorted(STRATEGIES)}")
+                from models.pseudolabels import LABELLED_WEIGHTINGS
+
+                weighting = pseudolabels.labelled_weighting
+                if weighting is not None and weighting not in LABELLED_WEIGHTINGS:
+                    raise CatalogError(f"{where}.pseudolabels.labelled_weighting: unknown weighting {weighting!r}; "
+                                       f"known: {sorted(LABELLED_WEIGHTINGS)}")
         except TypeError as error:
             raise CatalogError(f"{where}: {error}") from error
         if (augmentation or pseudolabels) and not trains:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import polars as pl
@@ -22,6 +22,9 @@ from models.prompting.methods import get_method, parse_method_parameters
 from models.prompting.methods.registry import ClassifierContext, PromptedClassifier
 from models.prompting.training import (OptimizationConfig, TrainingHistory, predict_logits, predict_probabilities,
                                       train_prompt_parameters)
+
+if TYPE_CHECKING:
+    from models.pseudolabels import PseudolabelStrategy
 
 CHECKPOINT_CONFIG = "prompt_config.json"
 CHECKPOINT_WEIGHTS = "prompt_parameters.safetensors"
@@ -93,12 +96,13 @@ def combine_training_sets(
     labelled: tuple[torch.Tensor, torch.Tensor],
     augmented: tuple[torch.Tensor, torch.Tensor] | None = None,
     pseudolabelled: tuple[torch.Tensor, torch.Tensor] | None = None,
-    strategy: str = "fpl",
+    strategy: str | PseudolabelStrategy = "fpl",
 ) -> TrainingSet:
     """Few-shot images, plus their kept diffusion variations (same labels), plus pseudolabelled pool images.
 
     The labelled term is weighted as the pseudolabel strategy publishes it (models/pseudolabels.py): FPL scales it by
-    |PL|/|L|, IFPL and GRIP by |L|/|PL|; each pseudolabelled image has weight 1.
+    |PL|/|L|, IFPL and GRIP by |L|/|PL|; each pseudolabelled image has weight 1. A strategy object (get_strategy with
+    the experiment's `labelled_weighting`) carries a weighting chosen in the grid instead.
     """
     from models.pseudolabels import get_strategy
 
@@ -113,7 +117,8 @@ def combine_training_sets(
     weights = None
     if pseudolabelled is not None and pseudolabelled[0].shape[0]:
         n_pseudo = pseudolabelled[0].shape[0]
-        labelled_weight = get_strategy(strategy).labelled_loss_weight(n_labelled, n_pseudo)
+        strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
+        labelled_weight = strategy.labelled_loss_weight(n_labelled, n_pseudo)
         parts_weights = [torch.full((n_labelled,), labelled_weight), torch.ones(n_pseudo)]
         parts_features.append(pseudolabelled[0])
         parts_labels.append(pseudolabelled[1])

@@ -193,7 +193,7 @@ def train_with_pseudolabels(
             raise ValueError(f"the round-0 selection has more than K_0 = {per_class} pseudolabels in a class")
         rows = torch.tensor([position[p] for p in selected["relative_path"].to_list()], dtype=torch.long)
         pseudo = (pool_train_inputs[rows], torch.tensor(selected["pseudo_label"].to_list(), dtype=torch.long))
-        training_set = combine_training_sets(labelled, None, pseudo, strategy=strategy.name)
+        training_set = combine_training_sets(labelled, None, pseudo, strategy=strategy)
         training_set.validation = validation
         classifier = build_classifier()
         history, selected_epoch = train_keeping_best(classifier, training_set, validation, train)
@@ -290,7 +290,9 @@ def train_limited_label_experiment(
             raise ValueError(f"{experiment.where}: the round-0 pseudolabels are missing (the pseudolabels asset)")
         pool_rows = rows.pool.select("relative_path", "label")
         result = train_with_pseudolabels(
-            build_classifier, get_strategy(experiment.pseudolabels.strategy), experiment.pseudolabels.per_class,
+            build_classifier,
+            get_strategy(experiment.pseudolabels.strategy, experiment.pseudolabels.labelled_weighting),
+            experiment.pseudolabels.per_class,
             initial_selection, inputs.labelled, inputs.validation, inputs.pool_views, inputs.pool_original,
             pool_rows, rows.pseudolabel_classes, train, on_round)
         last = result.rounds[-1]

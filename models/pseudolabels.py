@@ -15,7 +15,7 @@ Departures from the authors' code (their repository, read for ../shared/METHODS-
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -77,10 +77,15 @@ STRATEGIES: dict[str, PseudolabelStrategy] = {
 }
 
 
-def get_strategy(name: str) -> PseudolabelStrategy:
+def get_strategy(name: str, labelled_weighting: str | None = None) -> PseudolabelStrategy:
+    """The registered strategy; `labelled_weighting` replaces its published loss weighting (a grid parameter)."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown pseudolabel strategy {name!r}; known: {sorted(STRATEGIES)}")
-    return STRATEGIES[name]
+    if labelled_weighting is None:
+        return STRATEGIES[name]
+    if labelled_weighting not in LABELLED_WEIGHTINGS:
+        raise ValueError(f"unknown labelled-loss weighting {labelled_weighting!r}; known: {sorted(LABELLED_WEIGHTINGS)}")
+    return replace(STRATEGIES[name], labelled_weighting=labelled_weighting)
 
 
 def pseudolabel_table(relative_paths: list[str], probabilities: np.ndarray) -> pl.DataFrame:

@@ -29,6 +29,8 @@ def test_setting_experiments_have_setting_keys_and_leave_existing_hashes_alone()
      r"grid\[\d+\]\.pseudolabels: tfup selects its own pseudolabels"),
     ({**COOP, "setting": "ssl", "pseudolabels": {"strategy": "gripp"}},
      r"grid\[\d+\]\.pseudolabels\.strategy: unknown strategy 'gripp'"),
+    ({**COOP, "setting": "ssl", "pseudolabels": {"strategy": "grip", "labelled_weighting": "equal"}},
+     r"grid\[\d+\]\.pseudolabels\.labelled_weighting: unknown weighting 'equal'"),
 ])
 def test_a_bad_setting_entry_is_refused_naming_entry_and_field(catalog_copy, entry, message):
     edit(catalog_copy / "experiments.yaml", lambda c: c["grid"].append(entry))
@@ -53,3 +55,15 @@ def test_a_bad_learning_settings_section_is_named(catalog_copy, section, message
     edit(catalog_copy / "experiments.yaml", lambda c: c.update(learning_settings=section))
     with pytest.raises(CatalogError, match=message):
         load_catalog(catalog_copy)
+
+
+def test_the_loss_weighting_is_a_grid_parameter_that_leaves_published_hashes_alone(catalog_copy):
+    published = load_catalog(DEFAULT_CATALOG_DIR).experiment("coop-ssl-s1-grip")
+    assert published.pseudolabels.labelled_weighting is None
+    assert "labelled_weighting" not in published.as_dict()["pseudolabels"]  # hashes written before it stay
+    edit(catalog_copy / "experiments.yaml", lambda c: c["grid"].append(
+        {**COOP, "setting": "ssl", "name": "plweight",
+         "pseudolabels": {"strategy": "grip", "labelled_weighting": "pseudo_over_labelled"}}))
+    variant = load_catalog(catalog_copy).experiment("coop-ssl-s1-plweight-grip")
+    assert variant.as_dict()["pseudolabels"]["labelled_weighting"] == "pseudo_over_labelled"
+    assert variant.variant_options()["pseudolabels"]["labelled_weighting"] == "pseudo_over_labelled"

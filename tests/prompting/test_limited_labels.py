@@ -57,7 +57,7 @@ def sgd_train(seen):
     return train
 
 
-def run(strategy, labelled_n=2, classes=tuple(range(NUM_CLASSES)), per_class=5, validation=None):
+def run(strategy, labelled_n=2, classes=tuple(range(NUM_CLASSES)), per_class=5, validation=None, weighting=None):
     rows, features = pool()
     labelled_rows, pool_rows = rows.head(0), rows
     labelled = (features[:0].unsqueeze(1), torch.zeros(0, dtype=torch.long))
@@ -79,7 +79,7 @@ def run(strategy, labelled_n=2, classes=tuple(range(NUM_CLASSES)), per_class=5, 
         classifiers.append(ToyClassifier())
         return classifiers[-1]
 
-    result = train_with_pseudolabels(build, get_strategy(strategy), per_class, initial, labelled, validation,
+    result = train_with_pseudolabels(build, get_strategy(strategy, weighting), per_class, initial, labelled, validation,
                                      pool_features.unsqueeze(1), pool_features, pool_rows, classes,
                                      sgd_train(seen_sets))
     return result, seen_sets, classifiers, labelled_rows, pool_rows, pool_features
@@ -117,6 +117,16 @@ def test_fpl_is_one_round_of_zero_shot_pseudolabels_weighted_pl_over_l():
     assert len(result.rounds) == 1 and result.rounds[0].per_class == 4
     assert sets[0].sample_weights[0].item() == pytest.approx(result.rounds[0].selected.height / 6)
     assert 0.0 <= result.rounds[0].quality["pseudolabel_accuracy"] <= 1.0
+
+
+def test_a_weighting_chosen_in_the_grid_replaces_the_published_one_in_every_round():
+    result, sets, _, _, _, _ = run("grip", weighting="pseudo_over_labelled")
+    for step, training_set in zip(result.rounds, sets):  # GRIP's rounds, weighted as FPL: |PL| / |L|
+        assert training_set.sample_weights[0].item() == pytest.approx(step.selected.height / 6)
+        assert training_set.sample_weights[6:].eq(1.0).all()
+    assert get_strategy("grip").labelled_weighting == "labelled_over_pseudo"  # the registry is left as published
+    with pytest.raises(ValueError, match="unknown labelled-loss weighting 'equal'"):
+        get_strategy("grip", "equal")
 
 
 def test_trzsl_pseudolabels_only_the_unseen_classes():
