@@ -26,6 +26,9 @@ def test_quick_grid_keeps_seed_1_at_three_shot_counts_with_the_full_grids_config
         assert experiment.config_hash == full.experiments[key].config_hash
     dropped = set(full.experiments) - set(quick.experiments)
     assert "coop-k16-s2" in dropped and "coop-k8-s1" in dropped
+    # the settings with their labels alone and with FPL (one round); the 10-round strategies are left out
+    assert {"coop-ssl-s1", "coop-ul-s1-fpl", "maple-trzsl-s1-fpl", "tfupt-ul-s1"} <= set(quick.experiments)
+    assert not any(e.pseudolabels and e.pseudolabels.strategy in ("ifpl", "grip") for e in quick.experiments.values())
     # Transfer keeps the surviving checkpoints and the same targets.
     assert quick.transfer.experiments == tuple(k for k in full.transfer.experiments if k.endswith("-s1"))
     assert quick.transfer.targets == full.transfer.targets
@@ -52,7 +55,7 @@ def test_the_grid_comes_from_the_environment(monkeypatch):
 
 
 def test_a_unknown_grid_is_named_with_the_known_ones():
-    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'quick', 'targets', 'pseudolabels'\]"):
+    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'quick', 'standard', 'targets', 'pseudolabels'\]"):
         load_catalog(DEFAULT_CATALOG_DIR, grid="fast")
 
 
@@ -119,3 +122,13 @@ def test_a_settings_filter_keeps_those_settings_and_few_shot_names_the_rest(tmp_
     assert ul.experiments and {e.setting for e in ul.experiments.values()} == {"ul"}
     few = load_catalog(tmp_path / "catalog", grid="few_only")
     assert "coop-k16-s1" in few.experiments and all(e.setting is None for e in few.experiments.values())
+
+
+def test_standard_grid_is_the_whole_grid_but_the_iterative_pseudolabel_strategies():
+    full = load_catalog(DEFAULT_CATALOG_DIR, grid="default")
+    standard = load_catalog(DEFAULT_CATALOG_DIR, grid="standard")
+    iterative = {key for key, e in full.experiments.items()
+                 if e.pseudolabels is not None and e.pseudolabels.strategy in ("ifpl", "grip")}
+    assert iterative and set(standard.experiments) == set(full.experiments) - iterative
+    assert all(standard.experiments[k].config_hash == full.experiments[k].config_hash for k in standard.experiments)
+    assert standard.transfer.experiments == full.transfer.experiments
