@@ -29,7 +29,8 @@ PROTOCOLS = ("all_classes", "base_to_new")
 TRANSFER_PROTOCOLS = ("cross_dataset", "domain_generalization")
 # Named subsets of the default grid (grids.yaml), picked with `promptlab run --grid NAME` or $PROMPTLAB_GRID. A
 # subset only removes experiments; the ones it keeps have the same keys and hashes as in the full grid.
-GRID_SUBSET_FILTERS = ("methods", "shots", "seeds", "settings", "experiments")
+GRID_SUBSET_FILTERS = ("methods", "shots", "seeds", "settings", "strategies", "experiments")
+NO_PSEUDOLABELS = "none"  # the `strategies` filter's name for experiments without a pseudolabel strategy
 # The evaluation protocols a run can be restricted to (`promptlab run --protocol`; pipelines/partitions.py).
 EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer")
 DEFAULT_GRID = "default"
@@ -525,6 +526,12 @@ def select_grid_subset(directory: Path, name: str, experiments: dict[str, Experi
     unknown_methods = sorted(set(subset.get("methods") or []) - set(METHODS))
     if unknown_methods:
         raise CatalogError(f"{where}.methods: {unknown_methods} are not registered; known: {sorted(METHODS)}")
+    from models.pseudolabels import STRATEGIES
+
+    unknown_strategies = sorted(set(subset.get("strategies") or []) - {NO_PSEUDOLABELS, *STRATEGIES})
+    if unknown_strategies:
+        raise CatalogError(f"{where}.strategies: {unknown_strategies} are not pseudolabel strategies; known: "
+                           f"{[NO_PSEUDOLABELS, *sorted(STRATEGIES)]}")
     patterns = subset.get("experiments")
     for pattern in patterns or []:
         if not any(fnmatch.fnmatchcase(key, str(pattern)) for key in experiments):
@@ -536,6 +543,9 @@ def select_grid_subset(directory: Path, name: str, experiments: dict[str, Experi
         if patterns is not None and not any(fnmatch.fnmatchcase(experiment.key, str(p)) for p in patterns):
             return False
         if subset.get("settings") is not None and (experiment.setting or "few_shot") not in subset["settings"]:
+            return False
+        strategy = experiment.pseudolabels.strategy if experiment.pseudolabels is not None else NO_PSEUDOLABELS
+        if subset.get("strategies") is not None and strategy not in subset["strategies"]:
             return False
         for field_name, value in (("shots", experiment.shots), ("seeds", experiment.seed)):
             if subset.get(field_name) is not None and value is not None and value not in subset[field_name]:

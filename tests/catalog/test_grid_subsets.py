@@ -65,6 +65,7 @@ def test_a_unknown_grid_is_named_with_the_known_ones():
     ({"methods": ["coop", "cooop"]}, r"grids.quick.methods: \['cooop'\] are not registered"),
     ({"methods": ["vpt_deep"], "shots": [3]}, r"grids.quick: selects no experiment"),
     ({"experiments": ["coop-k16-s?", "copo-*"]}, r"grids.quick.experiments: 'copo-\*' matches no experiment key"),
+    ({"strategies": ["none", "gripp"]}, r"grids.quick.strategies: \['gripp'\] are not pseudolabel strategies"),
     ({"experiments": "coop-k16-s1"}, r"grids.quick.experiments: expected a non-empty list"),
 ])
 def test_bad_subsets_are_named(catalog_copy, subset, message):
