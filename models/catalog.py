@@ -315,13 +315,11 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
             augmentation = AugmentationOptions(**entry["augmentation"]) if entry.get("augmentation") else None
             pseudolabels = PseudolabelOptions(**entry["pseudolabels"]) if entry.get("pseudolabels") else None
             if pseudolabels is not None:
-                from models.pseudolabels import STRATEGIES
+                from models.pseudolabels import LABELLED_WEIGHTINGS, STRATEGIES
 
                 if pseudolabels.strategy not in STRATEGIES:
                     raise CatalogError(f"{where}.pseudolabels.strategy: unknown strategy {pseudolabels.strategy!r}; "
                                        f"known: {sorted(STRATEGIES)}")
-                from models.pseudolabels import LABELLED_WEIGHTINGS
-
                 weighting = pseudolabels.labelled_weighting
                 if weighting is not None and weighting not in LABELLED_WEIGHTINGS:
                     raise CatalogError(f"{where}.pseudolabels.labelled_weighting: unknown weighting {weighting!r}; "

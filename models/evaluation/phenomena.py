@@ -267,9 +267,11 @@ def limited_label_pattern_checks(seed_results: pl.DataFrame) -> list[LimitedLabe
         checks.append(LimitedLabelCheck(claim, value, reference_value,
                                         SPREADS_TO_SHOW * max(value_std, reference_std), datasets))
 
+    from models.data.learning_settings import LEARNING_SETTINGS
+
     methods = sorted({method for method, _, _ in scores if method != ZERO_SHOT})
     for method in methods:
-        for setting in ("ssl", "ul", "trzsl"):
+        for setting in LEARNING_SETTINGS:
             for worse, better in zip(PSEUDOLABEL_STRATEGY_ORDER, PSEUDOLABEL_STRATEGY_ORDER[1:]):
                 compare(f"{method} {setting}: {better.upper()} ≥ {worse.upper()}", (method, better, setting),
                         (method, worse, setting))
