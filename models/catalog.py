@@ -15,8 +15,11 @@ from typing import Any
 
 import yaml
 
+from models.augmentation.generation import (DIFFUSION_DTYPES, DIFFUSION_SOURCES, GENERATOR_KINDS, GENERATOR_SETTINGS,
+                                            SD_SIZE_MULTIPLE)
 from models.prompting.methods import METHODS, parse_method_parameters
 from models.provenance import stable_hash
+from models.testtime.plan import TestTimePlan, parse_test_time
 
 DEFAULT_CATALOG_DIR = Path(__file__).resolve().parents[1] / "assets_catalog"
 DATASET_SOURCES = ("embedded", "coop", "image_folder")
@@ -32,7 +35,7 @@ TRANSFER_PROTOCOLS = ("cross_dataset", "domain_generalization")
 GRID_SUBSET_FILTERS = ("methods", "shots", "seeds", "settings", "strategies", "experiments")
 NO_PSEUDOLABELS = "none"  # the `strategies` filter's name for experiments without a pseudolabel strategy
 # The evaluation protocols a run can be restricted to (`promptlab run --protocol`; pipelines/partitions.py).
-EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer")
+EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer", "test_time")
 DEFAULT_GRID = "default"
 
 
@@ -64,6 +67,41 @@ class BackboneEntry:
     pretrained: str | None = None
     path: str | None = None
     cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class DiffusionBackboneEntry:
+    """A diffusion model that generates image variations (backbones.yaml: diffusion_backbones; the generators are
+    models/augmentation/generators.py). Settings the entry leaves unset take its kind's defaults (GENERATOR_SETTINGS);
+    settings the kind does not take stay None."""
+
+    name: str
+    source: str  # embedded | hub | local_dir
+    kind: str  # embedded_img2img | sd_image_variation | sd_img2img
+    model_id: str | None = None  # hub: the repository id
+    revision: str | None = None  # hub: a branch, tag or commit (None: main)
+    path: str | None = None  # local_dir: a save_pretrained folder
+    cache_dir: str | None = None  # hub: the HF cache to read (None: the HF default, $HF_HUB_CACHE)
+    dtype: str = "float32"
+    num_inference_steps: int | None = None
+    strength: float | None = None
+    guidance_scale: float | None = None
+    output_size: int | None = None
+    prompt: str | None = None
+
+    def overridden(self, overrides: dict[str, Any] | None, where: str) -> "DiffusionBackboneEntry":
+        """The entry with some generation settings replaced (an experiment's augmentation options, DiffTPT's
+        `diffusion:` overrides), validated like the catalog; `where` names the overrides in errors."""
+        if not overrides:
+            return self
+        changeable = ("dtype", *sorted({name for settings in GENERATOR_SETTINGS.values() for name in settings}))
+        unknown = sorted(set(overrides) - set(changeable))
+        if unknown:
+            raise CatalogError(f"{where}: {unknown} cannot be overridden on diffusion backbone {self.name!r}; "
+                               f"known: {list(changeable)}")
+        raw = {key: value for key, value in self.__dict__.items() if value is not None}
+        return diffusion_backbone_entry(f"{where} (diffusion backbone {self.name})", {**raw, **overrides},
+                                        expand_env=False)
 
 
 @dataclass(frozen=True)
@@ -210,6 +248,11 @@ class Catalog:
     transfer: TransferPlan = field(default_factory=TransferPlan)
     grid: str = DEFAULT_GRID
     learning_settings: LearningSettingsPlan = field(default_factory=LearningSettingsPlan)  # the subset of grids.yaml in use, or the whole of experiments.yaml
+    # the `test_time:` section (models/testtime/plan.py): TPT / DiffTPT runs, restricted to the grid subset in use
+    test_time: TestTimePlan = field(default_factory=TestTimePlan)
+    # backbones.yaml's diffusion_backbones (image-variation generators) and diffusion_default
+    diffusion_backbones: dict[str, DiffusionBackboneEntry] = field(default_factory=dict)
+    default_diffusion_backbone: str | None = None
 
     def dataset(self, name: str) -> DatasetEntry:
         if name not in self.datasets:
@@ -221,6 +264,15 @@ class Catalog:
         if name not in self.backbones:
             raise CatalogError(f"unknown backbone {name!r}; the catalog has {sorted(self.backbones)}")
         return self.backbones[name]
+
+    def diffusion_backbone(self, name: str | None = None) -> DiffusionBackboneEntry:
+        name = name or self.default_diffusion_backbone
+        if name is None:
+            raise CatalogError(f"{self.directory / 'backbones.yaml'}: lists no diffusion_backbones")
+        if name not in self.diffusion_backbones:
+            raise CatalogError(f"unknown diffusion backbone {name!r}; the catalog has "
+                               f"{sorted(self.diffusion_backbones)}")
+        return self.diffusion_backbones[name]
 
     def experiment(self, key: str) -> ExperimentConfig:
         if key not in self.experiments:
@@ -583,6 +635,7 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None) -
     default_backbone = backbones_raw.get("default")
     if default_backbone not in backbones:
         raise CatalogError(f"{backbones_file.name}: default backbone {default_backbone!r} is not listed")
+    diffusion_backbones, default_diffusion_backbone = parse_diffusion_backbones(backbones_file, backbones_raw)
 
     methods_file = directory / "methods.yaml"
     methods = _read_yaml(methods_file).get("methods") or {}
@@ -596,7 +649,11 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None) -
     transfer = parse_transfer(experiments_file, experiments_raw.get("transfer"), dataset_entries, experiments)
     learning_settings = parse_learning_settings(experiments_file, experiments_raw.get("learning_settings"),
                                                 experiments)
+    test_time = parse_test_time(experiments_file, experiments_raw.get("test_time"), dataset_entries, experiments,
+                                diffusion_backbones, default_diffusion_backbone)
     experiments, transfer = select_grid_subset(directory, grid, experiments, transfer)
+    if grid != DEFAULT_GRID:
+        test_time = test_time.restricted_to(experiments, _grid_subsets(directory)[grid].get("seeds"))
     return Catalog(
         directory=directory,
         datasets={d.name: d for d in datasets},
@@ -608,7 +665,101 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None) -
         transfer=transfer,
         grid=grid,
         learning_settings=learning_settings,
+        test_time=test_time,
+        diffusion_backbones=diffusion_backbones,
+        default_diffusion_backbone=default_diffusion_backbone,
     )
+
+
+DIFFUSION_ENTRY_FIELDS = ("name", "source", "kind", "model_id", "revision", "path", "cache_dir", "dtype",
+                          "num_inference_steps", "strength", "guidance_scale", "output_size", "prompt")
+
+
+def parse_diffusion_backbones(path: Path, raw: dict[str, Any]) -> tuple[dict[str, DiffusionBackboneEntry], str | None]:
+    """backbones.yaml's `diffusion_backbones:` list and `diffusion_default` (both optional; a list needs a default)."""
+    listed = raw.get("diffusion_backbones") or []
+    if not isinstance(listed, list):
+        raise CatalogError(f"{path.name}: diffusion_backbones: expected a list of entries, got {listed!r}")
+    entries: dict[str, DiffusionBackboneEntry] = {}
+    for index, entry_raw in enumerate(listed):
+        name = entry_raw.get("name") if isinstance(entry_raw, dict) else None
+        entry = diffusion_backbone_entry(f"{path.name}: diffusion_backbones[{index}] ({name})", entry_raw)
+        if entry.name in entries:
+            raise CatalogError(f"{path.name}: diffusion_backbones[{index}]: the name {entry.name!r} appears twice")
+        entries[entry.name] = entry
+    default = raw.get("diffusion_default")
+    if (entries or default is not None) and default not in entries:
+        raise CatalogError(f"{path.name}: diffusion_default {default!r} is not one of the diffusion_backbones "
+                           f"{list(entries)}")
+    return entries, default
+
+
+def diffusion_backbone_entry(where: str, raw: Any, expand_env: bool = True) -> DiffusionBackboneEntry:
+    """Validate one diffusion backbone mapping; unset settings of its kind take the kind's defaults."""
+    _check_fields(where, raw, DIFFUSION_ENTRY_FIELDS)
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise CatalogError(f"{where}: 'name' must be letters, digits, '.', '_' or '-', got {name!r}")
+    source, kind = raw.get("source"), raw.get("kind")
+    if source not in DIFFUSION_SOURCES:
+        raise CatalogError(f"{where}: 'source' must be one of {DIFFUSION_SOURCES}, got {source!r}")
+    if kind not in GENERATOR_KINDS:
+        raise CatalogError(f"{where}: 'kind' must be one of {GENERATOR_KINDS}, got {kind!r}")
+    needed = {"embedded": (), "hub": ("model_id",), "local_dir": ("path",)}[source]
+    allowed = {"embedded": (), "hub": ("model_id", "revision", "cache_dir"), "local_dir": ("path",)}[source]
+    for location in ("model_id", "revision", "path", "cache_dir"):
+        value = raw.get(location)
+        if location in needed and (not isinstance(value, str) or not value):
+            raise CatalogError(f"{where}: source {source!r} needs '{location}' (a string), got {value!r}")
+        if location not in allowed and value is not None:
+            raise CatalogError(f"{where}: '{location}' does not apply to source {source!r} (it takes {list(allowed)})")
+    if source == "embedded" and kind != "embedded_img2img":
+        raise CatalogError(f"{where}: source 'embedded' is the workspace's pretrained DDPM, which only runs as kind "
+                           f"'embedded_img2img', not {kind!r}")
+    defaults = GENERATOR_SETTINGS[kind]
+    all_settings = sorted({setting for settings in GENERATOR_SETTINGS.values() for setting in settings})
+    stray = [setting for setting in all_settings if setting not in defaults and raw.get(setting) is not None]
+    if stray:
+        raise CatalogError(f"{where}: {stray} do not apply to kind {kind!r} (it takes {list(defaults)})")
+    settings = {setting: default if raw.get(setting) is None else raw[setting] for setting, default in defaults.items()}
+    _check_generation_settings(where, kind, settings)
+    for setting in ("strength", "guidance_scale"):  # 3 and 3.0 are one setting (and one provenance hash)
+        if settings.get(setting) is not None:
+            settings[setting] = float(settings[setting])
+    dtype = raw.get("dtype", "float32")
+    if dtype not in DIFFUSION_DTYPES:
+        raise CatalogError(f"{where}: 'dtype' must be one of {DIFFUSION_DTYPES}, got {dtype!r}")
+    location = {key: (_expand_env(raw.get(key)) if expand_env else raw.get(key))
+                for key in ("model_id", "revision", "path", "cache_dir")}
+    return DiffusionBackboneEntry(name=name, source=source, kind=kind, dtype=dtype, **location, **settings)
+
+
+def _check_generation_settings(where: str, kind: str, settings: dict[str, Any]) -> None:
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    steps = settings["num_inference_steps"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise CatalogError(f"{where}: 'num_inference_steps' must be an integer >= 1, got {steps!r}")
+    strength = settings.get("strength")
+    if "strength" in settings and (not is_number(strength) or not 0.0 <= strength <= 1.0):
+        raise CatalogError(f"{where}: 'strength' must be a number in [0, 1], got {strength!r}")
+    if kind == "sd_img2img" and int(steps * strength) < 1:
+        raise CatalogError(f"{where}: strength {strength} x num_inference_steps {steps} leaves no denoising step "
+                           "(the pipeline runs int(steps x strength) of them); raise either")
+    guidance = settings.get("guidance_scale")
+    if "guidance_scale" in settings and (not is_number(guidance) or guidance < 0):
+        raise CatalogError(f"{where}: 'guidance_scale' must be a number >= 0 (above 1 turns on classifier-free "
+                           f"guidance), got {guidance!r}")
+    size = settings.get("output_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise CatalogError(f"{where}: 'output_size' must be a positive integer (pixels), got {size!r}")
+    if kind != "embedded_img2img" and size % SD_SIZE_MULTIPLE:
+        raise CatalogError(f"{where}: 'output_size' {size} is not a multiple of {SD_SIZE_MULTIPLE}, the downsampling "
+                           f"factor of the Stable Diffusion VAE (e.g. {max(SD_SIZE_MULTIPLE, size // 8 * 8)} or 512)")
+    prompt = settings.get("prompt")
+    if "prompt" in settings and not isinstance(prompt, str):
+        raise CatalogError(f"{where}: 'prompt' must be a string (may be empty), got {prompt!r}")
 
 
 def parse_learning_settings(path: Path, raw: Any, experiments: dict[str, ExperimentConfig]) -> LearningSettingsPlan:

@@ -19,12 +19,22 @@ def _load_backbone_cached(spec, device: str, fingerprint: str):
     return load_backbone(spec, device=device)
 
 
+@lru_cache(maxsize=2)
+def _load_variation_generator_cached(entry, diffusion_dir: str, device: str, fingerprint: str):
+    from models.augmentation.generators import load_variation_generator
+
+    return load_variation_generator(entry, diffusion_dir, device=device)
+
+
 class PromptLabResource(dg.ConfigurableResource):
     """Settings shared by all assets; each can be changed in the launchpad."""
 
     workspace_dir: str = ""  # empty: $PROMPTLAB_WORKSPACE or ./workspace
     catalog_dir: str = ""  # empty: $PROMPTLAB_CATALOG or ./assets_catalog
     backbone: str = ""  # empty: the catalog's default backbone
+    # The diffusion model that generates image variations (backbones.yaml: diffusion_backbones); empty:
+    # $PROMPTLAB_DIFFUSION_BACKBONE, else the catalog's diffusion_default.
+    diffusion_backbone: str = ""
     device: str = "auto"  # "auto" picks CUDA when available
     # Pretrain tiny-clip from the catalog's recipe instead of installing its shipped weights (also
     # $PROMPTLAB_RETRAIN_WORLD=1, which `promptlab run --retrain-world` sets).
@@ -74,3 +84,18 @@ class PromptLabResource(dg.ConfigurableResource):
             )
             fingerprint = ""
         return _load_backbone_cached(spec, self.torch_device(), fingerprint)
+
+    def diffusion_backbone_entry(self, name: str | None = None, overrides: dict | None = None,
+                                 where: str = "the diffusion settings"):
+        """The catalog entry of a diffusion backbone (None: this resource's choice), with settings overridden."""
+        name = name or self.diffusion_backbone or os.environ.get("PROMPTLAB_DIFFUSION_BACKBONE") or None
+        return self.catalog().diffusion_backbone(name).overridden(overrides, where)
+
+    def load_variation_generator(self, name: str | None = None, overrides: dict | None = None,
+                                 where: str = "the diffusion settings"):
+        """The VariationGenerator of a diffusion backbone (models/augmentation/generators.py); cached per process."""
+        entry = self.diffusion_backbone_entry(name, overrides, where)
+        directory = self.workspace().diffusion_dir
+        weights = directory / "unet" / "diffusion_pytorch_model.safetensors"
+        fingerprint = str(weights.stat().st_mtime_ns) if entry.source == "embedded" and weights.exists() else ""
+        return _load_variation_generator_cached(entry, str(directory), self.torch_device(), fingerprint)

@@ -18,13 +18,14 @@ from pipelines.resources import PromptLabResource
     group_name="augmentation",
     partitions_def=dataset_experiment_partitions,
     deps=[dg.AssetDep(fewshot_subsets, partition_mapping=from_dataset), tiny_diffusion_model, tiny_clip_backbone],
-    code_version=source_version("models/augmentation.py", "models/backbones/tiny_diffusion.py"),
+    code_version=source_version("models/augmentation/dataset_augmentation.py", "models/augmentation/generators.py",
+                                "models/augmentation/filtering.py", "models/backbones/tiny_diffusion.py"),
     kinds={"diffusers", "parquet"},
 )
 def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
-    """N img2img variations per few-shot image, kept when CLIP cosine similarity to the source passes the threshold."""
-    from models.augmentation import AugmentationSettings, augment_with_diffusion
-    from models.backbones.tiny_diffusion import generate_variations, load_diffusion
+    """N diffusion variations per few-shot image (the resource's diffusion backbone), kept when CLIP cosine
+    similarity to the source passes the threshold."""
+    from models.augmentation import AugmentationSettings, augment_with_diffusion, generation_overrides
     from models.data.index import load_images
 
     dataset, experiment = dataset_and_experiment(context)
@@ -42,15 +43,18 @@ def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabReso
     paths = rows["relative_path"].to_list()
     staging = output_dir.with_name(output_dir.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
+    diffusion = promptlab.diffusion_backbone_entry()
+    generator = promptlab.load_variation_generator(diffusion.name, generation_overrides(diffusion.kind, options),
+                                                   where=f"{inputs.experiment.where}: augmentation")
     table = augment_with_diffusion(
-        generate_variations,
-        load_diffusion(workspace.diffusion_dir),
+        generator,
         backbone.model,
         backbone.preprocess_eval,
         load_images(inputs.image_dir, paths),
         paths,
         rows["label"].to_list(),
-        AugmentationSettings(seed=inputs.experiment.seed or 0, **options.__dict__),
+        rows["content_sha256"].to_list(),
+        AugmentationSettings(options.variations_per_image, options.similarity_threshold, inputs.experiment.seed or 0),
         staging,
         device=backbone.device,
     )
@@ -65,5 +69,6 @@ def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabReso
             "generated": table.height,
             "kept": kept,
             "mean_similarity": float(table["similarity"].mean()),
+            "generator": dg.MetadataValue.json(generator.provenance.as_dict()),
         }
     )

@@ -2,9 +2,10 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from models.augmentation import AugmentationSettings, augment_with_diffusion
+from models.augmentation.generation import GenerationProvenance, per_image_seed
 from models.pseudolabels import (
     STRATEGIES, get_strategy, pseudolabel_accuracy, pseudolabel_quality, pseudolabel_table, select_top_k_per_class)
 
@@ -24,27 +25,35 @@ def test_pseudolabel_accuracy_refuses_unknown_images():
         pseudolabel_accuracy(selected, pl.DataFrame({"relative_path": ["a.png"], "label": [0]}))
 
 
+class SourceAndInverse:
+    """A stand-in generator: variation 0 is the source itself (similarity 1), variation 1 its inverted colours."""
+
+    provenance = GenerationProvenance(generator="stand-in", kind="embedded_img2img", model_id="none",
+                                      weights_sha256="0" * 64, num_inference_steps=5, strength=0.5,
+                                      guidance_scale=None, output_size=32)
+
+    def generate(self, images, seeds, num_variations):
+        assert num_variations == 2
+        return [[image.copy(), ImageOps.invert(image)] for image in images]
+
+
 def test_augmentation_keeps_only_variations_similar_to_their_source(tmp_path, reference_clip):
     model, _ = reference_clip
     sources = [Image.new("RGB", (32, 32), colour) for colour in [(250, 10, 10), (10, 250, 10)]]
 
-    def fake_variations(diffusion, images, strength, num_variations, seed, num_inference_steps):
-        # variation 0: the source itself (similarity 1); variation 1: the colour inverted (dissimilar)
-        return torch.stack([images, 1 - images], dim=1)
-
     def preprocess(image):
         return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
 
-    settings = AugmentationSettings(variations_per_image=2, strength=0.5, similarity_threshold=0.99,
-                                    num_inference_steps=5, seed=3)
-    table = augment_with_diffusion(fake_variations, None, model, preprocess, sources, ["red/a.png", "green/b.png"],
-                                   [0, 1], settings, tmp_path)
+    settings = AugmentationSettings(variations_per_image=2, similarity_threshold=0.99, seed=3)
+    table = augment_with_diffusion(SourceAndInverse(), model, preprocess, sources, ["red/a.png", "green/b.png"],
+                                   [0, 1], ["a" * 64, "b" * 64], settings, tmp_path)
     assert table.height == 4
     assert table.filter(pl.col("variation") == 0)["kept"].all()
     kept = table.filter(pl.col("kept"))
     assert kept["source_relative_path"].to_list() == ["red/a.png", "green/b.png"]
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted(kept["relative_path"].to_list())
-    assert set(table.columns) >= {"seed", "strength", "similarity", "source_relative_path"}
+    assert set(table.columns) >= {"seed", "strength", "similarity", "source_relative_path", "generator"}
+    assert table["seed"].to_list() == [per_image_seed(3, "a" * 64)] * 2 + [per_image_seed(3, "b" * 64)] * 2
 
 
 def test_the_strategy_registry_holds_the_published_schedules():
