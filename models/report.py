@@ -235,7 +235,8 @@ ORDER BY dataset, method, shots, options, split, metric
 
 OTHER_STAGES_SQL = """
 SELECT DISTINCT stage FROM runs
-WHERE is_current AND stage NOT IN ('evaluation', 'pseudolabels', 'cross_dataset', 'domain_generalization')
+WHERE is_current AND stage NOT IN ('evaluation', 'pseudolabels', 'cross_dataset', 'domain_generalization',
+                                   'test_time')
 ORDER BY stage
 """
 
@@ -766,6 +767,65 @@ def _transfer_section(warehouse: Warehouse, params: dict, sql: str, title: str, 
     return _section(title, *parts)
 
 
+TEST_TIME_SEED_SQL = "SELECT * FROM test_time_seed_results"
+TEST_TIME_DETAILS_SQL = """
+SELECT coalesce(source_dataset, dataset) AS source_dataset, dataset, experiment_key,
+       json_extract_string(options, '$.test_time.mode') AS mode, method, seed,
+       max(value) FILTER (WHERE split = 'test' AND metric = 'top1_accuracy') AS top1,
+       max(value) FILTER (WHERE split = 'before_tuning' AND metric = 'top1_accuracy') AS before_tuning,
+       max(value) FILTER (WHERE metric = 'mean_views_kept') AS views_kept,
+       max(value) FILTER (WHERE metric = 'mean_entropy_before') AS entropy_before,
+       max(value) FILTER (WHERE metric = 'mean_entropy_after') AS entropy_after,
+       max(value) FILTER (WHERE metric = 'images_per_second') AS images_per_second
+FROM current_results WHERE stage = 'test_time'
+GROUP BY ALL ORDER BY source_dataset, mode, experiment_key, dataset, seed
+"""
+
+
+def _test_time_section(warehouse: Warehouse) -> str:
+    """TPT's table (rows: zero-shot, ensemble, trained checkpoints, TPT, TPT + checkpoint, DiffTPT; columns: the
+    source, its shifted variants, their averages), the published pattern checks, and per-run diagnostics."""
+    from models.evaluation.test_time_table import row_label, tpt_pattern_checks, tpt_tables
+
+    seed_results = warehouse.query(TEST_TIME_SEED_SQL)
+    if seed_results.height == 0:
+        return ""
+    parts = [_paragraph(
+        "Test top-1 (%) of prompts tuned per test image on that image's views (TPT: the 10 % lowest-entropy of 64 "
+        "augmented views, one AdamW step; DiffTPT: conventional and diffusion-generated views, cosine then entropy "
+        "filter, 4 steps; settings in each run's lineage), and the untuned rows they start from or compare with: "
+        "zero-shot, the prompt ensemble, the trained checkpoint (on the shifted variants: transferred, as in domain "
+        "generalization). Mean ± std over seeds (the views' seed; a checkpoint's own seed). Average: over all "
+        "columns, Shifts: over the shifted variants, per seed then over seeds.", "muted")]
+    for table in tpt_tables(seed_results):
+        columns = [*table.datasets, "average", "shifts"]
+        rows = [(label, *[_percent_pm(cells[c].mean, cells[c].std) if c in cells else "–" for c in columns],
+                 max(cell.n_seeds for cell in cells.values()))
+                for label, cells in table.rows.items()]
+        header = ["Row", f"{table.source} (source)", *table.datasets[1:], "Average", "Shifts", "Seeds"]
+        parts += [f"<h3>Source: {html.escape(table.source)}</h3>",
+                  _table(header, rows, numeric_columns=range(1, len(header)))]
+    checks = tpt_pattern_checks(seed_results)
+    if checks:
+        parts += [_paragraph("Published pattern (TPT: above zero-shot in domain and on the shifts, TPT + CoOp above "
+                             "CoOp on the shifts; DiffTPT: above TPT on average). " + _verdict_rule("0"), "muted"),
+                  _pattern_table(checks)]
+    details = warehouse.query(TEST_TIME_DETAILS_SQL)
+    if details.height:
+        rows = [(row_label(r["mode"], r["method"], r["experiment_key"]), r["dataset"], r["seed"], _percent(r["top1"]),
+                 _percent(r["before_tuning"]), f"{r['views_kept']:.1f}" if r["views_kept"] is not None else "–",
+                 f"{r['entropy_before']:.3f}" if r["entropy_before"] is not None else "–",
+                 f"{r['entropy_after']:.3f}" if r["entropy_after"] is not None else "–",
+                 f"{r['images_per_second']:.1f}" if r["images_per_second"] is not None else "–")
+                for r in details.iter_rows(named=True)]
+        parts += [_paragraph("Per run: top-1 after tuning and of the starting prompt on the original view (before "
+                             "tuning), views kept per image, the average entropy of the kept views before and after "
+                             "tuning, and test images per second.", "muted"),
+                  _table(["Run", "Dataset", "Seed", "Top-1 (%)", "Before tuning (%)", "Views kept",
+                          "Entropy before", "Entropy after", "Images/s"], rows, numeric_columns=range(2, 9))]
+    return _section("Test-time tuning (TPT, DiffTPT)", *parts)
+
+
 def _other_splits_section(warehouse: Warehouse, params: dict) -> str:
     results = warehouse.query(OTHER_EVALUATION_SPLITS_SQL, params)
     if results.height == 0:
@@ -933,6 +993,7 @@ def build_report(
         _transfer_section(warehouse, params, CROSS_DATASET_TRANSFER_SQL, "Cross-dataset transfer", "other dataset"),
         _transfer_section(warehouse, params, DOMAIN_GENERALIZATION_SQL, "Domain generalization",
                           "domain-shifted variant of the source"),
+        _test_time_section(warehouse),
         _other_splits_section(warehouse, params),
         _pseudolabel_section(warehouse),
         _other_stages_section(warehouse),

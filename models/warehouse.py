@@ -47,7 +47,9 @@ harmonic mean: the seed spread behind those averages), `cross_dataset_results` a
 `domain_generalization_results` (per configuration and source: the source's own test split, each target, and the
 average over targets; mean / std over seeds; zero-shot and other 0-shot configurations appear with their own
 evaluation on each dataset as the reference). Macros
-`harmonic_mean(base, new)`, `transfer_seed_results(stage)`, `transfer_results(stage)`. `dashboards/README.md`
+`harmonic_mean(base, new)`, `transfer_seed_results(stage)`, `transfer_results(stage)`. `test_time_seed_results`: TPT
+and DiffTPT runs (stage `test_time`) per seed and dataset, with their untuned reference rows (zero-shot, the
+ensemble, the checkpoints they start from). `dashboards/README.md`
 has examples.
 """
 
@@ -412,6 +414,38 @@ CREATE OR REPLACE VIEW pseudolabel_rounds AS
     FROM current_results
     WHERE stage = 'evaluation' AND starts_with(split, 'round_');
 CREATE OR REPLACE VIEW domain_generalization_results AS SELECT * FROM transfer_results('domain_generalization');
+-- Test-time tuning (TPT, DiffTPT), one row per seed and dataset: the tuned runs (stage test_time; mode, and the
+-- checkpoint they start from: start, start_method), and as reference rows on the same datasets the untuned
+-- 0-shot configurations (zero-shot, the ensemble) and the trained checkpoints the runs start from (in domain on
+-- the source, transferred to the shifted variants by domain_generalization). mode is NULL for reference rows.
+CREATE OR REPLACE VIEW test_time_seed_results AS
+    WITH top1 AS (
+        SELECT * FROM current_results WHERE split = 'test' AND metric = 'top1_accuracy'
+    ),
+    tuned AS (
+        SELECT backbone, coalesce(source_dataset, dataset) AS source_dataset, dataset,
+               json_extract_string(options, '$.test_time.mode') AS mode, method AS start_method,
+               experiment_key AS start, seed, value
+        FROM top1 WHERE stage = 'test_time'
+    ),
+    scored AS (SELECT DISTINCT backbone, source_dataset, dataset FROM tuned),
+    untrained AS (
+        SELECT i.backbone, s.source_dataset, i.dataset, NULL AS mode, i.method AS start_method,
+               i.experiment_key AS start, i.seed, i.value
+        FROM top1 AS i JOIN scored AS s ON i.backbone = s.backbone AND i.dataset = s.dataset
+        WHERE i.stage = 'evaluation' AND i.source_dataset IS NULL AND i.shots = 0
+          AND json_extract_string(i.options, '$.setting') IS NULL
+    ),
+    trained AS (
+        SELECT i.backbone, s.source_dataset, i.dataset, NULL AS mode, i.method AS start_method,
+               i.experiment_key AS start, i.seed, i.value
+        FROM top1 AS i JOIN scored AS s ON i.backbone = s.backbone AND i.dataset = s.dataset
+        WHERE ((i.stage = 'evaluation' AND i.source_dataset IS NULL AND i.dataset = s.source_dataset)
+               OR (i.stage = 'domain_generalization' AND i.source_dataset = s.source_dataset))
+          AND i.shots > 0
+          AND i.experiment_key IN (SELECT DISTINCT start FROM tuned WHERE start_method != 'zero_shot')
+    )
+    SELECT * FROM tuned UNION ALL SELECT * FROM untrained UNION ALL SELECT * FROM trained;
 """
 
 

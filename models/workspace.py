@@ -78,3 +78,8 @@ class Workspace:
     @property
     def feature_cache_dir(self) -> Path:
         return self.root / "cache" / "features"
+
+    @property
+    def variation_cache_dir(self) -> Path:
+        """Generated variations (DiffTPT's views), keyed by generator, seed and source image."""
+        return self.root / "cache" / "variations"

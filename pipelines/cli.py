@@ -36,7 +36,8 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
     import dagster as dg
 
     from pipelines.definitions import defs
-    from pipelines.partitions import multi_partition_key, protocol_experiment_partitions, transfer_partition_keys
+    from pipelines.partitions import (multi_partition_key, protocol_experiment_partitions, test_time_partition_keys,
+                                      transfer_partition_keys)
     from pipelines.resources import PromptLabResource
 
     resource = PromptLabResource()
@@ -51,9 +52,13 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
                   else [(name, key) for name in datasets for key in experiments])
     partitions = [(name, key) for name, key in partitions if name in datasets and key in experiments]
     transfers = [(name, key) for name, key in transfer_partition_keys(catalog)
-                 if name in datasets and key in experiments and protocol in (None, "transfer")]
+                 if name in datasets and key in experiments and protocol in (None, "transfer", "test_time")]
+    test_time = [(name, key) for name, key in test_time_partition_keys(catalog)
+                 if name in datasets and catalog.test_time.runs[key].start in experiments
+                 and protocol in (None, "test_time")]
     if protocol:  # curate only what the protocol reads
         needed = {name for name, _ in partitions + transfers}
+        needed |= {target for source, _ in test_time for target in catalog.test_time.targets[source]}
         datasets = [name for name in datasets if name in needed]
     instance = dg.DagsterInstance.get()
     stage_seconds: dict[str, float] = {}
@@ -101,6 +106,16 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
             log(f"skip   {skipped[-1]}")
             continue
         execute("transfer_job", "transfer: cross-dataset + domain generalization", multi_partition_key(source, key))
+    for source, key in test_time:
+        start = catalog.test_time.runs[key].start
+        reasons = ([f"checkpoint {source}|{start} failed"] if (source, start) in failed_partitions else [])
+        reasons += [f"{name} is not curated" for name in catalog.test_time.targets[source]
+                    if name not in curated and not workspace.class_split_path(name).exists()]
+        if reasons:
+            skipped.append(f"test_time_job[{source}|{key}]: {'; '.join(sorted(reasons))}")
+            log(f"skip   {skipped[-1]}")
+            continue
+        execute("test_time_job", "test-time tuning: TPT + DiffTPT", multi_partition_key(source, key))
     execute("report_job", "report")
     summary = {
         "wall_seconds": round(time.perf_counter() - started, 1),

@@ -13,6 +13,7 @@ from pipelines.assets.curation import (base_new_classes, dataset_files, dataset_
 from pipelines.assets.evaluation import evaluation_metrics
 from pipelines.assets.pseudolabels import pseudolabels
 from pipelines.assets.report import cross_dataset_report
+from pipelines.assets.testtime import test_time_metrics
 from pipelines.assets.training import prompt_checkpoints
 from pipelines.assets.transfer import transfer_metrics
 from pipelines.assets.world import pretraining_corpus, tiny_clip_backbone, tiny_diffusion_model
@@ -63,4 +64,10 @@ transfer_job = dg.define_asset_job(
     description="Cross-dataset and domain-generalization transfer (views cross_dataset_results / "
                 "domain_generalization_results): a source's checkpoint on every target of the catalog's transfer "
                 "section; needs the source checkpoint and the targets curated.",
+)
+test_time_job = dg.define_asset_job(
+    "test_time_job",
+    selection=dg.AssetSelection.assets(test_time_metrics),
+    description="Test-time tuning (TPT, DiffTPT; view test_time_results): one run of the catalog's test_time section "
+                "on a source dataset and its shifted variants; needs the starting checkpoint and the datasets curated.",
 )

@@ -22,6 +22,13 @@ transfer_partitions = dg.MultiPartitionsDefinition({
     "experiment": dg.StaticPartitionsDefinition(list(_catalog.transfer.experiments)),
 })
 
+# Test-time tuning (the catalog's `test_time:` section): one partition per source dataset x test-time run
+# (tpt-zeroshot-s1, tpt-coop-k16-s1, ...). A run reads the checkpoint of the experiment it starts from.
+test_time_partitions = dg.MultiPartitionsDefinition({
+    "dataset": dg.StaticPartitionsDefinition(list(_catalog.test_time.sources)),
+    "experiment": dg.StaticPartitionsDefinition(list(_catalog.test_time.runs)),
+})
+
 # An experiment partition reads the curation outputs of its own dataset.
 from_dataset = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
 
@@ -46,6 +53,15 @@ def protocol_experiment_partitions(catalog: Catalog, protocol: str) -> list[tupl
         raise ValueError(f"unknown protocol {protocol!r}; known: {EVALUATION_PROTOCOLS}")
     untrained = [key for key, experiment in catalog.experiments.items()
                  if not get_method(experiment.method).trains_prompts]
+    if protocol == "test_time":
+        # the starting checkpoints on their source, the zero-shot references on the source and its shifts, and the
+        # source's transfer checkpoints (CoOp and the others on the shifts: the table's trained rows)
+        plan = catalog.test_time
+        involved = {name for targets in plan.targets.values() for name in targets}
+        wanted = {(source, run.start) for source in plan.sources for run in plan.runs.values()}
+        wanted |= {(source, key) for source in plan.sources for key in catalog.transfer.experiments}
+        wanted |= {(name, key) for name in involved for key in untrained}
+        return [(d, e) for d in catalog.datasets for e in catalog.experiments if (d, e) in wanted]
     if protocol == "transfer":
         involved = {name for source in catalog.transfer.sources
                     for targets in catalog.transfer.targets_of(source).values() for name in (source, *targets)}
@@ -60,3 +76,22 @@ def protocol_experiment_partitions(catalog: Catalog, protocol: str) -> list[tupl
 def transfer_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:
     """(source dataset, experiment) of every transfer partition."""
     return [(source, key) for source in catalog.transfer.sources for key in catalog.transfer.experiments]
+
+
+def test_time_start_mapping(catalog: Catalog) -> dg.MultiPartitionMapping:
+    """prompt_checkpoints (dataset, experiment) -> the test-time runs (same dataset) that start from it."""
+    runs_by_start: dict[str, list[str]] = {}
+    for key, run in catalog.test_time.runs.items():
+        runs_by_start.setdefault(run.start, []).append(key)
+    return dg.MultiPartitionMapping({
+        "dataset": dg.DimensionPartitionMapping("dataset", dg.IdentityPartitionMapping()),
+        "experiment": dg.DimensionPartitionMapping("experiment", dg.StaticPartitionMapping(runs_by_start)),
+    })
+
+
+test_time_from_start = test_time_start_mapping(_catalog)
+
+
+def test_time_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:
+    """(source dataset, test-time run) of every test-time partition."""
+    return [(source, key) for source in catalog.test_time.sources for key in catalog.test_time.runs]

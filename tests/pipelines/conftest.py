@@ -70,7 +70,18 @@ def _write_micro_catalog() -> None:
     # targets (its curation fails on purpose). No micro dataset is a shifted variant: the catalog tests cover DG.
     transfer = {"experiments": ["coop-k2-s?", "promptsrc-k2-s1"],
                 "cross_dataset": {"sources": ["Shapes"], "targets": ["Digits"]}}
-    (MICRO_CATALOG / "experiments.yaml").write_text(yaml.safe_dump({"grid": grid, "transfer": transfer}))
+    # Test-time tuning on Shapes (the micro world has no shifted variant): TPT from zero-shot and from CoOp, and
+    # DiffTPT with the embedded diffusion model, on 10 test images with few views.
+    test_time = {"sources": ["Shapes"], "max_test_images": 10,
+                 "modes": {"tpt": {"n_views": 8},
+                           "difftpt": {"n_views": 5, "n_generated_views": 4, "steps": 2,
+                                       "diffusion_backbone": "embedded-ddpm",
+                                       "diffusion": {"strength": 0.5, "num_inference_steps": 2}}},
+                 "runs": [{"mode": "tpt", "start": "zeroshot", "seeds": [1, 2]},
+                          {"mode": "tpt", "start": "coop-k2-s1"},
+                          {"mode": "difftpt", "start": "zeroshot", "seeds": [1]}]}
+    (MICRO_CATALOG / "experiments.yaml").write_text(yaml.safe_dump({"grid": grid, "transfer": transfer,
+                                                                   "test_time": test_time}))
 
 
 def _write_broken_dataset() -> None:

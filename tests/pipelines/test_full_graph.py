@@ -302,3 +302,37 @@ def test_rematerializing_a_transfer_partition_replaces_only_its_own_runs(graph_r
     history = read(workspace, """SELECT r.stage, r.source_dataset, count(*) FROM runs r
                                  WHERE NOT r.is_current AND r.experiment_key = 'promptsrc-k2-s1' GROUP BY ALL""")
     assert history == [("cross_dataset", "Shapes", 1)]
+
+
+TEST_TIME_RUNS = [("Shapes|difftpt-zeroshot-s1", "zeroshot", "zero_shot", 1, "difftpt"),
+                  ("Shapes|tpt-coop-k2-s1", "coop-k2-s1", "coop", 1, "tpt"),
+                  ("Shapes|tpt-zeroshot-s1", "zeroshot", "zero_shot", 1, "tpt"),
+                  ("Shapes|tpt-zeroshot-s2", "zeroshot", "zero_shot", 2, "tpt")]
+
+
+def test_test_time_runs_evaluate_their_start_with_the_mode_and_settings_in_the_lineage(graph_run):
+    summary, workspace = graph_run
+    assert not [f for f in summary["failures"] if "test_time" in f]
+    runs = read(workspace, """
+        SELECT r.partition_key, r.experiment_key, r.method, r.seed, json_extract_string(r.options, '$.test_time.mode'),
+               r.config_hash, r.templates, r.source_dataset, r.run_id
+        FROM runs AS r WHERE r.is_current AND r.stage = 'test_time' ORDER BY 1""")
+    assert [row[:5] for row in runs] == TEST_TIME_RUNS
+    assert len({row[5] for row in runs}) == len(runs)  # the mode, settings and seed enter the configuration hash
+    assert json.loads(runs[2][6]) == ["a photo of a {}."]  # the zero-shot start's context, as a template
+    assert all(row[7] is None for row in runs)  # Shapes is the source itself
+    for row in runs:
+        metrics = dict(((split, metric), value) for split, metric, value in read(
+            workspace, f"SELECT split, metric, value FROM metrics WHERE run_id = '{row[8]}'"))
+        assert 0.0 <= metrics[("test", "top1_accuracy")] <= 1.0
+        assert 0.0 <= metrics[("before_tuning", "top1_accuracy")] <= 1.0
+        assert metrics[("test", "mean_views_kept")] >= 1 and metrics[("test", "images_per_second")] > 0
+        count = read(workspace, f"SELECT count(*) FROM predictions WHERE run_id = '{row[8]}'")[0][0]
+        assert count == 10  # max_test_images
+    # DiffTPT's generated views are cached per (generator, seed, image): 10 images x 4 variations
+    folders = [p for p in workspace.variation_cache_dir.rglob("*-n4") if p.is_dir()]
+    assert len(folders) == 10 and all(len(list(f.glob("*.png"))) == 4 for f in folders)
+    table = read(workspace, "SELECT mode, start, seed FROM test_time_seed_results WHERE dataset = 'Shapes' ORDER BY 1, 2, 3")
+    assert (None, "zeroshot", 0) in table and (None, "coop-k2-s1", 1) in table  # the untuned reference rows
+    assert ("tpt", "zeroshot", 2) in table and ("difftpt", "zeroshot", 1) in table
+    assert "Test-time tuning (TPT, DiffTPT)" in workspace.report_path.read_text()
