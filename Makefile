@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.promptlab-installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install run test ui bench clean-workspace
+.PHONY: install run test ui bench bench-testtime clean-workspace
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install
 # Training throughput of every method (cache vs re-encoding, batched CoCoOp), to the warehouse and bench/results/.
 bench: install
 	$(BIN)/python -m bench.throughput
+
+# Test-time tuning (TPT) images/s: batched + cached against the authors' reference-style loop (bench/results/).
+bench-testtime: install
+	$(BIN)/python -m bench.testtime
 
 ui: install
 	mkdir -p $(DAGSTER_HOME)

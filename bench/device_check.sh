@@ -3,7 +3,8 @@
 #   1. the CUDA path of every training method and of the pseudolabel rounds (tests/prompting/test_cuda_path.py:
 #      bf16 autocast on the GPU against fp32 on the CPU),
 #   2. `make bench` with --device cuda on tiny-clip (the shipped weights) and on the ViT-B-16 architecture with
-#      random weights, figures written as JSON to $OUT (bring them back and keep them with the README's table).
+#      random weights, figures written as JSON to $OUT (bring them back and keep them with the README's table),
+#   3. the test-time tuning bench (bench/testtime.py) with --device cuda on the same two architectures.
 #
 # That machine has its own Python (3.12) and torch but not the project's other packages, and reaches no registry.
 # Bring them as one archive of unpacked wheels, made here (split in parts when the tree and it exceed one call's
@@ -43,4 +44,9 @@ for architecture in tiny-clip ViT-B-16; do
       --no-warehouse --in-process --output "$OUT/bench-$architecture-cuda.json" 2>&1 | tee "$OUT/bench-$architecture-cuda.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
+
+echo "== 3. test-time tuning bench on cuda (TPT: batched + cached against the reference loop)"
+"$PYTHON" -m bench.testtime --device cuda --workspace "$workspace" --images tiny-clip=100 --images ViT-B-16=20 \
+    --output "$OUT/bench-testtime-cuda.json" 2>&1 | tee "$OUT/bench-testtime-cuda.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 exit $status
