@@ -414,40 +414,57 @@ CREATE OR REPLACE VIEW pseudolabel_rounds AS
     FROM current_results
     WHERE stage = 'evaluation' AND starts_with(split, 'round_');
 CREATE OR REPLACE VIEW domain_generalization_results AS SELECT * FROM transfer_results('domain_generalization');
+"""
+
+
+# Created after the `predictions` view, which it reads.
+_TEST_TIME_VIEWS = """
 -- Test-time tuning (TPT, DiffTPT), one row per seed and dataset: the tuned runs (stage test_time; mode, and the
 -- checkpoint they start from: start, start_method), and as reference rows on the same datasets the untuned
 -- 0-shot configurations (zero-shot, the ensemble) and the trained checkpoints the runs start from (in domain on
 -- the source, transferred to the shifted variants by domain_generalization). mode is NULL for reference rows.
+-- A test-time run may score a subset of the test images (test_time.max_test_images): the reference rows are
+-- scored from their predictions on the images the test-time runs of that dataset scored, so every row of TPT's
+-- table counts the same images.
 CREATE OR REPLACE VIEW test_time_seed_results AS
-    WITH top1 AS (
-        SELECT * FROM current_results WHERE split = 'test' AND metric = 'top1_accuracy'
+    WITH tuned_runs AS (
+        SELECT run_id, backbone, coalesce(source_dataset, dataset) AS source_dataset, dataset,
+               json_extract_string(options, '$.test_time.mode') AS mode, method AS start_method,
+               experiment_key AS start, seed
+        FROM runs WHERE is_current AND stage = 'test_time'
     ),
     tuned AS (
-        SELECT backbone, coalesce(source_dataset, dataset) AS source_dataset, dataset,
-               json_extract_string(options, '$.test_time.mode') AS mode, method AS start_method,
-               experiment_key AS start, seed, value
-        FROM top1 WHERE stage = 'test_time'
+        SELECT t.backbone, t.source_dataset, t.dataset, t.mode, t.start_method, t.start, t.seed, m.value
+        FROM tuned_runs AS t JOIN metrics AS m ON m.run_id = t.run_id
+        WHERE m.split = 'test' AND m.metric = 'top1_accuracy'
     ),
-    scored AS (SELECT DISTINCT backbone, source_dataset, dataset FROM tuned),
-    untrained AS (
-        SELECT i.backbone, s.source_dataset, i.dataset, NULL AS mode, i.method AS start_method,
-               i.experiment_key AS start, i.seed, i.value
-        FROM top1 AS i JOIN scored AS s ON i.backbone = s.backbone AND i.dataset = s.dataset
-        WHERE i.stage = 'evaluation' AND i.source_dataset IS NULL AND i.shots = 0
-          AND json_extract_string(i.options, '$.setting') IS NULL
+    scored_images AS (
+        SELECT DISTINCT t.backbone, t.source_dataset, p.dataset, p.relative_path
+        FROM tuned_runs AS t JOIN predictions AS p ON p.run_id = t.run_id WHERE p.split = 'test'
     ),
-    trained AS (
-        SELECT i.backbone, s.source_dataset, i.dataset, NULL AS mode, i.method AS start_method,
-               i.experiment_key AS start, i.seed, i.value
-        FROM top1 AS i JOIN scored AS s ON i.backbone = s.backbone AND i.dataset = s.dataset
-        WHERE ((i.stage = 'evaluation' AND i.source_dataset IS NULL AND i.dataset = s.source_dataset)
-               OR (i.stage = 'domain_generalization' AND i.source_dataset = s.source_dataset))
-          AND i.shots > 0
-          AND i.experiment_key IN (SELECT DISTINCT start FROM tuned WHERE start_method != 'zero_shot')
+    scored_datasets AS (SELECT DISTINCT backbone, source_dataset, dataset FROM tuned_runs),
+    reference_runs AS (
+        SELECT DISTINCT r.run_id, r.backbone, s.source_dataset, r.dataset, r.method, r.experiment_key, r.seed
+        FROM runs AS r JOIN scored_datasets AS s ON r.backbone = s.backbone AND r.dataset = s.dataset
+        WHERE r.is_current AND (
+            (r.stage = 'evaluation' AND r.source_dataset IS NULL AND r.shots = 0
+             AND json_extract_string(r.options, '$.setting') IS NULL)
+            OR (r.shots > 0
+                AND r.experiment_key IN (SELECT start FROM tuned_runs WHERE start_method <> 'zero_shot')
+                AND ((r.stage = 'evaluation' AND r.source_dataset IS NULL AND r.dataset = s.source_dataset)
+                     OR (r.stage = 'domain_generalization' AND r.source_dataset = s.source_dataset))))
+    ),
+    untuned AS (
+        SELECT c.backbone, c.source_dataset, c.dataset, NULL AS mode, c.method AS start_method,
+               c.experiment_key AS start, c.seed, avg(CASE WHEN p.predicted_label = p.label THEN 1.0 ELSE 0.0 END) AS value
+        FROM reference_runs AS c
+        JOIN predictions AS p ON p.run_id = c.run_id AND p.split = 'test'
+        JOIN scored_images AS i ON i.backbone = c.backbone AND i.source_dataset = c.source_dataset
+                               AND i.dataset = p.dataset AND i.relative_path = p.relative_path
+        GROUP BY ALL
     )
-    SELECT * FROM tuned UNION ALL SELECT * FROM untrained UNION ALL SELECT * FROM trained;
+    SELECT * FROM tuned UNION ALL SELECT * FROM untuned;
 """
-
 
 def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
@@ -905,6 +922,7 @@ class Warehouse:
             f"FROM read_parquet({files}, hive_partitioning = false) "
             "WHERE run_id IN (SELECT run_id FROM runs WHERE is_current)"
         )
+        connection.execute(_TEST_TIME_VIEWS)
 
     def ensure_schema(self) -> None:
         """Create the tables, views and the predictions directory if missing; safe to call any number of times."""

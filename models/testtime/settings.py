@@ -35,7 +35,9 @@ class TestTimeSettings:
     cosine_fraction: float = 0.8  # DiffTPT: views kept by the cosine filter
     entropy_fraction: float = 0.3  # DiffTPT: of those, the lowest-entropy fraction
     filter: str = "code"  # DiffTPT: "code" (authors' code: serial, logit cosine) | "paper" (parallel, image cosine)
-    context_init: str = "a photo of a"  # the zero-shot start's context (TPT's --ctx_init a_photo_of_a)
+    # the zero-shot start's context: "template" (the dataset template's words before the class name; start.py) or
+    # words (TPT's --ctx_init a_photo_of_a)
+    context_init: str = "template"
     seed: int = 1
     # DiffTPT: the seed the generated views are drawn from (per image, with its content hash). The authors generate
     # each image's pool once, offline, and tune with it under every seed; None: the run's seed.

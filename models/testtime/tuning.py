@@ -20,7 +20,8 @@ every step, as they must. Everything but the tuned prompt is frozen.
 
 Departures, recorded in the settings: views are seeded per image (the authors' code draws them from one global
 stream over a shuffled test set, and DiffTPT's sub-sampling is unseeded); every selection keeps at least one view
-(selection.py); the zero-shot start's context is a setting (`context_init`, TPT's "a photo of a" by default).
+(selection.py); the zero-shot start's context is a setting (`context_init`: the dataset template's words by default,
+so that no step equals the zero-shot row; TPT's "a photo of a" on ImageNet is that case).
 """
 
 from __future__ import annotations

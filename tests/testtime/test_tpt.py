@@ -207,3 +207,26 @@ def test_difftpt_generates_each_images_pool_once_for_every_seed(tiny_clip, shape
     run(tiny_clip, images, dataclasses.replace(settings, seed=2, generation_seed=None), generator=generator,
         variation_cache_dir=tmp_path)
     assert generator.calls > calls  # generation_seed None: the run's seed draws a new pool
+
+
+def test_the_zero_shot_start_takes_the_dataset_templates_words_so_no_step_is_its_zero_shot_row(
+        tiny_clip, noisy_test_images, tmp_path):
+    import json
+
+    from models.experiments import features_for_images, predict_log_probabilities
+    from models.testtime.start import starting_classifier, zero_shot_context
+
+    assert zero_shot_context("template", ["a blurry photo of a {}."]) == "a blurry photo of a"
+    assert zero_shot_context("template", ["a photo of a {} object."]) == "a photo of a"  # name not at the end
+    assert zero_shot_context("template", ["a {}.", "the {}."]) == "a photo of a"  # an ensemble has no one context
+    assert zero_shot_context("itap of a", ["a blurry photo of a {}."]) == "itap of a"
+    images = noisy_test_images
+    (tmp_path / "prompt_config.json").write_text(json.dumps({"method": "zero_shot", "config_hash": "h"}))
+    classifier, start = starting_classifier(tmp_path, tiny_clip, images.classnames, [images.template], "template")
+    assert start["context_init"] == images.template.removesuffix(" {}.")
+    tuner = TestTimeTuner(classifier, published_settings("tpt", {"steps": 0, "n_views": 4}))
+    result = tune_test_images(tuner, True, tiny_clip, images.image_dir, images.relative_paths, images.content_hashes)
+    zero_shot = build_classifier(tiny_clip.model, tiny_clip.tokenizer, "zero_shot", {}, images.classnames,
+                                 [images.template])
+    features = features_for_images(tiny_clip, images.image_dir, images.relative_paths, images.content_hashes, None)
+    np.testing.assert_allclose(result.log_probabilities, predict_log_probabilities(zero_shot, features), atol=1e-4)
