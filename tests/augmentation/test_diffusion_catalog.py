@@ -101,6 +101,12 @@ def test_the_default_must_be_listed_and_names_unique(catalog_copy):
 def test_a_catalog_without_diffusion_backbones_still_loads(catalog_copy):
     edit_backbones(catalog_copy, lambda content: [content.pop(key) for key in ("diffusion_default",
                                                                                "diffusion_backbones")])
+    # DiffTPT's runs name a diffusion backbone, which this catalog no longer has: refused, naming the setting
+    with pytest.raises(CatalogError, match="test_time.modes.difftpt.diffusion_backbone"):
+        load_catalog(catalog_copy)
+    experiments = yaml.safe_load((catalog_copy / "experiments.yaml").read_text())
+    experiments.pop("test_time")
+    (catalog_copy / "experiments.yaml").write_text(yaml.safe_dump(experiments))
     catalog = load_catalog(catalog_copy)
     assert catalog.diffusion_backbones == {} and catalog.default_diffusion_backbone is None
     with pytest.raises(CatalogError, match="lists no diffusion_backbones"):

@@ -14,13 +14,13 @@ from models.evaluation.test_time_table import row_label, tpt_pattern_checks, tpt
 
 
 def test_the_shipped_catalog_declares_tpt_tpt_plus_coop_and_difftpt_on_shapes_and_its_shifts():
-    plan = load_catalog().test_time
+    plan = load_catalog(DEFAULT_CATALOG_DIR).test_time
     assert plan.targets == {"Shapes": ("Shapes", "ShapesSketch", "ShapesNoisy")}
     assert {run.mode for run in plan.runs.values()} == {"tpt", "difftpt"}
     assert plan.run("tpt-coop-k16-s2").start == "coop-k16-s2" and plan.run("tpt-coop-k16-s2").seed == 2
     assert plan.run("tpt-zeroshot-s3").start == "zeroshot" and plan.run("tpt-zeroshot-s3").seed == 3
     assert plan.run("difftpt-zeroshot-s1").diffusion_backbone == "embedded-ddpm"
-    quick = load_catalog(grid="quick").test_time
+    quick = load_catalog(DEFAULT_CATALOG_DIR, grid="quick").test_time
     assert sorted(quick.runs) == ["difftpt-zeroshot-s1", "tpt-coop-k16-s1", "tpt-zeroshot-s1"]
 
 
