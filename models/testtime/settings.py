@@ -48,7 +48,7 @@ class TestTimeSettings:
     def __post_init__(self) -> None:
         if self.mode not in TEST_TIME_MODES:
             raise ValueError(f"test-time mode must be one of {TEST_TIME_MODES}, got {self.mode!r}")
-        self.recipe  # validates the view settings
+        ViewRecipe(self.n_views, self.view_augmentation, self.crop_scale_min, self.horizontal_flip)  # validates
         if self.steps < 0:
             raise ValueError(f"test-time setting steps must be >= 0, got {self.steps}")
         for name in ("selection_fraction", "cosine_fraction", "entropy_fraction"):

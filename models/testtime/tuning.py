@@ -200,7 +200,7 @@ def tune_test_images(
     on_progress: Callable[[int, int, float], None] | None = None,
     chunk_size: int = 16,
 ) -> TestTimeResult:
-    """Tune and predict every image in order; on_progress(done, total, running top-1-free seconds) per chunk."""
+    """Tune and predict every image in order; on_progress(done, total, seconds so far) after each chunk."""
     from models.augmentation.variation_cache import cached_variations
     from models.data.index import load_images
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from diffusion_toys import pretrain_micro_ddpm, tiny_pipelines
 
@@ -14,12 +13,8 @@ CATALOG_DIR = Path(__file__).resolve().parents[2] / "assets_catalog"
 
 
 @pytest.fixture(autouse=True)
-def single_torch_thread():
-    """Micro models run fastest on one thread, and stay fast while other jobs share the machine's cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def micro_models_on_one_thread(single_torch_thread):
+    """Every test here: one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

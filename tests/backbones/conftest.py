@@ -6,7 +6,6 @@ import json
 
 import open_clip
 import pytest
-import torch
 
 from backbone_toys import MICRO_CLIP_CONFIG, MICRO_CLIP_NAME, coloured_squares
 from models.backbones.tiny_clip import ClipPretrainConfig, PretrainedBackbone, pretrain_tiny_clip
@@ -39,9 +38,5 @@ def trained_micro_clip(tmp_path_factory: pytest.TempPathFactory, micro_clip_conf
 
 
 @pytest.fixture(autouse=True)
-def single_torch_thread():
-    """Micro models run fastest on one thread, and stay fast while other jobs share the machine's cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def micro_models_on_one_thread(single_torch_thread):
+    """Every test here: one torch thread (tests/conftest.py)."""

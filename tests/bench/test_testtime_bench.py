@@ -14,15 +14,7 @@ from models.testtime.tuning import TestTimeTuner, tune_test_images
 from models.workspace import Workspace
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread is as fast, and far steadier on a shared CPU than threads that busy-wait."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ CLASSNAMES = [f"class {index}" for index in range(N_CLASSES)]
 TFUP_T_OPTIMIZATION = OptimizationConfig(epochs=30, batch_size=256, learning_rate=0.012, weight_decay=0.1, seed=1)
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """Micro problems run fastest on one thread, and stay fast while other jobs share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tests/conftest.py
 
 
 def build(reference_clip, method, **parameters):
