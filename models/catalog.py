@@ -6,9 +6,14 @@ with stable keys. Errors name the file and the entry.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import fnmatch
+import math
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,9 @@ import yaml
 
 from models.augmentation.generation import (DIFFUSION_DTYPES, DIFFUSION_SOURCES, GENERATOR_KINDS, GENERATOR_SETTINGS,
                                             SD_SIZE_MULTIPLE)
+from models.data.near_duplicates import NearDuplicatePolicy
 from models.prompting.methods import METHODS, parse_method_parameters
+from models.prompting.training import OptimizationConfig
 from models.provenance import stable_hash
 from models.testtime.plan import TestTimePlan, parse_test_time
 
@@ -37,6 +44,8 @@ NO_PSEUDOLABELS = "none"  # the `strategies` filter's name for experiments witho
 # The evaluation protocols a run can be restricted to (`promptlab run --protocol`; pipelines/partitions.py).
 EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer", "test_time")
 DEFAULT_GRID = "default"
+# The sections of experiments.yaml; its other top-level keys hold YAML anchors (`embedded_coop: &embedded_coop`).
+EXPERIMENTS_SECTIONS = ("grid", "transfer", "test_time", "learning_settings")
 
 
 class CatalogError(ValueError):
@@ -53,6 +62,7 @@ class DatasetEntry:
     split_file: str | None = None
     domain_shift_of: str | None = None
     split_seed: int = 1
+    near_duplicates: NearDuplicatePolicy = NearDuplicatePolicy()
 
     @property
     def split_file_name(self) -> str:
@@ -298,6 +308,48 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return content
 
 
+# What each backbone source needs (models/backbones/loader.py BackboneSpec): open_clip a tag, files a path.
+BACKBONE_REQUIRED = {"embedded": (), "open_clip": ("model_name", "pretrained"), "checkpoint": ("path",),
+                     "local_dir": ("path",)}
+
+
+def _backbone_entry(path: Path, index: int, raw: Any) -> BackboneEntry:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    where = f"{path.name}: backbones[{index}] ({name})"
+    _check_dataclass_fields(where, raw, BackboneEntry, required=("name", "source"))
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", raw["name"]):
+        raise _field_error(where, "name", "letters, digits, '.', '_' or '-'", raw["name"])
+    if raw["source"] not in BACKBONE_SOURCES:
+        raise _field_error(where, "source", f"one of {BACKBONE_SOURCES}", raw["source"])
+    missing = [key for key in BACKBONE_REQUIRED[raw["source"]] if not raw.get(key)]
+    if missing:
+        raise CatalogError(f"{where}: source {raw['source']!r} needs {missing}")
+    return BackboneEntry(**{key: _expand_env(value) for key, value in raw.items()})
+
+
+def _near_duplicate_policy(where: str, raw: Any) -> NearDuplicatePolicy:
+    """A dataset's `near_duplicates: {max_distance: <RMS grey levels >= 0>, allow: [[path, path], ...]}`."""
+    if raw is None:
+        return NearDuplicatePolicy()
+    place = f"{where}: near_duplicates"
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{place}: expected a mapping with 'max_distance' and/or 'allow', got {raw!r}")
+    unknown = sorted(set(raw) - {"max_distance", "allow"})
+    if unknown:
+        raise CatalogError(f"{place}: unknown field(s) {unknown}; known: ['allow', 'max_distance']")
+    max_distance = raw.get("max_distance", NearDuplicatePolicy().max_distance)
+    if isinstance(max_distance, bool) or not isinstance(max_distance, (int, float)) or not 0 <= max_distance < 256:
+        raise CatalogError(f"{place}.max_distance: expected a number of grey levels in [0, 256), got {max_distance!r}")
+    pairs = raw.get("allow") or []
+    if not isinstance(pairs, list):
+        raise CatalogError(f"{place}.allow: expected a list of [path, path] pairs, got {pairs!r}")
+    for position, pair in enumerate(pairs):
+        if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(p, str) and p for p in pair)
+                or pair[0] == pair[1]):
+            raise CatalogError(f"{place}.allow[{position}]: expected two different relative image paths, got {pair!r}")
+    return NearDuplicatePolicy.allowing(float(max_distance), [tuple(pair) for pair in pairs])
+
+
 def _dataset_entry(path: Path, index: int, raw: dict[str, Any]) -> DatasetEntry:
     where = f"{path.name}: datasets[{index}]"
     name = raw.get("name")
@@ -307,14 +359,21 @@ def _dataset_entry(path: Path, index: int, raw: dict[str, Any]) -> DatasetEntry:
     if source not in DATASET_SOURCES:
         raise CatalogError(f"{where} ({name}): 'source' must be one of {DATASET_SOURCES}, got {source!r}")
     templates = raw.get("templates") or ([raw["template"]] if raw.get("template") else [])
-    if not templates or any("{}" not in t for t in templates):
+    if not isinstance(templates, list) or not templates or any(not isinstance(t, str) or "{}" not in t
+                                                               for t in templates):
         raise CatalogError(f"{where} ({name}): needs 'template' or 'templates', each with one '{{}}'")
     if source != "embedded" and not raw.get("root"):
         raise CatalogError(f"{where} ({name}): a {source} dataset needs 'root'")
     unknown = set(raw) - {"name", "source", "template", "templates", "root", "image_dir", "split_file",
-                          "domain_shift_of", "split_seed"}
+                          "domain_shift_of", "split_seed", "near_duplicates"}
     if unknown:
-        raise CatalogError(f"{where} ({name}): unknown field(s) {sorted(unknown)}")
+        known = ("template", *(entry_field.name for entry_field in dataclasses.fields(DatasetEntry)))
+        raise CatalogError(f"{where} ({name}): unknown field(s) {sorted(unknown)}{_nearest(min(unknown), known)}")
+    for text_field in ("template", "root", "image_dir", "split_file", "domain_shift_of"):
+        if raw.get(text_field) is not None and not isinstance(raw[text_field], str):
+            raise _field_error(f"{where} ({name})", text_field, "a string", raw[text_field])
+    if "split_seed" in raw:
+        _integer_value(f"{where} ({name})", "split_seed", raw["split_seed"])
     return DatasetEntry(
         name=name,
         source=source,
@@ -322,6 +381,7 @@ def _dataset_entry(path: Path, index: int, raw: dict[str, Any]) -> DatasetEntry:
         root=_expand_env(raw.get("root")),
         image_dir=raw.get("image_dir", "images"),
         split_file=raw.get("split_file"),
+        near_duplicates=_near_duplicate_policy(f"{where} ({name})", raw.get("near_duplicates")),
         domain_shift_of=raw.get("domain_shift_of"),
         split_seed=int(raw.get("split_seed", 1)),
     )
@@ -341,18 +401,20 @@ def experiment_key(method: str, shots: int | None, seed: int | None, suffixes: l
 
 def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[str, Any]]) -> dict[str, ExperimentConfig]:
     experiments: dict[str, ExperimentConfig] = {}
+    if not isinstance(grid, list):
+        raise CatalogError(f"{path.name}: grid: expected a list of entries, got {grid!r}")
     for index, entry in enumerate(grid):
         where = f"{path.name}: grid[{index}]"
+        if not isinstance(entry, dict):
+            raise CatalogError(f"{where}: expected a mapping with fields {list(GRID_ENTRY_FIELDS)}, got {entry!r}")
         method = entry.get("method")
         if method not in METHODS:
-            raise CatalogError(f"{where}: unknown method {method!r}; registered: {sorted(METHODS)}")
+            raise CatalogError(f"{where}: unknown method {method!r}{_nearest(method, METHODS)}; registered: "
+                               f"{sorted(METHODS)}")
         if method not in methods:
             raise CatalogError(f"{where}: method {method!r} is not listed in methods.yaml")
-        unknown = set(entry) - {"method", "shots", "seeds", "parameters", "optimization", "augmentation",
-                                "pseudolabels", "name", "protocol", "templates", "setting"}
-        if unknown:
-            raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}")
         method_defaults = methods[method]
+        _check_grid_entry(f"{where}{_grid_entry_label(entry)}", entry, method_defaults)
         parameters = {**(method_defaults.get("parameters") or {}), **(entry.get("parameters") or {})}
         try:
             parse_method_parameters(method, parameters)
@@ -422,6 +484,89 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
     return experiments
 
 
+GRID_ENTRY_FIELDS = ("method", "shots", "seeds", "parameters", "optimization", "augmentation", "pseudolabels",
+                     "name", "protocol", "templates", "setting")
+
+
+def _trains_in_closed_form(method: str, method_defaults: dict[str, Any]) -> bool:
+    """A method fitted outside the SGD loop whose methods.yaml schedule says `epochs: 0` (the linear probe, TFUP)."""
+    fitted = not getattr(METHODS[method].build, "trained_by_gradient", True)
+    return fitted and (method_defaults.get("optimization") or {}).get("epochs") == 0
+
+
+def _check_optimization(where: str, optimization: Any, closed_form: bool) -> None:
+    """An `optimization:` mapping: OptimizationConfig's fields (the seed comes from the experiment) and
+    epochs_by_shots; epochs >= 1 (0 for a method fitted in closed form)."""
+    _check_dataclass_fields(where, optimization, OptimizationConfig, prefix="optimization.",
+                            exclude=("seed", "experiment", "epochs"), extra=("epochs", "epochs_by_shots"))
+    if optimization.get("epochs") is not None:
+        _integer_value(where, "optimization.epochs", optimization["epochs"], 0 if closed_form else 1)
+    by_shots = optimization.get("epochs_by_shots")
+    if by_shots is not None and (not isinstance(by_shots, dict) or not by_shots or not all(
+            _is_integer(shots) and shots >= 1 and _is_integer(epochs) and epochs >= 1
+            for shots, epochs in by_shots.items())):
+        raise _field_error(where, "optimization.epochs_by_shots", "a mapping of shots to epochs (integers >= 1), "
+                           "e.g. {1: 50, 16: 200}", by_shots)
+
+
+def _check_method_entry(path: Path, name: str, raw: Any) -> None:
+    """One methods.yaml entry: parameters of the method's dataclass, and its published optimization schedule."""
+    where = f"{path.name}: methods.{name}"
+    _check_fields(where, raw, ("parameters", "optimization"))
+    for section in ("parameters", "optimization"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise _field_error(where, section, "a mapping", raw[section])
+    _check_dataclass_fields(where, raw.get("parameters") or {}, METHODS[name].parameters_type, prefix="parameters.")
+    if METHODS[name].trains_prompts:
+        _check_optimization(where, raw.get("optimization") or {}, _trains_in_closed_form(name, raw))
+
+
+def _grid_entry_label(entry: Any) -> str:
+    """How an error names a grid entry before it expands: method, setting and name as in its keys ("coop-csc")."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("method"), str):
+        return ""
+    suffixes = [str(entry["name"])] if entry.get("name") else []
+    setting = entry.get("setting") if isinstance(entry.get("setting"), str) else None
+    return f" ({experiment_key(entry['method'], None, None, suffixes, setting)})"
+
+
+def _check_grid_entry(where: str, entry: dict[str, Any], method_defaults: dict[str, Any]) -> None:
+    """Every field of one grid entry, before it expands into experiments: a typo, a scalar where a list of shots or
+    seeds is expected, a string or float where an integer is, or a value out of range is refused here, naming the
+    entry and the field, rather than in a stage after the world and curation ran."""
+    _check_fields(where, entry, GRID_ENTRY_FIELDS)
+    method = entry["method"]
+    spec = METHODS[method]
+    if entry.get("shots") is not None:
+        shots = _integer_list(where, "shots", entry["shots"], 1 if spec.trains_prompts else 0)
+        if not spec.trains_prompts and shots != [0]:
+            raise _field_error(where, "shots", f"[0] or absent ({method} learns nothing from labelled shots)", shots)
+    if entry.get("seeds") is not None:
+        _integer_list(where, "seeds", entry["seeds"], 0)
+    name = entry.get("name")
+    if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name)):
+        raise _field_error(where, "name", "letters, digits or underscores (it ends the experiment keys)", name)
+    for section in ("parameters", "optimization", "augmentation", "pseudolabels"):
+        if entry.get(section) is not None and not isinstance(entry[section], dict):
+            raise _field_error(where, section, "a mapping", entry[section])
+    _check_dataclass_fields(where, entry.get("parameters") or {}, spec.parameters_type, prefix="parameters.")
+    if spec.trains_prompts:
+        optimization = {**(method_defaults.get("optimization") or {}), **(entry.get("optimization") or {})}
+        _check_optimization(where, optimization, _trains_in_closed_form(method, method_defaults))
+        if optimization.get("epochs") is None:
+            by_shots = optimization.get("epochs_by_shots") or {}
+            unscheduled = [shots for shots in entry.get("shots") or [16] if shots not in by_shots]
+            if entry.get("setting") is not None or unscheduled:
+                needs = ("'optimization.epochs' (a learning setting has no shots to look up in epochs_by_shots)"
+                         if entry.get("setting") is not None else
+                         f"'optimization.epochs', or epochs_by_shots entries for shots {unscheduled}")
+                raise CatalogError(f"{where}: {method} needs {needs}")
+    if entry.get("augmentation"):
+        _check_dataclass_fields(where, entry["augmentation"], AugmentationOptions, prefix="augmentation.")
+    if entry.get("pseudolabels"):
+        _check_dataclass_fields(where, entry["pseudolabels"], PseudolabelOptions, prefix="pseudolabels.")
+
+
 def _check_setting(where: str, entry: dict[str, Any], setting: Any, method: str, trains: bool,
                    pseudolabels: PseudolabelOptions | None, augmentation: AugmentationOptions | None,
                    protocol: str) -> None:
@@ -472,13 +617,121 @@ def _dataset_names(where: str, value: Any, datasets: dict[str, DatasetEntry]) ->
     return value
 
 
-def _check_fields(where: str, raw: Any, known: tuple[str, ...]) -> None:
-    """A catalog section must be a mapping whose keys are all known; errors name the section and the fields."""
+def _nearest(name: Any, known: Any) -> str:
+    """' (did you mean 'x'?)' for a misspelt key, else ''."""
+    match = difflib.get_close_matches(str(name), [str(key) for key in known], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _check_fields(where: str, raw: Any, known: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
+    """A catalog section must be a mapping whose keys are all known (a typo is told its nearest known key) and which
+    sets every required key; errors name the section and the fields."""
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: expected a mapping with fields {list(known)}, got {raw!r}")
-    unknown = set(raw) - set(known)
+    unknown = sorted((key for key in raw if key not in known), key=str)
     if unknown:
-        raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}; known: {list(known)}")
+        hints = "".join(_nearest(key, known) for key in unknown[:1])
+        raise CatalogError(f"{where}: unknown field(s) {unknown}{hints}; known: {list(known)}")
+    missing = [key for key in required if raw.get(key) is None]
+    if missing:
+        raise CatalogError(f"{where}: missing required field(s) {missing}")
+
+
+# Ranges by field name, wherever the field appears (optimization, augmentation, pseudolabels, world.yaml recipes,
+# datasets): one rule per name. Integers below their minimum, and numbers outside their range, are refused.
+INTEGER_MINIMUMS = {
+    "epochs": 1, "batch_size": 1, "warmup_epochs": 0, "warmup_steps": 0, "seed": 0, "split_seed": 0,
+    "num_pairs": 1, "image_size": 1, "family_size": 1, "num_threads": 1, "subject_caption_epochs": 0,
+    "random_shift_pixels": 0, "sample_size": 1, "layers_per_block": 1, "norm_num_groups": 1,
+    "num_train_timesteps": 1, "per_class": 1, "variations_per_image": 1, "num_inference_steps": 1,
+}
+POSITIVE_NUMBERS = ("learning_rate", "warmup_learning_rate")
+NON_NEGATIVE_NUMBERS = ("momentum", "weight_decay")
+FRACTIONS = ("strength", "similarity_threshold")  # in [0, 1]
+
+
+def _field_error(where: str, name: str, expected: str, value: Any) -> CatalogError:
+    hint = ""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
+        hint = f" (YAML reads {value} as a string: write it with a dot and a signed exponent, e.g. 1.0e-5)"
+    return CatalogError(f"{where}: '{name}' must be {expected}, got {value!r}{hint}")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true is no integer
+
+
+def _integer_value(where: str, name: str, value: Any, minimum: int | None = None) -> int:
+    minimum = INTEGER_MINIMUMS.get(name.rsplit(".", 1)[-1]) if minimum is None else minimum
+    expected = "an integer" + ("" if minimum is None else f" >= {minimum}")
+    if not _is_integer(value) or (minimum is not None and value < minimum):
+        raise _field_error(where, name, expected, value)
+    return value
+
+
+def _number_value(where: str, name: str, value: Any) -> float:
+    base = name.rsplit(".", 1)[-1]
+    if base in POSITIVE_NUMBERS:
+        expected, valid = "a finite number > 0", lambda number: number > 0
+    elif base in NON_NEGATIVE_NUMBERS:
+        expected, valid = "a finite number >= 0", lambda number: number >= 0
+    elif base in FRACTIONS:
+        expected, valid = "a number in [0, 1]", lambda number: 0 <= number <= 1
+    else:
+        expected, valid = "a finite number", lambda number: True
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not math.isfinite(value) or not valid(
+            value):
+        raise _field_error(where, name, expected, value)
+    return value
+
+
+def _integer_list(where: str, name: str, value: Any, minimum: int) -> list[int]:
+    """A non-empty list of distinct integers >= minimum (one experiment per value: a scalar is refused)."""
+    expected = f"a non-empty list of distinct integers >= {minimum}, e.g. [{max(minimum, 1)}]"
+    if not isinstance(value, list) or not value or len(set(map(repr, value))) != len(value) or any(
+            not _is_integer(item) or item < minimum for item in value):
+        raise _field_error(where, name, expected, value)
+    return value
+
+
+def _value_of_type(where: str, name: str, value: Any, annotation: Any) -> None:
+    """Check a value against a dataclass field's annotation (int, float, bool, str, Literal, X | None, tuple)."""
+    options = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        if value is None and type(None) in options:
+            return
+        annotation = next(option for option in options if option is not type(None))
+        options = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        if value not in options:
+            raise _field_error(where, name, f"one of {list(options)}", value)
+    elif annotation is bool:
+        if not isinstance(value, bool):
+            raise _field_error(where, name, "true or false", value)
+    elif annotation is int:
+        _integer_value(where, name, value)
+    elif annotation is float:
+        _number_value(where, name, value)
+    elif annotation is str:
+        if not isinstance(value, str):
+            raise _field_error(where, name, "a string", value)
+    elif typing.get_origin(annotation) is tuple:
+        if not isinstance(value, list) or not value:
+            raise _field_error(where, name, "a non-empty list", value)
+        for index, item in enumerate(value):
+            _value_of_type(where, f"{name}[{index}]", item, options[0])
+
+
+def _check_dataclass_fields(where: str, raw: Any, recipe: type, prefix: str = "", exclude: tuple[str, ...] = (),
+                            extra: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+    """A catalog mapping read into a dataclass (`recipe`): only its fields (less `exclude`, plus `extra`, which the
+    caller checks), each of the field's type and in the range its name has."""
+    hints = typing.get_type_hints(recipe)
+    known = tuple(f.name for f in dataclasses.fields(recipe) if f.name not in exclude) + extra
+    _check_fields(f"{where}{' ' + prefix.rstrip('.') if prefix else ''}", raw, known, required)
+    for name, value in raw.items():
+        if name not in extra:
+            _value_of_type(where, f"{prefix}{name}", value, hints[name])
 
 
 def parse_transfer(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
@@ -519,8 +772,7 @@ def parse_transfer(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
         if section is None:
             continue
         place = f"{where}.{protocol}"
-        if not isinstance(section, dict) or set(section) - {"sources", "targets"}:
-            raise CatalogError(f"{place}: expected a mapping with 'sources' and optionally 'targets', got {section!r}")
+        _check_fields(place, section, ("sources", "targets"), required=("sources",))
         sources = _dataset_names(f"{place}.sources", section.get("sources"), datasets)
         chosen = None if section.get("targets") is None else _dataset_names(f"{place}.targets", section["targets"],
                                                                               datasets)
@@ -552,6 +804,39 @@ def _grid_subsets(directory: Path) -> dict[str, Any]:
     return subsets
 
 
+def _check_grid_subset(where: str, subset: Any, experiments: dict[str, ExperimentConfig],
+                       require_matches: bool = True) -> None:
+    """One named subset of grids.yaml: known filters, each a non-empty list of known values; with
+    ``require_matches`` (the subset being run) every experiment pattern must match a key of this grid. Subsets not
+    being run are checked without it: a catalog with a smaller grid keeps the shipped subsets' patterns."""
+    _check_fields(where, subset, ("description", *GRID_SUBSET_FILTERS))
+    for field_name in GRID_SUBSET_FILTERS:
+        values = subset.get(field_name)
+        if values is not None and (not isinstance(values, list) or not values):
+            raise CatalogError(f"{where}.{field_name}: expected a non-empty list, got {values!r}")
+    for field_name, minimum in (("shots", 0), ("seeds", 0)):
+        if subset.get(field_name) is not None:
+            _integer_list(where, field_name, subset[field_name], minimum)
+    unknown_methods = sorted(set(subset.get("methods") or []) - set(METHODS))
+    if unknown_methods:
+        raise CatalogError(f"{where}.methods: {unknown_methods} are not registered"
+                           f"{_nearest(unknown_methods[0], METHODS)}; known: {sorted(METHODS)}")
+    from models.data.learning_settings import LEARNING_SETTINGS
+    from models.pseudolabels import STRATEGIES
+
+    unknown_settings = sorted(set(subset.get("settings") or []) - {"few_shot", *LEARNING_SETTINGS})
+    if unknown_settings:
+        raise CatalogError(f"{where}.settings: {unknown_settings} are not learning settings; known: "
+                           f"{['few_shot', *LEARNING_SETTINGS]}")
+    unknown_strategies = sorted(set(subset.get("strategies") or []) - {NO_PSEUDOLABELS, *STRATEGIES})
+    if unknown_strategies:
+        raise CatalogError(f"{where}.strategies: {unknown_strategies} are not pseudolabel strategies; known: "
+                           f"{[NO_PSEUDOLABELS, *sorted(STRATEGIES)]}")
+    for pattern in (subset.get("experiments") or []) if require_matches else []:
+        if not any(fnmatch.fnmatchcase(key, str(pattern)) for key in experiments):
+            raise CatalogError(f"{where}.experiments: {pattern!r} matches no experiment key of the grid")
+
+
 def grid_subset_names(directory: Path) -> list[str]:
     """The subsets grids.yaml defines (besides `default`, the whole grid)."""
     return list(_grid_subsets(directory))
@@ -568,24 +853,8 @@ def select_grid_subset(directory: Path, name: str, experiments: dict[str, Experi
         raise CatalogError(f"{directory / 'grids.yaml'}: no grid named {name!r}; known: {[DEFAULT_GRID, *subsets]}")
     subset = subsets[name]
     where = f"grids.yaml: grids.{name}"
-    _check_fields(where, subset, ("description", *GRID_SUBSET_FILTERS))
-    for field_name in GRID_SUBSET_FILTERS:
-        values = subset.get(field_name)
-        if values is not None and (not isinstance(values, list) or not values):
-            raise CatalogError(f"{where}.{field_name}: expected a non-empty list, got {values!r}")
-    unknown_methods = sorted(set(subset.get("methods") or []) - set(METHODS))
-    if unknown_methods:
-        raise CatalogError(f"{where}.methods: {unknown_methods} are not registered; known: {sorted(METHODS)}")
-    from models.pseudolabels import STRATEGIES
-
-    unknown_strategies = sorted(set(subset.get("strategies") or []) - {NO_PSEUDOLABELS, *STRATEGIES})
-    if unknown_strategies:
-        raise CatalogError(f"{where}.strategies: {unknown_strategies} are not pseudolabel strategies; known: "
-                           f"{[NO_PSEUDOLABELS, *sorted(STRATEGIES)]}")
+    _check_grid_subset(where, subset, experiments)
     patterns = subset.get("experiments")
-    for pattern in patterns or []:
-        if not any(fnmatch.fnmatchcase(key, str(pattern)) for key in experiments):
-            raise CatalogError(f"{where}.experiments: {pattern!r} matches no experiment key of the grid")
 
     def kept(experiment: ExperimentConfig) -> bool:
         if subset.get("methods") is not None and experiment.method not in subset["methods"]:
@@ -614,6 +883,7 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None) -
     named subset `grid` of grids.yaml ($PROMPTLAB_GRID, else the whole grid)."""
     directory = Path(directory or os.environ.get("PROMPTLAB_CATALOG", DEFAULT_CATALOG_DIR))
     grid = grid or os.environ.get("PROMPTLAB_GRID") or DEFAULT_GRID
+    world = parse_world(directory / "world.yaml")  # first: the embedded world is the first stage to run
     datasets_file = directory / "datasets.yaml"
     datasets = [
         _dataset_entry(datasets_file, i, raw) for i, raw in enumerate(_read_yaml(datasets_file).get("datasets") or [])
@@ -628,22 +898,39 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None) -
     backbones_file = directory / "backbones.yaml"
     backbones_raw = _read_yaml(backbones_file)
     backbones = {}
-    for index, raw in enumerate(backbones_raw.get("backbones") or []):
-        if raw.get("source") not in BACKBONE_SOURCES:
-            raise CatalogError(f"{backbones_file.name}: backbones[{index}]: source must be one of {BACKBONE_SOURCES}")
-        backbones[raw["name"]] = BackboneEntry(**{k: _expand_env(v) for k, v in raw.items()})
+    _check_fields(backbones_file.name, backbones_raw, ("default", "backbones", "diffusion_default",
+                                                      "diffusion_backbones"), required=("default", "backbones"))
+    if not isinstance(backbones_raw["backbones"], list):
+        raise CatalogError(f"{backbones_file.name}: backbones: expected a list of entries")
+    for index, raw in enumerate(backbones_raw["backbones"]):
+        entry = _backbone_entry(backbones_file, index, raw)
+        if entry.name in backbones:
+            raise CatalogError(f"{backbones_file.name}: backbones[{index}]: the name {entry.name!r} appears twice")
+        backbones[entry.name] = entry
     default_backbone = backbones_raw.get("default")
     if default_backbone not in backbones:
-        raise CatalogError(f"{backbones_file.name}: default backbone {default_backbone!r} is not listed")
+        raise CatalogError(f"{backbones_file.name}: default backbone {default_backbone!r} is not listed"
+                           f"{_nearest(default_backbone, backbones)}; listed: {list(backbones)}")
     diffusion_backbones, default_diffusion_backbone = parse_diffusion_backbones(backbones_file, backbones_raw)
 
     methods_file = directory / "methods.yaml"
-    methods = _read_yaml(methods_file).get("methods") or {}
+    methods_raw = _read_yaml(methods_file)
+    _check_fields(methods_file.name, methods_raw, ("methods",), required=("methods",))
+    methods = methods_raw["methods"]
+    if not isinstance(methods, dict):
+        raise CatalogError(f"{methods_file.name}: methods: expected a mapping of method name to its defaults")
     for name in methods:
         if name not in METHODS:
-            raise CatalogError(f"{methods_file.name}: method {name!r} is not registered; known: {sorted(METHODS)}")
+            raise CatalogError(f"{methods_file.name}: method {name!r} is not registered{_nearest(name, METHODS)}; "
+                               f"known: {sorted(METHODS)}")
+        _check_method_entry(methods_file, name, methods[name] or {})
     experiments_file = directory / "experiments.yaml"
     experiments_raw = _read_yaml(experiments_file)
+    for key in experiments_raw:
+        if key not in EXPERIMENTS_SECTIONS and _nearest(key, EXPERIMENTS_SECTIONS):
+            raise CatalogError(f"{experiments_file.name}: unknown section {key!r}{_nearest(key, EXPERIMENTS_SECTIONS)}"
+                               f"; sections: {list(EXPERIMENTS_SECTIONS)} (other top-level keys only hold YAML "
+                               "anchors)")
     experiments = expand_grid(experiments_file, experiments_raw.get("grid") or [], methods)
     dataset_entries = {d.name: d for d in datasets}
     transfer = parse_transfer(experiments_file, experiments_raw.get("transfer"), dataset_entries, experiments)
@@ -651,6 +938,8 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None) -
                                                 experiments)
     test_time = parse_test_time(experiments_file, experiments_raw.get("test_time"), dataset_entries, experiments,
                                 diffusion_backbones, default_diffusion_backbone)
+    for name, subset in _grid_subsets(directory).items():
+        _check_grid_subset(f"grids.yaml: grids.{name}", subset, experiments, require_matches=False)
     experiments, transfer = select_grid_subset(directory, grid, experiments, transfer)
     if grid != DEFAULT_GRID:
         test_time = test_time.restricted_to(experiments, _grid_subsets(directory)[grid].get("seeds"))
@@ -661,7 +950,7 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None) -
         default_backbone=default_backbone,
         methods=methods,
         experiments=experiments,
-        world=_read_yaml(directory / "world.yaml"),
+        world=world,
         transfer=transfer,
         grid=grid,
         learning_settings=learning_settings,
@@ -734,6 +1023,48 @@ def diffusion_backbone_entry(where: str, raw: Any, expand_env: bool = True) -> D
     return DiffusionBackboneEntry(name=name, source=source, kind=kind, dtype=dtype, **location, **settings)
 
 
+WORLD_SECTIONS = ("corpus", "tiny_clip", "tiny_clip_weights", "diffusion", "benchmark")
+BENCHMARK_SPLITS = ("train", "val", "test")
+
+
+def parse_world(path: Path) -> dict[str, Any]:
+    """world.yaml, checked against what consumes each section: the corpus against write_corpus's arguments, the
+    recipes against ClipPretrainConfig and DiffusionPretrainConfig, the benchmark's seed and images per split, and
+    the shipped weights' folder and SHA-256; a typo fails here, naming the file, section and field."""
+    import inspect
+
+    from models.backbones.tiny_clip import ClipPretrainConfig
+    from models.backbones.tiny_diffusion import DiffusionPretrainConfig
+    from models.embedded.corpus import write_corpus
+
+    world = _read_yaml(path)
+    _check_fields(path.name, world, WORLD_SECTIONS, required=("corpus", "tiny_clip", "diffusion", "benchmark"))
+    corpus_arguments = {name: parameter for name, parameter in inspect.signature(write_corpus).parameters.items()
+                        if name != "output_dir"}
+    required = tuple(name for name, parameter in corpus_arguments.items() if parameter.default is inspect.Parameter.empty)
+    _check_fields(f"{path.name}: corpus", world["corpus"], tuple(corpus_arguments), required)
+    for name, value in world["corpus"].items():
+        _integer_value(f"{path.name}: corpus", name, value)
+    _check_dataclass_fields(f"{path.name}: tiny_clip", world["tiny_clip"], ClipPretrainConfig)
+    _check_dataclass_fields(f"{path.name}: diffusion", world["diffusion"], DiffusionPretrainConfig)
+    where = f"{path.name}: benchmark"
+    benchmark = world["benchmark"]
+    _check_fields(where, benchmark, ("seed", "images_per_class"), required=("seed", "images_per_class"))
+    _integer_value(where, "seed", benchmark["seed"])
+    _check_fields(f"{where}: images_per_class", benchmark["images_per_class"], BENCHMARK_SPLITS, BENCHMARK_SPLITS)
+    for split, count in benchmark["images_per_class"].items():
+        _integer_value(where, f"images_per_class.{split}", count, 1)
+    if world.get("tiny_clip_weights") is not None:
+        where = f"{path.name}: tiny_clip_weights"
+        shipped = world["tiny_clip_weights"]
+        _check_fields(where, shipped, ("folder", "weights_sha256"), required=("folder", "weights_sha256"))
+        if not isinstance(shipped["folder"], str):
+            raise _field_error(where, "folder", "a folder relative to the catalog", shipped["folder"])
+        if not isinstance(shipped["weights_sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", shipped["weights_sha256"]):
+            raise _field_error(where, "weights_sha256", "64 lowercase hexadecimal digits", shipped["weights_sha256"])
+    return world
+
+
 def _check_generation_settings(where: str, kind: str, settings: dict[str, Any]) -> None:
     def is_number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -775,7 +1106,7 @@ def parse_learning_settings(path: Path, raw: Any, experiments: dict[str, Experim
         raise CatalogError(f"{where}.labels_per_class: expected an integer >= 1, got {labels_per_class!r}")
     split_seeds = raw.get("trzsl_split_seeds", defaults.trzsl_split_seeds)
     if not isinstance(split_seeds, dict) or not all(
-            isinstance(k, int) and isinstance(v, int) for k, v in split_seeds.items()):
+            _is_integer(k) and _is_integer(v) and k >= 0 and v >= 0 for k, v in split_seeds.items()):
         raise CatalogError(f"{where}.trzsl_split_seeds: expected a mapping of experiment seed to split seed "
                            f"(integers), got {split_seeds!r}")
     plan = LearningSettingsPlan(labels_per_class, dict(split_seeds))

@@ -45,7 +45,7 @@ def optimization_config(experiment: ExperimentConfig) -> OptimizationConfig:
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ValueError(f"{experiment.key}: unknown optimization setting(s) {unknown}; known: {sorted(known)}")
-    return OptimizationConfig(**{**settings, "seed": experiment.seed or 1})
+    return OptimizationConfig(**{**settings, "seed": experiment.seed or 1, "experiment": experiment.key})
 
 
 def build_classifier(

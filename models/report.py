@@ -610,7 +610,7 @@ def _limited_label_section(warehouse: Warehouse) -> str:
     rows = [(method, strategy, *[by.get(c, "") for c in columns]) for (method, strategy), by in cells.items()]
     try:
         checks = [(c.claim, _percent(c.value), _percent(c.reference_value), f"{100 * c.margin:+.1f}",
-                   f"{100 * c.spread:.1f}", c.verdict, ", ".join(c.datasets))
+                   f"{100 * c.spread:.1f}", c.n_seeds, c.verdict, c.reason, ", ".join(c.datasets))
                   for c in limited_label_pattern_checks(warehouse.query(LIMITED_LABEL_SEED_SQL))]
     except ValueError as error:  # several option variants of one configuration: no check picks one silently
         checks, why_unchecked = [], f"The pattern is not checked: {error}."
@@ -626,8 +626,10 @@ def _limited_label_section(warehouse: Warehouse) -> str:
         _paragraph("Checks (Menghini et al.: GRIP ≥ IFPL ≥ FPL on average, iterative strategies above zero-shot in UL): "
                    "each compares two rows on the datasets both ran, per seed averaged over those datasets, then "
                    "over seeds; 'shown' when the margin exceeds twice the larger seed std, 'contradicted' when it "
-                   "falls below minus that, 'not shown' in between.", "muted"),
-        _table(["Claim", "Value (%)", "Against (%)", "Margin (points)", "2 × seed std", "Verdict", "Datasets"], checks)
+                   "falls below minus that, 'not shown' in between or with fewer than two seeds (no spread).",
+                   "muted"),
+        _table(["Claim", "Value (%)", "Against (%)", "Margin (points)", "2 × seed std", "Seeds", "Verdict", "Why",
+                "Datasets"], checks)
         if checks else _paragraph(why_unchecked, "muted"),
         *_pseudolabel_rounds_parts(warehouse),
     )
@@ -963,7 +965,9 @@ def build_report(
 ) -> ReportSummary:
     """Write the HTML report of the warehouse's current results to `html_path` and return its key numbers."""
     html_path = Path(html_path)
-    counts = (warehouse.query(RUN_COUNTS_SQL).row(0, named=True) if warehouse.database_path.exists()
+    # Read from the snapshot with the pending runs applied (Warehouse.query): never blocked by a reader of the file.
+    has_results = warehouse.database_path.exists() or bool(warehouse.pending_batches())
+    counts = (warehouse.query(RUN_COUNTS_SQL).row(0, named=True) if has_results
               else {"runs": 0, "current_runs": 0, "latest_finished_at": None})
     if counts["runs"] == 0:
         body = _paragraph(f"No runs recorded yet in {warehouse.database_path.name}. Materialize the evaluation "
@@ -975,8 +979,9 @@ def build_report(
     datasets = tuple(warehouse.query(DATASETS_SQL)["dataset"].to_list())
     headline, by_method, mean_zero_shot, mean_best = _headline_section(warehouse, params)
     base_to_new, harmonic_by_method = _base_to_new_section(warehouse, params)
+    plural = "s" if len(datasets) != 1 else ""
     overview = _paragraph(
-        f"{counts['runs']} runs recorded ({counts['current_runs']} current) over {len(datasets)} datasets; "
+        f"{counts['runs']} runs recorded ({counts['current_runs']} current) over {len(datasets)} dataset{plural}; "
         f"latest run finished {counts['latest_finished_at']} UTC. Source: {warehouse.database_path.name}.",
         "muted",
     )

@@ -36,7 +36,16 @@ class Workspace:
         return self.root / "curation" / dataset
 
     def index_path(self, dataset: str) -> Path:
+        """The promoted index: only ever replaced by an index that passed its checks (models.data.validated_index)."""
         return self.curation_dir(dataset) / "index.parquet"
+
+    def staged_index_path(self, dataset: str) -> Path:
+        """A freshly built index waiting for (or rejected by) its checks."""
+        return self.curation_dir(dataset) / "index.staged.parquet"
+
+    def index_validation_path(self, dataset: str) -> Path:
+        """The validation record: the latest curation's outcome and the promoted index's hash."""
+        return self.curation_dir(dataset) / "index_validation.json"
 
     def fewshot_path(self, dataset: str) -> Path:
         return self.curation_dir(dataset) / "fewshot_subsets.parquet"

@@ -19,6 +19,8 @@ DATASET_EXPECTATIONS = {
     "labels_match_classnames": "one class name per label and one label per class name",
     "classes_in_every_split": "every class has images in train, val and test",
     "no_train_test_overlap": "no image (by content hash) is in both train and test",
+    "no_near_duplicates_across_splits": "no two images in different splits are near-duplicates (re-saved, "
+                                        "re-encoded, resized copies; threshold and allow-list in datasets.yaml)",
 }
 # The learning-setting splits (models.data.expectations.validate_setting_splits): one check each.
 SETTING_EXPECTATIONS = {
@@ -54,14 +56,24 @@ def _check_results(report, names, asset_key: dg.AssetKey) -> Iterator[dg.AssetCh
 def dataset_expectations(
     context: dg.AssetCheckExecutionContext, promptlab: PromptLabResource
 ) -> Iterator[dg.AssetCheckResult]:
+    """GX on the staged index (the promoted one when the checks run alone); promotes it to index.parquet only when
+    no blocking (ERROR) check failed, and records the outcome either way (models.data.validated_index), so no later
+    stage reads an index that failed."""
     import polars as pl
 
     from models.data.expectations import validate_dataset_index
+    from models.data.validated_index import index_to_validate, record_validation
 
-    dataset = context.partition_key
-    index = pl.read_parquet(promptlab.workspace().index_path(dataset))
-    report = validate_dataset_index(index, dataset)
-    yield from _check_results(report, DATASET_EXPECTATIONS, dataset_index.key)
+    workspace, dataset = promptlab.workspace(), context.partition_key
+    report = validate_dataset_index(pl.read_parquet(index_to_validate(workspace, dataset)), dataset,
+                                    promptlab.catalog().dataset(dataset).near_duplicates)
+    results = list(_check_results(report, DATASET_EXPECTATIONS, dataset_index.key))
+    failed = {r.check_name: r.metadata["details"].value for r in results
+              if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR}
+    promoted = record_validation(workspace, dataset, [r.check_name for r in results if r.passed], failed)
+    context.log.info(f"{dataset}: index promoted to {promoted}" if promoted else
+                     f"{dataset}: index rejected by {sorted(failed)}; {workspace.index_path(dataset)} is unchanged")
+    yield from results
 
 
 @dg.multi_asset_check(
@@ -79,6 +91,7 @@ def learning_setting_expectations(
     import polars as pl
 
     from models.data.expectations import validate_setting_splits
+    from models.data.validated_index import read_validated_index
 
     workspace = promptlab.workspace()
     dataset = context.partition_key
@@ -88,5 +101,5 @@ def learning_setting_expectations(
             yield dg.AssetCheckResult(check_name=name, asset_key=learning_setting_splits.key, passed=True,
                                       metadata={"details": "no learning-setting experiment in the grid"})
         return
-    report = validate_setting_splits(splits, pl.read_parquet(workspace.index_path(dataset)), dataset)
+    report = validate_setting_splits(splits, read_validated_index(workspace, dataset), dataset)
     yield from _check_results(report, SETTING_EXPECTATIONS, learning_setting_splits.key)

@@ -3,7 +3,8 @@
 Stages run as Dagster jobs in this process: the embedded world once, curation per dataset, each experiment
 partition, each transfer partition (a source's checkpoint on its target datasets), then the report. `--protocol`
 runs only the partitions one evaluation protocol needs. Every run is visible afterwards in `dagster dev` (same
-DAGSTER_HOME).
+DAGSTER_HOME). One `promptlab run` at a time holds the instance and the workspace (pipelines/run_guard.py);
+SIGINT / SIGTERM stop it after failing the run in progress.
 """
 
 from __future__ import annotations
@@ -18,27 +19,111 @@ from pathlib import Path
 from models.provenance import PACKAGE_ROOT
 
 
+DAGSTER_HOME_TEMPLATE = Path(__file__).with_name("dagster_home_template.yaml")
+TELEMETRY_ONLY_CONFIG = "telemetry:\n  enabled: false\n"  # what earlier versions wrote; replaced by the template
+LOCK_HELD_EXIT_CODE = 3
+
+
 def ensure_dagster_home() -> Path:
-    """A persistent instance inside the project, so runs survive `dagster dev` restarts."""
+    """A persistent instance inside the project, so runs survive `dagster dev` restarts; its dagster.yaml is the
+    project's template (pipelines/dagster_home_template.yaml) unless someone wrote their own."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(PACKAGE_ROOT / ".dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    if not config.exists() or config.read_text().strip() == TELEMETRY_ONLY_CONFIG.strip():
+        # written before the run lock is taken: renamed into place, so a concurrent reader never sees half a file
+        temporary = home / f".dagster.yaml.{os.getpid()}"
+        temporary.write_text(DAGSTER_HOME_TEMPLATE.read_text() if DAGSTER_HOME_TEMPLATE.exists()
+                             else TELEMETRY_ONLY_CONFIG)
+        os.replace(temporary, config)
     return home
 
 
-def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=print,
-              protocol: str | None = None) -> dict:
-    """Materialize the selected datasets x experiments (all by default; `protocol` keeps the partitions of one
-    evaluation protocol), then the transfer partitions whose source and experiment are selected, then the report."""
-    ensure_dagster_home()
+def prepared_instance(home: Path, log=print):
+    """The instance, created and migrated here once (the caller holds the run lock: two processes creating or
+    migrating the schema at once left two alembic heads), with runs abandoned by killed processes marked failed."""
+    import contextlib
+    import io
+
     import dagster as dg
 
+    from pipelines.run_guard import fail_abandoned_runs
+
+    instance = dg.DagsterInstance.get()
+    migrated = home / ".promptlab_migrated"
+    if not migrated.exists() or migrated.read_text() != dg.__version__:
+        with contextlib.redirect_stdout(io.StringIO()):  # its progress lines are not ours to print
+            instance.upgrade()
+        migrated.write_text(dg.__version__)
+    fail_abandoned_runs(instance, log)
+    return instance
+
+
+def failure_details(result, limit: int = 600) -> list[str]:
+    """Why a run failed, from its own events: each failed check with its details (the offending rows, as the
+    expectation suite wrote them) and each failed step's error message."""
+    lines = [f"check {evaluation.check_name} failed: {evaluation.metadata['details'].value}"[:limit]
+             for evaluation in result.get_asset_check_evaluations()
+             if not evaluation.passed and "details" in evaluation.metadata]
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error if event.step_failure_data else None
+        if error is None or error.cls_name == "DagsterAssetCheckFailedError":  # its checks are listed above
+            continue
+        cause = error.cause or error  # Dagster wraps user errors: the cause names what went wrong
+        message = " ".join(cause.message.split())
+        lines.append(f"step {event.step_key}: {message}"[:limit])
+    return lines
+
+
+def run_job(instance, job_name: str, partition_key=None, log=print):
+    """Execute one job in this process, tagged with this process (run_guard.run_tags), and log one line for it;
+    a failure is followed by what failed (failure_details)."""
     from pipelines.definitions import defs
+    from pipelines.run_guard import run_tags
+
+    started = time.perf_counter()
+    result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, partition_key=partition_key,
+                                                               raise_on_error=False, tags=run_tags())
+    label = f"{job_name}[{partition_key}]" if partition_key else job_name
+    if result.success:
+        log(f"ok     {label} ({time.perf_counter() - started:.1f}s)")
+    else:
+        log(f"FAILED {label} (run {result.run_id}); see `dagster dev` for its logs")
+        for line in failure_details(result):
+            log(f"       {line}")
+    return result
+
+
+def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=print,
+              protocol: str | None = None, wait: bool = False, stop_check=None) -> dict:
+    """Materialize the selected datasets x experiments (all by default; `protocol` keeps the partitions of one
+    evaluation protocol), then the transfer partitions whose source and experiment are selected, then the report.
+    Holds the instance's and the workspace's run locks throughout (LockHeld when another run has them, unless
+    `wait`); `stop_check` is called after every job (the CLI's: raise StopRequested when a signal arrived)."""
+    from models.workspace import default_workspace_root
+    from pipelines.resources import PromptLabResource
+    from pipelines.run_guard import StopRequested, fail_abandoned_runs, run_locks
+
+    catalog = PromptLabResource().catalog()  # a bad catalog, --dataset or --experiment: refused before any lock
+    for name in datasets or []:
+        catalog.dataset(name)
+    for key in experiments or []:
+        catalog.experiment(key)
+    home = ensure_dagster_home()
+    with run_locks(home, default_workspace_root(), wait=wait, log=log):
+        instance = prepared_instance(home, log)
+        try:
+            return _materialize_graph(instance, datasets, experiments, log, protocol, stop_check or (lambda: None))
+        except StopRequested:
+            fail_abandoned_runs(instance, log, include_own_pid=True)  # a run the signal caught outside its steps
+            raise
+
+
+def _materialize_graph(instance, datasets, experiments, log, protocol, stop_check) -> dict:
     from pipelines.partitions import (multi_partition_key, protocol_experiment_partitions, test_time_partition_keys,
                                       transfer_partition_keys)
     from pipelines.resources import PromptLabResource
+    from pipelines.run_guard import StopRequested
 
     resource = PromptLabResource()
     catalog = resource.catalog()
@@ -60,23 +145,23 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
         needed = {name for name, _ in partitions + transfers}
         needed |= {target for source, _ in test_time for target in catalog.test_time.targets[source]}
         datasets = [name for name in datasets if name in needed]
-    instance = dg.DagsterInstance.get()
     stage_seconds: dict[str, float] = {}
     failures: list[str] = []
     skipped: list[str] = []
 
     def execute(job_name: str, stage: str, partition_key=None) -> bool:
         started = time.perf_counter()
-        job = defs.resolve_job_def(job_name)
-        result = job.execute_in_process(instance=instance, partition_key=partition_key, raise_on_error=False)
+        result = run_job(instance, job_name, partition_key, log)
         stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - started
         label = f"{job_name}[{partition_key}]" if partition_key else job_name
+        try:
+            stop_check()  # a signal during this job: it failed the run; start nothing more
+        except StopRequested as stop:
+            stop.during = f"{label} (run {result.run_id})"
+            raise
         if not result.success:
             failures.append(label)
-            log(f"FAILED {label} (run {result.run_id}); see `dagster dev` for its logs")
-            return False
-        log(f"ok     {label} ({time.perf_counter() - started:.1f}s)")
-        return True
+        return result.success
 
     started = time.perf_counter()
     if not execute("embedded_world_job", "world: corpus + tiny-clip + diffusion"):
@@ -131,26 +216,74 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
 
 
 def print_accuracy_table(log=print) -> None:
-    from models.warehouse import Warehouse
-    from pipelines.resources import PromptLabResource
+    """Test top-1 per dataset, method and shots, read from the warehouse's snapshot with its pending runs: a reader
+    holding the database file (a notebook, `duckdb -readonly`) changes nothing here."""
+    import polars as pl
 
-    workspace = PromptLabResource().workspace()
-    table = Warehouse(workspace.warehouse_path, workspace.predictions_dir).query(
-        """
-        SELECT dataset, method, shots, round(avg(value) * 100, 2) AS top1, count(*) AS runs
-        FROM current_results
-        WHERE stage = 'evaluation' AND split = 'test' AND metric = 'top1_accuracy'
-          AND experiment_key NOT LIKE '%-aug' AND experiment_key NOT LIKE '%-fpl'
-        GROUP BY ALL ORDER BY dataset, method, shots
-        """
-    )
-    with_config = __import__("polars").Config(tbl_rows=200, tbl_cols=10)
-    with with_config:
+    from pipelines.warehouse_commands import workspace_warehouse
+
+    warehouse = workspace_warehouse()
+    try:
+        table = warehouse.query(
+            """
+            SELECT dataset, method, shots, round(avg(value) * 100, 2) AS top1, count(*) AS runs
+            FROM current_results
+            WHERE stage = 'evaluation' AND split = 'test' AND metric = 'top1_accuracy'
+              AND experiment_key NOT LIKE '%-aug' AND experiment_key NOT LIKE '%-fpl'
+            GROUP BY ALL ORDER BY dataset, method, shots
+            """
+        )
+    except FileNotFoundError:
+        log(f"No results yet: {warehouse.database_path} does not exist (run `promptlab run` first).")
+        return
+    with pl.Config(tbl_rows=200, tbl_cols=10):
         log(str(table))
+    pending = warehouse.pending_batches()
+    if pending:
+        log(f"({len(pending)} run(s) above are not merged into {warehouse.database_path.name} yet: another process "
+            "holds it; `promptlab warehouse status` says more)")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`promptlab`: every failure ends in one line on stderr and a non-zero exit code (2: bad input, 3: another run
+    holds the lock, 128 + n: stopped by signal n, 1: anything else, its traceback saved to last_error.txt)."""
+    from pipelines.run_guard import LockHeld, SignalWatch, StopRequested, exit_code_for
+
+    command = f"promptlab {(argv if argv is not None else sys.argv[1:] or ['?'])[0]}"
+    try:
+        with SignalWatch() as signals:
+            return _run_command(argv, signals)
+    except StopRequested as stop:
+        during = f" during {stop.during}, which is marked failed" if stop.during else ""
+        print(f"{command}: stopped by {stop.signal_name}{during}; nothing after it ran", file=sys.stderr)
+        return exit_code_for(stop.signal_name)
+    except LockHeld as error:
+        print(f"{command}: refused: {error}", file=sys.stderr)
+        return LOCK_HELD_EXIT_CODE
+    except Exception as error:  # the one place that turns any failure into one line
+        saved = _save_traceback()
+        print(f"{command}: error: {type(error).__name__}: {' '.join(str(error).split())}"
+              + (f" (traceback in {saved})" if saved else ""), file=sys.stderr)
+        return 1
+
+
+def _save_traceback() -> Path | None:
+    import traceback
+
+    from models.workspace import default_workspace_root
+
+    path = default_workspace_root() / "last_error.txt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc())
+    except OSError:
+        return None
+    return path
+
+
+def _run_command(argv: list[str] | None, signals) -> int:
     from models.catalog import DEFAULT_CATALOG_DIR, DEFAULT_GRID, EVALUATION_PROTOCOLS, grid_subset_names
+    from pipelines.warehouse_commands import add_warehouse_parser, merge_after_run, run_warehouse_command
 
     catalog_dir = Path(os.environ.get("PROMPTLAB_CATALOG", DEFAULT_CATALOG_DIR))
     parser = argparse.ArgumentParser(prog="promptlab", description=__doc__)
@@ -166,11 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--retrain-world", action="store_true",
                      help="pretrain tiny-clip from the catalog's recipe (world.yaml tiny_clip) instead of installing "
                           "the shipped weights; about 33 minutes on 2 CPU cores")
+    run.add_argument("--wait", action="store_true",
+                     help="when another `promptlab run` holds the workspace or the Dagster instance, wait for it "
+                          "instead of refusing at once")
     commands.add_parser("results", help="print test top-1 per dataset, method and shots from the warehouse")
+    add_warehouse_parser(commands)
     arguments = parser.parse_args(argv)
     if arguments.command == "results":
         print_accuracy_table()
         return 0
+    if arguments.command == "warehouse":
+        return run_warehouse_command(arguments)
     if getattr(arguments, "retrain_world", False):
         os.environ["PROMPTLAB_RETRAIN_WORLD"] = "1"
     if arguments.grid:  # before the definitions are imported: the partitions are read from the catalog then
@@ -178,11 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     from models.catalog import CatalogError
 
     try:
-        summary = run_graph(arguments.dataset, arguments.experiment, protocol=arguments.protocol)
+        summary = run_graph(arguments.dataset, arguments.experiment, protocol=arguments.protocol,
+                            wait=arguments.wait, stop_check=signals.check)
     except CatalogError as error:  # a bad --dataset / --experiment or catalog file: say so, no traceback
         print(f"promptlab run: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
+    merge_after_run()  # rows its stages left pending while a reader held the warehouse
     if "report" in summary:
         print_accuracy_table()
         print(f"\nReport:    {summary['report']}\nWarehouse: {summary['warehouse']}")

@@ -12,6 +12,7 @@ from pipelines.jobs import (base_to_new_job, curation_job, embedded_world_job, e
 from pipelines.resources import PromptLabResource
 from pipelines.schedules import weekly_reevaluation
 from pipelines.sensors import checkpoint_evaluation_sensor
+from pipelines.warehouse_sensors import warehouse_merge_sensor
 
 ALL_ASSETS = dg.load_assets_from_modules([world, curation, augmentation, pseudolabels, training, evaluation, transfer,
                                           testtime, report])
@@ -22,6 +23,6 @@ defs = dg.Definitions(
     jobs=[embedded_world_job, curation_job, experiment_job, reevaluation_job, report_job, few_shot_job, base_to_new_job,
           transfer_job, test_time_job],
     schedules=[weekly_reevaluation],
-    sensors=[checkpoint_evaluation_sensor],
+    sensors=[checkpoint_evaluation_sensor, warehouse_merge_sensor],
     resources={"promptlab": PromptLabResource()},
 )

@@ -65,11 +65,25 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _require_utf8(value: str, where: str, field_name: str) -> str:
+    """Text stored in the index (Parquet, DuckDB) must be valid UTF-8: refuse lone surrogates from a JSON escape
+    (``"\\ud800"``) or a file name that is not UTF-8 (Python keeps its bytes as surrogate escapes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DatasetFormatError(
+            f"{where}: {field_name} is not valid UTF-8 text (character {error.start}: "
+            f"{value[error.start:error.end]!r} in {value!r}); rename it to UTF-8"
+        ) from None
+    return value
+
+
 def _check_relative_path(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise DatasetFormatError(f"{where}: relative_path must be a non-empty string, got {_describe(value)}")
     if "\\" in value:
         raise DatasetFormatError(f"{where}: relative_path must use '/' separators, got {value!r}")
+    _require_utf8(value, where, "relative_path")
     posix = PurePosixPath(value)
     if posix.is_absolute() or PureWindowsPath(value).drive:
         raise DatasetFormatError(f"{where}: relative_path must be relative to the image folder, got {value!r}")
@@ -124,6 +138,7 @@ def read_coop_split(split_file: Path, image_dir: Path) -> pl.DataFrame:
                 raise DatasetFormatError(f"{where}: label must be an int, got {_describe(label)}")
             if not isinstance(classname, str) or not classname.strip():
                 raise DatasetFormatError(f"{where}: classname must be a non-empty string, got {_describe(classname)}")
+            _require_utf8(classname, where, "classname")
             rows.append((relative_path, label, clean_classname(classname), split))
     return _records_frame(rows)
 
@@ -174,6 +189,7 @@ def read_image_folder(
 
     rows_by_split: dict[str, list[tuple[str, int, str, str]]] = {split: [] for split in SPLITS}
     for label, folder in enumerate(class_folders):
+        _require_utf8(folder, f"{image_dir}: class folder", "the folder name")
         file_names = sorted(
             entry.name
             for entry in (image_dir / folder).iterdir()
@@ -181,6 +197,8 @@ def read_image_folder(
         )
         if not file_names:
             raise DatasetFormatError(f"{image_dir / folder}: class folder contains no images")
+        for file_name in file_names:
+            _require_utf8(file_name, f"{image_dir / folder}: image", "the file name")
         classname = clean_classname(folder, split_camel_case=True)
         train_count, val_count, _ = _split_counts(len(file_names), val_fraction, test_fraction)
         order = np.random.default_rng([seed, label]).permutation(len(file_names))

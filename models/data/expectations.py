@@ -1,7 +1,8 @@
 """Great Expectations 1.x validation of a dataset index (see ``models.data.index``).
 
 GX validates pandas, so the Polars index is converted at this boundary. Where GX has no direct
-expectation (label/classname consistency, train/test content overlap, class coverage per split) a
+expectation (label/classname consistency, train/test content overlap, near-duplicates across splits
+(``models.data.near_duplicates``), class coverage per split) a
 helper column or a small derived table is computed here, and a real GX expectation decides pass or
 fail on it; the details text then names the offending rows from GX's ``unexpected_index_list``.
 
@@ -19,9 +20,10 @@ import pandas as pd
 import polars as pl
 
 from models.data.datasets import SPLITS, DatasetFormatError, classname_votes, expected_classnames
+from models.data.near_duplicates import THUMBNAIL_COLUMN, NearDuplicatePolicy, find_near_duplicates
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
-    "relative_path", "label", "classname", "split", "file_exists", "decodes", "content_sha256",
+    "relative_path", "label", "classname", "split", "file_exists", "decodes", "content_sha256", THUMBNAIL_COLUMN,
 )
 DETAIL_PREVIEW_COUNT = 10
 
@@ -78,11 +80,16 @@ def _canonical_label_by_classname(index: pl.DataFrame) -> dict[str, int]:
 
 
 def _with_helper_columns(
-    index: pl.DataFrame, canonical_classname: dict[int, str], canonical_label: dict[str, int]
+    index: pl.DataFrame, canonical_classname: dict[int, str], canonical_label: dict[str, int],
+    near_duplicates: pl.DataFrame,
 ) -> pl.DataFrame:
     train_hashes = index.filter(pl.col("split") == "train").get_column("content_sha256").drop_nulls().unique()
     test_hashes = index.filter(pl.col("split") == "test").get_column("content_sha256").drop_nulls().unique()
     hashes_in_both = train_hashes.filter(train_hashes.is_in(test_hashes.implode())).to_list()
+    # (path, split) of every image in a near-duplicate pair, joined as one key so a path listed in two splits is
+    # marked only where it is paired.
+    paired = [f"{path}\n{split}" for side in ("a", "b")
+              for path, split in near_duplicates.select(f"path_{side}", f"split_{side}").iter_rows()]
     label_dtype = index.schema["label"]
     canonical_names = pl.DataFrame(
         {"label": list(canonical_classname), "canonical_classname": list(canonical_classname.values())},
@@ -105,8 +112,12 @@ def _with_helper_columns(
             (pl.col("split").is_in(["train", "test"]) & pl.col("content_sha256").is_in(hashes_in_both)).alias(
                 "shared_between_train_and_test"
             ),
+            pl.concat_str("relative_path", "split", separator="\n").is_in(paired).alias(
+                "near_duplicate_across_splits"
+            ),
         )
-        .drop("canonical_classname", "canonical_label")
+        # The thumbnails have served (near_duplicates); GX need not carry 192 bytes a row into pandas.
+        .drop("canonical_classname", "canonical_label", THUMBNAIL_COLUMN)
     )
 
 
@@ -180,6 +191,18 @@ def _overlap_details(rows: pd.DataFrame) -> str:
     return _preview(items, "images shared between train and test")
 
 
+def _make_near_duplicate_details(pairs: pl.DataFrame, policy: NearDuplicatePolicy,
+                                  exempted: int) -> Callable[[pd.DataFrame], str]:
+    def details(rows: pd.DataFrame) -> str:
+        items = [f"{path_a} ({split_a}) ~ {path_b} ({split_b}) distance {distance:.2f}"
+                 for path_a, split_a, path_b, split_b, distance in pairs.iter_rows()]
+        allowed = f"; {exempted} allow-listed pair(s) exempted" if exempted else ""
+        return (_preview(items, f"near-duplicate pairs across splits (thumbnail distance <= {policy.max_distance}, "
+                         f"{len(rows)} images)") + allowed)
+
+    return details
+
+
 # ---------------------------------------------------------------------------------------------
 # GX wiring
 # ---------------------------------------------------------------------------------------------
@@ -194,13 +217,15 @@ class _Check:
     success_details: str
 
 
-def _build_checks(index: pl.DataFrame) -> tuple[list[_Check], pl.DataFrame, pl.DataFrame]:
+def _build_checks(index: pl.DataFrame, near_duplicate_policy: NearDuplicatePolicy
+                  ) -> tuple[list[_Check], pl.DataFrame, pl.DataFrame]:
     import great_expectations as gx
 
     canonical_classname = dict(zip(sorted(classname_votes(index)), expected_classnames(index)))
     canonical_label = _canonical_label_by_classname(index)
     class_count = index.get_column("classname").n_unique()
-    index_with_helpers = _with_helper_columns(index, canonical_classname, canonical_label)
+    near_duplicates, exempted = find_near_duplicates(index, near_duplicate_policy)
+    index_with_helpers = _with_helper_columns(index, canonical_classname, canonical_label, near_duplicates)
     coverage = _class_split_coverage(index, canonical_classname)
     row_count = index.height
 
@@ -250,6 +275,14 @@ def _build_checks(index: pl.DataFrame) -> tuple[list[_Check], pl.DataFrame, pl.D
                 "no_train_test_overlap"),
             _overlap_details, "no image content shared between train and test",
         ),
+        _Check(
+            "no_near_duplicates_across_splits", "index",
+            tag(gx.expectations.ExpectColumnValuesToBeInSet(column="near_duplicate_across_splits", value_set=[False]),
+                "no_near_duplicates_across_splits"),
+            _make_near_duplicate_details(near_duplicates, near_duplicate_policy, exempted),
+            f"no two images in different splits within thumbnail distance {near_duplicate_policy.max_distance}"
+            + (f" ({exempted} allow-listed pair(s) exempted)" if exempted else ""),
+        ),
     ]
     return checks, index_with_helpers, coverage
 
@@ -262,11 +295,14 @@ def _exception_message(result: Any) -> str | None:
     return "; ".join(messages) or None
 
 
-def validate_dataset_index(index: pl.DataFrame, dataset_name: str) -> ValidationReport:
+def validate_dataset_index(index: pl.DataFrame, dataset_name: str,
+                           near_duplicates: NearDuplicatePolicy | None = None) -> ValidationReport:
     """Run the dataset expectations with GX on ``index`` (from ``build_dataset_index``).
 
     Expectations: index_not_empty, files_exist, images_decode, labels_in_range,
-    labels_match_classnames, classes_in_every_split, no_train_test_overlap.
+    labels_match_classnames, classes_in_every_split, no_train_test_overlap,
+    no_near_duplicates_across_splits (threshold and allow-list: ``near_duplicates``, the catalog's policy for the
+    dataset; the default policy when None).
     """
     missing = [name for name in REQUIRED_COLUMNS if name not in index.columns]
     if missing:
@@ -274,7 +310,7 @@ def validate_dataset_index(index: pl.DataFrame, dataset_name: str) -> Validation
     if not index.schema["label"].is_integer():
         raise DatasetFormatError(f"dataset '{dataset_name}': label column must be integer, got {index.schema['label']}")
 
-    checks, index_with_helpers, coverage = _build_checks(index)
+    checks, index_with_helpers, coverage = _build_checks(index, near_duplicates or NearDuplicatePolicy())
     frames = {
         "index": index_with_helpers.to_pandas().reset_index(drop=True),
         "coverage": coverage.to_pandas().reset_index(drop=True),

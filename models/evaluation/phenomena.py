@@ -30,6 +30,25 @@ SPREADS_TO_SHOW = 2.0
 SHOWN = "shown"
 NOT_SHOWN = "not shown"
 CONTRADICTED = "contradicted"
+# Below this many seeds there is no seed spread, so no margin can be shown (or contradicted) beyond it.
+MIN_SEEDS_FOR_VERDICT = 2
+
+
+def verdict_beyond_spread(excess: float, spread: float, n_seeds: int) -> str:
+    """The one rule of every pattern check: `excess` (how far past its threshold the margin goes) counts only beyond
+    `spread` (a multiple of the seed std), and only when the compared rows ran at least MIN_SEEDS_FOR_VERDICT seeds."""
+    if n_seeds < MIN_SEEDS_FOR_VERDICT:
+        return NOT_SHOWN
+    if excess > spread:
+        return SHOWN
+    return CONTRADICTED if excess < -spread else NOT_SHOWN
+
+
+def too_few_seeds_reason(n_seeds: int) -> str | None:
+    """Why a check with too few seeds is not shown; None when it has enough."""
+    if n_seeds >= MIN_SEEDS_FOR_VERDICT:
+        return None
+    return f"{n_seeds} seed{'' if n_seeds == 1 else 's'}: no seed spread to weigh the margin against"
 
 
 @dataclass(frozen=True)
@@ -56,20 +75,13 @@ class PatternCheck:
 
     @property
     def verdict(self) -> str:
-        if self.n_seeds < 2:
-            return NOT_SHOWN
-        excess = self.margin - self.threshold
-        if excess > SPREADS_TO_SHOW * self.seed_std:
-            return SHOWN
-        if excess < -SPREADS_TO_SHOW * self.seed_std:
-            return CONTRADICTED
-        return NOT_SHOWN
+        return verdict_beyond_spread(self.margin - self.threshold, SPREADS_TO_SHOW * self.seed_std, self.n_seeds)
 
     @property
     def reason(self) -> str:
         """Why the verdict is what it is, in points: the margin against threshold ± 2 seed stds."""
-        if self.n_seeds < 2:
-            return f"{self.n_seeds} seed{'' if self.n_seeds == 1 else 's'}: no seed spread to weigh the margin against"
+        if too_few_seeds_reason(self.n_seeds):
+            return too_few_seeds_reason(self.n_seeds)
         margin, threshold, std = 100 * self.margin, 100 * self.threshold, 100 * self.seed_std
         low, high = threshold - SPREADS_TO_SHOW * std, threshold + SPREADS_TO_SHOW * std
         how = f"threshold {threshold:g} {{sign}} {SPREADS_TO_SHOW:g} × seed std {std:.2f}"
@@ -225,6 +237,8 @@ class LimitedLabelCheck:
     reference_value: float
     spread: float
     datasets: tuple[str, ...]
+    # the fewest seeds either configuration ran on those datasets (zero-shot, deterministic, does not count)
+    n_seeds: int
 
     @property
     def margin(self) -> float:
@@ -232,9 +246,19 @@ class LimitedLabelCheck:
 
     @property
     def verdict(self) -> str:
-        if self.margin > self.spread:
-            return SHOWN
-        return CONTRADICTED if self.margin < -self.spread else NOT_SHOWN
+        return verdict_beyond_spread(self.margin, self.spread, self.n_seeds)
+
+    @property
+    def reason(self) -> str:
+        """Why the verdict is what it is, in points: the margin against twice the larger seed std."""
+        if too_few_seeds_reason(self.n_seeds):
+            return too_few_seeds_reason(self.n_seeds)
+        margin, spread = 100 * self.margin, 100 * self.spread
+        if self.verdict == SHOWN:
+            return f"margin {margin:.2f} > {spread:.2f} ({SPREADS_TO_SHOW:g} × the larger seed std)"
+        if self.verdict == CONTRADICTED:
+            return f"margin {margin:.2f} < {-spread:.2f} ({SPREADS_TO_SHOW:g} × the larger seed std)"
+        return f"margin {margin:.2f} within ±{spread:.2f} ({SPREADS_TO_SHOW:g} × the larger seed std)"
 
 
 def limited_label_pattern_checks(seed_results: pl.DataFrame) -> list[LimitedLabelCheck]:
@@ -250,10 +274,10 @@ def limited_label_pattern_checks(seed_results: pl.DataFrame) -> list[LimitedLabe
         configuration = (row["method"], row["strategy"], row["setting"])
         scores.setdefault(configuration, {}).setdefault(row["dataset"], {})[row["seed"]] = row["score"]
 
-    def summary(configuration, datasets) -> tuple[float, float]:
+    def summary(configuration, datasets) -> tuple[float, float, int]:
         seeds = set.intersection(*(set(scores[configuration][d]) for d in datasets))
         per_seed = [statistics.fmean(scores[configuration][d][seed] for d in datasets) for seed in sorted(seeds)]
-        return statistics.fmean(per_seed), _spread(per_seed)[0]
+        return statistics.fmean(per_seed), *_spread(per_seed)
 
     checks = []
 
@@ -263,9 +287,11 @@ def limited_label_pattern_checks(seed_results: pl.DataFrame) -> list[LimitedLabe
         datasets = tuple(sorted(scores[subject].keys() & scores[reference].keys()))
         if not datasets:
             return
-        (value, value_std), (reference_value, reference_std) = summary(subject, datasets), summary(reference, datasets)
+        (value, value_std, value_seeds), (reference_value, reference_std, reference_seeds) = (
+            summary(subject, datasets), summary(reference, datasets))
+        n_seeds = value_seeds if reference[0] == ZERO_SHOT else min(value_seeds, reference_seeds)
         checks.append(LimitedLabelCheck(claim, value, reference_value,
-                                        SPREADS_TO_SHOW * max(value_std, reference_std), datasets))
+                                        SPREADS_TO_SHOW * max(value_std, reference_std), datasets, n_seeds))
 
     from models.data.learning_settings import LEARNING_SETTINGS
 

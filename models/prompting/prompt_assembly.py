@@ -19,6 +19,33 @@ ClassTokenPosition = Literal["end", "middle", "front"]
 CLASS_TOKEN_POSITIONS: tuple[str, ...] = ("end", "middle", "front")
 
 
+class ClassNameTooLongError(ValueError):
+    """A class name whose prompt does not fit the backbone's text context: the tokenizer would cut the class off."""
+
+
+def untruncated_token_count(tokenizer, text: str) -> int:
+    """Tokens of ``text`` with start and end tokens, counted before any truncation to the context length.
+
+    open_clip's tokenizers pad to ``context_length`` and silently cut longer texts (keeping the end token), so the
+    count is taken with a context long enough for any text: a BPE token covers at least one character."""
+    ids = tokenizer([text], context_length=len(text) + 8)[0]
+    return int((ids != 0).sum().item())
+
+
+def require_prompts_fit(tokenizer, prompts_by_class: dict[str, list[str]], context_length: int) -> None:
+    """Refuse prompts the tokenizer would truncate: every class's tokens must survive in every one of its prompts."""
+    for classname, prompts in prompts_by_class.items():
+        for prompt in prompts:
+            tokens = untruncated_token_count(tokenizer, prompt)
+            if tokens > context_length:
+                shown = classname if len(classname) <= 60 else f"{classname[:57]}... ({len(classname)} characters)"
+                raise ClassNameTooLongError(
+                    f"class {shown!r}: its prompt needs {tokens} tokens but the backbone's text context length is "
+                    f"{context_length}; the tokenizer would cut the class name off. Shorten the class name (the "
+                    f"split file's classname or the class folder's name)"
+                )
+
+
 def count_name_tokens(tokenizer, name: str) -> int:
     """Number of BPE tokens of a class name (without start/end tokens), as CoOp's name_lens."""
     ids = tokenizer([name])[0]
@@ -54,10 +81,9 @@ def tokenize_context_prompts(
             raise ValueError(f"n_context must be >= 1 for random initialisation, got {n_context}")
         placeholder = " ".join(["X"] * n_context)
     prompts = [f"{placeholder} {name}." for name in classnames]
+    require_prompts_fit(tokenizer, {name: [prompt] for name, prompt in zip(classnames, prompts)},
+                        text_tower.context_length)
     token_ids = tokenizer(prompts)
-    longest = int((token_ids != 0).sum(dim=1).max().item())  # on the tokenizer's CPU ids: no device sync
-    if longest > text_tower.context_length:
-        raise ValueError(f"prompt of {longest} tokens exceeds the text context length {text_tower.context_length}")
     token_ids = token_ids.to(text_tower.token_embedding.weight.device)
     with torch.no_grad():
         embeddings = text_tower.embed_tokens(token_ids)
@@ -114,6 +140,8 @@ def template_ensemble_features(
     one template gives its own normalized features."""
     if not templates:
         raise ValueError("at least one hand-crafted template is needed")
+    require_prompts_fit(tokenizer, {c: [t.format(c) for t in templates] for c in classnames},
+                        text_tower.context_length)
     with torch.no_grad():
         per_template = [
             torch.nn.functional.normalize(

@@ -31,6 +31,58 @@ class OptimizationConfig:
     warmup_epochs: int = 1
     warmup_learning_rate: float = 1e-5
     seed: int = 1
+    # The experiment being trained, named by NonFiniteTrainingError; set from the experiment's key, not the catalog.
+    experiment: str = ""
+
+
+class NonFiniteTrainingError(ValueError):
+    """Training diverged: the loss, a gradient or a parameter became NaN or infinite (e.g. a learning rate far too
+    large). Raised at once, so that no checkpoint of the diverged parameters is written."""
+
+
+NON_FINITE_WHAT = {1: "the loss", 2: "a gradient", 3: "a prompt parameter after the update"}
+
+
+class DivergenceWatch:
+    """Finds the first step of a training run whose loss, gradients or updated parameters are NaN or infinite.
+
+    `after_step` keeps the record on the device, so that a GPU run reads it once per epoch (`raise_if_diverged`)
+    instead of syncing at every step; on the CPU reading is free, so `diverged` lets the loop stop at the step."""
+
+    def __init__(self, config: OptimizationConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        self.record = torch.zeros(3, dtype=torch.float64, device=device)  # (what, step, loss); what 0 while none
+
+    def after_step(self, loss: torch.Tensor, parameters: list[torch.nn.Parameter], step: int) -> None:
+        """Call after optimizer.step(), while the parameters' gradients are still this step's."""
+        def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:  # element-wise: a norm of 1e36s overflows
+            return torch.stack([torch.isfinite(t.detach()).all() for t in tensors] +
+                               [torch.ones((), dtype=torch.bool, device=self.device)]).all()
+
+        gradients = [p.grad for p in parameters if p.grad is not None]
+        finite = torch.stack([all_finite([loss]), all_finite(gradients), all_finite(parameters)])
+        codes = torch.arange(1, 4, device=finite.device)
+        what = torch.where(finite, 4, codes).min() % 4  # the first non-finite quantity; 0 when all are finite
+        step_record = torch.stack([what.double(), torch.full((), step, dtype=torch.float64, device=self.device),
+                                   loss.detach().double().reshape(())])
+        self.record = torch.where((self.record[0] == 0) & (what > 0), step_record, self.record)
+
+    @property
+    def diverged(self) -> bool:
+        """Whether a step has diverged yet (a sync on a GPU: there, call raise_if_diverged once per epoch)."""
+        return bool(self.record[0] > 0)
+
+    def raise_if_diverged(self, epoch: int) -> None:
+        """Raise NonFiniteTrainingError naming the experiment, the 1-based `epoch`, the step and the quantity."""
+        what, step, loss = self.record.tolist()
+        if what:
+            config = self.config
+            raise NonFiniteTrainingError(
+                f"{config.experiment or 'training'}: {NON_FINITE_WHAT[int(what)]} became non-finite at epoch "
+                f"{epoch}/{config.epochs}, step {int(step)} of the run (loss {loss:g}, learning rate "
+                f"{config.learning_rate:g}); training stopped and no checkpoint is written. Lower the learning rate "
+                f"(optimization.learning_rate).")
 
 
 @dataclass
@@ -88,6 +140,7 @@ def train_prompt_parameters(
     if sample_weights is not None:
         sample_weights = sample_weights.to(device)
     history = TrainingHistory()
+    divergence = DivergenceWatch(config, device)
     started = time.perf_counter()
     for epoch in range(config.epochs):
         for group in optimizer.param_groups:
@@ -112,8 +165,12 @@ def train_prompt_parameters(
             )
             optimizer.step()
             history.steps += 1
+            divergence.after_step(loss, parameters, history.steps)
             total_loss += loss.detach().double() * len(batch)
             correct += (logits.argmax(dim=1) == labels[batch]).sum()
+            if device.type == "cpu" and divergence.diverged:  # free to read on the CPU: stop at the step itself
+                break
+        divergence.raise_if_diverged(epoch + 1)
         history.epoch_losses.append(total_loss.item() / n_samples)
         history.epoch_accuracies.append(correct.item() / n_samples)
         classifier.on_epoch_end(epoch + 1, config.epochs)

@@ -40,9 +40,13 @@ class PartitionInputs:
 
 
 def partition_inputs(promptlab: PromptLabResource, dataset: str, experiment: str) -> PartitionInputs:
+    """The curated inputs of a partition; refused (naming the failed check) when the dataset's latest curation did
+    not pass its checks."""
+    from models.data.validated_index import read_validated_index
+
     catalog, workspace = promptlab.catalog(), promptlab.workspace()
     entry = catalog.dataset(dataset)
-    index = pl.read_parquet(workspace.index_path(dataset))
+    index = read_validated_index(workspace, dataset)
     classnames = json.loads(workspace.class_split_path(dataset).read_text())["classnames"]
     source = dataset_source(entry, workspace)
     return PartitionInputs(entry, catalog.experiment(experiment), index, classnames, source.image_dir)

@@ -16,7 +16,16 @@ from pipelines.resources import PromptLabResource
 FEW_SHOT_SHOTS = (1, 2, 4, 8, 16)
 FEW_SHOT_SEEDS = (1, 2, 3)
 BENCHMARK_CODE = source_version("models/embedded/benchmark.py", "models/embedded/corpus.py")
-READER_CODE = source_version("models/data/datasets.py", "models/data/index.py")
+READER_CODE = source_version("models/data/datasets.py", "models/data/index.py", "models/data/near_duplicates.py")
+
+
+def index_preview(index, rows: int = 5) -> str:
+    """The index's first rows as markdown: missing text (no decode error) shows empty, not `nan`; binary columns
+    (the near-duplicate thumbnail) are left out."""
+    import polars as pl
+
+    head = index.head(rows).select(pl.exclude(pl.Binary)).with_columns(pl.col(pl.String).fill_null(""))
+    return head.to_pandas().to_markdown(index=False)
 
 
 def dataset_source(entry: DatasetEntry, workspace: Workspace):
@@ -58,27 +67,28 @@ def dataset_files(context: dg.AssetExecutionContext, promptlab: PromptLabResourc
 @dg.asset(group_name="curation", partitions_def=dataset_partitions, deps=[dataset_files], code_version=READER_CODE,
           kinds={"polars", "parquet"})
 def dataset_index(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
-    """One row per image: relative path, label, class name, split, size, decodability, content hash (Parquet)."""
+    """One row per image: relative path, label, class name, split, size, decodability, content hash (Parquet).
+    Written to a staging file: the blocking dataset checks promote it to index.parquet only when they all pass."""
     from models.data.datasets import read_dataset
-    from models.data.index import build_dataset_index, dataset_fingerprint
+    from models.data.index import build_dataset_index, conversion_summary, dataset_fingerprint
+    from models.data.validated_index import stage_index
 
     workspace = promptlab.workspace()
     source = dataset_source(promptlab.catalog().dataset(context.partition_key), workspace)
     index = build_dataset_index(read_dataset(source), source.image_dir)
-    path = workspace.index_path(source.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    index.write_parquet(temporary)
-    temporary.replace(path)
+    path = stage_index(workspace, source.name, index)
     counts = {split: int(n) for split, n in index.group_by("split").len().sort("split").iter_rows()}
     return dg.MaterializeResult(
         metadata={
-            "path": str(path),
+            "path": str(workspace.index_path(source.name)),
+            "staged_path": str(path),
             "rows": index.height,
             "classes": index["classname"].n_unique(),
             "rows_per_split": dg.MetadataValue.json(counts),
             "data_hash": dataset_fingerprint(index),
-            "preview": dg.MetadataValue.md(index.head(5).to_pandas().to_markdown(index=False)),
+            # How images became RGB (alpha composited on white, grey, CMYK) and which were decompression-bomb sized.
+            "decoding": dg.MetadataValue.json(conversion_summary(index)),
+            "preview": dg.MetadataValue.md(index_preview(index)),
         }
     )
 
@@ -90,9 +100,10 @@ def fewshot_subsets(context: dg.AssetExecutionContext, promptlab: PromptLabResou
     import polars as pl
 
     from models.data.fewshot import all_few_shot_subsets
+    from models.data.validated_index import read_validated_index
 
     workspace = promptlab.workspace()
-    index = pl.read_parquet(workspace.index_path(context.partition_key))
+    index = read_validated_index(workspace, context.partition_key)
     def fewest_per_class(split: str) -> int:
         return int(index.filter(pl.col("split") == split).group_by("label").len()["len"].min() or 0)
 
@@ -116,13 +127,12 @@ def fewshot_subsets(context: dg.AssetExecutionContext, promptlab: PromptLabResou
           code_version=source_version("models/data/class_splits.py"), kinds={"json"})
 def base_new_classes(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Base and new classes: sorted labels, the first ceil(n/2) are base (the base-to-new protocol)."""
-    import polars as pl
-
     from models.data.class_splits import split_base_new
     from models.data.datasets import expected_classnames
+    from models.data.validated_index import read_validated_index
 
     workspace = promptlab.workspace()
-    index = pl.read_parquet(workspace.index_path(context.partition_key))
+    index = read_validated_index(workspace, context.partition_key)
     classnames = expected_classnames(index)
     split = split_base_new(classnames)
     payload = {
@@ -146,10 +156,11 @@ def learning_setting_splits(context: dg.AssetExecutionContext, promptlab: Prompt
     import polars as pl
 
     from models.data.learning_settings import setting_splits_table
+    from models.data.validated_index import read_validated_index
 
     catalog, workspace = promptlab.catalog(), promptlab.workspace()
     dataset = context.partition_key
-    index = pl.read_parquet(workspace.index_path(dataset))
+    index = read_validated_index(workspace, dataset)
     classnames = json.loads(workspace.class_split_path(dataset).read_text())["classnames"]
     requests = sorted({(e.setting, e.seed) for e in catalog.experiments.values() if e.setting is not None})
     plan = catalog.learning_settings

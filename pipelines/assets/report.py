@@ -11,7 +11,7 @@ from pipelines.resources import PromptLabResource
 
 
 @dg.asset(group_name="report", deps=[evaluation_metrics, transfer_metrics, pseudolabels],
-          code_version=source_version("models/report.py", "models/warehouse.py"), kinds={"duckdb", "html"})
+          code_version=source_version("models/report.py", "models/warehouse/schema.py"), kinds={"duckdb", "html"})
 def cross_dataset_report(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Dataset x method x shots (mean ± std over seeds), plots, base/new/HM and provenance, as HTML."""
     from models.report import build_report
@@ -20,6 +20,11 @@ def cross_dataset_report(context: dg.AssetExecutionContext, promptlab: PromptLab
     workspace = promptlab.workspace()
     warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
     warehouse.ensure_schema()
+    # The report reads the snapshot with the pending runs applied: a reader holding the file changes nothing here.
+    pending = warehouse.pending_batches()
+    if pending:
+        context.log.warning(f"{len(pending)} run(s) not merged into {warehouse.database_path} yet (the file is held "
+                            f"by another process); the report includes them from {warehouse.pending_dir}")
     summary = build_report(warehouse, workspace.report_path)
     context.log.info(f"report written to {workspace.report_path}")
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(workspace.report_path)),

@@ -2,7 +2,8 @@
 and scored on their test splits (cross-dataset and domain generalization, the catalog's `transfer:` section).
 
 One partition per source x experiment; it writes one warehouse run per target, stage = the transfer protocol,
-dataset = the target, source_dataset = the source, so transfer runs never replace in-domain evaluation runs.
+dataset = the target, source_dataset = the source, so transfer runs never replace in-domain evaluation runs. Every
+target is scored before any run is written, so a failure leaves no rows of the partition.
 Zero-shot needs no transfer run: the views take its evaluation on each target as the reference row.
 """
 
@@ -48,10 +49,8 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
                          f"experiments.yaml (transfer: experiments {list(catalog.transfer.experiments)}, "
                          f"sources {list(catalog.transfer.sources)})")
     backbone = promptlab.load_backbone()
-    warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
-    warehouse.ensure_schema()
-    top1: dict[str, float] = {}
-    run_ids: dict[str, str] = {}
+    # every target is scored before anything is written, so a failing target leaves no rows of the partition
+    scored = []
     for protocol, names in targets.items():
         for target in names:
             if not workspace.class_split_path(target).exists():
@@ -81,12 +80,17 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
                                config_extra={"checkpoint_config_hash": checkpoint["config_hash"],
                                              "source_dataset": source, "classnames": inputs.classnames}),
                 source_dataset=source)
-            warehouse.record_run(record, metric_rows(split.split, result.scalar_metrics()),
-                                 per_class_rows(split.split, result.per_class),
-                                 predictions_frame(record.run_id, target, split))
-            top1[target], run_ids[target] = result.top1_accuracy, record.run_id
+            scored.append((target, record, split, result))
             context.log.info(f"{protocol}: {source} -> {target} ({len(inputs.classnames)} classes), "
                              f"{experiment_key}: top-1 {result.top1_accuracy:.4f}")
+    warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
+    warehouse.ensure_schema()
+    for target, record, split, result in scored:
+        warehouse.record_run(record, metric_rows(split.split, result.scalar_metrics()),
+                             per_class_rows(split.split, result.per_class),
+                             predictions_frame(record.run_id, target, split))
+    top1 = {target: result.top1_accuracy for target, _, _, result in scored}
+    run_ids = {target: record.run_id for target, record, _, _ in scored}
     return dg.MaterializeResult(metadata={
         "source": source,
         "targets": dg.MetadataValue.json({protocol: list(names) for protocol, names in targets.items()}),

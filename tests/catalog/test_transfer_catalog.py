@@ -83,7 +83,7 @@ def test_experiments_that_cannot_be_transferred_are_named(catalog_copy, experime
 @pytest.mark.parametrize("section, message", [
     ({"domain_generalization": {"sources": ["Colours"]}}, "no dataset has domain_shift_of: Colours"),
     ({"cross_dataset": {"sources": ["Imagenet"]}}, r"unknown dataset\(s\) \['Imagenet'\]"),
-    ({"cross_dataset": {"source": ["Shapes"]}}, "expected a mapping with 'sources'"),
+    ({"cross_dataset": {"source": ["Shapes"]}}, r"unknown field\(s\) \['source'\] \(did you mean 'sources'\?\)"),
     ({}, "at least one of"),
     ({"crossdataset": {"sources": ["Shapes"]}}, r"unknown field\(s\) \['crossdataset'\]"),
 ])

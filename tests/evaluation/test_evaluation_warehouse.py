@@ -260,7 +260,7 @@ def test_read_only_connection_between_writes_does_not_break_the_next_write(wareh
         reader.close()
 
 
-def test_lock_held_by_another_process_raises_naming_the_file_then_recovers(tmp_path):
+def test_lock_held_by_another_process_leaves_the_run_pending_then_the_next_run_merges_it(tmp_path):
     warehouse = Warehouse(tmp_path / "locked.duckdb", tmp_path / "predictions", lock_retries=2,
                           lock_backoff_seconds=0.01)
     warehouse.record_run(make_run("before"), _metrics(0.5))
@@ -275,14 +275,21 @@ def test_lock_held_by_another_process_raises_naming_the_file_then_recovers(tmp_p
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(WarehouseLockedError, match="locked.duckdb"):
-            warehouse.record_run(make_run("during", start_minute=1), _metrics(0.6), predictions=make_predictions())
+        outcome = warehouse.record_run(make_run("during", start_minute=1), _metrics(0.6),
+                                       predictions=make_predictions())
+        assert not outcome.merged and outcome.batch_path.is_dir()
+        assert "locked.duckdb is held by another process" in outcome.describe()
     finally:
         holder.communicate("\n", timeout=30)
+    # Nothing reached the database or the predictions directory while it was held.
+    with duckdb.connect(str(warehouse.database_path), read_only=True) as connection:
+        assert connection.execute("SELECT run_id FROM runs").fetchall() == [("before",)]
     assert _files(warehouse.predictions_dir) == {EMPTY_PREDICTIONS_FILE}
-    assert warehouse.query("SELECT run_id FROM runs").rows() == [("before",)]
     warehouse.record_run(make_run("after", start_minute=2), _metrics(0.7))
-    assert warehouse.query("SELECT run_id FROM runs WHERE is_current").rows() == [("after",)]
+    assert warehouse.pending_batches() == []
+    assert warehouse.query("SELECT run_id, is_current FROM runs ORDER BY run_id").rows() == [
+        ("after", True), ("before", False), ("during", False)]
+    assert _files(warehouse.predictions_dir) == {EMPTY_PREDICTIONS_FILE, "run_id=during.parquet"}
 
 
 def test_query_on_a_missing_database_names_the_file(tmp_path):

@@ -101,11 +101,12 @@ def test_the_published_pattern_is_judged_against_twice_the_seed_spread(page):
     verdicts = {row[0]: row for row in rows}
     spread = 2 * statistics.stdev([0.01 * seed for seed in SEEDS]) * 100  # the same for every configuration
     # UL: IFPL 10 points over FPL (shown), GRIP 0.5 over IFPL (inside the spread: not shown)
-    assert verdicts["coop ul: IFPL ≥ FPL"][3:] == ["+10.0", f"{spread:.1f}", "shown", "Digits, Shapes"]
-    assert verdicts["coop ul: GRIP ≥ IFPL"][3:] == ["+0.5", f"{spread:.1f}", "not shown", "Digits, Shapes"]
+    assert verdicts["coop ul: IFPL ≥ FPL"][3:7] == ["+10.0", f"{spread:.1f}", "2", "shown"]
+    assert verdicts["coop ul: GRIP ≥ IFPL"][3:7] == ["+0.5", f"{spread:.1f}", "2", "not shown"]
+    assert verdicts["coop ul: GRIP ≥ IFPL"][-1] == "Digits, Shapes"
     # zero-shot (one run, std 0) at 53 % on average; IFPL at 62.5 %
     assert verdicts["coop ul: IFPL beats zero-shot"][1:4] == ["62.50", "53.00", "+9.5"]
-    assert verdicts["coop ul: IFPL beats zero-shot"][5] == "shown"
+    assert verdicts["coop ul: IFPL beats zero-shot"][6] == "shown"
     # strategies that did not run in a setting are not judged there
     assert "coop ssl: IFPL ≥ FPL" not in verdicts and "coop trzsl: GRIP ≥ IFPL" not in verdicts
 

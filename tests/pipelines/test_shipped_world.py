@@ -76,7 +76,7 @@ def test_the_cli_switch_asks_the_asset_to_retrain(monkeypatch):
 
     seen = {}
 
-    def fake_run_graph(datasets, experiments, protocol=None):
+    def fake_run_graph(datasets, experiments, protocol=None, **_):
         seen["retrain"] = PromptLabResource().retrain_world_requested()
         seen["env"] = os.environ.get("PROMPTLAB_RETRAIN_WORLD")
         return {"failures": []}

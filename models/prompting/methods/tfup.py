@@ -66,7 +66,7 @@ from torch import nn
 from models.prompting.methods.cocoop import joint_embedding_dim
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
 from models.prompting.prompt_assembly import template_ensemble_features
-from models.prompting.training import TrainingHistory
+from models.prompting.training import DivergenceWatch, TrainingHistory
 
 
 @dataclass(frozen=True)
@@ -427,9 +427,10 @@ class TfupTrainedClassifier(TfupClassifier):
 
         generator = torch.Generator().manual_seed(optimization.seed)
         self.reset_trainable(generator)
-        optimizer = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad],
-                                      lr=optimization.learning_rate, eps=parameters.adamw_eps,
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=optimization.learning_rate, eps=parameters.adamw_eps,
                                       weight_decay=optimization.weight_decay)
+        divergence = DivergenceWatch(optimization, device)
         refined_epochs = min(parameters.refined_set_epochs, optimization.epochs)
         epoch_sizes = [len(refined) if epoch < refined_epochs else n_pool for epoch in range(optimization.epochs)]
         total_steps = sum(math.ceil(size / optimization.batch_size) for size in epoch_sizes)
@@ -454,9 +455,11 @@ class TfupTrainedClassifier(TfupClassifier):
                 loss.backward()
                 optimizer.step()
                 history.steps += 1
+                divergence.after_step(loss, trainable, history.steps)
                 total_loss += loss.detach().double()
                 correct += ((logits.argmax(1) == targets) & confident).sum()
                 labelled += confident.sum()
+            divergence.raise_if_diverged(epoch + 1)  # before this epoch can be kept as the best
             # Read once per epoch: no device-to-host sync per step on a GPU.
             history.epoch_losses.append(total_loss.item() / len(batches))
             history.epoch_accuracies.append(correct.item() / max(labelled.item(), 1.0))

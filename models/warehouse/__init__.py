@@ -1,0 +1,43 @@
+"""The results warehouse: one DuckDB file, its read snapshot, pending batches and one Parquet file of predictions
+per run.
+
+Every result PromptLab produces is written through `Warehouse.record_run`, one row per fact with its full
+provenance, so reports and dashboards are SQL over these tables and never parse logs.
+
+- `records`: what a run records (RunRecord, MetricRow, PerClassRow, predictions) and its validation.
+- `schema`: the tables, views and macros (the schema is described there).
+- `pending`: each run's rows as a durable batch folder, written before the database is touched.
+- `database`: the Warehouse: merging batches, the snapshot readers open, queries.
+- `benchmark`: throughput benchmark rows.
+
+On disk, beside `<name>.duckdb`: `<name>-snapshot.duckdb` (what readers open), `<name>-pending/` (batches not
+merged yet: the database was held by a reader), `<name>-rejected/` (batches that can never be merged, with the
+reason) and the predictions directory.
+"""
+
+from models.warehouse.benchmark import BENCHMARK_VARIANTS, BenchmarkRow, BenchmarkRun
+from models.warehouse.database import (MergeOutcome, RecordOutcome, Warehouse, WarehouseLockedError,
+                                       WarehouseStatus)
+from models.warehouse.pending import PendingBatchError, RejectedBatch
+from models.warehouse.records import (EMPTY_PREDICTIONS_FILE, PREDICTION_SCHEMA, MetricRow, PerClassRow, RunRecord,
+                                      metric_rows, per_class_rows)
+
+__all__ = [
+    "BENCHMARK_VARIANTS",
+    "BenchmarkRow",
+    "BenchmarkRun",
+    "EMPTY_PREDICTIONS_FILE",
+    "MergeOutcome",
+    "MetricRow",
+    "PendingBatchError",
+    "PerClassRow",
+    "PREDICTION_SCHEMA",
+    "RecordOutcome",
+    "RejectedBatch",
+    "RunRecord",
+    "Warehouse",
+    "WarehouseLockedError",
+    "WarehouseStatus",
+    "metric_rows",
+    "per_class_rows",
+]

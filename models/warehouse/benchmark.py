@@ -1,0 +1,194 @@
+"""Throughput benchmark rows (bench/throughput.py) and their table and view."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import polars as pl
+
+from models.warehouse.records import (RUN_ID_PATTERN, as_utc_naive, canonical_json, is_finite_number,
+                                      is_non_negative_integer)
+
+# ------------------------------------------------------------------------------------------ throughput benchmark
+# `benchmark_results`: one row per measurement of a benchmark run (bench/throughput.py), each carrying the run's
+# provenance (time, git commit, code version, device, torch version, backbone and weights hash), so a row read
+# alone says what was measured where. `latest_benchmark`: the rows of the most recent run, with each row's
+# speed-up over its baseline variant of the same method (cached over re-encoded, batched over per-image) and
+# whether that speed-up meets the row's target.
+BENCHMARK_VARIANTS = ("cached", "re-encoded", "image-prompted", "batched", "per-image")
+
+BENCHMARK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS benchmark_results (
+    bench_run_id VARCHAR NOT NULL,
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP NOT NULL,
+    git_commit VARCHAR,
+    code_version VARCHAR,
+    device VARCHAR NOT NULL,
+    torch_version VARCHAR NOT NULL,
+    backbone VARCHAR NOT NULL,
+    backbone_weights_sha256 VARCHAR NOT NULL,
+    weights_source VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    variant VARCHAR NOT NULL,
+    batch_size INTEGER NOT NULL,
+    n_images INTEGER NOT NULL,
+    seconds DOUBLE NOT NULL,
+    images_per_second DOUBLE NOT NULL,
+    peak_rss_mb DOUBLE NOT NULL,
+    rss_delta_mb DOUBLE NOT NULL,
+    peak_cuda_mb DOUBLE,
+    baseline_variant VARCHAR,
+    target_speedup DOUBLE,
+    details JSON NOT NULL,
+    PRIMARY KEY (bench_run_id, method, variant)
+);
+CREATE OR REPLACE VIEW latest_benchmark AS
+    WITH latest AS (
+        SELECT bench_run_id FROM benchmark_results
+        ORDER BY finished_at DESC, bench_run_id DESC LIMIT 1
+    )
+    SELECT b.*,
+           b.images_per_second / base.images_per_second AS speedup,
+           CASE WHEN b.target_speedup IS NULL OR base.images_per_second IS NULL THEN NULL
+                ELSE b.images_per_second / base.images_per_second >= b.target_speedup END AS meets_target
+    FROM benchmark_results AS b
+    LEFT JOIN benchmark_results AS base
+        ON base.bench_run_id = b.bench_run_id AND base.method = b.method AND base.variant = b.baseline_variant
+    WHERE b.bench_run_id = (SELECT bench_run_id FROM latest);
+"""
+
+
+@dataclass(frozen=True)
+class BenchmarkRun:
+    """Provenance shared by every measurement of one benchmark run."""
+
+    bench_run_id: str
+    started_at: datetime
+    finished_at: datetime
+    git_commit: str | None
+    code_version: str | None
+    device: str  # e.g. "cpu (2 threads)", "cuda (NVIDIA H100)"
+    torch_version: str
+    backbone: str
+    backbone_weights_sha256: str
+    weights_source: str  # where the weights came from, e.g. "workspace" or "random (seed 0)"
+    dataset: str
+
+
+@dataclass(frozen=True)
+class BenchmarkRow:
+    """One measurement: a method in one variant (BENCHMARK_VARIANTS)."""
+
+    method: str
+    variant: str
+    batch_size: int
+    n_images: int  # images processed in one timed repeat
+    seconds: float  # median time of one repeat
+    images_per_second: float
+    peak_rss_mb: float  # peak resident memory of the measuring process
+    rss_delta_mb: float  # that peak minus the process's resident memory before the measurement
+    peak_cuda_mb: float | None = None  # torch.cuda.max_memory_allocated, on a GPU
+    baseline_variant: str | None = None  # the variant of the same method this one's speed-up is taken over
+    target_speedup: float | None = None  # the speed-up over baseline_variant this variant should reach
+    details: dict = field(default_factory=dict)  # epochs, repeats, all timings, ...
+
+
+def _validate_benchmark_run(run: BenchmarkRun) -> None:
+    if not isinstance(run, BenchmarkRun):
+        raise ValueError(f"run: expected a BenchmarkRun, got {type(run).__name__}")
+    for name in ("bench_run_id", "device", "torch_version", "backbone", "backbone_weights_sha256",
+                 "weights_source", "dataset"):
+        value = getattr(run, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"run.{name}: expected a non-empty string, got {value!r}")
+    for name in ("git_commit", "code_version"):
+        value = getattr(run, name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"run.{name}: expected a string or None, got {value!r}")
+    if not RUN_ID_PATTERN.match(run.bench_run_id):
+        raise ValueError(f"run.bench_run_id: {run.bench_run_id!r} may only hold letters, digits and . _ + = -")
+    started_at = as_utc_naive(run.started_at, "run.started_at")
+    if as_utc_naive(run.finished_at, "run.finished_at") < started_at:
+        raise ValueError(f"run.finished_at: {run.finished_at} is before run.started_at {run.started_at}")
+
+
+def benchmark_frame(run: BenchmarkRun, rows: Sequence[BenchmarkRow]) -> pl.DataFrame:
+    """The rows as a typed frame, after checking every field (ValueError naming rows[i].field)."""
+    _validate_benchmark_run(run)
+    if not rows:
+        raise ValueError("rows: a benchmark run needs at least one measurement")
+    variants_by_method: dict[str, set[str]] = {}
+    for index, row in enumerate(rows):
+        where = f"rows[{index}]"
+        if not isinstance(row, BenchmarkRow):
+            raise ValueError(f"{where}: expected a BenchmarkRow, got {type(row).__name__}")
+        if not isinstance(row.method, str) or not row.method.strip():
+            raise ValueError(f"{where}.method: expected a non-empty string, got {row.method!r}")
+        if row.variant not in BENCHMARK_VARIANTS:
+            raise ValueError(f"{where}.variant: {row.variant!r} is not one of {BENCHMARK_VARIANTS}")
+        for name in ("batch_size", "n_images"):
+            value = getattr(row, name)
+            if not is_non_negative_integer(value) or value == 0:
+                raise ValueError(f"{where}.{name}: expected a positive integer, got {value!r}")
+        for name in ("seconds", "images_per_second"):
+            value = getattr(row, name)
+            if not is_finite_number(value) or value <= 0:
+                raise ValueError(f"{where}.{name}: expected a positive finite number, got {value!r}")
+        for name, required in (("peak_rss_mb", True), ("rss_delta_mb", True), ("peak_cuda_mb", False),
+                               ("target_speedup", False)):
+            value = getattr(row, name)
+            if value is None and not required:
+                continue
+            if not is_finite_number(value) or (value < 0 and name != "rss_delta_mb"):
+                raise ValueError(f"{where}.{name}: expected a finite number"
+                                 f"{'' if name == 'rss_delta_mb' else ' >= 0'}, got {value!r}")
+        if row.baseline_variant is not None and (row.baseline_variant not in BENCHMARK_VARIANTS
+                                                 or row.baseline_variant == row.variant):
+            raise ValueError(f"{where}.baseline_variant: {row.baseline_variant!r} must be another of "
+                             f"{BENCHMARK_VARIANTS}")
+        if row.target_speedup is not None and row.baseline_variant is None:
+            raise ValueError(f"{where}.target_speedup: a target needs a baseline_variant to compare with")
+        if not isinstance(row.details, dict):
+            raise ValueError(f"{where}.details: expected a dict, got {type(row.details).__name__}")
+        canonical_json(row.details, f"{where}.details")
+        seen = variants_by_method.setdefault(row.method, set())
+        if row.variant in seen:
+            raise ValueError(f"{where}: duplicate measurement of method {row.method!r}, variant {row.variant!r}")
+        seen.add(row.variant)
+    for index, row in enumerate(rows):
+        if row.baseline_variant is not None and row.baseline_variant not in variants_by_method[row.method]:
+            raise ValueError(f"rows[{index}].baseline_variant: no {row.baseline_variant!r} measurement of method "
+                             f"{row.method!r} in this run")
+    shared = {
+        "bench_run_id": run.bench_run_id,
+        "started_at": as_utc_naive(run.started_at, "run.started_at"),
+        "finished_at": as_utc_naive(run.finished_at, "run.finished_at"),
+        "git_commit": run.git_commit, "code_version": run.code_version, "device": run.device,
+        "torch_version": run.torch_version, "backbone": run.backbone,
+        "backbone_weights_sha256": run.backbone_weights_sha256, "weights_source": run.weights_source,
+        "dataset": run.dataset,
+    }
+    records = [
+        {**shared, "method": row.method, "variant": row.variant, "batch_size": int(row.batch_size),
+         "n_images": int(row.n_images), "seconds": float(row.seconds),
+         "images_per_second": float(row.images_per_second), "peak_rss_mb": float(row.peak_rss_mb),
+         "rss_delta_mb": float(row.rss_delta_mb),
+         "peak_cuda_mb": None if row.peak_cuda_mb is None else float(row.peak_cuda_mb),
+         "baseline_variant": row.baseline_variant,
+         "target_speedup": None if row.target_speedup is None else float(row.target_speedup),
+         "details": canonical_json(row.details, "details")}
+        for row in rows
+    ]
+    return pl.DataFrame(records, schema={
+        "bench_run_id": pl.String, "started_at": pl.Datetime("us"), "finished_at": pl.Datetime("us"),
+        "git_commit": pl.String, "code_version": pl.String, "device": pl.String, "torch_version": pl.String,
+        "backbone": pl.String, "backbone_weights_sha256": pl.String, "weights_source": pl.String,
+        "dataset": pl.String, "method": pl.String, "variant": pl.String, "batch_size": pl.Int32,
+        "n_images": pl.Int32, "seconds": pl.Float64, "images_per_second": pl.Float64, "peak_rss_mb": pl.Float64,
+        "rss_delta_mb": pl.Float64, "peak_cuda_mb": pl.Float64, "baseline_variant": pl.String,
+        "target_speedup": pl.Float64, "details": pl.String,
+    })

@@ -1,0 +1,683 @@
+"""The Warehouse: the DuckDB file, its read snapshot, its pending batches and its predictions directory.
+
+Writes. DuckDB allows one writing process, and any process holding the file, even read-only (a notebook, the
+DuckDB CLI, a dashboard), blocks writers. So `record_run` first writes the run as a pending batch
+(models/warehouse/pending.py), durable on disk, and only then merges the pending batches, oldest first, each in
+one transaction. When the file stays locked through a short backoff the run's rows simply stay pending: the call
+returns normally and says so (`RecordOutcome`). The next `record_run`, `merge_pending()` (`promptlab warehouse
+merge`, the `warehouse_merge_sensor`, the end of `promptlab run`) merges them once the file is free. Mergers take
+an flock on `<pending>/.merge.lock`, and every merged batch is noted in `merged_batches` in its own transaction,
+so two mergers or a crash between a commit and the deletion of a batch never insert a run twice.
+
+Reads. After each merge the merger copies the closed, checkpointed file to `<name>-snapshot.duckdb` (temporary
+file + rename), still under the flock. Readers open the snapshot, never the main file, so a reader can neither
+block a writer nor see half a merge. `query()` also applies the pending batches to a private copy of the snapshot
+(rebuilt only when the snapshot or the set of batches changed), so its answers include every recorded run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from models.warehouse import pending as batches
+from models.warehouse.benchmark import BENCHMARK_SCHEMA, BenchmarkRow, BenchmarkRun, benchmark_frame
+from models.warehouse.pending import PendingBatch, PendingBatchError, RejectedBatch
+from models.warehouse.records import (EMPTY_PREDICTIONS_FILE, PREDICTION_SCHEMA, PREDICTIONS_FILE_PREFIX, MetricRow,
+                                      PerClassRow, RunRecord, as_utc_naive, canonical_json, metric_frame,
+                                      per_class_frame, prediction_frame, validate_run)
+from models.warehouse.schema import SCHEMA_TABLES, SCHEMA_VIEWS, TEST_TIME_VIEWS, sql_string
+
+logger = logging.getLogger(__name__)
+
+# Errors that say a batch's rows can never go in as they are (as opposed to a disk or I/O failure worth retrying).
+_PERMANENT_BATCH_ERRORS = (PendingBatchError, ValueError, duckdb.ConstraintException, duckdb.ConversionException)
+
+
+class WarehouseLockedError(RuntimeError):
+    """The database file stayed locked by another process through every retry."""
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    """What one merge did: run ids merged (oldest first), batches still waiting, batches set aside, and why it
+    stopped early (`blocked_by`: the lock that stayed busy, or the error that interrupted it), if it did."""
+
+    merged: tuple[str, ...] = ()
+    pending: tuple[Path, ...] = ()
+    rejected: tuple[RejectedBatch, ...] = ()
+    blocked_by: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    """Where the rows of one recorded run are: merged into the database, or waiting in `batch_path`."""
+
+    run_id: str
+    merged: bool
+    batch_path: Path | None
+    database_path: Path
+    merge: MergeOutcome
+
+    def describe(self) -> str:
+        if self.merged:
+            text = f"run {self.run_id}: rows merged into {self.database_path}"
+        else:
+            text = (f"run {self.run_id}: rows are pending in {self.batch_path} ({self.merge.blocked_by}); they are "
+                    f"merged into {self.database_path} by the next run, `promptlab warehouse merge` or the "
+                    "warehouse_merge_sensor once the file is free, and Warehouse.query / the report include them now")
+        if self.merge.rejected:
+            text += "; REJECTED batches (never merged, see reason.txt): " + ", ".join(
+                str(rejected.path) for rejected in self.merge.rejected)
+        return text
+
+
+@dataclass(frozen=True)
+class WarehouseStatus:
+    database_path: Path
+    snapshot_path: Path
+    pending: tuple[Path, ...]
+    rejected: tuple[RejectedBatch, ...]
+    snapshot_age_seconds: float | None  # None: no snapshot yet
+    snapshot_behind_database: bool  # the database file changed after the snapshot was taken
+
+
+def _is_lock_conflict(error: duckdb.Error) -> bool:
+    message = str(error)
+    # Another process holds the file lock, or this process holds it with the other access mode.
+    return "Could not set lock" in message or "different configuration" in message
+
+
+@contextlib.contextmanager
+def _transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Commit when the block succeeds, roll back on any error (a failing rollback never hides the cause)."""
+    connection.begin()
+    try:
+        yield
+        connection.commit()
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            connection.rollback()
+        raise
+
+
+def _file_identity(file: Path | Any) -> tuple[int, int, int] | None:
+    """(inode, mtime, size) of a path or an open file; None when there is none. A replaced file gets a new inode."""
+    if file is None:
+        return None
+    try:
+        stat = os.fstat(file.fileno()) if hasattr(file, "fileno") else os.stat(file)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _replace_with_copy(source: Path, target: Path) -> None:
+    """Copy `source` over `target` atomically: readers holding the old `target` keep reading it."""
+    temporary = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        shutil.copyfile(source, temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class _ReadCopies:
+    """Per process: one private copy of the snapshot with the pending batches applied, per warehouse, rebuilt only
+    when the snapshot file or the set of pending batches changed."""
+
+    def __init__(self) -> None:
+        self.guard = threading.Lock()
+        self.directory: Path | None = None
+        self.copies: dict[Path, tuple[tuple, Path]] = {}
+
+    def folder(self) -> Path:
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="promptlab-read-copies-"))
+            atexit.register(shutil.rmtree, self.directory, True)
+        return self.directory
+
+
+_read_copies = _ReadCopies()
+
+
+class Warehouse:
+    """The results warehouse. Holds paths only, never a connection."""
+
+    def __init__(
+        self,
+        database_path: Path,
+        predictions_dir: Path,
+        *,
+        lock_retries: int = 4,
+        lock_backoff_seconds: float = 0.05,
+        merge_lock_wait_seconds: float = 30.0,
+    ) -> None:
+        self.database_path = Path(database_path).absolute()
+        self.predictions_dir = Path(predictions_dir).absolute()
+        # A reader keeps the file for minutes; retrying longer would only delay the run, whose rows wait safely.
+        self.lock_retries = lock_retries
+        self.lock_backoff_seconds = lock_backoff_seconds
+        # Mergers hold the merge lock for one merge (a transaction per batch and a file copy), never longer.
+        self.merge_lock_wait_seconds = merge_lock_wait_seconds
+
+    # ------------------------------------------------------------------------------------------------- paths
+    @property
+    def snapshot_path(self) -> Path:
+        """The read-only copy readers open: `<name>-snapshot.duckdb` beside the database."""
+        return self.database_path.with_name(f"{self.database_path.stem}-snapshot.duckdb")
+
+    @property
+    def pending_dir(self) -> Path:
+        return self.database_path.with_name(f"{self.database_path.stem}-pending")
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.database_path.with_name(f"{self.database_path.stem}-rejected")
+
+    @property
+    def _merge_lock_path(self) -> Path:
+        return self.pending_dir / ".merge.lock"
+
+    def prediction_file(self, run_id: str) -> Path:
+        """Where the predictions of `run_id` live once merged."""
+        return self.predictions_dir / f"{PREDICTIONS_FILE_PREFIX}{run_id}.parquet"
+
+    def pending_batches(self) -> list[Path]:
+        """Batches waiting to be merged, oldest first."""
+        return batches.batch_folders(self.pending_dir)
+
+    # ----------------------------------------------------------------------------------------- connections
+    def _connect(self, read_only: bool, path: Path | None = None, retries: int | None = None
+                 ) -> duckdb.DuckDBPyConnection:
+        path = path or self.database_path
+        retries = self.lock_retries if retries is None else retries
+        if read_only and not path.exists():
+            raise FileNotFoundError(f"warehouse database {path} does not exist; record a run or call ensure_schema()")
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        last_error: duckdb.Error | None = None
+        for attempt in range(retries + 1):
+            try:
+                return duckdb.connect(str(path), read_only=read_only)
+            except (duckdb.IOException, duckdb.ConnectionException) as error:
+                if not _is_lock_conflict(error):
+                    raise
+                last_error = error
+                if attempt < retries:
+                    time.sleep(self.lock_backoff_seconds * 2**attempt)
+        raise WarehouseLockedError(
+            f"warehouse database {path} is locked by another connection (tried {retries + 1} times; "
+            f"close read-only sessions such as the DuckDB CLI, or read {self.snapshot_path.name}): {last_error}"
+        )
+
+    # ---------------------------------------------------------------------------------------------- schema
+    def _ensure_empty_predictions_file(self) -> None:
+        empty_file = self.predictions_dir / EMPTY_PREDICTIONS_FILE
+        if empty_file.exists():
+            return
+        self.predictions_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self.predictions_dir / f".tmp-{uuid.uuid4().hex}.parquet"
+        pl.DataFrame(schema=PREDICTION_SCHEMA).write_parquet(temporary)
+        os.replace(temporary, empty_file)
+
+    def _predictions_source_sql(self) -> str:
+        files = sql_string(str(self.predictions_dir / f"{PREDICTIONS_FILE_PREFIX}*.parquet"))
+        return f"SELECT {', '.join(PREDICTION_SCHEMA)} FROM read_parquet({files}, hive_partitioning = false)"
+
+    def _create_schema(self, connection: duckdb.DuckDBPyConnection) -> None:
+        connection.execute(SCHEMA_TABLES)
+        connection.execute(SCHEMA_VIEWS)
+        connection.execute(BENCHMARK_SCHEMA)
+        # The glob always matches the empty typed file; the filter keeps the current runs only (superseded
+        # runs keep their files for history).
+        connection.execute(
+            f"CREATE OR REPLACE VIEW predictions AS {self._predictions_source_sql()} "
+            "WHERE run_id IN (SELECT run_id FROM runs WHERE is_current)"
+        )
+        connection.execute(TEST_TIME_VIEWS)
+
+    def ensure_schema(self) -> bool:
+        """Create the tables, views, predictions directory and snapshot if missing; safe to call any number of
+        times. Returns False, without raising, when another process holds the database (the next merge creates
+        the schema then)."""
+        self._ensure_empty_predictions_file()
+        with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
+            if not acquired:
+                return False
+            try:  # one attempt: every merge creates the schema too, so waiting here would only slow the run
+                connection = self._connect(read_only=False, retries=0)
+            except WarehouseLockedError as error:
+                logger.info("schema not ensured now: %s", error)
+                return False
+            with connection, _transaction(connection):
+                self._create_schema(connection)
+            self._refresh_snapshot()
+        return True
+
+    # ---------------------------------------------------------------------------------------------- writes
+    def record_run(
+        self,
+        run: RunRecord,
+        metrics: Sequence[MetricRow],
+        per_class: Sequence[PerClassRow] = (),
+        predictions: pl.DataFrame | None = None,
+    ) -> RecordOutcome:
+        """Record one run, replacing the current run of its (stage, dataset, partition_key, source_dataset) and
+        every current run of its backbone name with other (non-NULL) weights.
+
+        Inputs are validated before anything is written (ValueError naming the field; a run id recorded already
+        fails too). The run is written as a durable pending batch, then merged with every earlier pending batch,
+        each in one transaction. A database held by another process never fails the call: the rows stay pending
+        and the outcome says where. Any other failure while merging this run removes its batch and raises, so
+        a failed call leaves nothing behind.
+        """
+        validate_run(run)
+        metric_rows_frame = metric_frame(run, list(metrics))
+        per_class_rows_frame = per_class_frame(run, list(per_class))
+        predictions_frame = None if predictions is None else prediction_frame(run, predictions)
+        self._refuse_pending_run_id(run.run_id)
+
+        self._ensure_empty_predictions_file()
+        batch_path = batches.write_batch(self.pending_dir, run, metric_rows_frame, per_class_rows_frame,
+                                         predictions_frame)
+        try:
+            merge = self._merge(own_batch=batch_path)  # a run id recorded already fails here (ValueError)
+            merged = run.run_id in merge.merged
+            if not merged:
+                self._refuse_recorded_run_id(run.run_id)  # the merge could not check it: the snapshot can
+        except BaseException:
+            shutil.rmtree(batch_path, ignore_errors=True)
+            raise
+        outcome = RecordOutcome(run.run_id, merged, None if merged else batch_path, self.database_path, merge)
+        if not merged or merge.rejected:
+            logger.warning(outcome.describe())
+        return outcome
+
+    def merge_pending(self) -> MergeOutcome:
+        """Merge every pending batch, oldest first, then refresh the snapshot. Never raises for a locked database
+        (the outcome says what blocked it); a batch that can never be merged is moved to the rejected folder and
+        named in the outcome; a disk or database failure on a batch raises, naming the batch."""
+        return self._merge(own_batch=None)
+
+    def _refuse_pending_run_id(self, run_id: str) -> None:
+        pending = [folder for folder in self.pending_batches() if batches.batch_run_id(folder) == run_id]
+        if pending:
+            raise ValueError(f"run.run_id: {run_id!r} is already recorded (pending in {pending[0]})")
+
+    def _refuse_recorded_run_id(self, run_id: str) -> None:
+        try:
+            connection = self._connect(read_only=True, path=self.snapshot_path)
+        except (FileNotFoundError, WarehouseLockedError):
+            return  # nothing to check against now: the merge rejects a duplicate, naming its batch
+        with connection:
+            if connection.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]:
+                raise ValueError(f"run.run_id: {run_id!r} is already recorded in {self.database_path}")
+
+    def _merge(self, own_batch: Path | None) -> MergeOutcome:
+        merged: list[str] = []
+        rejected: list[RejectedBatch] = []
+        with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
+            if not acquired:
+                return MergeOutcome(pending=tuple(self.pending_batches()),
+                                    blocked_by=f"another process kept merging for {self.merge_lock_wait_seconds:g} s")
+            batches.remove_stale_temporaries(self.pending_dir)
+            folders = self.pending_batches()
+            blocked_by = None
+            if folders or own_batch is None:
+                try:
+                    connection = self._connect(read_only=False)
+                except WarehouseLockedError as error:
+                    logger.debug("merge postponed: %s", error)
+                    return MergeOutcome(pending=tuple(folders), blocked_by=f"{self.database_path.name} is held by "
+                                        "another process, e.g. a read-only DuckDB session")
+                try:
+                    with connection:
+                        with _transaction(connection):
+                            self._create_schema(connection)
+                        for folder in folders:
+                            try:
+                                run_id = self._merge_batch(connection, folder)
+                            except FileNotFoundError:
+                                continue  # removed meanwhile by the failed call that wrote it
+                            except _PERMANENT_BATCH_ERRORS as error:
+                                if folder == own_batch:
+                                    raise
+                                rejected.append(batches.reject_batch(folder, self.rejected_dir, str(error)))
+                                logger.error("pending batch %s rejected: %s", folder, error)
+                                continue
+                            except Exception as error:
+                                if folder == own_batch:
+                                    raise
+                                if own_batch is None:
+                                    raise RuntimeError(f"merging pending batch {folder} failed: {error}") from error
+                                blocked_by = f"merging pending batch {folder} failed: {error}"
+                                logger.error(blocked_by)
+                                break
+                            if run_id is not None:
+                                merged.append(run_id)
+                finally:
+                    # Whatever was committed is in the file: the snapshot must show it. A failed copy leaves the
+                    # previous snapshot (`status` says it is behind); it never undoes a merge.
+                    try:
+                        self._refresh_snapshot()
+                    except OSError as error:
+                        logger.error("snapshot %s not refreshed: %s", self.snapshot_path, error)
+            return MergeOutcome(tuple(merged), tuple(self.pending_batches()), tuple(rejected), blocked_by)
+
+    def _merge_batch(self, connection: duckdb.DuckDBPyConnection, folder: Path) -> str | None:
+        """Merge one batch in one transaction, then move its predictions into place and delete it. Returns the
+        run id, or None for a batch merged before (a crash between its commit and its deletion)."""
+        already = connection.execute("SELECT count(*) FROM merged_batches WHERE batch = ?", [folder.name]).fetchone()
+        if already[0]:  # its files may be half deleted: only finish moving and deleting them
+            predictions = folder / batches.PREDICTIONS_FILE
+            if predictions.exists():
+                os.replace(predictions, self.prediction_file(batches.batch_run_id(folder)))
+            shutil.rmtree(folder)
+            return None
+        batch = batches.read_batch(folder)
+        with _transaction(connection):
+            self._write_batch(connection, batch)
+        try:
+            self._finish_batch(batch)
+        except OSError as error:  # the rows are in: the next merge finishes moving and deleting the files
+            logger.warning("run %s merged, but its batch %s is not cleared yet: %s", batch.run.run_id, folder, error)
+        return batch.run.run_id
+
+    def _write_batch(self, connection: duckdb.DuckDBPyConnection, batch: PendingBatch) -> None:
+        self._write_run(connection, batch.run, batch.metrics, batch.per_class)
+        connection.execute("INSERT INTO merged_batches VALUES (?, ?, ?)",
+                           [batch.name, batch.run.run_id, datetime.now(UTC).replace(tzinfo=None)])
+
+    def _finish_batch(self, batch: PendingBatch) -> None:
+        if batch.predictions is not None:
+            os.replace(batch.path / batches.PREDICTIONS_FILE, self.prediction_file(batch.run.run_id))
+        shutil.rmtree(batch.path)
+
+    def _refresh_snapshot(self) -> bool:
+        """Copy the database to the snapshot; call under the merge lock with no connection open in this process."""
+        if not self.database_path.exists():
+            return False
+        wal = self.database_path.with_name(self.database_path.name + ".wal")
+        if wal.exists() and wal.stat().st_size:
+            # A writer died before checkpointing: the main file alone is incomplete until a clean close.
+            try:
+                self._connect(read_only=False).close()
+            except WarehouseLockedError as error:
+                logger.warning("snapshot not refreshed: %s", error)
+                return False
+        _replace_with_copy(self.database_path, self.snapshot_path)
+        return True
+
+    def _write_run(
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        run: RunRecord,
+        metric_rows_frame: pl.DataFrame,
+        per_class_rows_frame: pl.DataFrame,
+    ) -> None:
+        existing = connection.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run.run_id]).fetchone()
+        if existing[0]:
+            raise ValueError(f"run.run_id: {run.run_id!r} is already recorded in {self.database_path}")
+        self._upsert_experiment(connection, run)
+        self._supersede_current_runs(connection, run)
+        self._insert_run(connection, run)
+        self._insert_metric_rows(connection, metric_rows_frame)
+        self._insert_per_class_rows(connection, per_class_rows_frame)
+
+    @staticmethod
+    def _upsert_experiment(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+        connection.execute(
+            """
+            INSERT INTO experiments (experiment_key, method, shots, seed, options, config_hash)
+            VALUES (?, ?, ?, ?, ?, ?)
+            ON CONFLICT (experiment_key) DO UPDATE SET
+                method = excluded.method, shots = excluded.shots, seed = excluded.seed,
+                options = excluded.options, config_hash = excluded.config_hash
+            """,
+            [run.experiment_key, run.method, int(run.shots), int(run.seed),
+             canonical_json(run.options, "run.options"), run.config_hash],
+        )
+
+    @staticmethod
+    def _supersede_current_runs(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+        superseded_at = datetime.now(UTC).replace(tzinfo=None)
+        # Two kinds of run leave the current results: the earlier runs of the same partition, and every run of the
+        # same backbone name computed with other weights (the backbone was retrained; its old results must not mix
+        # with the new ones). A NULL hash is unknown, never "other weights": `<>` with NULL is not true.
+        connection.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE superseded_runs AS
+            SELECT run_id FROM runs
+            WHERE is_current
+              AND ((stage = $stage AND dataset = $dataset AND partition_key = $partition_key
+                    AND source_dataset IS NOT DISTINCT FROM $source_dataset)
+                   OR (backbone = $backbone AND backbone_weights_sha256 <> $weights))
+            """,
+            {"stage": run.stage, "dataset": run.dataset, "partition_key": run.partition_key,
+             "source_dataset": run.source_dataset, "backbone": run.backbone, "weights": run.backbone_weights_sha256},
+        )
+        for table, columns in (
+            ("metrics", "run_id, dataset, experiment_key, split, metric, value"),
+            ("per_class_metrics", "run_id, dataset, split, label, classname, accuracy, f1, support"),
+        ):
+            connection.execute(
+                f"INSERT INTO {table}_history SELECT {columns}, ?, ? FROM {table} "
+                "WHERE run_id IN (SELECT run_id FROM superseded_runs)",
+                [superseded_at, run.run_id],
+            )
+            connection.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM superseded_runs)")
+        connection.execute(
+            "UPDATE runs SET is_current = false WHERE run_id IN (SELECT run_id FROM superseded_runs)"
+        )
+        connection.execute("DROP TABLE superseded_runs")
+
+    @staticmethod
+    def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+        connection.execute(
+            """
+            INSERT INTO runs (run_id, stage, dataset, experiment_key, partition_key, method, shots, seed, options,
+                              dagster_run_id, code_version, config_hash, git_commit, backbone,
+                              backbone_weights_sha256, data_hash, templates, started_at, finished_at, is_current,
+                              source_dataset, compute)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true, ?, ?)
+            """,
+            [
+                run.run_id, run.stage, run.dataset, run.experiment_key, run.partition_key, run.method, int(run.shots),
+                int(run.seed), canonical_json(run.options, "run.options"), run.dagster_run_id, run.code_version,
+                run.config_hash, run.git_commit, run.backbone, run.backbone_weights_sha256, run.data_hash,
+                canonical_json(run.templates, "run.templates"),
+                as_utc_naive(run.started_at, "run.started_at"), as_utc_naive(run.finished_at, "run.finished_at"),
+                run.source_dataset, run.compute,
+            ],
+        )
+
+    @staticmethod
+    def _insert_metric_rows(connection: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
+        if rows.height:
+            connection.register("incoming_metrics", rows.to_arrow())
+            connection.execute("INSERT INTO metrics BY NAME SELECT * FROM incoming_metrics")
+            connection.unregister("incoming_metrics")
+
+    @staticmethod
+    def _insert_per_class_rows(connection: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
+        if rows.height:
+            connection.register("incoming_per_class", rows.to_arrow())
+            connection.execute("INSERT INTO per_class_metrics BY NAME SELECT * FROM incoming_per_class")
+            connection.unregister("incoming_per_class")
+
+
+    def record_benchmark(self, run: BenchmarkRun, rows: Sequence[BenchmarkRow]) -> None:
+        """Record every measurement of one benchmark run in one transaction, all or nothing.
+
+        Every row is validated first (ValueError naming rows[i].field); a run id already recorded fails. Unlike
+        record_run this writes directly: a held database raises WarehouseLockedError (the benchmark's JSON
+        result file is its durable record).
+        """
+        frame = benchmark_frame(run, list(rows))
+        self._ensure_empty_predictions_file()
+        with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
+            if not acquired:
+                raise WarehouseLockedError(f"warehouse database {self.database_path}: another process kept "
+                                           f"merging for {self.merge_lock_wait_seconds:g} s")
+            with self._connect(read_only=False) as connection, _transaction(connection):
+                self._create_schema(connection)
+                existing = connection.execute(
+                    "SELECT count(*) FROM benchmark_results WHERE bench_run_id = ?", [run.bench_run_id]).fetchone()
+                if existing[0]:
+                    raise ValueError(f"run.bench_run_id: {run.bench_run_id!r} is already recorded in "
+                                     f"{self.database_path}")
+                connection.register("incoming_benchmark", frame.to_arrow())
+                connection.execute("INSERT INTO benchmark_results BY NAME SELECT * FROM incoming_benchmark")
+                connection.unregister("incoming_benchmark")
+            self._refresh_snapshot()
+
+    # ----------------------------------------------------------------------------------------------- reads
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+        """Run `sql` on the read copy: every recorded run, merged or still pending."""
+        with self.read_connection() as connection:
+            result = connection.execute(sql, params) if params is not None else connection.execute(sql)
+            return result.pl()
+
+    @contextlib.contextmanager
+    def read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection to the read copy, closed after the block.
+
+        The read copy is the snapshot, or a private copy of it with the pending batches applied when there are
+        any. The database file itself is opened only to take the first snapshot of a warehouse written before
+        snapshots existed, so a reader never blocks a writer.
+        """
+        try:
+            connection = self._connect(read_only=True, path=self._read_copy_path())
+        except FileNotFoundError:  # another thread replaced the read copy between building and opening it
+            connection = self._connect(read_only=True, path=self._read_copy_path())
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def _read_copy_path(self) -> Path:
+        folders = self.pending_batches()
+        if not self.database_path.exists():
+            if not folders:  # a deleted database holds no results, whatever an older snapshot says
+                raise FileNotFoundError(f"warehouse database {self.database_path} does not exist; record a run or "
+                                        "call ensure_schema()")
+        elif self._snapshot_is_behind():
+            self._catch_up_snapshot()
+        base = self.snapshot_path if self.database_path.exists() else None
+        if base is not None and not base.exists():
+            logger.warning("%s has no snapshot (another process holds it for writing); reading the file itself%s",
+                           self.database_path, f", without {len(folders)} pending batch(es)" if folders else "")
+            return self.database_path
+        if not folders:
+            return self.snapshot_path
+        cached = _read_copies.copies.get(self.database_path)
+        if cached and cached[0] == (_file_identity(base), tuple(folder.name for folder in folders)):
+            return cached[1]
+        # Batches are read before the snapshot is opened: a batch that vanishes meanwhile was merged, and its
+        # merger refreshed the snapshot before deleting it, so the snapshot opened next holds its rows.
+        loaded: list[PendingBatch] = []
+        for folder in folders:
+            try:
+                loaded.append(batches.read_batch(folder))
+            except FileNotFoundError:
+                continue
+            except PendingBatchError as error:
+                logger.warning("%s; left out of this read (the next merge rejects it)", error)
+        return self._pending_read_copy(loaded, base)
+
+    def _snapshot_is_behind(self) -> bool:
+        """No snapshot, or the database changed after it was taken (a writer died between its commit and the copy,
+        the file was replaced by hand). During a merge it is behind for a moment: the merger refreshes it."""
+        try:
+            return self.database_path.stat().st_mtime_ns > self.snapshot_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return True
+
+    def _catch_up_snapshot(self) -> None:
+        with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
+            if not acquired or not self._snapshot_is_behind():
+                return  # a merge kept the lock (use the snapshot there is), or refreshed it meanwhile
+            wal = self.database_path.with_name(self.database_path.name + ".wal")
+            try:  # a shared lock keeps any writer out while the file is copied
+                guard = self._connect(read_only=True, retries=0)
+            except WarehouseLockedError:
+                return
+            with guard:
+                if wal.exists() and wal.stat().st_size:
+                    return  # not checkpointed: only the next merge (a clean close) makes the file whole
+                _replace_with_copy(self.database_path, self.snapshot_path)
+
+    def _pending_read_copy(self, loaded: list[PendingBatch], base: Path | None) -> Path:
+        with _read_copies.guard, contextlib.ExitStack() as stack:
+            snapshot = stack.enter_context(open(base, "rb")) if base is not None else None
+            key = (_file_identity(snapshot), tuple(batch.name for batch in loaded))
+            cached = _read_copies.copies.get(self.database_path)
+            if cached and cached[0] == key and cached[1].exists():
+                return cached[1]
+            target = _read_copies.folder() / f"{self.database_path.stem}-{uuid.uuid4().hex}.duckdb"
+            if snapshot:
+                with open(target, "wb") as copy:
+                    shutil.copyfileobj(snapshot, copy, 1 << 20)
+            with duckdb.connect(str(target)) as connection:
+                with _transaction(connection):
+                    self._create_schema(connection)
+                applied = [batch for batch in loaded if self._apply_to_read_copy(connection, batch)]
+                frames = [batch.predictions for batch in applied if batch.predictions is not None]
+                connection.register("incoming_predictions",
+                                    pl.concat(frames).to_arrow() if frames
+                                    else pl.DataFrame(schema=PREDICTION_SCHEMA).to_arrow())
+                # Pending predictions are copied in: their files move when merged, and this copy may outlive that.
+                connection.execute("CREATE TABLE pending_predictions AS SELECT * FROM incoming_predictions")
+                connection.unregister("incoming_predictions")
+                connection.execute(
+                    "CREATE OR REPLACE VIEW predictions AS SELECT * FROM ("
+                    f"{self._predictions_source_sql()} "
+                    "WHERE run_id NOT IN (SELECT run_id FROM pending_predictions) "
+                    f"UNION ALL SELECT {', '.join(PREDICTION_SCHEMA)} FROM pending_predictions) "
+                    "WHERE run_id IN (SELECT run_id FROM runs WHERE is_current)"
+                )
+            if cached:
+                cached[1].unlink(missing_ok=True)
+            _read_copies.copies[self.database_path] = (key, target)
+            return target
+
+    def _apply_to_read_copy(self, connection: duckdb.DuckDBPyConnection, batch: PendingBatch) -> bool:
+        """Apply one pending batch to a private read copy; False when the snapshot holds it already (merged
+        meanwhile) or it cannot go in (the merge will reject it, naming it)."""
+        merged = connection.execute("SELECT count(*) FROM merged_batches WHERE batch = ?", [batch.name]).fetchone()
+        if merged[0]:
+            return False
+        try:
+            with _transaction(connection):
+                self._write_batch(connection, batch)
+        except _PERMANENT_BATCH_ERRORS as error:
+            logger.warning("pending batch %s left out of this read: %s", batch.path, error)
+            return False
+        return True
+
+    def status(self) -> WarehouseStatus:
+        snapshot_age = behind = None
+        if self.snapshot_path.exists():
+            snapshot_mtime = self.snapshot_path.stat().st_mtime_ns
+            snapshot_age = max(0.0, time.time() - snapshot_mtime / 1e9)
+            behind = self.database_path.exists() and self.database_path.stat().st_mtime_ns > snapshot_mtime
+        return WarehouseStatus(self.database_path, self.snapshot_path, tuple(self.pending_batches()),
+                               tuple(batches.rejected_batches(self.rejected_dir)), snapshot_age, bool(behind))

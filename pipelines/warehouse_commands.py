@@ -1,0 +1,90 @@
+"""`promptlab warehouse merge | status`: the runs whose rows wait in pending batches, and the read snapshot.
+
+A run whose warehouse was held by a reader (a notebook, `duckdb -readonly`, a dashboard) keeps its rows in a
+pending batch (models/warehouse/pending.py). They are merged by the next run, by the warehouse_merge_sensor, at the
+end of `promptlab run`, or by `promptlab warehouse merge`. Exit codes of `merge`: 0 nothing left waiting, 1 a batch
+was rejected (named, with its reason), 75 batches still wait because the database is held.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from models.warehouse import MergeOutcome, Warehouse, WarehouseStatus
+from models.workspace import Workspace
+
+EXIT_REJECTED = 1
+EXIT_STILL_PENDING = 75  # EX_TEMPFAIL: try again once the reader closes
+
+
+def add_warehouse_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("warehouse", help="merge results waiting in pending batches; show what waits")
+    actions = parser.add_subparsers(dest="warehouse_command", required=True)
+    actions.add_parser("merge", help="merge every pending batch into the warehouse and refresh its snapshot")
+    actions.add_parser("status", help="pending and rejected batches, and the age of the read snapshot")
+
+
+def workspace_warehouse_of(workspace: Workspace) -> Warehouse:
+    return Warehouse(workspace.warehouse_path, workspace.predictions_dir)
+
+
+def workspace_warehouse() -> Warehouse:
+    """The warehouse of the default workspace ($PROMPTLAB_WORKSPACE or ./workspace)."""
+    from pipelines.resources import PromptLabResource
+
+    return workspace_warehouse_of(PromptLabResource().workspace())
+
+
+def describe_status(status: WarehouseStatus) -> list[str]:
+    if status.snapshot_age_seconds is None:
+        snapshot = "none yet (taken by the next merge)"
+    else:
+        freshness = ("OLDER than the database: run `promptlab warehouse merge`" if status.snapshot_behind_database
+                     else "up to date with the database")
+        snapshot = f"taken {status.snapshot_age_seconds:.0f} s ago, {freshness}"
+    waiting_in = f" in {status.pending[0].parent}" if status.pending else ""
+    lines = [f"database: {status.database_path}", f"snapshot: {status.snapshot_path} ({snapshot})",
+             f"pending:  {len(status.pending)} batch(es){waiting_in}"]
+    lines += [f"  {path.name}" for path in status.pending]
+    lines.append(f"rejected: {len(status.rejected)} batch(es)")
+    lines += [f"  {rejected.path}: {rejected.reason}" for rejected in status.rejected]
+    return lines
+
+
+def describe_merge(outcome: MergeOutcome) -> list[str]:
+    lines = [f"merged {len(outcome.merged)} run(s)" + (f": {', '.join(outcome.merged)}" if outcome.merged else "")]
+    for rejected in outcome.rejected:
+        lines.append(f"REJECTED {rejected.path}: {rejected.reason}")
+    if outcome.pending:
+        lines.append(f"{len(outcome.pending)} batch(es) still pending ({outcome.blocked_by}); their rows are in "
+                     "`promptlab results` and the report already, and merge once the warehouse is free")
+    return lines
+
+
+def merge_exit_code(outcome: MergeOutcome) -> int:
+    if outcome.rejected:
+        return EXIT_REJECTED
+    return EXIT_STILL_PENDING if outcome.pending else 0
+
+
+def run_warehouse_command(arguments: argparse.Namespace, log: Callable[[str], None] = print) -> int:
+    warehouse = workspace_warehouse()
+    if arguments.warehouse_command == "status":
+        status = warehouse.status()
+        for line in describe_status(status):
+            log(line)
+        return EXIT_REJECTED if status.rejected else 0
+    outcome = warehouse.merge_pending()
+    for line in describe_merge(outcome):
+        log(line)
+    return merge_exit_code(outcome)
+
+
+def merge_after_run(log: Callable[[str], None] = print) -> None:
+    """The end of `promptlab run`: merge what its stages left pending and say what still waits."""
+    warehouse = workspace_warehouse()
+    if not warehouse.pending_batches():
+        return
+    for line in describe_merge(warehouse.merge_pending()):
+        log(f"warehouse: {line}")
