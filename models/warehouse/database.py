@@ -439,8 +439,8 @@ class Warehouse:
         self._upsert_experiment(connection, run)
         self._supersede_current_runs(connection, run)
         self._insert_run(connection, run)
-        self._insert_metric_rows(connection, metric_rows_frame)
-        self._insert_per_class_rows(connection, per_class_rows_frame)
+        self._insert_rows(connection, "metrics", metric_rows_frame)
+        self._insert_rows(connection, "per_class_metrics", per_class_rows_frame)
 
     @staticmethod
     def _upsert_experiment(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
@@ -510,18 +510,12 @@ class Warehouse:
         )
 
     @staticmethod
-    def _insert_metric_rows(connection: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
+    def _insert_rows(connection: duckdb.DuckDBPyConnection, table: str, rows: pl.DataFrame) -> None:
+        """Append a frame's rows to `table`, matching columns by name."""
         if rows.height:
-            connection.register("incoming_metrics", rows.to_arrow())
-            connection.execute("INSERT INTO metrics BY NAME SELECT * FROM incoming_metrics")
-            connection.unregister("incoming_metrics")
-
-    @staticmethod
-    def _insert_per_class_rows(connection: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
-        if rows.height:
-            connection.register("incoming_per_class", rows.to_arrow())
-            connection.execute("INSERT INTO per_class_metrics BY NAME SELECT * FROM incoming_per_class")
-            connection.unregister("incoming_per_class")
+            connection.register("incoming_rows", rows.to_arrow())
+            connection.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_rows")
+            connection.unregister("incoming_rows")
 
 
     def record_benchmark(self, run: BenchmarkRun, rows: Sequence[BenchmarkRow]) -> None:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import polars as pl
 
-from models.warehouse.records import PREDICTION_SCHEMA, RunRecord, validate_run
+from models.warehouse.records import (METRIC_SCHEMA, PER_CLASS_SCHEMA, PREDICTION_SCHEMA, RunRecord,
+                                      validate_run)
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.parquet"
@@ -36,11 +37,6 @@ PER_CLASS_FILE = "per_class.parquet"
 PREDICTIONS_FILE = "predictions.parquet"
 REASON_FILE = "reason.txt"
 
-METRIC_SCHEMA = pl.Schema({"run_id": pl.String, "dataset": pl.String, "experiment_key": pl.String,
-                           "split": pl.String, "metric": pl.String, "value": pl.Float64})
-PER_CLASS_SCHEMA = pl.Schema({"run_id": pl.String, "dataset": pl.String, "split": pl.String, "label": pl.Int32,
-                              "classname": pl.String, "accuracy": pl.Float64, "f1": pl.Float64,
-                              "support": pl.Int32})
 _DATETIME_FIELDS = ("started_at", "finished_at")
 
 

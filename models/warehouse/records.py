@@ -147,6 +147,14 @@ def validate_run(run: RunRecord) -> None:
         raise ValueError(f"run.finished_at: {finished_at} is before run.started_at {started_at}")
 
 
+# The rows of the metrics and per_class_metrics tables, as recorded and as a pending batch stores them.
+METRIC_SCHEMA = pl.Schema({"run_id": pl.String, "dataset": pl.String, "experiment_key": pl.String,
+                           "split": pl.String, "metric": pl.String, "value": pl.Float64})
+PER_CLASS_SCHEMA = pl.Schema({"run_id": pl.String, "dataset": pl.String, "split": pl.String, "label": pl.Int32,
+                              "classname": pl.String, "accuracy": pl.Float64, "f1": pl.Float64,
+                              "support": pl.Int32})
+
+
 def metric_frame(run: RunRecord, metrics: Sequence[MetricRow]) -> pl.DataFrame:
     seen: set[tuple[str, str]] = set()
     for index, row in enumerate(metrics):
@@ -171,8 +179,7 @@ def metric_frame(run: RunRecord, metrics: Sequence[MetricRow]) -> pl.DataFrame:
             "metric": [row.metric for row in metrics],
             "value": [float(row.value) for row in metrics],
         },
-        schema={"run_id": pl.String, "dataset": pl.String, "experiment_key": pl.String, "split": pl.String,
-                "metric": pl.String, "value": pl.Float64},
+        schema=METRIC_SCHEMA,
     )
 
 
@@ -207,8 +214,7 @@ def per_class_frame(run: RunRecord, per_class: Sequence[PerClassRow]) -> pl.Data
             "f1": [None if row.f1 is None else float(row.f1) for row in per_class],
             "support": [int(row.support) for row in per_class],
         },
-        schema={"run_id": pl.String, "dataset": pl.String, "split": pl.String, "label": pl.Int32,
-                "classname": pl.String, "accuracy": pl.Float64, "f1": pl.Float64, "support": pl.Int32},
+        schema=PER_CLASS_SCHEMA,
     )
 
 
