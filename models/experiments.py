@@ -24,6 +24,7 @@ from models.prompting.training import (OptimizationConfig, TrainingHistory, pred
                                       train_prompt_parameters)
 
 if TYPE_CHECKING:
+    from models.prompting.features import ImageSet
     from models.pseudolabels import PseudolabelStrategy
 
 CHECKPOINT_CONFIG = "prompt_config.json"
@@ -130,7 +131,7 @@ def combine_training_sets(
 def assemble_training_set(
     method: str,
     backbone,
-    image_dir: Path,
+    image_dir: ImageSet | Path,
     labelled_rows: pl.DataFrame,
     val_rows: pl.DataFrame,
     trained_labels: list[int],
@@ -340,7 +341,7 @@ def predictions_frame(run_id: str, dataset: str, split: SplitPredictions) -> pl.
 
 def features_for_images(
     backbone,
-    image_dir: Path,
+    images: ImageSet | Path,
     relative_paths: list[str],
     content_hashes: list[str],
     cache_dir: Path | None,
@@ -348,39 +349,32 @@ def features_for_images(
 ) -> torch.Tensor:
     """Image features (N, E), or (N, 2, E) with the mirrored view, through the per-image feature cache.
 
-    Each image and view is an entry of its own (models.prompting.feature_cache): only the images the cache lacks
-    are loaded and encoded (one image per pass, see `encode`), then stored. Without a cache_dir every image is
-    encoded.
+    `images` is the ImageSet the features are computed in (a dataset's images: every subset then reads the same
+    bits; models.prompting.features), or a folder, when the requested images are their own set. Only the canonical
+    batches holding images the cache lacks are decoded and encoded, then every image they hold is stored. Without a
+    cache_dir the batches holding the requested images are encoded.
     """
-    from models.data.index import load_images
     from models.prompting.feature_cache import FeatureCache, FeatureNamespace
-    from models.prompting.features import encode_images
+    from models.prompting.features import ImageSet, encode_set_batches
 
     if len(relative_paths) != len(content_hashes):
         raise ValueError(f"{len(relative_paths)} images but {len(content_hashes)} content hashes")
+    image_set = images if isinstance(images, ImageSet) else ImageSet.of(images, relative_paths, content_hashes)
     views = ("original", "mirrored") if with_mirror else ("original",)
-    loaded: dict[int, Image.Image] = {}  # decoded once even when both views miss
-
-    def encode(view: str, positions: list[int]) -> torch.Tensor:
-        missing = [p for p in positions if p not in loaded]
-        loaded.update(zip(missing, load_images(image_dir, [relative_paths[p] for p in missing])))
-        batch = [loaded[p] for p in positions]
-        if view == "mirrored":
-            batch = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in batch]
-        # One image per encoder pass: BLAS rounds a row differently with other batch sizes and positions (by ~2e-7),
-        # so batched features would depend on which images happened to be encoded together, and two workspaces
-        # that cached different image sets would train on features that differ in the last bits (measured: equal
-        # top-1, ECE / macro-F1 apart by up to 6e-4). Per-image passes are exact and cost little once cached.
-        return encode_images(backbone.model, backbone.preprocess_eval, batch, batch_size=1, device=backbone.device)
-
     cache = FeatureCache(Path(cache_dir)) if cache_dir is not None else None
     per_view = []
     for view in views:
+        def encode(missing: list[str], view=view) -> tuple[list[str], torch.Tensor]:
+            return encode_set_batches(backbone.model, backbone.preprocess_eval, image_set,
+                                      image_set.batches_holding(missing), backbone.device, mirrored=view == "mirrored")
+
         if cache is None:
-            per_view.append(encode(view, list(range(len(relative_paths)))))
+            hashes, features = encode(list(dict.fromkeys(content_hashes)))
+            row = {content_hash: index for index, content_hash in enumerate(hashes)}
+            per_view.append(features[[row[content_hash] for content_hash in content_hashes]])
         else:
-            per_view.append(cache.features(FeatureNamespace.of(backbone, view), content_hashes,
-                                           lambda positions, view=view: encode(view, positions)))
+            namespace = FeatureNamespace.of(backbone, view, image_set.batching)
+            per_view.append(cache.features_by_hash(namespace, content_hashes, encode))
     return torch.stack(per_view, dim=1) if with_mirror else per_view[0]
 
 
@@ -403,14 +397,18 @@ def preprocessed_images(
 def method_inputs_for_images(
     method: str,
     backbone,
-    image_dir: Path,
+    images: ImageSet | Path,
     relative_paths: list[str],
     content_hashes: list[str],
     cache_dir: Path | None,
     with_mirror: bool = False,
 ) -> torch.Tensor:
-    """What the method's classifier takes for these images: cached features from the frozen image tower, or
-    preprocessed images when the method prompts the image tower (they must pass through it at every step)."""
+    """What the method's classifier takes for these images: cached features from the frozen image tower (computed in
+    `images`, the dataset's ImageSet, or a folder: see features_for_images), or preprocessed images when the method
+    prompts the image tower (they must pass through it at every step)."""
+    from models.prompting.features import ImageSet
+
     if get_method(method).frozen_image_encoder:
-        return features_for_images(backbone, image_dir, relative_paths, content_hashes, cache_dir, with_mirror)
-    return preprocessed_images(backbone, image_dir, relative_paths, with_mirror)
+        return features_for_images(backbone, images, relative_paths, content_hashes, cache_dir, with_mirror)
+    folder = images.image_dir if isinstance(images, ImageSet) else images
+    return preprocessed_images(backbone, folder, relative_paths, with_mirror)

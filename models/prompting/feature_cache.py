@@ -2,8 +2,9 @@
 
 An entry is keyed by what the features depend on: the backbone (name and weights sha256), the image transform
 (its repr), the view ("original" or "mirrored"), the numeric precision of the encoding (`models.precision`: fp32 on
-CPU, bf16 autocast on CUDA), how the encoder was batched (one image per pass, so an image's features do not depend
-on the images encoded with it) and the image's content sha256. So the 16-shot set reuses the
+CPU, bf16 autocast on CUDA), how the encoder was batched (the canonical batches of an image set, see
+models.prompting.features, or one image per pass: either way an image's features do not depend on who asked first or
+for which subset) and the image's content sha256. So the 16-shot set reuses the
 features of the 4-shot images it contains, a test split is encoded once for every method, shot count and seed,
 and every augmented image and every view is cached separately. `features_for_images` in `models.experiments` is
 the caller the pipeline uses; it encodes only the images the cache is missing, in batches, then stores them.
@@ -89,7 +90,9 @@ class FeatureNamespace:
     transform: str  # repr of the eval transform
     view: str  # "original" | "mirrored"
     precision: str = "fp32"  # models.precision: "fp32", "bf16-autocast", "fp16-autocast"
-    batching: str = "one-image-per-pass"  # models.experiments.features_for_images encodes so (exact across sets)
+    # how the encoder was batched: canonical batches of an image set (models.prompting.features), or one image per
+    # pass (test-time views)
+    batching: str = "one-image-per-pass"
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
@@ -99,10 +102,12 @@ class FeatureNamespace:
                 raise ValueError(f"feature cache namespace {name} must be a non-empty string")
 
     @classmethod
-    def of(cls, backbone, view: str) -> "FeatureNamespace":
-        """The namespace of a loaded backbone (models.backbones.loader.LoadedBackbone) and a view."""
+    def of(cls, backbone, view: str, batching: str = "one-image-per-pass") -> "FeatureNamespace":
+        """The namespace of a loaded backbone (models.backbones.loader.LoadedBackbone), a view and how the features
+        were batched (models.prompting.features.ImageSet.batching)."""
         precision = precision_for(backbone.device, training=False).name
-        return cls(backbone.spec.name, backbone.weights_sha256, repr(backbone.preprocess_eval), view, precision)
+        return cls(backbone.spec.name, backbone.weights_sha256, repr(backbone.preprocess_eval), view, precision,
+                   batching)
 
     @property
     def key(self) -> str:
@@ -161,6 +166,39 @@ class FeatureCache:
             self.store(namespace, list(new_rows), computed)
             found.update(new_rows)
         dims = {row.shape[-1] for row in found.values()}
+        if len(dims) != 1:
+            raise FeatureCacheError(f"{self.namespace_dir(namespace)}: cached features have several widths {dims}")
+        return torch.stack([found[digest] for digest in digests])
+
+    def features_by_hash(
+        self,
+        namespace: FeatureNamespace,
+        content_hashes: Sequence[str],
+        encode: Callable[[list[str]], tuple[Sequence[str], torch.Tensor]],
+    ) -> torch.Tensor:
+        """Features (N, E) of the images in request order; `encode(missing hashes)` computes at least the missing
+        ones and may compute more (whole canonical batches): it returns (their hashes, (M, E)). Every computed row
+        the cache lacks is stored, as one new shard."""
+        digests = [_digest(value, index) for index, value in enumerate(content_hashes)]
+        if not digests:
+            raise ValueError("no images to look up in the feature cache")
+        found = self.lookup(namespace, digests)
+        missing = list(dict.fromkeys(d for d in digests if d not in found))
+        if missing:
+            computed_hashes, computed = encode([digest.hex() for digest in missing])
+            computed = computed.detach().float().cpu().contiguous()
+            if computed.dim() != 2 or computed.shape[0] != len(computed_hashes):
+                raise ValueError(f"encode returned features of shape {tuple(computed.shape)} for "
+                                 f"{len(computed_hashes)} images; expected ({len(computed_hashes)}, E)")
+            rows = {_digest(value, index): row for index, (value, row) in enumerate(zip(computed_hashes, computed))}
+            absent = [digest for digest in missing if digest not in rows]
+            if absent:
+                raise ValueError(f"encode did not compute {len(absent)} requested image(s), e.g. {absent[0].hex()}")
+            already = self.lookup(namespace, [d for d in rows if d not in found]) if len(rows) > len(missing) else {}
+            new = [digest for digest in rows if digest not in found and digest not in already]
+            self.store(namespace, new, torch.stack([rows[digest] for digest in new]))
+            found.update(rows)
+        dims = {found[digest].shape[-1] for digest in digests}
         if len(dims) != 1:
             raise FeatureCacheError(f"{self.namespace_dir(namespace)}: cached features have several widths {dims}")
         return torch.stack([found[digest] for digest in digests])

@@ -3,6 +3,7 @@
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import polars as pl
 
@@ -18,6 +19,15 @@ class PartitionInputs:
     index: pl.DataFrame
     classnames: list[str]
     image_dir: object  # Path
+
+    @cached_property
+    def image_set(self):
+        """The dataset's images as one ImageSet, batched within each split: the features of any subset are computed
+        in its canonical batches, so every experiment reads the same bits (models.prompting.features)."""
+        from models.prompting.features import ImageSet
+
+        return ImageSet.of(self.image_dir, self.index["relative_path"].to_list(),
+                           self.index["content_sha256"].to_list(), self.index["split"].to_list())
 
     def fewshot_train(self, fewshot: pl.DataFrame, subset: str = "train") -> pl.DataFrame:
         """The labelled few-shot rows (subset train, or val: min(K, 4) per class) of this experiment, joined

@@ -67,7 +67,7 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
                                                             backbone_weights_sha256=backbone.weights_sha256)
             test = inputs.index.filter(pl.col("split") == "test").sort("relative_path")
             # cached features for frozen-image-tower methods, preprocessed images for vision-prompt methods
-            image_inputs = method_inputs_for_images(checkpoint["method"], backbone, inputs.image_dir,
+            image_inputs = method_inputs_for_images(checkpoint["method"], backbone, inputs.image_set,
                                                     test["relative_path"].to_list(),
                                                     test["content_sha256"].to_list(), workspace.feature_cache_dir)
             (split,) = evaluation_splits(predict_log_probabilities(classifier, image_inputs),

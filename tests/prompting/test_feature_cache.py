@@ -14,6 +14,7 @@ from PIL import Image
 from models.experiments import features_for_images
 from models.prompting.feature_cache import (FeatureCache, FeatureCacheError, FeatureCacheWarning,
                                             FeatureNamespace)
+from models.prompting.features import ImageSet
 from models.provenance import sha256_file
 
 IMAGE_SIZE = 8
@@ -34,7 +35,7 @@ class ToyPreprocess:
 
 
 class CountingImageTower(torch.nn.Module):
-    """A fixed random projection of the pixels that counts how many images it encoded."""
+    """A fixed random projection of the pixels that counts how many images it encoded and its encoder passes."""
 
     def __init__(self):
         super().__init__()
@@ -71,7 +72,8 @@ def backbone() -> ToyBackbone:
 
 @pytest.fixture
 def images(tmp_path) -> tuple[Path, list[str], list[str]]:
-    """24 distinct, asymmetric RGB images on disk: (image_dir, relative paths, content sha256)."""
+    """24 distinct, asymmetric RGB images on disk: (their ImageSet in canonical batches of 8, relative paths, content
+    sha256)."""
     image_dir = tmp_path / "images"
     image_dir.mkdir()
     rng = np.random.default_rng(0)
@@ -81,27 +83,31 @@ def images(tmp_path) -> tuple[Path, list[str], list[str]]:
         (image_dir / relative).parent.mkdir(exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)).save(image_dir / relative)
         paths.append(relative)
-    return image_dir, paths, [sha256_file(image_dir / p) for p in paths]
+    hashes = [sha256_file(image_dir / p) for p in paths]
+    image_set = ImageSet.of(image_dir, paths, hashes, batch_size=8)
+    # listed in the set's canonical order: paths[:8] is batch 0, paths[8:16] batch 1, paths[16:] batch 2
+    return image_set, list(image_set.relative_paths), list(image_set.content_hashes)
 
 
 def test_an_overlapping_image_set_encodes_only_its_new_images(tmp_path, backbone, images):
-    image_dir, paths, hashes = images
+    image_set, paths, hashes = images
     cache_dir = tmp_path / "cache"
-    four_shot = features_for_images(backbone, image_dir, paths[:8], hashes[:8], cache_dir)
-    assert backbone.model.encoded_images == 8
-    sixteen_shot = features_for_images(backbone, image_dir, paths[:20], hashes[:20], cache_dir)
-    assert backbone.model.encoded_images == 8 + 12  # only the 12 images the 4-shot set did not hold
-    assert torch.equal(sixteen_shot[:8], four_shot)
-    again = features_for_images(backbone, image_dir, paths[:20], hashes[:20], cache_dir)
-    assert backbone.model.encoded_images == 20  # fully cached: nothing encoded
+    four_shot = features_for_images(backbone, image_set, paths[:5], hashes[:5], cache_dir)
+    assert backbone.model.encoded_images == 8  # the whole canonical batch holding them, all of it stored
+    sixteen_shot = features_for_images(backbone, image_set, paths[:14], hashes[:14], cache_dir)
+    assert backbone.model.encoded_images == 8 + 8  # only the batch the 4-shot set did not touch
+    assert torch.equal(sixteen_shot[:5], four_shot)
+    again = features_for_images(backbone, image_set, paths[:16], hashes[:16], cache_dir)
+    assert backbone.model.encoded_images == 16  # fully cached: nothing encoded
+    again = again[:14]
     assert torch.equal(again, sixteen_shot)
 
 
 def test_cached_features_equal_uncached_encoding(tmp_path, backbone, images):
-    image_dir, paths, hashes = images
-    uncached = features_for_images(backbone, image_dir, paths, hashes, None, with_mirror=True)
-    cold = features_for_images(backbone, image_dir, paths, hashes, tmp_path / "cache", with_mirror=True)
-    warm = features_for_images(backbone, image_dir, paths, hashes, tmp_path / "cache", with_mirror=True)
+    image_set, paths, hashes = images
+    uncached = features_for_images(backbone, image_set, paths, hashes, None, with_mirror=True)
+    cold = features_for_images(backbone, image_set, paths, hashes, tmp_path / "cache", with_mirror=True)
+    warm = features_for_images(backbone, image_set, paths, hashes, tmp_path / "cache", with_mirror=True)
     assert uncached.shape == (24, 2, EMBED_DIM)
     assert torch.equal(cold, uncached)
     assert torch.equal(warm, uncached)
@@ -110,28 +116,28 @@ def test_cached_features_equal_uncached_encoding(tmp_path, backbone, images):
 
 
 def test_returned_rows_follow_the_request_order_including_duplicates(tmp_path, backbone, images):
-    image_dir, paths, hashes = images
-    reference = features_for_images(backbone, image_dir, paths, hashes, None)
-    features_for_images(backbone, image_dir, paths[:12], hashes[:12], tmp_path / "cache")  # half cached
+    image_set, paths, hashes = images
+    reference = features_for_images(backbone, image_set, paths, hashes, None)
+    features_for_images(backbone, image_set, paths[:12], hashes[:12], tmp_path / "cache")  # half cached
     order = [17, 3, 3, 0, 23, 11, 12, 5, 17]
     encoded_before = backbone.model.encoded_images
-    result = features_for_images(backbone, image_dir, [paths[i] for i in order], [hashes[i] for i in order],
+    result = features_for_images(backbone, image_set, [paths[i] for i in order], [hashes[i] for i in order],
                                  tmp_path / "cache")
-    # bit for bit: one image per encoder pass, so the images encoded alongside cannot change the rounding
+    # bit for bit: canonical batches, so who asked first and for what cannot change the rounding
     assert torch.equal(result, reference[order])
-    assert backbone.model.encoded_images - encoded_before == 3  # 17, 23, 12: each missing image once
+    assert backbone.model.encoded_images - encoded_before == 8  # 17 and 23: their batch (12's batch was stored)
 
 
 @pytest.mark.parametrize("change", ["weights", "transform", "backbone_name"])
 def test_other_weights_transform_or_backbone_miss(tmp_path, backbone, images, change):
-    image_dir, paths, hashes = images
-    features_for_images(backbone, image_dir, paths[:6], hashes[:6], tmp_path / "cache")
+    image_set, paths, hashes = images
+    features_for_images(backbone, image_set, paths[:6], hashes[:6], tmp_path / "cache")
     other = {"weights": replace(backbone, weights_sha256="cd" * 32),
              "transform": replace(backbone, preprocess_eval=ToyPreprocess(scale=2.0)),
              "backbone_name": replace(backbone, spec=ToySpec("other-clip"))}[change]
     other.model.encoded_images = 0
-    features_for_images(other, image_dir, paths[:6], hashes[:6], tmp_path / "cache")
-    assert other.model.encoded_images == 6
+    features_for_images(other, image_set, paths[:6], hashes[:6], tmp_path / "cache")
+    assert other.model.encoded_images == 8
 
 
 def test_features_encoded_at_another_precision_miss(tmp_path, backbone, images, monkeypatch):
@@ -139,35 +145,36 @@ def test_features_encoded_at_another_precision_miss(tmp_path, backbone, images, 
     import models.prompting.feature_cache as feature_cache
     from models.precision import Precision
 
-    image_dir, paths, hashes = images
-    features_for_images(backbone, image_dir, paths[:6], hashes[:6], tmp_path / "cache")
-    assert backbone.model.encoded_images == 6
+    image_set, paths, hashes = images
+    features_for_images(backbone, image_set, paths[:6], hashes[:6], tmp_path / "cache")
+    assert backbone.model.encoded_images == 8
     monkeypatch.setattr(feature_cache, "precision_for", lambda device, training: Precision("cuda", torch.bfloat16))
     assert FeatureNamespace.of(backbone, "original").precision == "bf16-autocast"
-    features_for_images(backbone, image_dir, paths[:6], hashes[:6], tmp_path / "cache")
-    assert backbone.model.encoded_images == 12
+    features_for_images(backbone, image_set, paths[:6], hashes[:6], tmp_path / "cache")
+    assert backbone.model.encoded_images == 16
     folders = sorted(path.name for path in (tmp_path / "cache").iterdir())
     assert len(folders) == 2 and any("-bf16-autocast-" in name for name in folders)
     assert any("-fp32-" in name for name in folders)
 
 
 def test_each_view_is_cached_separately(tmp_path, backbone, images):
-    image_dir, paths, hashes = images
-    features_for_images(backbone, image_dir, paths[:6], hashes[:6], tmp_path / "cache")
-    assert backbone.model.encoded_images == 6
-    both = features_for_images(backbone, image_dir, paths[:6], hashes[:6], tmp_path / "cache", with_mirror=True)
-    assert backbone.model.encoded_images == 12  # the original view hit, the mirrored view missed
+    image_set, paths, hashes = images
+    features_for_images(backbone, image_set, paths[:6], hashes[:6], tmp_path / "cache")
+    assert backbone.model.encoded_images == 8
+    both = features_for_images(backbone, image_set, paths[:6], hashes[:6], tmp_path / "cache", with_mirror=True)
+    assert backbone.model.encoded_images == 16  # the original view hit, the mirrored view missed
     assert both.shape == (6, 2, EMBED_DIM)
 
 
 def test_one_shard_per_store_not_one_file_per_image(tmp_path, backbone, images):
-    image_dir, paths, hashes = images
-    features_for_images(backbone, image_dir, paths[:10], hashes[:10], tmp_path / "cache")
-    features_for_images(backbone, image_dir, paths, hashes, tmp_path / "cache")
+    image_set, paths, hashes = images
+    features_for_images(backbone, image_set, paths[:10], hashes[:10], tmp_path / "cache")
+    features_for_images(backbone, image_set, paths, hashes, tmp_path / "cache")
     cache = FeatureCache(tmp_path / "cache")
-    shards = cache.shard_paths(FeatureNamespace.of(backbone, "original"))
+    shards = cache.shard_paths(FeatureNamespace.of(backbone, "original", image_set.batching))
     assert len(shards) == 2
-    assert backbone.model.calls == 10 + 14  # one encoder pass per image, each image encoded once
+    assert backbone.model.encoded_images == 24  # each image encoded once: batches 0-1, then batch 2
+    assert backbone.model.calls == 3  # one encoder pass per canonical batch
 
 
 def test_small_shards_are_merged_and_every_entry_stays_readable(tmp_path):
@@ -186,7 +193,7 @@ def test_small_shards_are_merged_and_every_entry_stays_readable(tmp_path):
 
 
 def test_a_crash_while_writing_leaves_no_entry_that_reads_as_valid(tmp_path, backbone, images, monkeypatch):
-    image_dir, paths, hashes = images
+    image_set, paths, hashes = images
     cache_dir = tmp_path / "cache"
 
     def crash(source, target):
@@ -194,24 +201,24 @@ def test_a_crash_while_writing_leaves_no_entry_that_reads_as_valid(tmp_path, bac
 
     monkeypatch.setattr("models.prompting.feature_cache.os.replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
-        features_for_images(backbone, image_dir, paths[:5], hashes[:5], cache_dir)
+        features_for_images(backbone, image_set, paths[:5], hashes[:5], cache_dir)
     monkeypatch.undo()
-    namespace_dir = FeatureCache(cache_dir).namespace_dir(FeatureNamespace.of(backbone, "original"))
+    namespace_dir = FeatureCache(cache_dir).namespace_dir(FeatureNamespace.of(backbone, "original", image_set.batching))
     assert not list(namespace_dir.glob("shard-*")) and not list(namespace_dir.glob(".tmp-*"))
     # a temporary file left by a killed writer is never read as an entry
     (namespace_dir / ".tmp-deadbeef-shard-00000000000000000000-000000000000.safetensors").write_bytes(b"partial")
     backbone.model.encoded_images = 0
-    result = features_for_images(backbone, image_dir, paths[:5], hashes[:5], cache_dir)
-    assert backbone.model.encoded_images == 5
-    assert torch.equal(result, features_for_images(backbone, image_dir, paths[:5], hashes[:5], None))
+    result = features_for_images(backbone, image_set, paths[:5], hashes[:5], cache_dir)
+    assert backbone.model.encoded_images == 8
+    assert torch.equal(result, features_for_images(backbone, image_set, paths[:5], hashes[:5], None))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_feature_byte", "garbage"])
 def test_a_damaged_shard_is_moved_aside_with_a_warning_and_re_encoded(tmp_path, backbone, images, damage):
-    image_dir, paths, hashes = images
+    image_set, paths, hashes = images
     cache_dir = tmp_path / "cache"
-    reference = features_for_images(backbone, image_dir, paths[:6], hashes[:6], cache_dir)
-    (shard,) = FeatureCache(cache_dir).shard_paths(FeatureNamespace.of(backbone, "original"))
+    reference = features_for_images(backbone, image_set, paths[:6], hashes[:6], cache_dir)
+    (shard,) = FeatureCache(cache_dir).shard_paths(FeatureNamespace.of(backbone, "original", image_set.batching))
     data = bytearray(shard.read_bytes())
     if damage == "truncate":
         data = data[: len(data) - 10]
@@ -222,28 +229,28 @@ def test_a_damaged_shard_is_moved_aside_with_a_warning_and_re_encoded(tmp_path, 
     shard.write_bytes(bytes(data))
     backbone.model.encoded_images = 0
     with pytest.warns(FeatureCacheWarning, match=shard.name):
-        result = features_for_images(backbone, image_dir, paths[:6], hashes[:6], cache_dir)
-    assert backbone.model.encoded_images == 6
+        result = features_for_images(backbone, image_set, paths[:6], hashes[:6], cache_dir)
+    assert backbone.model.encoded_images == 8
     assert torch.equal(result, reference)
     assert shard.with_name(shard.name + ".corrupt").exists() and not shard.exists()
 
 
 def test_a_namespace_folder_holding_other_features_fails_naming_the_file(tmp_path, backbone, images):
-    image_dir, paths, hashes = images
-    features_for_images(backbone, image_dir, paths[:2], hashes[:2], tmp_path / "cache")
-    namespace_file = FeatureCache(tmp_path / "cache").namespace_dir(FeatureNamespace.of(backbone, "original")) \
+    image_set, paths, hashes = images
+    features_for_images(backbone, image_set, paths[:2], hashes[:2], tmp_path / "cache")
+    namespace_file = FeatureCache(tmp_path / "cache").namespace_dir(FeatureNamespace.of(backbone, "original", image_set.batching)) \
         / "namespace.json"
     namespace_file.write_text('{"backbone": "someone-else"}')
     with pytest.raises(FeatureCacheError, match="namespace.json"):
-        features_for_images(backbone, image_dir, paths[:2], hashes[:2], tmp_path / "cache")
+        features_for_images(backbone, image_set, paths[:2], hashes[:2], tmp_path / "cache")
 
 
 def test_content_hashes_must_be_sha256_and_match_the_images(tmp_path, backbone, images):
-    image_dir, paths, hashes = images
+    image_set, paths, hashes = images
     with pytest.raises(ValueError, match=r"content_hashes\[1\]"):
-        features_for_images(backbone, image_dir, paths[:2], [hashes[0], "not-a-hash"], tmp_path / "cache")
+        features_for_images(backbone, image_set, paths[:2], [hashes[0], "not-a-hash"], tmp_path / "cache")
     with pytest.raises(ValueError, match="2 images but 1 content hashes"):
-        features_for_images(backbone, image_dir, paths[:2], hashes[:1], tmp_path / "cache")
+        features_for_images(backbone, image_set, paths[:2], hashes[:1], tmp_path / "cache")
 
 
 def _concurrent_writer(root: str, worker: int, queue) -> None:

@@ -152,13 +152,14 @@ def test_a_checkpoint_from_other_backbone_weights_is_refused(tmp_path, reference
 
 
 def test_cached_features_do_not_depend_on_the_images_encoded_with_them(tmp_path, reference_clip):
-    """Two workspaces that cache different image sets get bit-identical features for the images they share (one
-    image per encoder pass); a batched pass would round some of them differently."""
+    """Two workspaces that cache different subsets of a dataset get bit-identical features for the images they
+    share: both compute them in the dataset's canonical batches (models.prompting.features.ImageSet)."""
     from dataclasses import dataclass
 
     from PIL import Image
 
     from models.experiments import features_for_images
+    from models.prompting.features import ImageSet
     from models.provenance import sha256_file
 
     @dataclass
@@ -181,8 +182,9 @@ def test_cached_features_do_not_depend_on_the_images_encoded_with_them(tmp_path,
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image_dir / path)
     hashes = [sha256_file(image_dir / path) for path in paths]
     backbone = Backbone(model, preprocess)
-    small = features_for_images(backbone, image_dir, paths[5:8], hashes[5:8], tmp_path / "cache_a")
-    large = features_for_images(backbone, image_dir, paths, hashes, tmp_path / "cache_b")
+    dataset = ImageSet.of(image_dir, paths, hashes, batch_size=16)
+    small = features_for_images(backbone, dataset, paths[5:8], hashes[5:8], tmp_path / "cache_a")
+    large = features_for_images(backbone, dataset, paths, hashes, tmp_path / "cache_b")
     assert torch.equal(small, large[5:8])
     with torch.no_grad():  # and they are the model's features, up to that rounding
         batched = model.encode_image(torch.stack([preprocess(Image.open(image_dir / p)) for p in paths]))
