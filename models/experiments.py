@@ -56,9 +56,12 @@ def build_classifier(
     parameters: dict[str, Any],
     classnames: list[str],
     templates: list[str],
+    text_cache=None,
 ) -> PromptedClassifier:
+    """The method's classifier on the frozen model; `text_cache` (models.prompting.text_cache.TextFeatureCache)
+    serves the zero-shot template ensemble the method reads, encoded once per class names and templates."""
     spec = get_method(method)
-    context = ClassifierContext(clip_model, tokenizer, classnames, templates)
+    context = ClassifierContext(clip_model, tokenizer, classnames, templates, text_cache=text_cache)
     return spec.build(context, parse_method_parameters(method, parameters))
 
 
@@ -222,8 +225,10 @@ def load_prompt_checkpoint(
     classnames: list[str] | None = None,
     templates: list[str] | None = None,
     backbone_weights_sha256: str | None = None,
+    text_cache=None,
 ) -> tuple[PromptedClassifier, dict]:
-    """Rebuild a classifier from its checkpoint folder alone (config + learned parameters).
+    """Rebuild a classifier from its checkpoint folder alone (config + learned parameters); `text_cache` as in
+    build_classifier.
 
     `classnames` applies the learned prompt to other classes than it was trained on (new classes in
     base-to-new, another dataset's classes in cross-dataset transfer); class-specific parameters cannot transfer.
@@ -239,7 +244,8 @@ def load_prompt_checkpoint(
     if templates is not None:
         config = {**config, "trained_templates": config["templates"], "templates": list(templates)}
     classifier = build_classifier(
-        clip_model, tokenizer, config["method"], config["parameters"], target_classnames, config["templates"]
+        clip_model, tokenizer, config["method"], config["parameters"], target_classnames, config["templates"],
+        text_cache=text_cache,
     )
     weights = Path(directory) / CHECKPOINT_WEIGHTS
     if weights.exists():

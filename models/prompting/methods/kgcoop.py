@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from models.prompting.methods.coop import CoOpClassifier, CoOpParameters
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, register_method
-from models.prompting.prompt_assembly import template_ensemble_features
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,7 @@ def hand_crafted_text_features(context: ClassifierContext) -> torch.Tensor:
     """Normalized (C, E) text features of the dataset template(s); several templates are averaged (ensemble)."""
     # Renormalized after averaging: the cosine ignores the scale, and a unit buffer is easier to inspect.
     return F.normalize(
-        template_ensemble_features(context.text_tower, context.tokenizer, context.classnames, context.templates),
+        context.template_ensemble(),
         dim=-1,
     )
 

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from models.prompting.methods.coop import CoOpClassifier, CoOpParameters
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, register_method
-from models.prompting.prompt_assembly import template_ensemble_features
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class ProGradClassifier(CoOpClassifier):
         # Frozen zero-shot classifier of the hand-crafted templates: the "general knowledge" to stay aligned with.
         self.register_buffer(
             "zero_shot_text_features",
-            template_ensemble_features(context.text_tower, context.tokenizer, context.classnames, context.templates),
+            context.template_ensemble(),
         )
 
     def knowledge_divergence(

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from models.prompting.methods.ivlp import IVLPClassifier, IVLPParameters
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, register_method
-from models.prompting.prompt_assembly import template_ensemble_features
 
 
 @dataclass(frozen=True)
@@ -73,9 +72,7 @@ class PromptSRCClassifier(IVLPClassifier):
         self.register_buffer(
             "frozen_text_features",
             F.normalize(
-                template_ensemble_features(
-                    context.text_tower, context.tokenizer, context.classnames, context.templates
-                ),
+                context.template_ensemble(),
                 dim=-1,
             ),
         )

@@ -23,10 +23,21 @@ class ClassifierContext:
     classnames: list[str]
     templates: list[str]  # hand-crafted templates with one "{}" each
     text_tower: TextTower | None = None
+    # where the zero-shot template ensemble is cached (models.prompting.text_cache); None: computed every time
+    text_cache: Any = None
 
     def __post_init__(self) -> None:
         if self.text_tower is None:
             self.text_tower = TextTower(self.clip_model)
+
+    def template_ensemble(self) -> torch.Tensor:
+        """(C, E) zero-shot text features of the class names with the templates (prompt_assembly's ensemble), from
+        the text cache when one is given."""
+        from models.prompting.prompt_assembly import template_ensemble_features
+
+        if self.text_cache is not None:
+            return self.text_cache.template_ensemble(self.text_tower, self.tokenizer, self.classnames, self.templates)
+        return template_ensemble_features(self.text_tower, self.tokenizer, self.classnames, self.templates)
 
 
 class PromptedClassifier(nn.Module):

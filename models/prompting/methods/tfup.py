@@ -65,7 +65,6 @@ from torch import nn
 
 from models.prompting.methods.cocoop import joint_embedding_dim
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
-from models.prompting.prompt_assembly import template_ensemble_features
 from models.prompting.training import DivergenceWatch, TrainingHistory
 
 
@@ -259,7 +258,7 @@ class TfupClassifier(PromptedClassifier):
         device = self.logit_scale.device
         self.register_buffer(
             "class_text_features",
-            template_ensemble_features(context.text_tower, context.tokenizer, context.classnames, context.templates),
+            context.template_ensemble(),
         )
         # The cache, fixed-size so that a fresh classifier loads any checkpoint of these classes: slots
         # [i * max, (i + 1) * max) hold class i's keys; label -1 marks an empty slot.

@@ -15,7 +15,6 @@ import torch
 
 from models.prompting.deep_prompts import IndependentLayerPrompts, PromptedVisionTower, check_prompt_depth
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
-from models.prompting.prompt_assembly import template_ensemble_features
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class VPTClassifier(PromptedClassifier):
         self.vision_tower = vision_tower
         self.register_buffer(
             "class_text_features",
-            template_ensemble_features(context.text_tower, context.tokenizer, context.classnames, context.templates),
+            context.template_ensemble(),
         )
         device = vision_tower.visual.positional_embedding.device
         # Seeded without touching the global RNG, so building a classifier never shifts other random draws.

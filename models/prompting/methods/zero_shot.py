@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
-from models.prompting.prompt_assembly import template_ensemble_features
 
 
 @dataclass(frozen=True)
@@ -20,7 +19,7 @@ class ZeroShotClassifier(PromptedClassifier):
         super().__init__(context)
         self.register_buffer(
             "class_text_features",
-            template_ensemble_features(context.text_tower, context.tokenizer, context.classnames, context.templates),
+            context.template_ensemble(),
         )
 
     def text_features(self) -> torch.Tensor:
