@@ -128,32 +128,61 @@ def fail_abandoned_runs(instance, log=print, include_own_pid: bool = False) -> l
 class SignalWatch:
     """Turns SIGINT / SIGTERM into StopRequested. Dagster swaps in its own handler while a job executes (it
     interrupts the step, fails the run, then forgets the signal), so the signal number is also read from a wakeup
-    fd, which no handler swap bypasses: `check()` after each job stops the CLI before it starts the next."""
+    fd, which no handler swap bypasses: `check()` after each job stops the CLI before it starts the next.
+
+    Dagster's handler raises its interrupt wherever the main thread happens to be; raised inside a garbage-collection
+    callback (a database connection's finalizer) it is printed as "Exception ignored" and lost, and the job would
+    run to its end. So until `check()` has taken the signal, a watcher thread delivers it again every
+    `redeliver_seconds` (at most `max_redeliveries` times)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+    def __init__(self, redeliver_seconds: float = 3.0, max_redeliveries: int = 20):
+        self.redeliver_seconds, self.max_redeliveries = redeliver_seconds, max_redeliveries
+
     def __enter__(self) -> SignalWatch:
+        import threading
+
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
         self._writer.setblocking(False)
+        self._received: list[int] = []
+        self._taken = threading.Event()
+        self._closing = threading.Event()
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         self._previous = {number: signal.signal(number, self._raise) for number in self.SIGNALS}
+        self._watcher = threading.Thread(target=self._watch, name="promptlab-signal-watch", daemon=True)
+        self._watcher.start()
         return self
 
-    @staticmethod
-    def _raise(number, frame) -> None:
+    def _raise(self, number, frame) -> None:
+        self._taken.set()  # our own handler ran: the main thread has the stop, nothing to deliver again
         raise StopRequested(signal.Signals(number).name)
 
+    def _watch(self) -> None:
+        import select
+
+        redelivered = 0
+        while not self._closing.is_set():
+            readable, _, _ = select.select([self._reader], [], [], self.redeliver_seconds)
+            if readable:
+                try:
+                    self._received += [n for n in self._reader.recv(256) if n in self.SIGNALS]
+                except (BlockingIOError, OSError):
+                    pass
+                continue
+            if self._received and not self._taken.is_set() and redelivered < self.max_redeliveries:
+                redelivered += 1
+                signal.raise_signal(self._received[0])
+
     def check(self) -> None:
-        try:
-            received = self._reader.recv(256)
-        except BlockingIOError:
-            return
-        for number in received:
-            if number in self.SIGNALS:
-                raise StopRequested(signal.Signals(number).name)
+        if self._received:
+            self._taken.set()
+            raise StopRequested(signal.Signals(self._received[0]).name)
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
+        self._watcher.join(timeout=self.redeliver_seconds + 1)
         for number, handler in self._previous.items():
             signal.signal(number, handler)
         signal.set_wakeup_fd(self._previous_fd)

@@ -192,3 +192,26 @@ def test_dagster_home_gets_the_template_instead_of_the_telemetry_only_file(homes
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: true\n")  # someone's own configuration stays
     cli.ensure_dagster_home()
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: true\n"
+
+
+def test_a_signal_whose_interrupt_was_lost_is_delivered_again_until_the_cli_takes_it():
+    """Dagster's interrupt raised inside a garbage-collection callback is lost ("Exception ignored") and the job
+    would run on: the watcher delivers the signal again until check() has taken it, then stops."""
+    from pipelines.run_guard import SignalWatch, StopRequested
+
+    seen = []
+    with SignalWatch(redeliver_seconds=0.2) as watch:
+        ours = signal.signal(signal.SIGTERM, lambda number, frame: seen.append(number))  # an interrupt that got lost
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.time() + 10
+            while len(seen) < 3 and time.time() < deadline:
+                time.sleep(0.05)
+            with pytest.raises(StopRequested, match="SIGTERM"):
+                watch.check()
+            delivered = len(seen)
+            time.sleep(0.6)
+        finally:
+            signal.signal(signal.SIGTERM, ours)
+        assert delivered >= 3
+        assert len(seen) == delivered  # taken: no more deliveries
