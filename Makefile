@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.promptlab-installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install run test ui bench bench-testtime clean-workspace
+.PHONY: install run test ui ui-test bench bench-testtime clean-workspace
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,14 @@ GRID ?= standard
 run: install
 	$(BIN)/promptlab run --grid $(GRID)
 
+# Includes the browser suite's smoke tests (tests/ui, marker `ui`: Debian's chromium, about a minute);
+# PROMPTLAB_SKIP_BROWSER=1 skips them.
 test: install
 	$(BIN)/python -m pytest -q
+
+# The whole browser suite: launches the world, curation, an experiment and the report from the UI (about 3 minutes).
+ui-test: install
+	$(BIN)/python -m pytest -q -m ui tests/ui
 
 # Training throughput of every method (cache vs re-encoding, batched CoCoOp), to the warehouse and bench/results/.
 bench: install
@@ -32,9 +38,15 @@ bench: install
 bench-testtime: install
 	$(BIN)/python -m bench.testtime
 
+# The UI on http://127.0.0.1:3000, and the workspace's reports/ folder on http://127.0.0.1:$(REPORT_PORT)/ so that
+# the report asset's link opens (browsers do not follow file:// links from a web page).
+REPORT_PORT ?= 3001
 ui: install
-	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster dev -m pipelines.definitions
+	$(BIN)/python -m pipelines.ui_instance
+	reports="$${PROMPTLAB_WORKSPACE:-$(CURDIR)/workspace}/reports"; mkdir -p "$$reports"; \
+	$(BIN)/python -m http.server $(REPORT_PORT) --bind 127.0.0.1 --directory "$$reports" >/dev/null 2>&1 & \
+	server=$$!; trap 'kill $$server' EXIT INT TERM; \
+	PROMPTLAB_REPORT_URL=http://127.0.0.1:$(REPORT_PORT)/ $(BIN)/dagster dev -m pipelines.definitions
 
 clean-workspace:
 	rm -rf workspace .dagster_home

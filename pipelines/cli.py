@@ -166,7 +166,8 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
     started = time.perf_counter()
     if not execute("embedded_world_job", "world: corpus + tiny-clip + diffusion"):
         return {"failures": failures, "stage_seconds": stage_seconds}
-    curated = [name for name in datasets if execute("curation_job", "curation", name)]
+    curated = [name for name in datasets if execute("curation_job", "curation", name)
+               and execute("features_job", "features: every image once per view", name)]
     failed_partitions = set()
     for name, key in partitions:
         if name in curated and not execute("experiment_job", "experiments: augmentation + pseudolabels + training + "

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import quote
 
 import dagster as dg
+from pydantic import Field
 
 from models.catalog import Catalog, load_catalog
 from models.workspace import Workspace, default_workspace_root
@@ -26,44 +28,85 @@ def _load_variation_generator_cached(entry, diffusion_dir: str, device: str, fin
     return load_variation_generator(entry, diffusion_dir, device=device)
 
 
-class PromptLabResource(dg.ConfigurableResource):
-    """Settings shared by all assets; each can be changed in the launchpad."""
+# What the launchpad shows for a setting resolved when a run starts (an empty string means the same).
+AUTO, DEFAULT = "auto", "default"
 
-    workspace_dir: str = ""  # empty: $PROMPTLAB_WORKSPACE or ./workspace
-    catalog_dir: str = ""  # empty: $PROMPTLAB_CATALOG or ./assets_catalog
-    backbone: str = ""  # empty: the catalog's default backbone
-    # The diffusion model that generates image variations (backbones.yaml: diffusion_backbones); empty:
-    # $PROMPTLAB_DIFFUSION_BACKBONE, else the catalog's diffusion_default.
-    diffusion_backbone: str = ""
-    device: str = "auto"  # "auto" picks CUDA when available
-    # Pretrain tiny-clip from the catalog's recipe instead of installing its shipped weights (also
-    # $PROMPTLAB_RETRAIN_WORLD=1, which `promptlab run --retrain-world` sets).
-    retrain_world: bool = False
+
+def _chosen(value: str, automatic: str) -> str | None:
+    """The value set in the launchpad, or None for `auto` / `default` / empty."""
+    return None if value in ("", automatic) else value
+
+
+class PromptLabResource(dg.ConfigurableResource):
+    """Settings shared by all assets, set per run in the launchpad (resources: promptlab: config); each field says
+    what its `auto` or `default` resolves to."""
+
+    workspace_dir: str = Field(
+        default=AUTO, description="Folder every asset writes into (datasets, models, checkpoints, warehouse, "
+                                  "report). 'auto': $PROMPTLAB_WORKSPACE, else <project>/workspace.")
+    catalog_dir: str = Field(
+        default=AUTO, description="Folder of the catalog YAML files (datasets, backbones, world, experiment grid). "
+                                  "'auto': $PROMPTLAB_CATALOG, else <project>/assets_catalog. Partitions are read "
+                                  "from it when the code location loads.")
+    backbone: str = Field(
+        default=DEFAULT, description="Name of the frozen CLIP backbone in the catalog's backbones.yaml. 'default': "
+                                     "the catalog's default_backbone (the embedded tiny-clip offline).")
+    diffusion_backbone: str = Field(
+        default=DEFAULT, description="Diffusion model that generates image variations (backbones.yaml: "
+                                     "diffusion_backbones). 'default': $PROMPTLAB_DIFFUSION_BACKBONE, else the "
+                                     "catalog's diffusion_default.")
+    device: str = Field(
+        default=AUTO, description="Torch device for training and inference: 'auto' (CUDA when available, else CPU), "
+                                  "'cpu', 'cuda' or 'cuda:N'.")
+    retrain_world: bool = Field(
+        default=False, description="Pretrain tiny-clip from the catalog's recipe instead of installing its shipped "
+                                   "weights (also $PROMPTLAB_RETRAIN_WORLD=1, set by `promptlab run "
+                                   "--retrain-world`). Minutes to hours on CPU.")
+    report_url: str = Field(
+        default=AUTO, description="URL under which a browser opens the workspace's reports/ folder, for the "
+                                  "report's link. 'auto': $PROMPTLAB_REPORT_URL (`make ui` serves the folder at "
+                                  "http://127.0.0.1:3001/ and sets it), else a file:// URL (browsers do not follow "
+                                  "file:// links from a web page: paste it into the address bar).")
 
     def workspace(self) -> Workspace:
-        return Workspace(Path(self.workspace_dir) if self.workspace_dir else default_workspace_root())
+        chosen = _chosen(self.workspace_dir, AUTO)
+        return Workspace(Path(chosen) if chosen else default_workspace_root())
 
     def catalog(self) -> Catalog:
-        return load_catalog(self.catalog_dir or None)
+        return load_catalog(_chosen(self.catalog_dir, AUTO))
+
+    def report_link(self, path: Path) -> str:
+        """The URL of a file under the workspace's reports/ folder that a browser opens (report_url)."""
+        base = _chosen(self.report_url, AUTO) or os.environ.get("PROMPTLAB_REPORT_URL", "")
+        if not base:
+            return Path(path).resolve().as_uri()
+        relative = Path(path).resolve().relative_to(self.workspace().report_path.parent.resolve())
+        return base.rstrip("/") + "/" + quote(relative.as_posix())
 
     def retrain_world_requested(self) -> bool:
         return self.retrain_world or os.environ.get("PROMPTLAB_RETRAIN_WORLD", "") == "1"
 
     def torch_device(self) -> str:
-        if self.device != "auto":
+        if _chosen(self.device, AUTO):
             return self.device
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def backbone_name(self) -> str:
-        return self.backbone or self.catalog().default_backbone
+        return _chosen(self.backbone, DEFAULT) or self.catalog().default_backbone
+
+    def text_cache(self, backbone):
+        """The workspace's cache of zero-shot text features for this backbone (models.prompting.text_cache)."""
+        from models.prompting.text_cache import TextFeatureCache
+
+        return TextFeatureCache.of(backbone, self.workspace().feature_cache_dir / "text")
 
     def load_backbone(self):
         """The frozen backbone (model, transforms, tokenizer, weights hash); cached per process."""
         from models.backbones.loader import BackboneSpec
 
-        entry = self.catalog().backbone(self.backbone or None)
+        entry = self.catalog().backbone(_chosen(self.backbone, DEFAULT))
         if entry.source == "embedded":
             directory = self.workspace().tiny_clip_dir
             if not (directory / "open_clip_config.json").exists():
@@ -88,7 +131,8 @@ class PromptLabResource(dg.ConfigurableResource):
     def diffusion_backbone_entry(self, name: str | None = None, overrides: dict | None = None,
                                  where: str = "the diffusion settings"):
         """The catalog entry of a diffusion backbone (None: this resource's choice), with settings overridden."""
-        name = name or self.diffusion_backbone or os.environ.get("PROMPTLAB_DIFFUSION_BACKBONE") or None
+        name = (name or _chosen(self.diffusion_backbone, DEFAULT) or os.environ.get("PROMPTLAB_DIFFUSION_BACKBONE")
+                or None)
         return self.catalog().diffusion_backbone(name).overridden(overrides, where)
 
     def load_variation_generator(self, name: str | None = None, overrides: dict | None = None,

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from models.atomic import atomic_directory
 from models.backbones.training_support import (
-    count_parameters, reproducible_torch, warmup_cosine_learning_rate)
+    ProgressReport, TrainingProgress, count_parameters, reproducible_torch, warmup_cosine_learning_rate)
 from models.provenance import sha256_file
 
 EMBEDDED_MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "assets_catalog" / "model_configs"
@@ -84,13 +84,15 @@ def pretrain_tiny_clip(
     output_dir: Path,
     config: ClipPretrainConfig,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_progress: Callable[[ProgressReport], None] | None = None,
     families: np.ndarray | None = None,
     subject_captions: list[str] | None = None,
 ) -> PretrainedBackbone:
     """Train a CLIP from scratch with open_clip's contrastive loss and save it as an open_clip local-dir folder.
 
     images: (N, H, W, 3) uint8 at the architecture's image size; captions: N strings (caption i describes image i).
-    on_epoch(epoch, mean_loss) is called after every epoch, epoch counted from 1.
+    on_epoch(epoch, mean_loss) is called after every epoch, epoch counted from 1; on_progress(ProgressReport) after
+    every epoch and every 30 s within one (epoch i/N, elapsed, time left).
     families: optional group id per pair (the corpus's families). Each epoch shuffles whole families and keeps
     their pairs next to each other, so a batch holds each family together: its in-batch negatives then differ from
     the positive in the family's varying attribute only.
@@ -130,6 +132,7 @@ def pretrain_tiny_clip(
 
         epoch_losses: list[float] = []
         step = 0
+        progress = TrainingProgress(config.epochs, steps_per_epoch, on_progress)
         for epoch in range(1, config.epochs + 1):
             order = _epoch_order(family_rows, generator)
             epoch_token_ids = subject_token_ids if epoch <= config.subject_caption_epochs else token_ids
@@ -153,7 +156,9 @@ def pretrain_tiny_clip(
                     model.logit_scale.clamp_(0, MAX_LOG_LOGIT_SCALE)
                 batch_losses.append(loss.item())
                 step += 1
+                progress.after_step(epoch, batch_losses[-1])
             epoch_losses.append(float(np.mean(batch_losses)))
+            progress.after_epoch(epoch, epoch_losses[-1])
             if on_epoch is not None:
                 on_epoch(epoch, epoch_losses[-1])
 

@@ -24,7 +24,7 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from models.atomic import atomic_directory
 from models.backbones.training_support import (
-    count_parameters, reproducible_torch, warmup_cosine_learning_rate)
+    ProgressReport, TrainingProgress, count_parameters, reproducible_torch, warmup_cosine_learning_rate)
 from models.provenance import sha256_file
 
 UNET_FOLDER = "unet"
@@ -96,10 +96,12 @@ def pretrain_diffusion(
     output_dir: Path,
     config: DiffusionPretrainConfig,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_progress: Callable[[ProgressReport], None] | None = None,
 ) -> PretrainedDiffusion:
     """Train a UNet to predict the noise added to images (DDPM, MSE on epsilon) and save it as a diffusers folder.
 
-    images: (N, sample_size, sample_size, 3) uint8. on_epoch(epoch, mean_loss) runs after every epoch, from 1.
+    images: (N, sample_size, sample_size, 3) uint8. on_epoch(epoch, mean_loss) runs after every epoch, from 1;
+    on_progress(ProgressReport) after every epoch and every 30 s within one (epoch i/N, elapsed, time left).
     """
     started = time.perf_counter()
     _check_images(images, config.sample_size)
@@ -131,6 +133,7 @@ def pretrain_diffusion(
 
         epoch_losses: list[float] = []
         step = 0
+        progress = TrainingProgress(config.epochs, steps_per_epoch, on_progress)
         for epoch in range(1, config.epochs + 1):
             order = torch.randperm(num_images, generator=generator)
             batch_losses = []
@@ -154,7 +157,9 @@ def pretrain_diffusion(
                 optimizer.step()
                 batch_losses.append(loss.item())
                 step += 1
+                progress.after_step(epoch, batch_losses[-1])
             epoch_losses.append(float(np.mean(batch_losses)))
+            progress.after_epoch(epoch, epoch_losses[-1])
             if on_epoch is not None:
                 on_epoch(epoch, epoch_losses[-1])
 

@@ -90,6 +90,12 @@ class ImageSet:
         return cls(Path(image_dir), tuple(ordered), tuple(first[h][1] for h in ordered),
                    tuple(first[h][0] for h in ordered), batch_size)
 
+    @classmethod
+    def of_index(cls, image_dir: Path | str, index, batch_size: int = CANONICAL_BATCH_SIZE) -> "ImageSet":
+        """A dataset's images from its index (relative_path, content_sha256, split), batched within each split."""
+        return cls.of(image_dir, index["relative_path"].to_list(), index["content_sha256"].to_list(),
+                      index["split"].to_list(), batch_size)
+
     @cached_property
     def key(self) -> str:
         """What the batches depend on: the set's content hashes, their groups and the batch size."""

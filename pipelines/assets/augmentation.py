@@ -10,6 +10,7 @@ from models.provenance import source_version
 from pipelines.assets.common import partition_inputs, refuse_inapplicable_method
 from pipelines.assets.curation import fewshot_subsets
 from pipelines.assets.world import tiny_clip_backbone, tiny_diffusion_model
+from pipelines.metadata import frame_table, path_value
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
 from pipelines.resources import PromptLabResource
 
@@ -21,6 +22,7 @@ from pipelines.resources import PromptLabResource
     code_version=source_version("models/augmentation/dataset_augmentation.py", "models/augmentation/generators.py",
                                 "models/augmentation/filtering.py", "models/backbones/tiny_diffusion.py"),
     kinds={"diffusers", "parquet"},
+    pool="gpu",
 )
 def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """N diffusion variations per few-shot image (the resource's diffusion backbone), kept when CLIP cosine
@@ -62,12 +64,18 @@ def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabReso
     staging.rename(output_dir)
     kept = int(table["kept"].sum())
     context.log.info(f"{kept} of {table.height} variations kept (threshold {options.similarity_threshold})")
+    by_class = (table.group_by("label").agg(generated=pl.len(), kept=pl.col("kept").sum(),
+                                            mean_similarity=pl.col("similarity").mean().round(4))
+                .sort("label").with_columns(classname=pl.col("label").replace_strict(
+                    dict(enumerate(inputs.classnames)), return_dtype=pl.String))
+                .select("label", "classname", "generated", "kept", "mean_similarity"))
     return dg.MaterializeResult(
         metadata={
             "applies": True,
-            "path": str(output_dir),
+            "path": path_value(output_dir),
             "generated": table.height,
             "kept": kept,
+            "variations_by_class": frame_table(by_class),
             "mean_similarity": float(table["similarity"].mean()),
             "generator": dg.MetadataValue.json(generator.provenance.as_dict()),
         }

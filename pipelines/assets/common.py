@@ -26,8 +26,7 @@ class PartitionInputs:
         in its canonical batches, so every experiment reads the same bits (models.prompting.features)."""
         from models.prompting.features import ImageSet
 
-        return ImageSet.of(self.image_dir, self.index["relative_path"].to_list(),
-                           self.index["content_sha256"].to_list(), self.index["split"].to_list())
+        return ImageSet.of_index(self.image_dir, self.index)
 
     def fewshot_train(self, fewshot: pl.DataFrame, subset: str = "train") -> pl.DataFrame:
         """The labelled few-shot rows (subset train, or val: min(K, 4) per class) of this experiment, joined

@@ -11,7 +11,9 @@ import polars as pl
 from models.provenance import library_code_version
 from pipelines.assets.common import lineage_record, partition_inputs
 from pipelines.assets.curation import base_new_classes, dataset_index, learning_setting_splits
+from pipelines.assets.features import image_features
 from pipelines.assets.training import prompt_checkpoints
+from pipelines.metadata import path_value
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
 from pipelines.resources import PromptLabResource
 
@@ -20,15 +22,21 @@ from pipelines.resources import PromptLabResource
     group_name="evaluation",
     partitions_def=dataset_experiment_partitions,
     deps=[prompt_checkpoints, dg.AssetDep(dataset_index, partition_mapping=from_dataset),
+          dg.AssetDep(image_features, partition_mapping=from_dataset),
           dg.AssetDep(base_new_classes, partition_mapping=from_dataset),
           dg.AssetDep(learning_setting_splits, partition_mapping=from_dataset)],
     code_version=library_code_version(),
-    # A newly trained checkpoint is evaluated as soon as it lands (when the automation sensor runs).
+    # The one automation of this asset: checkpoint_evaluation_sensor (pipelines/sensors.py) evaluates this eager
+    # condition every minute and launches the partitions whose checkpoint is newer than their metrics.
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"pytorch", "duckdb", "parquet"},
+    pool="gpu",
 )
 def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
-    """Top-1, macro F1, ECE and per-class accuracy on test; base, new and their harmonic mean."""
+    """Top-1, macro F1, ECE and per-class accuracy on test; base, new and their harmonic mean.
+
+    Automated: a checkpoint (re)trained outside a run that also evaluates it is evaluated by
+    checkpoint_evaluation_sensor (eager automation condition, checked every 60 s while the daemon runs)."""
     from models.data.index import dataset_fingerprint
     from models.evaluation.metrics import classification_metrics, harmonic_mean
     from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images,
@@ -43,10 +51,11 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     # Scored on all the dataset's classes; base and new are then each scored among their own classes.
     classifier, checkpoint = load_prompt_checkpoint(workspace.checkpoint_dir(dataset, experiment_key),
                                                     backbone.model, backbone.tokenizer, classnames=inputs.classnames,
-                                                    backbone_weights_sha256=backbone.weights_sha256)
+                                                    backbone_weights_sha256=backbone.weights_sha256,
+                                                    text_cache=promptlab.text_cache(backbone))
     test = inputs.index.filter(pl.col("split") == "test").sort("relative_path")
     # cached features for frozen-image-tower methods, preprocessed images for vision-prompt methods
-    image_inputs = method_inputs_for_images(checkpoint["method"], backbone, inputs.image_dir,
+    image_inputs = method_inputs_for_images(checkpoint["method"], backbone, inputs.image_set,
                                             test["relative_path"].to_list(), test["content_sha256"].to_list(),
                                             workspace.feature_cache_dir)
     class_split = json.loads(workspace.class_split_path(dataset).read_text())
@@ -83,7 +92,8 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     return dg.MaterializeResult(
         metadata={"run_id": record.run_id, "top1_accuracy": top1["test"],
                   **{f"{k}_top1_accuracy": v for k, v in top1.items() if k != "test"},
-                  "warehouse": str(workspace.warehouse_path)}
+                  "checkpoint": path_value(workspace.checkpoint_dir(dataset, experiment_key)),
+                  "warehouse": path_value(workspace.warehouse_path)}
     )
 
 

@@ -11,7 +11,9 @@ import polars as pl
 from models.provenance import source_version
 from pipelines.assets.common import lineage_record, partition_inputs, refuse_inapplicable_method
 from pipelines.assets.curation import dataset_index, fewshot_subsets, learning_setting_splits
+from pipelines.assets.features import image_features
 from pipelines.assets.world import tiny_clip_backbone
+from pipelines.metadata import frame_table, path_value
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
 from pipelines.resources import PromptLabResource
 
@@ -20,11 +22,13 @@ from pipelines.resources import PromptLabResource
     group_name="pseudolabels",
     partitions_def=dataset_experiment_partitions,
     deps=[dg.AssetDep(dataset_index, partition_mapping=from_dataset),
+          dg.AssetDep(image_features, partition_mapping=from_dataset),
           dg.AssetDep(fewshot_subsets, partition_mapping=from_dataset),
           dg.AssetDep(learning_setting_splits, partition_mapping=from_dataset), tiny_clip_backbone],
     code_version=source_version("models/pseudolabels.py", "models/limited_labels.py",
                                 "models/prompting/methods/zero_shot.py"),
     kinds={"pytorch", "parquet", "duckdb"},
+    pool="gpu",
 )
 def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Pseudolabels of the unlabeled pool (train images outside the labelled few-shot subset), with their accuracy."""
@@ -52,9 +56,10 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
         raise ValueError(f"{where}: the unlabelled pool of {dataset} is empty ({inputs.experiment.setting or 'few-shot'}"
                          "): there is nothing to pseudolabel")
     templates = inputs.experiment.templates_for(inputs.dataset)
-    features = features_for_images(backbone, inputs.image_dir, pool["relative_path"].to_list(),
+    features = features_for_images(backbone, inputs.image_set, pool["relative_path"].to_list(),
                                    pool["content_sha256"].to_list(), workspace.feature_cache_dir)
-    classifier = build_classifier(backbone.model, backbone.tokenizer, "zero_shot", {}, inputs.classnames, templates)
+    classifier = build_classifier(backbone.model, backbone.tokenizer, "zero_shot", {}, inputs.classnames, templates,
+                                  text_cache=promptlab.text_cache(backbone))
     try:
         selected = round_zero_selection(strategy, options.per_class, pool["relative_path"].to_list(),
                                         predict(classifier, features), rows.pseudolabel_classes)
@@ -73,8 +78,13 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
     )
     context.log.info(f"round 0 ({strategy.name}): {selected.height} zero-shot pseudolabels from a pool of "
                      f"{pool.height}; accuracy {quality['pseudolabel_accuracy']:.3f}")
+    by_class = (selected.group_by("pseudo_label").agg(pseudolabels=pl.len(),
+                                                      mean_confidence=pl.col("confidence").mean().round(4))
+                .sort("pseudo_label").with_columns(classname=pl.col("pseudo_label").replace_strict(
+                    dict(enumerate(inputs.classnames)), return_dtype=pl.String))
+                .select("pseudo_label", "classname", "pseudolabels", "mean_confidence"))
     return dg.MaterializeResult(
-        metadata={"applies": True, "path": str(path), "strategy": strategy.name, "pool_size": pool.height,
+        metadata={"applies": True, "path": path_value(path), "strategy": strategy.name, "pool_size": pool.height,
                   "selected": selected.height, "pseudolabel_accuracy": quality["pseudolabel_accuracy"],
-                  "class_coverage": quality["class_coverage"]}
+                  "class_coverage": quality["class_coverage"], "pseudolabels_by_class": frame_table(by_class)}
     )

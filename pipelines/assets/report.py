@@ -27,5 +27,7 @@ def cross_dataset_report(context: dg.AssetExecutionContext, promptlab: PromptLab
                             f"by another process); the report includes them from {warehouse.pending_dir}")
     summary = build_report(warehouse, workspace.report_path)
     context.log.info(f"report written to {workspace.report_path}")
-    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(workspace.report_path)),
-                                          "warehouse": str(workspace.warehouse_path)})
+    # "report" opens in the browser (served by `make ui`, else a file:// URL); "path" is the file to copy
+    return dg.MaterializeResult(metadata={"report": dg.MetadataValue.url(promptlab.report_link(workspace.report_path)),
+                                          "path": dg.MetadataValue.path(str(workspace.report_path)),
+                                          "warehouse": dg.MetadataValue.path(str(workspace.warehouse_path))})

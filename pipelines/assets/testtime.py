@@ -33,6 +33,7 @@ from pipelines.resources import PromptLabResource
           tiny_diffusion_model],
     code_version=library_code_version(),
     kinds={"pytorch", "diffusers", "duckdb"},
+    pool="gpu",
 )
 def test_time_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Top-1, macro F1 and ECE of a checkpoint tuned at test time (TPT / DiffTPT), on the source and its shifts."""

@@ -3,6 +3,7 @@ pseudolabels; the learned prompt parameters are saved with the config that rebui
 
 
 import json
+import time
 
 import dagster as dg
 import polars as pl
@@ -11,8 +12,10 @@ from models.provenance import library_code_version
 from pipelines.assets.augmentation import augmented_images
 from pipelines.assets.common import partition_inputs
 from pipelines.assets.curation import base_new_classes, fewshot_subsets
+from pipelines.assets.features import image_features
 from pipelines.assets.pseudolabels import pseudolabels
 from pipelines.assets.world import tiny_clip_backbone
+from pipelines.metadata import counts_table, path_value, training_curves
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
 from pipelines.resources import PromptLabResource
 
@@ -21,13 +24,16 @@ from pipelines.resources import PromptLabResource
     group_name="training",
     partitions_def=dataset_experiment_partitions,
     deps=[dg.AssetDep(fewshot_subsets, partition_mapping=from_dataset),
+          dg.AssetDep(image_features, partition_mapping=from_dataset),
           dg.AssetDep(base_new_classes, partition_mapping=from_dataset),
           augmented_images, pseudolabels, tiny_clip_backbone],
     code_version=library_code_version(),
     kinds={"pytorch", "safetensors"},
+    pool="gpu",
 )
 def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """The learned prompt of one experiment (method, shots, seed, options) on one dataset."""
+    from models.backbones.training_support import format_duration
     from models.data.index import dataset_fingerprint
     from models.experiments import (assemble_training_set, build_classifier, optimization_config,
                                     save_prompt_checkpoint, train_prompts)
@@ -47,7 +53,7 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
 
     def classifier_factory():
         return build_classifier(backbone.model, backbone.tokenizer, experiment.method, experiment.parameters,
-                                trained_classnames, templates)
+                                trained_classnames, templates, text_cache=promptlab.text_cache(backbone))
 
     classifier = classifier_factory()
     config = {
@@ -68,9 +74,16 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     rounds = None
     if method.trains_prompts:
         optimization = optimization_config(experiment)
+        started = time.perf_counter()
 
         def log_epoch(epoch: int, loss: float, accuracy: float) -> None:
-            context.log.info(f"epoch {epoch}/{optimization.epochs}: loss {loss:.4f}, train accuracy {accuracy:.3f}")
+            nonlocal started
+            elapsed = time.perf_counter() - started  # per round for the pseudolabel rounds: epoch restarts at 1
+            left = elapsed / epoch * (optimization.epochs - epoch)
+            context.log.info(f"epoch {epoch}/{optimization.epochs}: loss {loss:.4f}, train accuracy {accuracy:.3f}, "
+                             f"{format_duration(elapsed)} elapsed, about {format_duration(left)} left")
+            if epoch == optimization.epochs:
+                started = time.perf_counter()
 
         if experiment.setting is not None or experiment.pseudolabels is not None or method.adapts_from_pool:
             result = train_with_pool(context, promptlab, inputs, backbone, classifier_factory, optimization,
@@ -83,7 +96,7 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         else:
             fewshot = pl.read_parquet(workspace.fewshot_path(dataset))
             training_set = assemble_training_set(
-                experiment.method, backbone, inputs.image_dir, inputs.fewshot_train(fewshot),
+                experiment.method, backbone, inputs.image_set, inputs.fewshot_train(fewshot),
                 inputs.fewshot_train(fewshot, subset="val"), trained_labels, workspace.feature_cache_dir,
                 *augmentation_inputs(workspace, dataset, experiment_key, experiment))
             context.log.info(f"training {experiment.method} on {training_set.composition} for "
@@ -92,6 +105,7 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
                                     device=backbone.device)
             histories, composition, details = [history], training_set.composition, history.details
         losses = [loss for history in histories for loss in history.epoch_losses]
+        accuracies = [accuracy for history in histories for accuracy in history.epoch_accuracies]
         config.update(optimization=optimization.__dict__, training_composition=composition,
                       epoch_losses=losses, training_seconds=sum(h.seconds for h in histories),
                       training_details=details)
@@ -99,9 +113,10 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
             epochs=optimization.epochs,
             final_loss=losses[-1] if losses else None,
             training_seconds=round(sum(h.seconds for h in histories), 2),
-            composition=dg.MetadataValue.json(composition),
-            epoch_losses=dg.MetadataValue.json([round(x, 4) for x in losses]),
+            composition=counts_table(composition),
             training_details=dg.MetadataValue.json(details),
+            **training_curves(f"{experiment_key} on {dataset}" + (" (all rounds)" if len(histories) > 1 else ""),
+                              {"loss": losses, "train accuracy": accuracies}),
         )
         if rounds is not None:
             quality = rounds.quality_frame()
@@ -109,7 +124,7 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
             metadata["pseudolabel_accuracy_by_round"] = dg.MetadataValue.md(round_plot(quality))
     directory = save_prompt_checkpoint(workspace.checkpoint_dir(dataset, experiment_key), classifier, config,
                                        rounds.rounds_frame() if rounds is not None else None)
-    metadata["path"] = str(directory)
+    metadata["path"] = path_value(directory)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -136,7 +151,7 @@ def train_with_pool(context, promptlab, inputs, backbone, classifier_factory, op
         # UL has no labelled image; TFUP-T selects its epoch on the dataset's val split (the authors: on test)
         validation_rows = inputs.index.filter(pl.col("split") == "val").select(
             "relative_path", "label", "content_sha256").sort("label", "relative_path")
-    limited = limited_label_inputs(experiment.method, backbone, inputs.image_dir, rows,
+    limited = limited_label_inputs(experiment.method, backbone, inputs.image_set, rows,
                                    workspace.feature_cache_dir, validation_rows)
     initial = None
     if experiment.pseudolabels is not None:

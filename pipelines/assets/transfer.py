@@ -30,6 +30,7 @@ from pipelines.resources import PromptLabResource
           dg.AssetDep(base_new_classes, partition_mapping=dg.AllPartitionMapping())],
     code_version=library_code_version(),
     kinds={"pytorch", "duckdb", "parquet"},
+    pool="gpu",
 )
 def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Top-1, macro F1, ECE and per-class accuracy of the source's learned prompt on each target's test split."""
@@ -64,7 +65,8 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
                                                             backbone.model, backbone.tokenizer,
                                                             classnames=inputs.classnames,
                                                             templates=inputs.experiment.templates_for(inputs.dataset),
-                                                            backbone_weights_sha256=backbone.weights_sha256)
+                                                            backbone_weights_sha256=backbone.weights_sha256,
+                                                            text_cache=promptlab.text_cache(backbone))
             test = inputs.index.filter(pl.col("split") == "test").sort("relative_path")
             # cached features for frozen-image-tower methods, preprocessed images for vision-prompt methods
             image_inputs = method_inputs_for_images(checkpoint["method"], backbone, inputs.image_set,

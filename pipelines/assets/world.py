@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from models.provenance import source_version, stable_hash
+from pipelines.metadata import path_value, training_curves
 from pipelines.resources import PromptLabResource
 
 CORPUS_CODE = source_version("models/embedded/corpus.py")
@@ -30,9 +31,10 @@ def mark_current(directory: Path, fingerprint: str) -> None:
     _fingerprint_path(directory).write_text(fingerprint)
 
 
-def _epoch_logger(context: dg.AssetExecutionContext, model: str):
-    def log(epoch: int, loss: float) -> None:
-        context.log.info(f"{model} epoch {epoch}: loss {loss:.4f}")
+def _progress_logger(context: dg.AssetExecutionContext, model: str):
+    """Logs `<model> epoch i/N: loss, elapsed, time left` after every epoch and every 30 s within one."""
+    def log(report) -> None:
+        context.log.info(report.line(model))
 
     return log
 
@@ -51,7 +53,7 @@ def pretraining_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         mark_current(directory, fingerprint)
     context.log.info(f"corpus at {directory} ({'reused' if reused else 'generated'})")
     return dg.MaterializeResult(
-        metadata={"path": str(directory), "num_pairs": settings["num_pairs"], "reused": reused,
+        metadata={"path": path_value(directory), "num_pairs": settings["num_pairs"], "reused": reused,
                   "fingerprint": fingerprint}
     )
 
@@ -60,7 +62,7 @@ def pretrain_on_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
                        settings_key: str, code_version: str, directory: Path, train) -> dg.MaterializeResult:
     """Pretrain a model on the corpus, or reuse the saved one when code version, settings and corpus are unchanged.
 
-    train(images, captions, directory, settings, on_epoch) saves the model and returns its training result.
+    train(images, captions, directory, settings, on_progress) saves the model and returns its training result.
     """
     workspace, settings = promptlab.workspace(), promptlab.catalog().world[settings_key]
     fingerprint = stable_hash({"code": code_version, "settings": settings,
@@ -68,27 +70,32 @@ def pretrain_on_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     if is_current(directory, fingerprint):
         summary = json.loads((directory / "training_summary.json").read_text())
         context.log.info(f"{model} is current (fingerprint {fingerprint}); not retrained")
-        return dg.MaterializeResult(metadata={"path": str(directory), "reused": True, "fingerprint": fingerprint,
-                                              "weights_sha256": summary.get("weights_sha256", "")})
+        return dg.MaterializeResult(metadata={"path": path_value(directory), "reused": True, "fingerprint": fingerprint,
+                                              "weights_sha256": summary.get("weights_sha256", ""),
+                                              **training_curves(f"{model} pretraining loss",
+                                                                {"loss": summary.get("epoch_losses") or []})})
     from models.embedded.corpus import load_corpus
 
     images, captions = load_corpus(workspace.corpus_dir)
-    result = train(images, captions, directory, settings, _epoch_logger(context, model))
+    context.log.info(f"{model}: pretraining {settings['epochs']} epochs on {len(captions)} pairs")
+    result = train(images, captions, directory, settings, _progress_logger(context, model))
     mark_current(directory, fingerprint)
     return dg.MaterializeResult(
         metadata={
-            "path": str(directory),
+            "path": path_value(directory),
             "reused": False,
             "fingerprint": fingerprint,
             "weights_sha256": result.weights_sha256,
             "seconds": round(result.seconds, 1),
             "final_loss": result.epoch_losses[-1],
-            "epoch_losses": dg.MetadataValue.json([round(x, 4) for x in result.epoch_losses]),
+            **training_curves(f"{model} pretraining loss", {"loss": result.epoch_losses}),
         }
     )
 
 
-@dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=TINY_CLIP_CODE, kinds={"pytorch"})
+# pool "gpu": the torch-heavy assets (dagster_home_template.yaml limits each pool to one run at a time)
+@dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=TINY_CLIP_CODE, kinds={"pytorch"},
+          pool="gpu")
 def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """tiny-clip: open_clip's native CLIP architecture pretrained contrastively (ClipLoss) on the corpus.
 
@@ -105,10 +112,10 @@ def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         return install_shipped_tiny_clip(context, promptlab, shipped)
     corpus_dir = workspace.corpus_dir
 
-    def train(images, captions, directory, settings, on_epoch):
+    def train(images, captions, directory, settings, on_progress):
         # families keep each batch's in-batch negatives within a family; subject captions feed the curriculum
-        return pretrain_tiny_clip(images, captions, directory, ClipPretrainConfig(**settings), on_epoch=on_epoch,
-                                  families=load_corpus_families(corpus_dir),
+        return pretrain_tiny_clip(images, captions, directory, ClipPretrainConfig(**settings),
+                                  on_progress=on_progress, families=load_corpus_families(corpus_dir),
                                   subject_captions=load_subject_captions(corpus_dir))
 
     result = pretrain_on_corpus(context, promptlab, "tiny-clip", "tiny_clip", TINY_CLIP_CODE,
@@ -139,18 +146,21 @@ def install_shipped_tiny_clip(context: dg.AssetExecutionContext, promptlab: Prom
         mark_current(directory, fingerprint)
     context.log.info(f"tiny-clip: shipped weights {source} (SHA-256 {shipped['weights_sha256']} verified) "
                      f"{'already installed' if reused else 'installed'} at {directory}")
+    summary = json.loads((directory / "training_summary.json").read_text())
     return dg.MaterializeResult(metadata={
-        "path": str(directory), "source": "shipped", "shipped_from": str(source), "reused": reused,
-        "fingerprint": fingerprint, "weights_sha256": shipped["weights_sha256"]})
+        "path": path_value(directory), "source": "shipped", "shipped_from": path_value(source), "reused": reused,
+        "fingerprint": fingerprint, "weights_sha256": shipped["weights_sha256"],
+        **training_curves("tiny-clip pretraining loss (shipped weights)", {"loss": summary.get("epoch_losses") or []})})
 
 
-@dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=DIFFUSION_CODE, kinds={"pytorch"})
+@dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=DIFFUSION_CODE, kinds={"pytorch"},
+          pool="gpu")
 def tiny_diffusion_model(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """A small diffusers UNet2DModel + DDPM scheduler pretrained on the corpus images (save_pretrained folder)."""
     from models.backbones.tiny_diffusion import DiffusionPretrainConfig, pretrain_diffusion
 
-    def train(images, captions, directory, settings, on_epoch):
-        return pretrain_diffusion(images, directory, DiffusionPretrainConfig(**settings), on_epoch=on_epoch)
+    def train(images, captions, directory, settings, on_progress):
+        return pretrain_diffusion(images, directory, DiffusionPretrainConfig(**settings), on_progress=on_progress)
 
     return pretrain_on_corpus(context, promptlab, "tiny diffusion model", "diffusion", DIFFUSION_CODE,
                               promptlab.workspace().diffusion_dir, train)

@@ -64,7 +64,7 @@ def test_retrain_world_pretrains_the_recipe_through_the_asset_and_compares_with_
     metadata = {event.asset_key.to_user_string(): event.materialization.metadata
                 for event in result.get_asset_materialization_events()}["tiny_clip_backbone"]
     assert metadata["source"].value == "retrained" and metadata["same_as_shipped"].value is False
-    assert len(metadata["epoch_losses"].value) == 2
+    assert len(metadata["training_curves_by_epoch"].records) == 2  # one row per epoch (pipelines/metadata.py)
     installed = resource.workspace().tiny_clip_dir / "open_clip_model.safetensors"
     assert sha256_file(installed) == metadata["weights_sha256"].value != SHIPPED["weights_sha256"]
 
