@@ -336,3 +336,24 @@ def test_test_time_runs_evaluate_their_start_with_the_mode_and_settings_in_the_l
     assert (None, "zeroshot", 0) in table and (None, "coop-k2-s1", 1) in table  # the untuned reference rows
     assert ("tpt", "zeroshot", 2) in table and ("difftpt", "zeroshot", 1) in table
     assert "Test-time tuning (TPT, DiffTPT)" in workspace.report_path.read_text()
+
+
+def test_image_features_encode_each_dataset_once_and_experiments_only_read_them(graph_run):
+    """features_job ran after curation: the cache holds the dataset's set in its namespaces, and no experiment after
+    it encoded an original view again (no shard of that namespace is newer than the asset's materialization; the
+    mirrored view of test images, which only the transductive pools read, is encoded on demand)."""
+    _, workspace = graph_run
+    instance = dg.DagsterInstance.get()
+    for dataset in HEALTHY:
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("image_features"), asset_partitions=[dataset]),
+            limit=1).records
+        batching = record.asset_materialization.metadata["batching"].value
+        assert batching.startswith("canonical-batches-of-64-in-set-")
+        namespaces = {folder: json.loads((folder / "namespace.json").read_text())
+                      for folder in workspace.feature_cache_dir.iterdir() if (folder / "namespace.json").is_file()}
+        views = {folder: space["view"] for folder, space in namespaces.items() if space["batching"] == batching}
+        assert sorted(views.values()) == ["mirrored", "original"]
+        (original,) = [folder for folder, view in views.items() if view == "original"]
+        shard_times = [path.stat().st_mtime for path in original.glob("shard-*.safetensors")]
+        assert shard_times and max(shard_times) <= record.timestamp + 1.0
