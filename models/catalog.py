@@ -442,6 +442,10 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
             raise CatalogError(f"{where}: {error}") from error
         if (augmentation or pseudolabels) and not trains:
             raise CatalogError(f"{where}: augmentation/pseudolabels need a method that trains prompts")
+        if augmentation and (pseudolabels or METHODS[method].adapts_from_pool):
+            raise CatalogError(f"{where}: augmentation cannot be combined with pseudolabels or a method that adapts "
+                               f"from the unlabelled pool ({method}): those train through the pool's rounds, which "
+                               "take no augmented images; make them separate grid entries")
         protocol = entry.get("protocol", "all_classes")
         if protocol not in PROTOCOLS:
             raise CatalogError(f"{where}: protocol must be one of {PROTOCOLS}, got {protocol!r}")

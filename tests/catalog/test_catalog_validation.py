@@ -24,6 +24,12 @@ def _zero_shot(content):
     return next(entry for entry in content["grid"] if entry.get("method") == "zero_shot")
 
 
+def _augment_a_pseudolabel_entry(content):
+    augmented = next(entry for entry in content["grid"] if entry.get("augmentation"))
+    pseudolabelled = next(entry for entry in content["grid"] if entry.get("pseudolabels") and not entry.get("setting"))
+    pseudolabelled["augmentation"] = augmented["augmentation"]
+
+
 def _rename(mapping, old, new):
     mapping[new] = mapping.pop(old)
 
@@ -58,6 +64,9 @@ CASES = [
      r"world.yaml: tiny_clip: unknown field\(s\) \['epochz'\] \(did you mean 'epochs'\?\)"),
     ("world-section-typo", "world.yaml", lambda c: _rename(c, "corpus", "corpuss"),
      r"world.yaml: unknown field\(s\) \['corpuss'\] \(did you mean 'corpus'\?\)"),
+    # the pool's rounds take no augmented images: the combination would silently train without them
+    ("augmentation-with-pseudolabels", "experiments.yaml", _augment_a_pseudolabel_entry,
+     r"grid\[\d+\]: augmentation cannot be combined with pseudolabels"),
 ]
 
 

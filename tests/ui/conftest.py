@@ -68,8 +68,9 @@ def stop_group(process: subprocess.Popen) -> None:
 class DagsterUI:
     """Where the suite's `dagster dev` runs and what it was given."""
 
-    def __init__(self, root: Path, url: str, report_url: str, experiment: str):
+    def __init__(self, root: Path, url: str, report_url: str, experiment: str, augmented_experiment: str):
         self.root, self.url, self.report_url, self.experiment = root, url, report_url, experiment
+        self.augmented_experiment = augmented_experiment
         self.workspace = root / "workspace"
         self.dagster_home = root / "dagster_home"
         self.log = root / "dagster_dev.log"
@@ -89,7 +90,8 @@ def dagster_ui():
                    "PROMPTLAB_WORKSPACE": str(workspace), "PROMPTLAB_REPORT_URL": report_url,
                    "PYTHONUNBUFFERED": "1"}
     environment.pop("PROMPTLAB_GRID", None)
-    ui = DagsterUI(root, f"http://127.0.0.1:{port}", report_url, experiment_key(catalog))
+    ui = DagsterUI(root, f"http://127.0.0.1:{port}", report_url, experiment_key(catalog),
+                    experiment_key(catalog, augmented=True))
     dagster = str(Path(sys.executable).with_name("dagster"))
     # as `make ui` does: the project's dagster.yaml in DAGSTER_HOME, automation shown as it runs
     subprocess.run([sys.executable, "-m", "pipelines.ui_instance"], cwd=PACKAGE_ROOT, env=environment, check=True,

@@ -138,9 +138,12 @@ def test_an_experiment_partition_shows_its_curves_composition_and_counts(page, d
     assert re.search(r"labelled\s+\d+", composition) and re.search(r"pseudolabelled\s+\d+", composition)
     checkpoint = metadata_value(page, "prompt_checkpoints", "path").inner_text()
     assert f"experiments/{DATASET}/{dagster_ui.experiment}" in checkpoint
-    assert "kept" in metadata_value(page, "augmented_images", "variations_by_class").inner_text()
     assert "pseudolabels" in metadata_value(page, "pseudolabels", "pseudolabels_by_class").inner_text()
     assert dagster_ui.experiment in metadata_value(page, "evaluation_metrics", "checkpoint").inner_text()
+    materialized(dagster_ui, page, "experiment_job", f"{DATASET}|{dagster_ui.augmented_experiment}")
+    assert "kept" in metadata_value(page, "augmented_images", "variations_by_class").inner_text()
+    composition = metadata_value(page, "prompt_checkpoints", "composition").inner_text()
+    assert re.search(r"augmented\s+\d+", composition), composition
 
 
 @pytest.mark.ui_full
