@@ -143,8 +143,10 @@ def _view_digest(content_sha256: str, recipe: dict[str, Any], index: int) -> str
 
 
 class ViewEncoder:
-    """Image features of views from the frozen, unprompted image tower, one image's views per encoder pass,
-    through the feature cache when one is given."""
+    """Image features of views from the frozen, unprompted image tower, through the feature cache when one is given.
+
+    One encoder pass is always ALL the views of one image (its canonical batch, models.prompting.features): a view's
+    features are rounded the same whether the cache missed one view of the image or all of them."""
 
     def __init__(self, backbone, cache_dir: Path | None = None):
         from models.prompting.feature_cache import FeatureCache, FeatureNamespace
@@ -152,7 +154,7 @@ class ViewEncoder:
         self.backbone = backbone
         self.cache = FeatureCache(Path(cache_dir)) if cache_dir is not None else None
         namespace = FeatureNamespace.of(backbone, "test_time")
-        self.namespace = dataclasses.replace(namespace, batching="views-of-one-image-per-pass")
+        self.namespace = dataclasses.replace(namespace, batching="all-views-of-one-image-per-pass")
         self.precision = precision_for(backbone.device, training=False)
         self.encoded = 0
 
@@ -174,9 +176,9 @@ class ViewEncoder:
                 by_image.setdefault(owners[position][0], []).append(position)
             rows = {}
             for image, image_positions in by_image.items():
-                views = [owners[p][1] for p in image_positions]
-                for position, row in zip(image_positions, self.encode(pixels_per_image[image][views])):
-                    rows[position] = row
+                every_view = self.encode(pixels_per_image[image])  # the image's whole view set: its fixed batch
+                for position in image_positions:
+                    rows[position] = every_view[owners[position][1]]
             return torch.stack([rows[p] for p in positions])
 
         flat = self.cache.features(self.namespace, flat_keys, encode_missing)

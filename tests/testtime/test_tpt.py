@@ -230,3 +230,21 @@ def test_the_zero_shot_start_takes_the_dataset_templates_words_so_no_step_is_its
                                  [images.template])
     features = features_for_images(tiny_clip, images.image_dir, images.relative_paths, images.content_hashes, None)
     np.testing.assert_allclose(result.log_probabilities, predict_log_probabilities(zero_shot, features), atol=1e-4)
+
+
+def test_a_partly_cached_view_set_is_encoded_whole_so_its_bits_do_not_depend_on_the_cache(tiny_clip, tmp_path):
+    """The views the cache misses are computed in their image's whole view set (its fixed batch): the set is encoded
+    whole even when some of its views were cached (a store is atomic per call, so this only hardens an edge), and the
+    bits are those of encoding the set cold."""
+    from models.testtime.tuning import ViewEncoder
+
+    generator = torch.Generator().manual_seed(0)
+    size = input_size(tiny_clip.preprocess_eval)
+    pixels = torch.randn(8, 3, size, size, generator=generator)
+    keys = [f"{index:064x}" for index in range(8)]
+    cold = ViewEncoder(tiny_clip, tmp_path / "cold").features([pixels], [keys])[0]
+    warm_encoder = ViewEncoder(tiny_clip, tmp_path / "warm")
+    warm_encoder.features([pixels[5:]], [keys[5:]])  # three views cached first, in a pass of their own
+    partly = warm_encoder.features([pixels], [keys])[0]
+    assert torch.equal(partly[:5], cold[:5])
+    assert warm_encoder.encoded == 3 + 8
