@@ -24,10 +24,10 @@ DiffTPT (`--mode difftpt`) runs with a deterministic stand-in generator (`Rolled
 a seeded offset) whose variations are made once into a variation cache before timing: generation is not what is
 measured, and every variant reads the same variations.
 
-Output: a table, and bench/results/testtime-latest.json (written atomically, only when every measurement and check
-succeeded). Not recorded in the warehouse: `benchmark_results` has no column naming the benchmark, its variants
-are the training benchmark's, and its `latest_benchmark` view (the report's Throughput section) shows the most
-recent run of any kind, so a test-time run there would replace the training figures in the report.
+Output: a table, bench/results/testtime-latest.json (written atomically) and, unless `--no-warehouse`, the
+workspace's warehouse: one `test-time` benchmark run per architecture in `benchmark_results` (method tpt or
+difftpt; variants batched-cached, batched and reference, each with its speed-up over reference), all written only
+when every measurement and check succeeded.
 """
 
 from __future__ import annotations
@@ -213,6 +213,7 @@ class TestTimeBenchOptions:
     num_threads: int | None = None
     output: Path | None = DEFAULT_OUTPUT
     seed: int = 0  # the random weights of a backbone built here
+    record: bool = True  # write the runs to the workspace's warehouse
 
     def image_count(self, architecture: str) -> int:
         return self.images.get(architecture, min(self.images.values(), default=1))
@@ -241,8 +242,15 @@ def measure_architecture(options: TestTimeBenchOptions, architecture: str, works
     from models.backbones.loader import load_backbone
     from models.experiments import build_classifier
 
+    from bench.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
+
     device = torch.device(options.device)
     load_before = machine_load_warning()
+    started_at = datetime.now(UTC)
+    reset_peak_rss()
+    rss_before = current_rss_mb() or 0.0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     bench_backbone = resolve_backbone(workspace, scratch, seed=options.seed, architecture=architecture)
     backbone = load_backbone(bench_backbone.spec(), device=device)
     images = first_images(workspace, scratch / architecture, options.dataset, options.image_count(architecture),
@@ -326,6 +334,9 @@ def measure_architecture(options: TestTimeBenchOptions, architecture: str, works
         "cache_warm_seconds": round(warm_seconds, 4),
         "load_average_1min_before": load_before,
         "load_average_1min_after": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "started_at": started_at.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
+        "memory": {"peak_rss_mb": peak_rss_mb(), "rss_delta_mb": peak_rss_mb() - rss_before,
+                   "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None},
     }
 
 
@@ -339,9 +350,52 @@ def run_benchmark(options: TestTimeBenchOptions) -> dict[str, Any]:
         result = _measure_everything(options)
     finally:
         torch.set_num_threads(threads_before)
+    if options.record:
+        from models.warehouse import Warehouse
+        from models.warehouse.benchmark import benchmark_frame
+
+        workspace = Workspace(Path(options.workspace))
+        runs = warehouse_runs(result)
+        for run, rows in runs:  # every run checked before the first is written
+            benchmark_frame(run, rows)
+        warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
+        for run, rows in runs:
+            warehouse.record_benchmark(run, rows)
+        result["warehouse"] = f"{workspace.warehouse_path}: runs {', '.join(run.bench_run_id for run, _ in runs)}"
     if options.output is not None:
         _write_json_atomically(Path(options.output), result)
     return result
+
+
+def warehouse_runs(result: dict[str, Any]) -> list[tuple[Any, list[Any]]]:
+    """One `test-time` benchmark run per architecture, as the warehouse records it."""
+    from models.warehouse import BenchmarkRow, BenchmarkRun
+
+    runs = []
+    for entry in result["architectures"]:
+        images = entry["images"]
+        run = BenchmarkRun(
+            bench_run_id=f"{result['bench_run_id']}-{entry['architecture']}".replace("/", "-"),
+            started_at=datetime.fromisoformat(entry["started_at"]),
+            finished_at=datetime.fromisoformat(entry["finished_at"]), git_commit=result["git_commit"],
+            code_version=result["code_version"], device=result["device"], torch_version=result["torch_version"],
+            backbone=entry["backbone"]["name"], backbone_weights_sha256=entry["backbone"]["weights_sha256"],
+            weights_source=entry["backbone"]["weights_source"],
+            dataset=f"{images['dataset']} ({images['n_images']} test images, {images['n_classes']} classes; "
+                    f"{images['source']})",
+            benchmark="test-time", load_average=entry["load_average_1min_before"],
+        )
+        rows = [BenchmarkRow(
+            method=result["mode"], variant=variant, batch_size=entry["views_per_image"], n_images=images["n_images"],
+            seconds=figures["seconds"], images_per_second=figures["images_per_second"],
+            peak_rss_mb=entry["memory"]["peak_rss_mb"], rss_delta_mb=entry["memory"]["rss_delta_mb"],
+            peak_cuda_mb=entry["memory"]["peak_cuda_mb"],
+            baseline_variant=None if variant == BASELINE else BASELINE,
+            details={**figures, "settings": result["settings"], "check": entry["check"],
+                     "memory": "the whole process's over this architecture's measurements"})
+            for variant, figures in entry["variants"].items()]
+        runs.append((run, rows))
+    return runs
 
 
 def _measure_everything(options: TestTimeBenchOptions) -> dict[str, Any]:
@@ -376,8 +430,7 @@ def _measure_everything(options: TestTimeBenchOptions) -> dict[str, Any]:
                      "reference": "the authors' loop: every view re-encoded at every step, one view per pass, "
                                   "then v0 encoded again"},
         "architectures": architectures,
-        "warehouse": "not recorded: benchmark_results/latest_benchmark hold the training benchmark (see the "
-                     "module docstring)",
+        "warehouse": "not recorded (--no-warehouse)",
     }
 
 
@@ -433,6 +486,7 @@ def parse_options(argv: list[str] | None = None) -> TestTimeBenchOptions:
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--repeats", type=int, default=defaults.repeats)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no-warehouse", action="store_true", help="do not write to the workspace's warehouse")
     parser.add_argument("--output", type=Path, default=defaults.output)
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -453,7 +507,7 @@ def parse_options(argv: list[str] | None = None) -> TestTimeBenchOptions:
     return TestTimeBenchOptions(
         workspace=args.workspace, architectures=tuple(a.strip() for a in args.architectures.split(",") if a.strip()),
         images=images, dataset=args.dataset, mode=args.mode, settings=settings, device=args.device,
-        repeats=args.repeats, num_threads=args.threads, output=args.output,
+        repeats=args.repeats, num_threads=args.threads, output=args.output, record=not args.no_warehouse,
     )
 
 
@@ -465,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(format_table(result))
-    print(f"bench run {result['bench_run_id']} written to {options.output or 'nowhere (--output not set)'}")
+    print(f"bench run {result['bench_run_id']} written to {options.output or 'nowhere (--output not set)'}; "
+          f"warehouse: {result['warehouse']}")
     return 0
 
 

@@ -243,6 +243,7 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
         backbone_weights_sha256=backbone.weights_sha256, weights_source=bench_backbone.weights_source,
         dataset=f"{images.dataset} ({len(images.labels)} training images, {len(images.classnames)} classes; "
                 f"{images.source})",
+        benchmark="training", load_average=load_before,
     )
     result = BenchResult(run, rows, skipped, checks, {"images_per_class": options.images_per_class,
                                                       "n_images": len(images.labels),

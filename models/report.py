@@ -897,13 +897,20 @@ _BENCHMARK_VIEW_EXISTS_SQL = """
 SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'latest_benchmark'
 """
 THROUGHPUT_SQL = """
-SELECT method, variant, batch_size, images_per_second, baseline_variant, speedup, target_speedup, meets_target,
-       peak_rss_mb, rss_delta_mb, peak_cuda_mb, bench_run_id, finished_at, device, torch_version, backbone,
-       backbone_weights_sha256, weights_source, dataset, git_commit
+SELECT benchmark, method, variant, batch_size, images_per_second, baseline_variant, speedup, target_speedup,
+       meets_target, peak_rss_mb, rss_delta_mb, peak_cuda_mb, bench_run_id, finished_at, device, torch_version,
+       backbone, backbone_weights_sha256, weights_source, dataset, git_commit, load_average
 FROM latest_benchmark
-ORDER BY method, variant
+ORDER BY benchmark = 'training' DESC, benchmark, backbone, device, dataset, bench_run_id, method, variant
 """
 _VARIANT_ORDER = ("cached", "re-encoded", "image-prompted", "batched", "per-image")
+_BENCHMARK_TITLES = {
+    "training": ("Training", "training images/s of every method (`make bench`)"),
+    "zero-shot-evaluation": ("Zero-shot evaluation", "test images/s, PromptLab with cold and warm caches against "
+                             "CLIP_benchmark on the same model object (`python -m bench.clip_benchmark_compare`)"),
+    "test-time": ("Test-time tuning", "test images/s of the batched loop against the authors' reference-style loop "
+                  "(`make bench-testtime`)"),
+}
 
 
 def _throughput_chart(results: pl.DataFrame) -> str:
@@ -922,22 +929,16 @@ def _throughput_chart(results: pl.DataFrame) -> str:
     return _figure_to_image(figure, "horizontal bar chart of training images per second per method and variant")
 
 
-def _throughput_section(warehouse: Warehouse) -> str:
-    """The latest throughput benchmark (bench/throughput.py): images/s, speed-ups against targets, peak memory."""
-    has_view = warehouse.query(_BENCHMARK_VIEW_EXISTS_SQL)["n"][0] > 0
-    results = warehouse.query(THROUGHPUT_SQL) if has_view else pl.DataFrame()
-    if results.height == 0:
-        return _section("Throughput", _paragraph(
-            "No throughput benchmark recorded yet. Run `make bench` (or `.venv/bin/python -m bench.throughput`) "
-            "to measure training images/s of every method with and without the feature cache, batched CoCoOp "
-            "against a per-image loop, and peak memory; then rebuild this report.", "muted"))
+def _benchmark_run_parts(results: pl.DataFrame) -> list[str]:
+    """One benchmark run: what, where and how busy, its rows with their speed-ups and targets, missed targets."""
     run = results.row(0, named=True)
+    title, measures = _BENCHMARK_TITLES.get(run["benchmark"], (run["benchmark"], "images/s"))
+    load = "unknown" if run["load_average"] is None else f"{run['load_average']:.2f}"
     about = _paragraph(
-        f"Benchmark {run['bench_run_id']}, finished {run['finished_at']} UTC on {run['device']}, torch "
-        f"{run['torch_version']}, commit {run['git_commit'] or 'unknown'}; backbone {run['backbone']} "
-        f"({run['weights_source']}; weights {run['backbone_weights_sha256'][:12]}); {run['dataset']}. "
-        "Speed-up: images/s over the same method's baseline variant (cached over re-encoded, batched over "
-        "per-image).", "muted")
+        f"{title}: {measures}. Run {run['bench_run_id']}, finished {run['finished_at']} UTC on {run['device']} "
+        f"(1-minute load {load} at its start), torch {run['torch_version']}, commit {run['git_commit'] or 'unknown'}; "
+        f"backbone {run['backbone']} ({run['weights_source']}; weights {run['backbone_weights_sha256'][:12]}); "
+        f"{run['dataset']}. Speed-up: images/s over the same method's baseline variant.", "muted")
     rows = []
     for r in results.iter_rows(named=True):
         speedup = "–" if r["speedup"] is None else f"{r['speedup']:.2f}x over {r['baseline_variant']}"
@@ -952,7 +953,24 @@ def _throughput_section(warehouse: Warehouse) -> str:
                             "Δ RSS (MB)", "Peak CUDA (MB)"], rows, numeric_columns=(2, 3, 6, 7, 8))]
     if missed:
         parts.append(_paragraph("Targets missed: " + "; ".join(missed) + ".", "warning"))
-    parts.append(_throughput_chart(results))
+    if run["benchmark"] == "training":
+        parts.append(_throughput_chart(results))
+    return parts
+
+
+def _throughput_section(warehouse: Warehouse) -> str:
+    """The latest run of each benchmark (bench/) on each backbone, device and dataset: images/s, speed-ups against
+    targets, peak memory, the machine's load."""
+    has_view = warehouse.query(_BENCHMARK_VIEW_EXISTS_SQL)["n"][0] > 0
+    results = warehouse.query(THROUGHPUT_SQL) if has_view else pl.DataFrame()
+    if results.height == 0:
+        return _section("Throughput", _paragraph(
+            "No throughput benchmark recorded yet. Run `make bench` (or `.venv/bin/python -m bench.throughput`) "
+            "to measure training images/s of every method with and without the feature cache, batched CoCoOp "
+            "against a per-image loop, and peak memory; then rebuild this report.", "muted"))
+    parts = []
+    for run_id in dict.fromkeys(results["bench_run_id"].to_list()):
+        parts.extend(_benchmark_run_parts(results.filter(pl.col("bench_run_id") == run_id)))
     return _section("Throughput", *parts)
 
 

@@ -15,7 +15,7 @@ merged yet: the database was held by a reader), `<name>-rejected/` (batches that
 reason) and the predictions directory.
 """
 
-from models.warehouse.benchmark import BENCHMARK_VARIANTS, BenchmarkRow, BenchmarkRun
+from models.warehouse.benchmark import BENCHMARK_VARIANTS, BENCHMARKS, BenchmarkRow, BenchmarkRun
 from models.warehouse.database import (MergeOutcome, RecordOutcome, Warehouse, WarehouseLockedError,
                                        WarehouseStatus)
 from models.warehouse.pending import PendingBatchError, RejectedBatch
@@ -24,6 +24,7 @@ from models.warehouse.records import (EMPTY_PREDICTIONS_FILE, PREDICTION_SCHEMA,
 
 __all__ = [
     "BENCHMARK_VARIANTS",
+    "BENCHMARKS",
     "BenchmarkRow",
     "BenchmarkRun",
     "EMPTY_PREDICTIONS_FILE",

@@ -1,4 +1,5 @@
-"""Throughput benchmark rows (bench/throughput.py) and their table and view."""
+"""Benchmark rows (bench/: training throughput, zero-shot evaluation against CLIP_benchmark, test-time tuning) and
+their table and view."""
 
 from __future__ import annotations
 
@@ -11,13 +12,23 @@ import polars as pl
 from models.warehouse.records import (RUN_ID_PATTERN, as_utc_naive, canonical_json, is_finite_number,
                                       is_non_negative_integer)
 
-# ------------------------------------------------------------------------------------------ throughput benchmark
-# `benchmark_results`: one row per measurement of a benchmark run (bench/throughput.py), each carrying the run's
-# provenance (time, git commit, code version, device, torch version, backbone and weights hash), so a row read
-# alone says what was measured where. `latest_benchmark`: the rows of the most recent run, with each row's
-# speed-up over its baseline variant of the same method (cached over re-encoded, batched over per-image) and
-# whether that speed-up meets the row's target.
-BENCHMARK_VARIANTS = ("cached", "re-encoded", "image-prompted", "batched", "per-image")
+# ------------------------------------------------------------------------------------------------ benchmarks
+# `benchmark_results`: one row per measurement of a benchmark run, each carrying the run's benchmark, provenance
+# (time, git commit, code version, device, torch version, backbone and weights hash) and the machine's 1-minute
+# load average when it started, so a row read alone says what was measured where and how busy the machine was.
+# `latest_benchmark`: the rows of the most recent run of each benchmark on each backbone, device and dataset, with
+# each row's speed-up over its baseline variant of the same method (cached over re-encoded, batched over
+# per-image, PromptLab over CLIP_benchmark, ...) and whether that speed-up meets the row's target.
+# benchmark -> the variants its rows may measure
+BENCHMARKS = {
+    # bench/throughput.py: training images/s of every method
+    "training": ("cached", "re-encoded", "image-prompted", "batched", "per-image"),
+    # bench/clip_benchmark_compare.py: zero-shot evaluation images/s, PromptLab cold and warm against CLIP_benchmark
+    "zero-shot-evaluation": ("promptlab-cold", "promptlab-warm", "clip-benchmark"),
+    # bench/testtime.py: test-time tuning test images/s against the authors' reference-style loop
+    "test-time": ("batched-cached", "batched", "reference"),
+}
+BENCHMARK_VARIANTS = tuple(dict.fromkeys(variant for variants in BENCHMARKS.values() for variant in variants))
 
 BENCHMARK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS benchmark_results (
@@ -44,12 +55,20 @@ CREATE TABLE IF NOT EXISTS benchmark_results (
     baseline_variant VARCHAR,
     target_speedup DOUBLE,
     details JSON NOT NULL,
+    benchmark VARCHAR NOT NULL DEFAULT 'training',
+    load_average DOUBLE,
     PRIMARY KEY (bench_run_id, method, variant)
 );
+-- warehouses written before benchmarks were named held the training benchmark only
+ALTER TABLE benchmark_results ADD COLUMN IF NOT EXISTS benchmark VARCHAR DEFAULT 'training';
+ALTER TABLE benchmark_results ADD COLUMN IF NOT EXISTS load_average DOUBLE;
 CREATE OR REPLACE VIEW latest_benchmark AS
-    WITH latest AS (
-        SELECT bench_run_id FROM benchmark_results
-        ORDER BY finished_at DESC, bench_run_id DESC LIMIT 1
+    WITH ranked AS (
+        SELECT bench_run_id, row_number() OVER (
+                   PARTITION BY benchmark, backbone, device, dataset
+                   ORDER BY finished_at DESC, bench_run_id DESC) AS recency
+        FROM (SELECT DISTINCT bench_run_id, benchmark, backbone, device, dataset, finished_at
+              FROM benchmark_results)
     )
     SELECT b.*,
            b.images_per_second / base.images_per_second AS speedup,
@@ -58,7 +77,7 @@ CREATE OR REPLACE VIEW latest_benchmark AS
     FROM benchmark_results AS b
     LEFT JOIN benchmark_results AS base
         ON base.bench_run_id = b.bench_run_id AND base.method = b.method AND base.variant = b.baseline_variant
-    WHERE b.bench_run_id = (SELECT bench_run_id FROM latest);
+    WHERE b.bench_run_id IN (SELECT bench_run_id FROM ranked WHERE recency = 1);
 """
 
 
@@ -77,11 +96,13 @@ class BenchmarkRun:
     backbone_weights_sha256: str
     weights_source: str  # where the weights came from, e.g. "workspace" or "random (seed 0)"
     dataset: str
+    benchmark: str = "training"  # one of BENCHMARKS
+    load_average: float | None = None  # the machine's 1-minute load average when the run started
 
 
 @dataclass(frozen=True)
 class BenchmarkRow:
-    """One measurement: a method in one variant (BENCHMARK_VARIANTS)."""
+    """One measurement: a method in one variant (one of BENCHMARKS[run.benchmark])."""
 
     method: str
     variant: str
@@ -109,6 +130,10 @@ def _validate_benchmark_run(run: BenchmarkRun) -> None:
         value = getattr(run, name)
         if value is not None and not isinstance(value, str):
             raise ValueError(f"run.{name}: expected a string or None, got {value!r}")
+    if run.benchmark not in BENCHMARKS:
+        raise ValueError(f"run.benchmark: {run.benchmark!r} is not one of {tuple(BENCHMARKS)}")
+    if run.load_average is not None and (not is_finite_number(run.load_average) or run.load_average < 0):
+        raise ValueError(f"run.load_average: expected a finite number >= 0 or None, got {run.load_average!r}")
     if not RUN_ID_PATTERN.match(run.bench_run_id):
         raise ValueError(f"run.bench_run_id: {run.bench_run_id!r} may only hold letters, digits and . _ + = -")
     started_at = as_utc_naive(run.started_at, "run.started_at")
@@ -128,8 +153,10 @@ def benchmark_frame(run: BenchmarkRun, rows: Sequence[BenchmarkRow]) -> pl.DataF
             raise ValueError(f"{where}: expected a BenchmarkRow, got {type(row).__name__}")
         if not isinstance(row.method, str) or not row.method.strip():
             raise ValueError(f"{where}.method: expected a non-empty string, got {row.method!r}")
-        if row.variant not in BENCHMARK_VARIANTS:
-            raise ValueError(f"{where}.variant: {row.variant!r} is not one of {BENCHMARK_VARIANTS}")
+        variants = BENCHMARKS[run.benchmark]
+        if row.variant not in variants:
+            raise ValueError(f"{where}.variant: {row.variant!r} is not one of the {run.benchmark} benchmark's "
+                             f"{variants}")
         for name in ("batch_size", "n_images"):
             value = getattr(row, name)
             if not is_non_negative_integer(value) or value == 0:
@@ -146,10 +173,9 @@ def benchmark_frame(run: BenchmarkRun, rows: Sequence[BenchmarkRow]) -> pl.DataF
             if not is_finite_number(value) or (value < 0 and name != "rss_delta_mb"):
                 raise ValueError(f"{where}.{name}: expected a finite number"
                                  f"{'' if name == 'rss_delta_mb' else ' >= 0'}, got {value!r}")
-        if row.baseline_variant is not None and (row.baseline_variant not in BENCHMARK_VARIANTS
+        if row.baseline_variant is not None and (row.baseline_variant not in variants
                                                  or row.baseline_variant == row.variant):
-            raise ValueError(f"{where}.baseline_variant: {row.baseline_variant!r} must be another of "
-                             f"{BENCHMARK_VARIANTS}")
+            raise ValueError(f"{where}.baseline_variant: {row.baseline_variant!r} must be another of {variants}")
         if row.target_speedup is not None and row.baseline_variant is None:
             raise ValueError(f"{where}.target_speedup: a target needs a baseline_variant to compare with")
         if not isinstance(row.details, dict):
@@ -170,7 +196,8 @@ def benchmark_frame(run: BenchmarkRun, rows: Sequence[BenchmarkRow]) -> pl.DataF
         "git_commit": run.git_commit, "code_version": run.code_version, "device": run.device,
         "torch_version": run.torch_version, "backbone": run.backbone,
         "backbone_weights_sha256": run.backbone_weights_sha256, "weights_source": run.weights_source,
-        "dataset": run.dataset,
+        "dataset": run.dataset, "benchmark": run.benchmark,
+        "load_average": None if run.load_average is None else float(run.load_average),
     }
     records = [
         {**shared, "method": row.method, "variant": row.variant, "batch_size": int(row.batch_size),
@@ -190,5 +217,5 @@ def benchmark_frame(run: BenchmarkRun, rows: Sequence[BenchmarkRow]) -> pl.DataF
         "dataset": pl.String, "method": pl.String, "variant": pl.String, "batch_size": pl.Int32,
         "n_images": pl.Int32, "seconds": pl.Float64, "images_per_second": pl.Float64, "peak_rss_mb": pl.Float64,
         "rss_delta_mb": pl.Float64, "peak_cuda_mb": pl.Float64, "baseline_variant": pl.String,
-        "target_speedup": pl.Float64, "details": pl.String,
+        "target_speedup": pl.Float64, "details": pl.String, "benchmark": pl.String, "load_average": pl.Float64,
     })

@@ -62,6 +62,14 @@ def tiny_run(tmp_path, output):
                  "--device", "cpu", "--output", str(output)])
 
 
+def workspace_warehouse(tmp_path):
+    from models.warehouse import Warehouse
+    from models.workspace import Workspace
+
+    workspace = Workspace(tmp_path / "workspace")
+    return Warehouse(workspace.warehouse_path, workspace.predictions_dir)
+
+
 def test_a_tiny_run_writes_the_three_variants_and_their_ratios(tmp_path, capsys):
     import torch
 
@@ -84,6 +92,14 @@ def test_a_tiny_run_writes_the_three_variants_and_their_ratios(tmp_path, capsys)
     assert entry["check"]["cached_vs_batched"]["max_abs_log_probability_difference"] == 0.0
     assert result["git_commit"] and result["code_version"] and result["torch_threads"] == 1
     assert "batched-cached" in capsys.readouterr().out
+    recorded = workspace_warehouse(tmp_path).query(
+        "SELECT benchmark, method, variant, images_per_second, speedup, baseline_variant FROM latest_benchmark "
+        "ORDER BY variant")
+    assert set(recorded["benchmark"]) == {"test-time"} and set(recorded["method"]) == {"tpt"}
+    by_variant = {r["variant"]: r for r in recorded.iter_rows(named=True)}
+    assert by_variant["batched"]["speedup"] == pytest.approx(entry["speedups"]["batched over reference"])
+    assert by_variant["reference"]["baseline_variant"] is None
+    assert {v: r["images_per_second"] for v, r in by_variant.items()} == pytest.approx(speed)
 
 
 def test_nothing_is_written_when_the_variants_disagree(tmp_path, monkeypatch, capsys):
@@ -94,6 +110,7 @@ def test_nothing_is_written_when_the_variants_disagree(tmp_path, monkeypatch, ca
     assert tiny_run(tmp_path, output) == 1
     assert "do not predict alike" in capsys.readouterr().err
     assert not output.exists()
+    assert not workspace_warehouse(tmp_path).database_path.exists()
 
 
 def test_cuda_is_refused_clearly_where_there_is_none(tmp_path):

@@ -107,6 +107,70 @@ def test_a_bad_run_field_or_a_repeated_run_id_writes_nothing(tmp_path):
     assert benchmark_row_count(warehouse) == 5
 
 
+def zero_shot_run(run_id: str, minutes: int, backbone: str = "tiny-clip") -> BenchmarkRun:
+    return replace(bench_run(run_id, minutes), benchmark="zero-shot-evaluation", backbone=backbone,
+                   dataset="Shapes (320 test images)", load_average=1.25)
+
+
+def zero_shot_rows(cold_speed: float = 900.0) -> list[BenchmarkRow]:
+    return [
+        BenchmarkRow("zero_shot", "promptlab-cold", 64, 320, 320 / cold_speed, cold_speed, 900.0, 30.0,
+                     baseline_variant="clip-benchmark", target_speedup=1.0, details={"predictions_differing": 0}),
+        BenchmarkRow("zero_shot", "promptlab-warm", 64, 320, 0.003, 100_000.0, 900.0, 30.0,
+                     baseline_variant="clip-benchmark", target_speedup=10.0),
+        BenchmarkRow("zero_shot", "clip-benchmark", 64, 320, 0.4, 800.0, 900.0, 30.0),
+    ]
+
+
+def test_each_benchmark_keeps_its_latest_run_per_backbone_device_and_dataset(tmp_path):
+    warehouse = warehouse_at(tmp_path)
+    warehouse.record_benchmark(bench_run("training-old", minutes=0), bench_rows(cached_speed=512.0))
+    warehouse.record_benchmark(zero_shot_run("zero-shot-tiny", minutes=5), zero_shot_rows(cold_speed=720.0))
+    warehouse.record_benchmark(replace(bench_run("training-vitb16", minutes=7), backbone="ViT-B-16"), bench_rows())
+    warehouse.record_benchmark(bench_run("training-new", minutes=10), bench_rows(cached_speed=1024.0))
+    latest = warehouse.query("SELECT * FROM latest_benchmark")
+    assert set(latest["bench_run_id"]) == {"zero-shot-tiny", "training-vitb16", "training-new"}
+    cold = latest.filter((latest["variant"] == "promptlab-cold")).row(0, named=True)
+    assert cold["benchmark"] == "zero-shot-evaluation" and cold["load_average"] == 1.25
+    assert cold["speedup"] == pytest.approx(0.9) and cold["meets_target"] is False
+    warm = latest.filter((latest["variant"] == "promptlab-warm")).row(0, named=True)
+    assert warm["speedup"] == pytest.approx(125.0) and warm["meets_target"] is True
+    assert set(latest.filter(latest["benchmark"] == "training")["load_average"]) == {None}
+
+
+def test_a_variant_of_another_benchmark_or_a_bad_load_is_refused(tmp_path):
+    warehouse = warehouse_at(tmp_path)
+    with pytest.raises(ValueError, match=r"rows\[0\]\.variant: 'promptlab-cold' is not one of the training"):
+        warehouse.record_benchmark(bench_run(), zero_shot_rows())
+    with pytest.raises(ValueError, match=r"run\.benchmark: 'inference'"):
+        warehouse.record_benchmark(replace(bench_run(), benchmark="inference"), bench_rows())
+    with pytest.raises(ValueError, match=r"run\.load_average"):
+        warehouse.record_benchmark(replace(zero_shot_run("z", 0), load_average=float("nan")), zero_shot_rows())
+    assert benchmark_row_count(warehouse) == 0
+
+
+def test_a_warehouse_from_before_benchmarks_were_named_reads_its_rows_as_the_training_benchmark(tmp_path):
+    import duckdb
+
+    from models.warehouse.benchmark import BENCHMARK_SCHEMA, benchmark_frame
+
+    warehouse = warehouse_at(tmp_path)
+    warehouse.ensure_schema()
+    old_schema = BENCHMARK_SCHEMA.split("-- warehouses written before")[0].replace(
+        "    benchmark VARCHAR NOT NULL DEFAULT 'training',\n    load_average DOUBLE,\n", "")
+    assert "load_average" not in old_schema
+    with duckdb.connect(str(warehouse.database_path)) as connection:
+        connection.execute("DROP VIEW IF EXISTS latest_benchmark; DROP TABLE benchmark_results")
+        connection.execute(old_schema)
+        old_rows = benchmark_frame(bench_run("from-before"), bench_rows()).drop("benchmark", "load_average")
+        connection.register("old_rows", old_rows.to_arrow())
+        connection.execute("INSERT INTO benchmark_results BY NAME SELECT * FROM old_rows")
+    warehouse.record_benchmark(zero_shot_run("zero-shot", 5), zero_shot_rows())
+    latest = warehouse.query("SELECT bench_run_id, benchmark, count(*) AS n FROM latest_benchmark "
+                             "GROUP BY ALL ORDER BY bench_run_id")
+    assert latest.rows() == [("from-before", "training", 5), ("zero-shot", "zero-shot-evaluation", 3)]
+
+
 # ---------------------------------------------------------------------------------------------------- report
 def record_one_evaluation(warehouse: Warehouse) -> None:
     warehouse.record_run(RunRecord("run-1", "evaluation", "Shapes", "coop_16shot_seed1", "Shapes|coop", "coop", 16,
@@ -130,6 +194,14 @@ def test_the_report_shows_the_latest_benchmark_or_how_to_run_one(tmp_path):
     assert "4.00x over re-encoded" in section and "5x: missed" in section and "3x: met" in section
     assert "coop cached reached 4.00x of its 5x target" in section
     assert "<img" in section
+    warehouse.record_benchmark(zero_shot_run("zero-shot-1", 5), zero_shot_rows(cold_speed=720.0))
+    build_report(warehouse, tmp_path / "both.html")
+    both = (tmp_path / "both.html").read_text()
+    section = both[both.index("<h2>Throughput</h2>"):]
+    section = section[: section.index("</section>")]
+    assert "bench-1" in section and "zero-shot-1" in section and "CLIP_benchmark" in section
+    assert "0.90x over clip-benchmark" in section and "1-minute load 1.25" in section
+    assert "zero_shot promptlab-cold reached 0.90x of its 1x target" in section
 
 
 # --------------------------------------------------------------------------------------- re-encoding baseline
