@@ -45,11 +45,13 @@ def precision_for(device: str | torch.device, training: bool) -> Precision:
     return Precision("cuda", None if training else torch.float16)
 
 
-def compute_description(device: str | torch.device) -> str:
-    """Where and at which precision a result was computed, e.g. "cpu fp32", "cuda NVIDIA H100 (train bf16-autocast,
-    encode bf16-autocast)"."""
+def compute_description(device: str | torch.device, threads: int | None = None) -> str:
+    """Where and at which precision a result was computed, e.g. "cpu fp32", "cpu fp32, 2 threads", "cuda NVIDIA H100
+    (train bf16-autocast, encode bf16-autocast)". On a CPU the float results depend on torch's thread count in their
+    last bits (reductions split over threads add in another order), so the pipeline passes it."""
     device = torch.device(device)
     training, encoding = precision_for(device, training=True), precision_for(device, training=False)
     if device.type != "cuda":
-        return f"{device.type} {training.name}"
+        counted = "" if threads is None else f", {threads} thread{'s' if threads != 1 else ''}"
+        return f"{device.type} {training.name}{counted}"
     return f"cuda {torch.cuda.get_device_name(device)} (train {training.name}, encode {encoding.name})"

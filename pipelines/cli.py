@@ -95,11 +95,14 @@ def run_job(instance, job_name: str, partition_key=None, log=print):
 
 
 def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=print,
-              protocol: str | None = None, wait: bool = False, stop_check=None) -> dict:
+              protocol: str | None = None, wait: bool = False, stop_check=None, workers: int = 1,
+              gpu_slots: int | None = None) -> dict:
     """Materialize the selected datasets x experiments (all by default; `protocol` keeps the partitions of one
     evaluation protocol), then the transfer partitions whose source and experiment are selected, then the report.
     Holds the instance's and the workspace's run locks throughout (LockHeld when another run has them, unless
-    `wait`); `stop_check` is called after every job (the CLI's: raise StopRequested when a signal arrived)."""
+    `wait`); `stop_check` is called after every job (the CLI's: raise StopRequested when a signal arrived).
+    With `workers` > 1, independent partitions (curation of each dataset, experiments, transfers, test-time runs)
+    run on that many worker processes (pipelines/parallel.py), each stage after the one it reads."""
     from models.workspace import default_workspace_root
     from pipelines.resources import PromptLabResource
     from pipelines.run_guard import StopRequested, fail_abandoned_runs, run_locks
@@ -113,13 +116,15 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
     with run_locks(home, default_workspace_root(), wait=wait, log=log):
         instance = prepared_instance(home, log)
         try:
-            return _materialize_graph(instance, datasets, experiments, log, protocol, stop_check or (lambda: None))
+            return _materialize_graph(instance, datasets, experiments, log, protocol, stop_check or (lambda: None),
+                                      workers, gpu_slots)
         except StopRequested:
             fail_abandoned_runs(instance, log, include_own_pid=True)  # a run the signal caught outside its steps
             raise
 
 
-def _materialize_graph(instance, datasets, experiments, log, protocol, stop_check) -> dict:
+def _materialize_graph(instance, datasets, experiments, log, protocol, stop_check, workers: int = 1,
+                       gpu_slots: int | None = None) -> dict:
     from pipelines.partitions import (multi_partition_key, protocol_experiment_partitions, test_time_partition_keys,
                                       transfer_partition_keys)
     from pipelines.resources import PromptLabResource
@@ -163,16 +168,63 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
             failures.append(label)
         return result.success
 
+    pool = None
+
+    def execute_all(job_names: tuple[str, ...], stage: str, partition_keys: list) -> set:
+        """Each partition's chain of jobs (stopping at its first failure), on the worker pool when there is one;
+        the partitions whose every job succeeded."""
+        if pool is None:
+            return {key for key in partition_keys if all(execute(job, stage, key) for job in job_names)}
+        started, outcomes = time.perf_counter(), {}
+
+        def on_outcome(outcome) -> None:
+            for line in outcome.lines:
+                log(line)
+            outcomes.setdefault(outcome.partition_key, []).append(outcome.success)
+            if not outcome.success:
+                failures.append(f"{outcome.job_name}[{outcome.partition_key}]")
+
+        try:
+            pool.map_chains([(job_names, key) for key in partition_keys], on_outcome, stop_check)
+        finally:
+            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - started
+        return {key for key, results in outcomes.items() if len(results) == len(job_names) and all(results)}
+
     started = time.perf_counter()
     if not execute("embedded_world_job", "world: corpus + tiny-clip + diffusion"):
         return {"failures": failures, "stage_seconds": stage_seconds}
-    curated = [name for name in datasets if execute("curation_job", "curation", name)
-               and execute("features_job", "features: every image once per view", name)]
-    failed_partitions = set()
-    for name, key in partitions:
-        if name in curated and not execute("experiment_job", "experiments: augmentation + pseudolabels + training + "
-                                           "evaluation", multi_partition_key(name, key)):
-            failed_partitions.add((name, key))
+    if workers > 1:
+        from pipelines.parallel import WorkerPool
+
+        pool = WorkerPool(workers, gpu_slots)
+        log(f"{workers} workers, {os.environ.get('PROMPTLAB_TORCH_THREADS', 'default')} torch threads each"
+            + (f", {gpu_slots} GPU slot(s)" if gpu_slots else ""))
+    try:
+        return _materialize_partitions(execute, execute_all, resource, catalog, datasets, partitions, transfers,
+                                       test_time, protocol, stage_seconds, failures, skipped, started, log)
+    except BaseException:
+        if pool is not None:
+            pool.close(kill=True)
+            pool = None
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _materialize_partitions(execute, execute_all, resource, catalog, datasets, partitions, transfers, test_time,
+                            protocol, stage_seconds, failures, skipped, started, log) -> dict:
+    """Curation (+ features) per dataset, then the experiment partitions, the transfer and test-time partitions
+    whose inputs succeeded, then the report; each stage's partitions through `execute_all`."""
+    from pipelines.partitions import multi_partition_key
+
+    done = execute_all(("curation_job", "features_job"), "curation + features: every image once per view",
+                       datasets)
+    curated = [name for name in datasets if name in done]
+    keys = {multi_partition_key(name, key): (name, key) for name, key in partitions if name in curated}
+    succeeded = execute_all(("experiment_job",), "experiments: augmentation + pseudolabels + training + evaluation",
+                            list(keys))
+    failed_partitions = {keys[key] for key in keys if key not in succeeded}
     workspace = resource.workspace()
 
     def not_ready(source: str, key: str) -> list[str]:
@@ -185,13 +237,16 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
             reasons.append(f"target {target} is not curated")
         return sorted(reasons)
 
+    ready = []
     for source, key in transfers:
         reasons = not_ready(source, key)
         if reasons:
             skipped.append(f"transfer_job[{source}|{key}]: {'; '.join(reasons)}")
             log(f"skip   {skipped[-1]}")
             continue
-        execute("transfer_job", "transfer: cross-dataset + domain generalization", multi_partition_key(source, key))
+        ready.append(multi_partition_key(source, key))
+    execute_all(("transfer_job",), "transfer: cross-dataset + domain generalization", ready)
+    ready = []
     for source, key in test_time:
         start = catalog.test_time.runs[key].start
         reasons = ([f"checkpoint {source}|{start} failed"] if (source, start) in failed_partitions else [])
@@ -201,7 +256,8 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
             skipped.append(f"test_time_job[{source}|{key}]: {'; '.join(sorted(reasons))}")
             log(f"skip   {skipped[-1]}")
             continue
-        execute("test_time_job", "test-time tuning: TPT + DiffTPT", multi_partition_key(source, key))
+        ready.append(multi_partition_key(source, key))
+    execute_all(("test_time_job",), "test-time tuning: TPT + DiffTPT", ready)
     execute("report_job", "report")
     summary = {
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -303,6 +359,15 @@ def _run_command(argv: list[str] | None, signals) -> int:
     run.add_argument("--wait", action="store_true",
                      help="when another `promptlab run` holds the workspace or the Dagster instance, wait for it "
                           "instead of refusing at once")
+    run.add_argument("--workers", type=int, default=1,
+                     help="run independent partitions on this many worker processes (default 1: one after another "
+                          "in this process)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch threads of every job ($PROMPTLAB_TORCH_THREADS; default: torch's, all cores, with one "
+                          "worker, else the cores divided by --workers). Results depend on it in their last bits and "
+                          "record it (runs.compute)")
+    run.add_argument("--gpu-slots", type=int, default=None,
+                     help="at most this many partitions on the GPU at once (default 1 on a CUDA machine)")
     commands.add_parser("results", help="print test top-1 per dataset, method and shots from the warehouse")
     add_warehouse_parser(commands)
     arguments = parser.parse_args(argv)
@@ -315,11 +380,23 @@ def _run_command(argv: list[str] | None, signals) -> int:
         os.environ["PROMPTLAB_RETRAIN_WORLD"] = "1"
     if arguments.grid:  # before the definitions are imported: the partitions are read from the catalog then
         os.environ["PROMPTLAB_GRID"] = arguments.grid
+    for name in ("workers", "threads", "gpu_slots"):
+        value = getattr(arguments, name)
+        if value is not None and value < 1:
+            print(f"promptlab run: error: --{name.replace('_', '-')} must be at least 1, got {value}", file=sys.stderr)
+            return 2
+    from pipelines.parallel import THREADS_ENV, default_threads, gpu_slot_count
+
+    threads = arguments.threads or (default_threads(arguments.workers) if arguments.workers > 1 else None)
+    if threads:  # read by every job, here and in the workers (PromptLabResource.load_backbone)
+        os.environ[THREADS_ENV] = str(threads)
+    gpu_slots = arguments.gpu_slots or gpu_slot_count()
     from models.catalog import CatalogError
 
     try:
         summary = run_graph(arguments.dataset, arguments.experiment, protocol=arguments.protocol,
-                            wait=arguments.wait, stop_check=signals.check)
+                            wait=arguments.wait, stop_check=signals.check, workers=arguments.workers,
+                            gpu_slots=gpu_slots)
     except CatalogError as error:  # a bad --dataset / --experiment or catalog file: say so, no traceback
         print(f"promptlab run: error: {error}", file=sys.stderr)
         return 2

@@ -103,8 +103,11 @@ class PromptLabResource(dg.ConfigurableResource):
         return TextFeatureCache.of(backbone, self.workspace().feature_cache_dir / "text")
 
     def load_backbone(self):
-        """The frozen backbone (model, transforms, tokenizer, weights hash); cached per process."""
+        """The frozen backbone (model, transforms, tokenizer, weights hash); cached per process. Sets torch's
+        thread count first when $PROMPTLAB_TORCH_THREADS names one (`promptlab run --threads / --workers`)."""
         from models.backbones.loader import BackboneSpec
+
+        apply_torch_threads()
 
         entry = self.catalog().backbone(_chosen(self.backbone, DEFAULT))
         if entry.source == "embedded":
@@ -143,3 +146,17 @@ class PromptLabResource(dg.ConfigurableResource):
         weights = directory / "unet" / "diffusion_pytorch_model.safetensors"
         fingerprint = str(weights.stat().st_mtime_ns) if entry.source == "embedded" and weights.exists() else ""
         return _load_variation_generator_cached(entry, str(directory), self.torch_device(), fingerprint)
+
+
+def apply_torch_threads() -> int:
+    """Torch's intra-op threads from $PROMPTLAB_TORCH_THREADS when set (else torch's default); returns the count
+    every step then computes with (results depend on it in their last bits: runs record it in `compute`)."""
+    import torch
+
+    value = os.environ.get("PROMPTLAB_TORCH_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"$PROMPTLAB_TORCH_THREADS: expected a positive integer, got {value!r}")
+        if torch.get_num_threads() != int(value):
+            torch.set_num_threads(int(value))
+    return torch.get_num_threads()

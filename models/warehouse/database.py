@@ -301,7 +301,15 @@ class Warehouse:
         try:
             merge = self._merge(own_batch=batch_path)  # a run id recorded already fails here (ValueError)
             merged = run.run_id in merge.merged
-            if not merged:
+            if not merged and not batch_path.exists():
+                # another process's merge took this batch while this one waited for the merge lock (parallel
+                # workers): it was merged, or set aside as rejected, and then it says why
+                rejected = sorted(self.rejected_dir.glob(f"{batch_path.name}*"))
+                if rejected:
+                    raise ValueError(f"run {run.run_id}: its batch was rejected by a concurrent merge; see "
+                                     f"{rejected[0]}")
+                merged = True
+            elif not merged:
                 self._refuse_recorded_run_id(run.run_id)  # the merge could not check it: the snapshot can
         except BaseException:
             shutil.rmtree(batch_path, ignore_errors=True)

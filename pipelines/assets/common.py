@@ -67,6 +67,8 @@ def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: Pa
     import uuid
     from datetime import datetime, timezone
 
+    import torch
+
     from models.precision import compute_description
     from models.provenance import git_commit, library_code_version, stable_hash
     from models.warehouse import RunRecord
@@ -93,7 +95,7 @@ def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: Pa
         templates=list(templates),
         started_at=started_at,
         finished_at=datetime.now(timezone.utc),
-        compute=compute_description(backbone.device),
+        compute=compute_description(backbone.device, torch.get_num_threads()),
     )
 
 

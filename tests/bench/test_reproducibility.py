@@ -56,3 +56,18 @@ def test_one_bit_of_a_metric_or_a_confidence_is_a_difference(tmp_path):
     assert report_differences(report(tmp_path / "one"), report(tmp_path / "metric")) == []  # 50.0 % both: same HTML
     changed = report(tmp_path / "one").replace("50.0", "50.1", 1)
     assert report_differences(report(tmp_path / "one"), changed)[0].startswith("report line")
+
+
+def test_a_timing_metric_must_be_there_but_its_value_is_not_compared(tmp_path):
+    from models.warehouse import Warehouse
+
+    for name, speed in (("one", 10.0), ("other", 12.5), ("none", None)):
+        warehouse = Warehouse(tmp_path / name / "warehouse" / "promptlab.duckdb",
+                              tmp_path / name / "warehouse" / "predictions")
+        run = RunRecord(f"run-{name}", "test_time", "Shapes", "tpt-zeroshot-s1", "Shapes|tpt-zeroshot-s1", "coop", 0,
+                        1, {}, None, "code1", "cfg", "abc123", "tiny-clip", "ab" * 32, "data", ["{}"], STARTED,
+                        STARTED)
+        metrics = [MetricRow("test", "top1_accuracy", 0.5)]
+        warehouse.record_run(run, metrics + ([MetricRow("test", "images_per_second", speed)] if speed else []))
+    assert differences(contents(tmp_path / "one"), contents(tmp_path / "other")) == []
+    assert differences(contents(tmp_path / "one"), contents(tmp_path / "none"))

@@ -367,3 +367,20 @@ def test_a_report_over_one_dataset_says_dataset_not_datasets(warehouse, tmp_path
     build_report(warehouse, tmp_path / "report.html")
     text = (tmp_path / "report.html").read_text()
     assert "over 1 dataset;" in text and "over 1 datasets" not in text
+
+
+def test_a_batch_merged_by_another_process_while_waiting_for_the_lock_counts_as_recorded(warehouse, monkeypatch):
+    """Parallel workers: another process's merge may take this call's batch before this call gets the merge lock; the
+    run is recorded once, and the call says merged instead of calling its own run id a duplicate."""
+    warehouse.record_run(make_run("first"), _metrics(0.5))
+    real_merge = Warehouse._merge
+
+    def another_process_merges_first(self, own_batch):
+        real_merge(self, None)  # the concurrent merge: takes every pending batch, this call's too
+        return real_merge(self, own_batch)
+
+    monkeypatch.setattr(Warehouse, "_merge", another_process_merges_first)
+    outcome = warehouse.record_run(make_run("second", start_minute=1, seed=2), _metrics(0.6))
+    assert outcome.merged and outcome.batch_path is None
+    assert _main_file(warehouse, "SELECT run_id FROM runs ORDER BY run_id") == [("first",), ("second",)]
+    assert warehouse.pending_batches() == []

@@ -75,11 +75,12 @@ def test_results_carry_their_lineage(graph_run):
                                      backbone_weights_sha256, data_hash, templates, compute
                               FROM runs WHERE is_current""")
     weights = sha256_file(workspace.tiny_clip_dir / "open_clip_model.safetensors")
+    threads = __import__("torch").get_num_threads()  # the jobs ran in this process, with its threads
     for run_id, partition, code, config, commit, backbone, weights_hash, data_hash, templates, compute in rows:
         assert instance.get_run_by_id(run_id) is not None
         assert "|" in partition and code and config and commit and data_hash and templates
         assert (backbone, weights_hash) == ("tiny-clip", weights)
-        assert compute == "cpu fp32"  # the suite runs on CPU
+        assert compute == f"cpu fp32, {threads} thread{'s' if threads != 1 else ''}"  # the suite runs on CPU
 
 
 def test_pseudolabel_accuracy_is_recorded(graph_run):
