@@ -178,8 +178,8 @@ def _environment(workspace: Path, catalog: Path | None) -> dict[str, str]:
 
 
 def promptlab_run(workspace: Path, catalog: Path | None, grid: str, datasets: list[str], experiments: list[str],
-                  log_path: Path) -> float:
-    command = [sys.executable, "-m", "pipelines.cli", "run", "--grid", grid]
+                  log_path: Path, extra: tuple[str, ...] = ()) -> float:
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--grid", grid, *extra]
     for name in datasets:
         command += ["--dataset", name]
     for key in experiments:
@@ -281,22 +281,23 @@ def selection(catalog: Path | None, grid: str, datasets: list[str] | None) -> tu
     return datasets or all_datasets, experiments
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grid", default="standard", help="the grid `make run` runs (default: standard)")
+def add_selection_arguments(parser: argparse.ArgumentParser, default_grid: str) -> None:
+    """What to run (grid, datasets, experiments, test-time cap) and where (scratch, the world to copy)."""
+    parser.add_argument("--grid", default=default_grid, help=f"a grid of assets_catalog/grids.yaml (default "
+                                                              f"{default_grid})")
     parser.add_argument("--dataset", action="append", default=None, help="only these datasets (default: all)")
     parser.add_argument("--experiment", action="append", default=None,
                         help="only these experiment keys of the grid (default: all)")
-    parser.add_argument("--scratch", type=Path, required=True, help="folder for the three workspaces")
+    parser.add_argument("--scratch", type=Path, required=True, help="an empty folder for the workspaces")
     parser.add_argument("--world", type=Path, default=None,
                         help="a workspace whose world/ (corpus, tiny-clip, diffusion model) is copied instead of "
-                             "built again in the cold workspace")
+                             "built again")
     parser.add_argument("--max-test-images", type=int, default=None,
                         help="cap the test-time runs' images (a copy of the catalog; default: the catalog's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the reordered workspace's subsets and orders")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    arguments = parser.parse_args(argv)
 
+
+def prepared_selection(arguments: argparse.Namespace) -> tuple[Path, Path | None, list[str], list[str]]:
+    """(scratch folder, catalog copy or None, datasets, experiments) of add_selection_arguments' options."""
     scratch = arguments.scratch.resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     catalog = capped_catalog(scratch, arguments.max_test_images)
@@ -306,6 +307,16 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"--experiment {', '.join(unknown)}: not in the {arguments.grid} grid")
         experiments = [key for key in experiments if key in arguments.experiment]
+    return scratch, catalog, datasets, experiments
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_selection_arguments(parser, default_grid="standard")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the reordered workspace's subsets and orders")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    arguments = parser.parse_args(argv)
+    scratch, catalog, datasets, experiments = prepared_selection(arguments)
     cold, reordered = scratch / "cold", scratch / "reordered"
     for workspace in (cold, reordered):
         if workspace.exists():

@@ -186,6 +186,9 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
 
         try:
             pool.map_chains([(job_names, key) for key in partition_keys], on_outcome, stop_check)
+        except StopRequested as stop:
+            stop.during = f"{stage} on {pool.workers} workers (their runs in progress)"
+            raise
         finally:
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - started
         return {key for key, results in outcomes.items() if len(results) == len(job_names) and all(results)}

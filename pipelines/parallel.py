@@ -99,16 +99,19 @@ class WorkerPool:
                                         for jobs, key in chains}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            stop_check()  # first, and between completions: a signal (Ctrl-C reaches the workers too) stops all
             for future in done:
                 for outcome in future.result():
                     on_outcome(outcome)
-            stop_check()
 
     def close(self, kill: bool = False) -> None:
-        if kill:
-            for process in list(getattr(self._executor, "_processes", {}).values()):
+        processes = list((getattr(self._executor, "_processes", None) or {}).values())
+        if kill:  # their unfinished runs are then failed as abandoned (run_guard.fail_abandoned_runs)
+            for process in processes:
                 process.kill()
+            for process in processes:
+                process.join(timeout=10)
         self._executor.shutdown(wait=not kill, cancel_futures=True)
         if self._manager is not None:
             self._manager.shutdown()

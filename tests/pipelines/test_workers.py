@@ -4,8 +4,10 @@ records its thread count; bad values are refused by name."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import dagster as dg
 import pytest
@@ -72,3 +74,36 @@ def test_bad_worker_or_thread_counts_are_refused_before_anything_runs(tmp_path, 
     result = promptlab_run(tmp_path, *arguments)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "workspace").exists()
+
+
+def test_sigterm_stops_every_worker_and_leaves_no_run_started(tmp_path, two_runs):
+    """Stopped in the experiment stage: the workers are killed, their runs marked failed, nothing else starts."""
+    (one, _), _ = two_runs
+    root = tmp_path
+    shutil.copytree(one / "workspace" / "world", root / "workspace" / "world")
+    environment = {**os.environ, "PROMPTLAB_WORKSPACE": str(root / "workspace"),
+                   "DAGSTER_HOME": str(root / "dagster_home")}
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--dataset", "Shapes", "--workers", "2", "--threads", "1"]
+    for key in EXPERIMENTS:
+        command += ["--experiment", key]
+    log = tmp_path / "run.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=PACKAGE_ROOT, env=environment, stdout=output, stderr=output)
+    try:
+        deadline = time.time() + 300
+        while "experiment_job" not in log.read_text():
+            assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    lines = log.read_text().strip().splitlines()
+    assert code == 128 + signal.SIGTERM, lines[-20:]
+    stop_line = next((line for line in lines if line.startswith("promptlab run: stopped by SIGTERM")), "")
+    assert "during experiments" in stop_line and "on 2 workers" in stop_line, lines[-10:]
+    instance = dg.DagsterInstance.from_config(str(root / "dagster_home"))
+    runs = instance.get_runs()
+    assert not [run for run in runs if run.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING)]
+    assert not instance.get_runs(filters=dg.RunsFilter(job_name="report_job"))  # nothing after the stop ran
