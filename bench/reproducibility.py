@@ -18,8 +18,10 @@ Compared (`warehouse_contents`, `report_contents`): every table of the warehouse
 with the fields that name a run rather than its result normalised: run ids (replaced by the run's stage, dataset,
 partition and source), Dagster run ids and timestamps (dropped), the values of timing metrics (test-time tuning's
 images_per_second: the row must be there, its value is a wall-clock measurement); the predictions of every current run (Parquet files,
-by the run's key); the report's HTML with timestamps and run ids masked. Any other difference fails the check, listed
-by table, key and column. Figures (wall time per pass) go to bench/results/reproducibility-latest.json.
+by the run's key); the report's HTML with timestamps, run ids,
+commits and its timing cells (class "timing": images/s) masked. Any other difference fails the check, listed
+by table, key and column. `git_commit` is dropped too: a commit made while the passes run changes it, and
+`code_version` (the library's code, kept) is what results depend on. Figures (wall time per pass) go to bench/results/reproducibility-latest.json.
 
 A DiffTPT run generates 63 views per test image (about 1 s per image on 2 cores): `--max-test-images` caps the
 test-time runs' images in a copy of the catalog (the default catalog takes 400; the cap is recorded).
@@ -46,7 +48,8 @@ from models.provenance import PACKAGE_ROOT, git_commit
 
 DEFAULT_OUTPUT = PACKAGE_ROOT / "bench" / "results" / "reproducibility-latest.json"
 # columns that say when or under which id a run happened, not what it computed
-VOLATILE_COLUMNS = {"dagster_run_id", "started_at", "finished_at", "superseded_at", "merged_at", "batch"}
+VOLATILE_COLUMNS = {"dagster_run_id", "started_at", "finished_at", "superseded_at", "merged_at", "batch",
+                    "git_commit"}
 RUN_ID_COLUMNS = {"run_id", "superseded_by_run_id"}
 # tables whose rows are bookkeeping of how results were merged, not results
 BOOKKEEPING_TABLES = {"merged_batches"}
@@ -54,6 +57,7 @@ BOOKKEEPING_TABLES = {"merged_batches"}
 # there, their values are not compared
 TIMING_METRICS = {"images_per_second"}
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?(\+00:00)?")
+TIMING_CELL = re.compile(r'(<td class="[^"]*\btiming\b[^"]*">)[^<]*(</td>)')  # models/report.py _table
 
 
 # ------------------------------------------------------------------------------------------------ contents
@@ -131,12 +135,16 @@ def report_contents(report: Path, database: Path) -> str:
     connection = duckdb.connect(str(database), read_only=True)
     try:
         keys = run_keys(connection)
+        commits = [value for (value,) in connection.execute(
+            "SELECT DISTINCT git_commit FROM runs WHERE git_commit IS NOT NULL").fetchall()]
     finally:
         connection.close()
     text = report.read_text()
+    for commit in sorted(commits, key=len, reverse=True):
+        text = text.replace(commit, "<commit>")
     for run_id in sorted(keys, key=len, reverse=True):
         text = text.replace(run_id, f"<run {keys[run_id]}>")
-    return TIMESTAMP.sub("<time>", text)
+    return TIMING_CELL.sub(r"\1<timing>\2", TIMESTAMP.sub("<time>", text))
 
 
 def differences(one: dict[str, list], other: dict[str, list], limit: int = 20) -> list[str]:

@@ -312,15 +312,22 @@ def _label(configuration: str, shots: int) -> str:
     return f"{configuration} ({shots} shots)"
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric_columns: Iterable[int] = ()) -> str:
-    numeric = set(numeric_columns)
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric_columns: Iterable[int] = (),
+           timing_columns: Iterable[int] = ()) -> str:
+    """An HTML table; `timing_columns` hold wall-clock measurements (class "timing"): the only cells that may differ
+    between two runs of the same results (bench/reproducibility.py masks them)."""
+    numeric, timing = set(numeric_columns), set(timing_columns)
+
+    def cell(index: int, value: Any) -> str:
+        classes = " ".join(name for name, member in (("num", index in numeric), ("timing", index in timing))
+                           if member)
+        return f"<td class=\"{classes}\">{html.escape(str(value))}</td>" if classes else \
+            f"<td>{html.escape(str(value))}</td>"
+
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = []
     for row in rows:
-        cells = "".join(
-            f"<td class=\"num\">{html.escape(str(c))}</td>" if i in numeric else f"<td>{html.escape(str(c))}</td>"
-            for i, c in enumerate(row)
-        )
+        cells = "".join(cell(i, c) for i, c in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -824,7 +831,8 @@ def _test_time_section(warehouse: Warehouse) -> str:
                              "tuning), views kept per image, the average entropy of the kept views before and after "
                              "tuning, and test images per second.", "muted"),
                   _table(["Run", "Dataset", "Seed", "Top-1 (%)", "Before tuning (%)", "Views kept",
-                          "Entropy before", "Entropy after", "Images/s"], rows, numeric_columns=range(2, 9))]
+                          "Entropy before", "Entropy after", "Images/s"], rows, numeric_columns=range(2, 9),
+                         timing_columns=(8,))]
     return _section("Test-time tuning (TPT, DiffTPT)", *parts)
 
 
@@ -950,7 +958,8 @@ def _benchmark_run_parts(results: pl.DataFrame) -> list[str]:
     missed = [f"{r['method']} {r['variant']} reached {r['speedup']:.2f}x of its {r['target_speedup']:g}x target"
               for r in results.iter_rows(named=True) if r["meets_target"] is False]
     parts = [about, _table(["Method", "Variant", "Batch size", "Images/s", "Speed-up", "Target", "Peak RSS (MB)",
-                            "Δ RSS (MB)", "Peak CUDA (MB)"], rows, numeric_columns=(2, 3, 6, 7, 8))]
+                            "Δ RSS (MB)", "Peak CUDA (MB)"], rows, numeric_columns=(2, 3, 6, 7, 8),
+                    timing_columns=(3, 4, 5, 6, 7, 8))]
     if missed:
         parts.append(_paragraph("Targets missed: " + "; ".join(missed) + ".", "warning"))
     if run["benchmark"] == "training":

@@ -49,6 +49,16 @@ logger = logging.getLogger(__name__)
 _PERMANENT_BATCH_ERRORS = (PendingBatchError, ValueError, duckdb.ConstraintException, duckdb.ConversionException)
 
 
+
+def experiment_config_hash(run: RunRecord) -> str:
+    """The `experiments` row's hash: of the experiment's own configuration (method, shots, seed, options), the same
+    whichever dataset or stage recorded it. (A run's config_hash also covers its dataset's templates and its stage's
+    settings; storing that here made the row depend on which run happened to be recorded last.)"""
+    from models.provenance import stable_hash
+
+    return stable_hash({"method": run.method, "shots": int(run.shots), "seed": int(run.seed),
+                        "options": run.options})
+
 class WarehouseLockedError(RuntimeError):
     """The database file stayed locked by another process through every retry."""
 
@@ -461,7 +471,7 @@ class Warehouse:
                 options = excluded.options, config_hash = excluded.config_hash
             """,
             [run.experiment_key, run.method, int(run.shots), int(run.seed),
-             canonical_json(run.options, "run.options"), run.config_hash],
+             canonical_json(run.options, "run.options"), experiment_config_hash(run)],
         )
 
     @staticmethod

@@ -3,7 +3,9 @@
 Schema (all accuracy-like values are fractions in [0, 1]; timestamps are UTC without a time zone):
 
 - `experiments` (experiment_key PK, method, shots, seed, options JSON, config_hash): one row per experiment
-  configuration, upserted by every run of it.
+  configuration, upserted by every run of it; its config_hash is of the experiment's own configuration (method,
+  shots, seed, options: the same from every dataset and stage), unlike a run's, which also covers its dataset's
+  templates and its stage's settings.
 - `runs` (run_id PK, stage, dataset, experiment_key, partition_key, method, shots, seed, options JSON,
   dagster_run_id, code_version, config_hash, git_commit, backbone, backbone_weights_sha256, data_hash,
   templates JSON, started_at, finished_at, is_current, source_dataset, compute): every run ever recorded. Recording a

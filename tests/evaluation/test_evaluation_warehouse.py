@@ -305,3 +305,18 @@ def test_numpy_scalars_are_accepted(warehouse):
                          [PerClassRow("test", np.int64(0), "cat", np.float64(0.5), None, np.int64(2))])
     assert warehouse.query("SELECT shots, seed FROM runs").row(0) == (4, 2)
     assert warehouse.query("SELECT value FROM metrics").item() == pytest.approx(0.25)
+
+
+def test_the_experiment_row_does_not_depend_on_which_dataset_recorded_it_last(tmp_path):
+    """Runs of one experiment on two datasets (their config hashes differ: templates), recorded in either order,
+    leave the same `experiments` row."""
+    rows = []
+    for order in (("caltech101", "eurosat"), ("eurosat", "caltech101")):
+        warehouse = Warehouse(tmp_path / "-".join(order) / "w.duckdb", tmp_path / "-".join(order) / "predictions")
+        for minute, dataset in enumerate(order):
+            run = replace(make_run(f"run-{dataset}", dataset=dataset, start_minute=minute),
+                          config_hash=f"config-with-{dataset}-templates")
+            warehouse.record_run(run, [MetricRow("test", "top1_accuracy", 0.5)])
+        rows.append(warehouse.query("SELECT * FROM experiments").rows())
+    assert rows[0] == rows[1] and len(rows[0]) == 1
+    assert "config-with" not in rows[0][0][-1]
