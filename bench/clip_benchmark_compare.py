@@ -55,7 +55,6 @@ from models.prompting.text_cache import TextFeatureCache
 from models.prompting.training import predict_probabilities
 from models.provenance import PACKAGE_ROOT, git_commit, library_code_version, sha256_file
 from models.warehouse import BenchmarkRow, BenchmarkRun, Warehouse
-from models.warehouse.benchmark import benchmark_frame
 from models.workspace import Workspace, default_workspace_root
 
 DEFAULT_OUTPUT = PACKAGE_ROOT / "bench" / "results" / "clip-benchmark-latest.json"
@@ -254,11 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if not arguments.no_warehouse:
         workspace = Workspace(arguments.workspace or default_workspace_root())
         warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
-        runs = warehouse_runs(rows, device, commit, code_version)
-        for run, measured in runs:  # every run checked before the first is written
-            benchmark_frame(run, measured)
-        for run, measured in runs:
-            warehouse.record_benchmark(run, measured)
+        warehouse.record_benchmarks(warehouse_runs(rows, device, commit, code_version))
         result["warehouse"] = str(workspace.warehouse_path)
         print(f"recorded {len(rows)} zero-shot-evaluation runs in {workspace.warehouse_path}")
     _write_json_atomically(arguments.output, result)

@@ -19,7 +19,7 @@ with the fields that name a run rather than its result normalised: run ids (repl
 partition and source), Dagster run ids and timestamps (dropped), the values of timing metrics (test-time tuning's
 images_per_second: the row must be there, its value is a wall-clock measurement); the predictions of every current run (Parquet files,
 by the run's key); the report's HTML with timestamps, run ids,
-commits and its timing cells (class "timing": images/s) masked. Any other difference fails the check, listed
+commits and its measured cells (class "measured": images/s, memory) masked. Any other difference fails the check, listed
 by table, key and column. `git_commit` is dropped too: a commit made while the passes run changes it, and
 `code_version` (the library's code, kept) is what results depend on. Figures (wall time per pass) go to bench/results/reproducibility-latest.json.
 
@@ -57,7 +57,7 @@ BOOKKEEPING_TABLES = {"merged_batches"}
 # there, their values are not compared
 TIMING_METRICS = {"images_per_second"}
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?(\+00:00)?")
-TIMING_CELL = re.compile(r'(<td class="[^"]*\btiming\b[^"]*">)[^<]*(</td>)')  # models/report.py _table
+MEASURED_CELL = re.compile(r'(<td class="[^"]*\bmeasured\b[^"]*">)[^<]*(</td>)')  # models/report.py _table
 
 
 # ------------------------------------------------------------------------------------------------ contents
@@ -144,7 +144,7 @@ def report_contents(report: Path, database: Path) -> str:
         text = text.replace(commit, "<commit>")
     for run_id in sorted(keys, key=len, reverse=True):
         text = text.replace(run_id, f"<run {keys[run_id]}>")
-    return TIMING_CELL.sub(r"\1<timing>\2", TIMESTAMP.sub("<time>", text))
+    return MEASURED_CELL.sub(r"\1<measured>\2", TIMESTAMP.sub("<time>", text))
 
 
 def differences(one: dict[str, list], other: dict[str, list], limit: int = 20) -> list[str]:

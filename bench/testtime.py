@@ -352,15 +352,10 @@ def run_benchmark(options: TestTimeBenchOptions) -> dict[str, Any]:
         torch.set_num_threads(threads_before)
     if options.record:
         from models.warehouse import Warehouse
-        from models.warehouse.benchmark import benchmark_frame
 
         workspace = Workspace(Path(options.workspace))
         runs = warehouse_runs(result)
-        for run, rows in runs:  # every run checked before the first is written
-            benchmark_frame(run, rows)
-        warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
-        for run, rows in runs:
-            warehouse.record_benchmark(run, rows)
+        Warehouse(workspace.warehouse_path, workspace.predictions_dir).record_benchmarks(runs)
         result["warehouse"] = f"{workspace.warehouse_path}: runs {', '.join(run.bench_run_id for run, _ in runs)}"
     if options.output is not None:
         _write_json_atomically(Path(options.output), result)

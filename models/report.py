@@ -313,13 +313,13 @@ def _label(configuration: str, shots: int) -> str:
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric_columns: Iterable[int] = (),
-           timing_columns: Iterable[int] = ()) -> str:
-    """An HTML table; `timing_columns` hold wall-clock measurements (class "timing"): the only cells that may differ
-    between two runs of the same results (bench/reproducibility.py masks them)."""
-    numeric, timing = set(numeric_columns), set(timing_columns)
+           measured_columns: Iterable[int] = ()) -> str:
+    """An HTML table; `measured_columns` hold the machine's measurements (times, speeds, memory; class "measured"):
+    the only cells that may differ between two runs of the same results (bench/reproducibility.py masks them)."""
+    numeric, measured = set(numeric_columns), set(measured_columns)
 
     def cell(index: int, value: Any) -> str:
-        classes = " ".join(name for name, member in (("num", index in numeric), ("timing", index in timing))
+        classes = " ".join(name for name, member in (("num", index in numeric), ("measured", index in measured))
                            if member)
         return f"<td class=\"{classes}\">{html.escape(str(value))}</td>" if classes else \
             f"<td>{html.escape(str(value))}</td>"
@@ -832,7 +832,7 @@ def _test_time_section(warehouse: Warehouse) -> str:
                              "tuning, and test images per second.", "muted"),
                   _table(["Run", "Dataset", "Seed", "Top-1 (%)", "Before tuning (%)", "Views kept",
                           "Entropy before", "Entropy after", "Images/s"], rows, numeric_columns=range(2, 9),
-                         timing_columns=(8,))]
+                         measured_columns=(8,))]
     return _section("Test-time tuning (TPT, DiffTPT)", *parts)
 
 
@@ -959,7 +959,7 @@ def _benchmark_run_parts(results: pl.DataFrame) -> list[str]:
               for r in results.iter_rows(named=True) if r["meets_target"] is False]
     parts = [about, _table(["Method", "Variant", "Batch size", "Images/s", "Speed-up", "Target", "Peak RSS (MB)",
                             "Δ RSS (MB)", "Peak CUDA (MB)"], rows, numeric_columns=(2, 3, 6, 7, 8),
-                    timing_columns=(3, 4, 5, 6, 7, 8))]
+                    measured_columns=(3, 4, 5, 6, 7, 8))]
     if missed:
         parts.append(_paragraph("Targets missed: " + "; ".join(missed) + ".", "warning"))
     if run["benchmark"] == "training":

@@ -197,14 +197,14 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
     if not execute("embedded_world_job", "world: corpus + tiny-clip + diffusion"):
         return {"failures": failures, "stage_seconds": stage_seconds}
     if workers > 1:
-        from pipelines.parallel import WorkerPool
+        from pipelines.parallel import THREADS_ENV, WorkerPool
 
         pool = WorkerPool(workers, gpu_slots)
-        log(f"{workers} workers, {os.environ.get('PROMPTLAB_TORCH_THREADS', 'default')} torch threads each"
+        log(f"{workers} workers, {os.environ.get(THREADS_ENV, 'default')} torch threads each"
             + (f", {gpu_slots} GPU slot(s)" if gpu_slots else ""))
     try:
         return _materialize_partitions(execute, execute_all, resource, catalog, datasets, partitions, transfers,
-                                       test_time, protocol, stage_seconds, failures, skipped, started, log)
+                                       test_time, stage_seconds, failures, skipped, started, log)
     except BaseException:
         if pool is not None:
             pool.close(kill=True)
@@ -216,7 +216,7 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
 
 
 def _materialize_partitions(execute, execute_all, resource, catalog, datasets, partitions, transfers, test_time,
-                            protocol, stage_seconds, failures, skipped, started, log) -> dict:
+                            stage_seconds, failures, skipped, started, log) -> dict:
     """Curation (+ features) per dataset, then the experiment partitions, the transfer and test-time partitions
     whose inputs succeeded, then the report; each stage's partitions through `execute_all`."""
     from pipelines.partitions import multi_partition_key

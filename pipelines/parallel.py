@@ -60,7 +60,7 @@ def run_chain(job_names: tuple[str, ...], partition_key: str | None) -> list[Job
     if _instance is None:
         _instance = dg.DagsterInstance.get()
     outcomes = []
-    slot = _gpu_slots if _gpu_slots is not None else None
+    slot = _gpu_slots
     if slot is not None:
         slot.acquire()
     try:

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from models.catalog import Catalog, load_catalog
 from models.workspace import Workspace, default_workspace_root
+from pipelines.parallel import THREADS_ENV
 
 
 @lru_cache(maxsize=4)
@@ -153,10 +154,10 @@ def apply_torch_threads() -> int:
     every step then computes with (results depend on it in their last bits: runs record it in `compute`)."""
     import torch
 
-    value = os.environ.get("PROMPTLAB_TORCH_THREADS", "").strip()
+    value = os.environ.get(THREADS_ENV, "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"$PROMPTLAB_TORCH_THREADS: expected a positive integer, got {value!r}")
+            raise ValueError(f"${THREADS_ENV}: expected a positive integer, got {value!r}")
         if torch.get_num_threads() != int(value):
             torch.set_num_threads(int(value))
     return torch.get_num_threads()

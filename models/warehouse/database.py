@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 _PERMANENT_BATCH_ERRORS = (PendingBatchError, ValueError, duckdb.ConstraintException, duckdb.ConversionException)
 
 
-
 def experiment_config_hash(run: RunRecord) -> str:
     """The `experiments` row's hash: of the experiment's own configuration (method, shots, seed, options), the same
     whichever dataset or stage recorded it. (A run's config_hash also covers its dataset's templates and its stage's
@@ -535,15 +534,24 @@ class Warehouse:
             connection.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_rows")
             connection.unregister("incoming_rows")
 
-
     def record_benchmark(self, run: BenchmarkRun, rows: Sequence[BenchmarkRow]) -> None:
-        """Record every measurement of one benchmark run in one transaction, all or nothing.
+        """Record every measurement of one benchmark run in one transaction, all or nothing (record_benchmarks)."""
+        self.record_benchmarks([(run, rows)])
 
-        Every row is validated first (ValueError naming rows[i].field); a run id already recorded fails. Unlike
-        record_run this writes directly: a held database raises WarehouseLockedError (the benchmark's JSON
-        result file is its durable record).
+    def record_benchmarks(self, runs: Sequence[tuple[BenchmarkRun, Sequence[BenchmarkRow]]]) -> None:
+        """Record several benchmark runs in one transaction, all or nothing.
+
+        Every row of every run is validated first (ValueError naming rows[i].field); a run id recorded already, or
+        given twice, fails. Unlike record_run this writes directly: a held database raises WarehouseLockedError
+        (the benchmark's JSON result file is its durable record).
         """
-        frame = benchmark_frame(run, list(rows))
+        frames = [benchmark_frame(run, list(rows)) for run, rows in runs]
+        run_ids = [run.bench_run_id for run, _ in runs]
+        repeated = sorted({run_id for run_id in run_ids if run_ids.count(run_id) > 1})
+        if repeated:
+            raise ValueError(f"run.bench_run_id: {repeated[0]!r} is given more than once")
+        if not frames:
+            return
         self._ensure_empty_predictions_file()
         with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
             if not acquired:
@@ -551,12 +559,13 @@ class Warehouse:
                                            f"merging for {self.merge_lock_wait_seconds:g} s")
             with self._connect(read_only=False) as connection, _transaction(connection):
                 self._create_schema(connection)
-                existing = connection.execute(
-                    "SELECT count(*) FROM benchmark_results WHERE bench_run_id = ?", [run.bench_run_id]).fetchone()
-                if existing[0]:
-                    raise ValueError(f"run.bench_run_id: {run.bench_run_id!r} is already recorded in "
-                                     f"{self.database_path}")
-                connection.register("incoming_benchmark", frame.to_arrow())
+                for run_id in run_ids:
+                    existing = connection.execute(
+                        "SELECT count(*) FROM benchmark_results WHERE bench_run_id = ?", [run_id]).fetchone()
+                    if existing[0]:
+                        raise ValueError(f"run.bench_run_id: {run_id!r} is already recorded in "
+                                         f"{self.database_path}")
+                connection.register("incoming_benchmark", pl.concat(frames, how="vertical_relaxed").to_arrow())
                 connection.execute("INSERT INTO benchmark_results BY NAME SELECT * FROM incoming_benchmark")
                 connection.unregister("incoming_benchmark")
             self._refresh_snapshot()

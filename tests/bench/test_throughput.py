@@ -107,6 +107,22 @@ def test_a_bad_run_field_or_a_repeated_run_id_writes_nothing(tmp_path):
     assert benchmark_row_count(warehouse) == 5
 
 
+def test_several_runs_go_in_together_or_not_at_all(tmp_path):
+    warehouse = warehouse_at(tmp_path)
+    broken = bench_rows()
+    broken[1] = replace(broken[1], images_per_second=-1.0)
+    with pytest.raises(ValueError, match=r"rows\[1\]\.images_per_second"):  # the second run is bad: no first run
+        warehouse.record_benchmarks([(bench_run("first", minutes=0), bench_rows()), (bench_run("second", minutes=1),
+                                                                                      broken)])
+    with pytest.raises(ValueError, match="more than once"):
+        warehouse.record_benchmarks([(bench_run("same", minutes=0), bench_rows()),
+                                     (bench_run("same", minutes=1), bench_rows())])
+    assert benchmark_row_count(warehouse) == 0
+    warehouse.record_benchmarks([(bench_run("first", minutes=0), bench_rows()), (bench_run("second", minutes=1),
+                                                                                  bench_rows())])
+    assert benchmark_row_count(warehouse) == 10
+
+
 def zero_shot_run(run_id: str, minutes: int, backbone: str = "tiny-clip") -> BenchmarkRun:
     return replace(bench_run(run_id, minutes), benchmark="zero-shot-evaluation", backbone=backbone,
                    dataset="Shapes (320 test images)", load_average=1.25)
