@@ -1,21 +1,79 @@
-"""Where the workbench keeps what it writes: one folder (PROMPTLAB_WORKSPACE, default ./workspace)."""
+"""Where the workbench keeps what it writes: one folder (PROMPTLAB_WORKSPACE, default ./workspace), or object
+storage (PROMPTLAB_WORKSPACE=s3://bucket/prefix) shared by several machines, each computing in a local working copy
+that models.storage keeps in step with the store, one folder (unit) at a time."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from models.provenance import PACKAGE_ROOT
+from models.storage import SyncReport, Unit, WorkingCopy, default_cache_root, parse_location
+
+WORKSPACE_ENV = "PROMPTLAB_WORKSPACE"
+
+
+def default_workspace() -> "Workspace":
+    """$PROMPTLAB_WORKSPACE (a folder, file://, or a URL such as s3://bucket/prefix), else <project>/workspace."""
+    return Workspace.at(os.environ.get(WORKSPACE_ENV, PACKAGE_ROOT / "workspace"))
 
 
 def default_workspace_root() -> Path:
-    return Path(os.environ.get("PROMPTLAB_WORKSPACE", PACKAGE_ROOT / "workspace"))
+    """The local folder computation reads and writes: the workspace itself, or a remote workspace's working copy
+    ($PROMPTLAB_WORKSPACE_CACHE, else under ~/.cache/promptlab/workspaces)."""
+    return default_workspace().root
 
 
 @dataclass(frozen=True)
 class Workspace:
+    """root: the local folder every path below lies in. location: the URL of the shared store when the workspace
+    is remote (root is then its working copy), None when root is the workspace itself."""
+
     root: Path
+    location: str | None = None
+
+    @classmethod
+    def at(cls, location: str | Path, variable: str = WORKSPACE_ENV) -> "Workspace":
+        url, folder = parse_location(location, variable)
+        return cls(folder) if url is None else cls(default_cache_root(url), url)
+
+    @property
+    def is_remote(self) -> bool:
+        return self.location is not None
+
+    # --------------------------------------------------------------------------------------- shared storage
+    @cached_property
+    def working_copy(self) -> WorkingCopy:
+        from models.storage import LocalStore, open_store
+
+        return WorkingCopy(open_store(self.location) if self.is_remote else LocalStore(self.root), self.root)
+
+    def unit(self, folder: Path) -> Unit:
+        """The synchronised unit of one of this workspace's folders (the caches are merged, the rest mirrored)."""
+        relative = Path(folder).relative_to(self.root).as_posix()
+        additive = any(Path(folder).is_relative_to(cache) for cache in (self.feature_cache_dir,
+                                                                        self.variation_cache_dir))
+        return Unit(relative, additive=additive)
+
+    def pull(self, folders) -> SyncReport:
+        """Bring these folders' latest published versions into the working copy (a local workspace: nothing)."""
+        if not self.is_remote:
+            return SyncReport()
+        return self.working_copy.pull(self.unit(folder) for folder in folders)
+
+    def push(self, folders) -> SyncReport:
+        """Publish these folders of the working copy to the store (a local workspace: nothing)."""
+        if not self.is_remote:
+            return SyncReport()
+        return self.working_copy.push(self.unit(folder) for folder in folders)
+
+    def is_published(self, folder: Path) -> bool:
+        """The folder exists in the workspace: complete in the store when remote, on disk when local."""
+        if not self.is_remote:
+            return Path(folder).exists()
+        return self.working_copy.unit_exists(self.unit(folder))
 
     @property
     def corpus_dir(self) -> Path:

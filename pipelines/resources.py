@@ -11,7 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from models.catalog import Catalog, load_catalog
-from models.workspace import Workspace, default_workspace_root
+from models.workspace import Workspace, default_workspace
 from pipelines.parallel import THREADS_ENV
 
 
@@ -44,7 +44,9 @@ class PromptLabResource(dg.ConfigurableResource):
 
     workspace_dir: str = Field(
         default=AUTO, description="Folder every asset writes into (datasets, models, checkpoints, warehouse, "
-                                  "report). 'auto': $PROMPTLAB_WORKSPACE, else <project>/workspace.")
+                                  "report), or a URL of object storage shared by several machines (s3://bucket/"
+                                  "prefix; computed in a local working copy, $PROMPTLAB_WORKSPACE_CACHE). 'auto': "
+                                  "$PROMPTLAB_WORKSPACE, else <project>/workspace.")
     catalog_dir: str = Field(
         default=AUTO, description="Folder of the catalog YAML files (datasets, backbones, world, experiment grid). "
                                   "'auto': $PROMPTLAB_CATALOG, else <project>/assets_catalog. Partitions are read "
@@ -70,8 +72,9 @@ class PromptLabResource(dg.ConfigurableResource):
                                   "file:// links from a web page: paste it into the address bar).")
 
     def workspace(self) -> Workspace:
+        """The workspace; a URL (s3://bucket/prefix) gives a remote one whose paths lie in its local working copy."""
         chosen = _chosen(self.workspace_dir, AUTO)
-        return Workspace(Path(chosen) if chosen else default_workspace_root())
+        return Workspace.at(chosen, "the promptlab resource's workspace_dir") if chosen else default_workspace()
 
     def catalog(self) -> Catalog:
         return load_catalog(_chosen(self.catalog_dir, AUTO))
