@@ -179,11 +179,13 @@ class LocalStore:
         else:
             path.unlink(missing_ok=True)
 
-    def put_file(self, local: Path, key: str) -> None:
-        _write_atomically(self._path(key), Path(local).read_bytes())
+    def put_files(self, pairs: list[tuple[Path, str]]) -> None:
+        for local, key in pairs:
+            _write_atomically(self._path(key), Path(local).read_bytes())
 
-    def get_file(self, key: str, local: Path) -> None:
-        _write_atomically(Path(local), self.read_bytes(key))
+    def get_files(self, pairs: list[tuple[str, Path]]) -> None:
+        for key, local in pairs:
+            _write_atomically(Path(local), self.read_bytes(key))
 
 
 class ObjectStore:
@@ -269,24 +271,33 @@ class ObjectStore:
             except FileNotFoundError:
                 pass
 
-    def put_file(self, local: Path, key: str) -> None:
+    def put_files(self, pairs: list[tuple[Path, str]]) -> None:
+        """Upload (local file, key) pairs, concurrently; each object is one PUT (or one completed multipart
+        upload), so it appears whole or not at all."""
+        if not pairs:
+            return
         self.check()
-        with self._reaching(f"uploading {key}"):
-            self.fs.put_file(str(local), self._key(key))
+        with self._reaching(f"uploading {len(pairs)} file(s) ({pairs[0][1]}, ...)"):
+            self.fs.put([str(local) for local, _ in pairs], [self._key(key) for _, key in pairs])
 
-    def get_file(self, key: str, local: Path) -> None:
-        """Download to a temporary file beside `local`, then rename: a reader of `local` never sees half a file."""
+    def get_files(self, pairs: list[tuple[str, Path]]) -> None:
+        """Download (key, local file) pairs, concurrently, each to a temporary file beside its target and then
+        renamed: a reader of the local file never sees half of it."""
+        if not pairs:
+            return
         self.check()
-        local = Path(local)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".tmp", dir=local.parent)
-        os.close(handle)
+        temporaries = []
+        for _, local in pairs:
+            Path(local).parent.mkdir(parents=True, exist_ok=True)
+            temporaries.append(Path(local).with_name(f".{Path(local).name}.{uuid.uuid4().hex[:8]}.tmp"))
         try:
-            with self._reaching(f"downloading {key}"):
-                self.fs.get_file(self._key(key), temporary)
-            os.replace(temporary, local)
+            with self._reaching(f"downloading {len(pairs)} file(s) ({pairs[0][0]}, ...)"):
+                self.fs.get([self._key(key) for key, _ in pairs], [str(t) for t in temporaries])
+            for temporary, (_, local) in zip(temporaries, pairs):
+                os.replace(temporary, local)
         finally:
-            Path(temporary).unlink(missing_ok=True)
+            for temporary in temporaries:
+                temporary.unlink(missing_ok=True)
 
 
 def open_store(url: str, variable: str = "PROMPTLAB_WORKSPACE") -> ObjectStore:
@@ -428,16 +439,16 @@ class WorkingCopy:
     def _take(self, unit: Unit, manifest: dict, record: dict) -> tuple[int, int] | None:
         """Make the local unit exactly the manifest's version; None when a downloaded file does not match it."""
         local = self._local_files(unit, record.get("files", {}))
-        count = size = 0
-        for relative, entry in manifest["files"].items():
-            if local.get(relative, {}).get("sha256") == entry["sha256"]:
-                continue
-            target = self.root / relative
-            self.store.get_file(relative, target)
-            if sha256_of(target) != entry["sha256"]:
-                target.unlink(missing_ok=True)
-                return None
-            count, size = count + 1, size + entry["size"]
+        missing = sorted(relative for relative, entry in manifest["files"].items()
+                         if local.get(relative, {}).get("sha256") != entry["sha256"])
+        self.store.get_files([(relative, self.root / relative) for relative in missing])
+        mismatched = [relative for relative in missing if sha256_of(self.root / relative)
+                      != manifest["files"][relative]["sha256"]]
+        for relative in mismatched:
+            (self.root / relative).unlink(missing_ok=True)
+        if mismatched:
+            return None
+        count, size = len(missing), sum(manifest["files"][relative]["size"] for relative in missing)
         for relative in set(local) - set(manifest["files"]):
             (self.root / relative).unlink(missing_ok=True)
         self._save_record(unit, {"generation": manifest["generation"],
@@ -449,12 +460,9 @@ class WorkingCopy:
         seen = set(record.get("seen", []))
         remote = {key: size for key, size in self.store.list_files(unit.folder).items()
                   if not _hidden_or_transient(key)}
-        count = size = 0
-        for key in sorted(set(remote) - seen):
-            target = self.root / key
-            if not target.exists():
-                self.store.get_file(key, target)
-                count, size = count + 1, size + remote[key]
+        missing = sorted(key for key in set(remote) - seen if not (self.root / key).exists())
+        self.store.get_files([(key, self.root / key) for key in missing])
+        count, size = len(missing), sum(remote[key] for key in missing)
         if set(remote) - seen:
             self._save_record(unit, {"seen": sorted(seen | set(remote))})
         return count, size
@@ -493,12 +501,9 @@ class WorkingCopy:
         if current is not None and (not complete or any(published[k] != wanted.get(k) for k in published)):
             # objects of the published version change: readers must not combine them with the old manifest
             self.store.write_bytes(unit.manifest_key, json.dumps(self._manifest(unit, "writing", {})).encode())
-        count = size = 0
-        for relative, entry in sorted(local.items()):
-            if published.get(relative) == wanted[relative]:
-                continue
-            self.store.put_file(self.root / relative, relative)
-            count, size = count + 1, size + entry["size"]
+        changed = sorted(relative for relative in local if published.get(relative) != wanted[relative])
+        self.store.put_files([(self.root / relative, relative) for relative in changed])
+        count, size = len(changed), sum(local[relative]["size"] for relative in changed)
         if not local:  # the unit was removed locally: remove it from the store, manifest first
             self.store.remove(unit.manifest_key)
             self.store.remove(unit.folder)
@@ -526,11 +531,9 @@ class WorkingCopy:
         if not names - seen:
             return 0, 0  # every local file is known to be in the store already
         remote = set(self.store.list_files(unit.folder))
-        count = size = 0
-        for key in sorted(names - remote):
-            path = self.root / key
-            self.store.put_file(path, key)
-            count, size = count + 1, size + path.stat().st_size
+        new = sorted(names - remote)
+        self.store.put_files([(self.root / key, key) for key in new])
+        count, size = len(new), sum((self.root / key).stat().st_size for key in new)
         self._save_record(unit, {"seen": sorted(seen | names | remote)})
         return count, size
 

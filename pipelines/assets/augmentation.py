@@ -7,8 +7,10 @@ import dagster as dg
 import polars as pl
 
 from models.provenance import source_version
+from pipelines.assets import sync as folders
 from pipelines.assets.common import partition_inputs, refuse_inapplicable_method
 from pipelines.assets.curation import fewshot_subsets
+from pipelines.assets.sync import synced
 from pipelines.assets.world import tiny_clip_backbone, tiny_diffusion_model
 from pipelines.metadata import frame_table, path_value
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
@@ -24,6 +26,8 @@ from pipelines.resources import PromptLabResource
     kinds={"diffusers", "parquet"},
     pool="gpu",
 )
+@synced(reads=(folders.backbone, folders.diffusion_model, folders.dataset_images, folders.curation),
+        writes=(folders.experiment,))
 def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """N diffusion variations per few-shot image (the resource's diffusion backbone), kept when CLIP cosine
     similarity to the source passes the threshold."""

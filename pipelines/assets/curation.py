@@ -9,6 +9,8 @@ import dagster as dg
 from models.catalog import DatasetEntry
 from models.provenance import source_version, stable_hash
 from models.workspace import Workspace
+from pipelines.assets import sync as folders
+from pipelines.assets.sync import synced
 from pipelines.assets.world import is_current, mark_current
 from pipelines.partitions import dataset_partitions
 from pipelines.resources import PromptLabResource
@@ -44,6 +46,7 @@ def dataset_source(entry: DatasetEntry, workspace: Workspace):
 
 
 @dg.asset(group_name="curation", partitions_def=dataset_partitions, code_version=BENCHMARK_CODE, kinds={"python"})
+@synced(writes=(folders.dataset_images,))
 def dataset_files(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """The dataset's images and split file on disk (CoOp layout); embedded datasets are generated here."""
     from models.embedded.benchmark import build_embedded_dataset
@@ -66,6 +69,7 @@ def dataset_files(context: dg.AssetExecutionContext, promptlab: PromptLabResourc
 
 @dg.asset(group_name="curation", partitions_def=dataset_partitions, deps=[dataset_files], code_version=READER_CODE,
           kinds={"polars", "parquet"})
+@synced(reads=(folders.dataset_images,), writes=(folders.curation,))
 def dataset_index(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """One row per image: relative path, label, class name, split, size, decodability, content hash (Parquet).
     Written to a staging file: the blocking dataset checks promote it to index.parquet only when they all pass."""
@@ -95,6 +99,7 @@ def dataset_index(context: dg.AssetExecutionContext, promptlab: PromptLabResourc
 
 @dg.asset(group_name="curation", partitions_def=dataset_partitions, deps=[dataset_index],
           code_version=source_version("models/data/fewshot.py"), kinds={"polars", "parquet"})
+@synced(writes=(folders.curation,))
 def fewshot_subsets(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Deterministic K-shot subsets (K in 1,2,4,8,16; seeds 1-3), stored as relative paths."""
     import polars as pl
@@ -125,6 +130,7 @@ def fewshot_subsets(context: dg.AssetExecutionContext, promptlab: PromptLabResou
 
 @dg.asset(group_name="curation", partitions_def=dataset_partitions, deps=[dataset_index],
           code_version=source_version("models/data/class_splits.py"), kinds={"json"})
+@synced(writes=(folders.curation,))
 def base_new_classes(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Base and new classes: sorted labels, the first ceil(n/2) are base (the base-to-new protocol)."""
     from models.data.class_splits import split_base_new
@@ -150,6 +156,7 @@ def base_new_classes(context: dg.AssetExecutionContext, promptlab: PromptLabReso
 
 @dg.asset(group_name="curation", partitions_def=dataset_partitions, deps=[dataset_index, base_new_classes],
           code_version=source_version("models/data/learning_settings.py"), kinds={"polars", "parquet"})
+@synced(writes=(folders.curation,))
 def learning_setting_splits(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """The limited-label splits of the training images (SSL, UL, TRZSL) for every setting and seed the grid uses:
     which images are labelled (train / val) and which form the unlabelled pool; checked by GX before any use."""

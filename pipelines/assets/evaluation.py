@@ -9,9 +9,11 @@ import numpy as np
 import polars as pl
 
 from models.provenance import library_code_version
+from pipelines.assets import sync as folders
 from pipelines.assets.common import lineage_record, partition_inputs
 from pipelines.assets.curation import base_new_classes, dataset_index, learning_setting_splits
 from pipelines.assets.features import image_features
+from pipelines.assets.sync import synced
 from pipelines.assets.training import prompt_checkpoints
 from pipelines.metadata import path_value
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
@@ -32,6 +34,8 @@ from pipelines.resources import PromptLabResource
     kinds={"pytorch", "duckdb", "parquet"},
     pool="gpu",
 )
+@synced(reads=(folders.backbone, folders.dataset_images, folders.curation, folders.experiment, folders.features),
+        writes=(folders.features,))
 def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Top-1, macro F1, ECE and per-class accuracy on test; base, new and their harmonic mean.
 

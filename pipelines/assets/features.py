@@ -12,7 +12,9 @@ import time
 import dagster as dg
 
 from models.provenance import library_code_version
+from pipelines.assets import sync as folders
 from pipelines.assets.curation import dataset_index, dataset_source
+from pipelines.assets.sync import synced
 from pipelines.assets.world import tiny_clip_backbone
 from pipelines.partitions import dataset_partitions
 from pipelines.resources import PromptLabResource
@@ -23,6 +25,7 @@ ENCODED_VIEWS = (("train", "original"), ("val", "original"), ("test", "original"
 
 @dg.asset(group_name="curation", partitions_def=dataset_partitions, deps=[dataset_index, tiny_clip_backbone],
           code_version=library_code_version(), kinds={"pytorch", "safetensors"}, pool="gpu")
+@synced(reads=(folders.backbone, folders.dataset_images, folders.curation), writes=(folders.features,))
 def image_features(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Every image of the dataset through the frozen image tower, once per view, in canonical batches, cached."""
     import polars as pl

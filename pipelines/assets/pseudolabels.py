@@ -9,9 +9,11 @@ import dagster as dg
 import polars as pl
 
 from models.provenance import source_version
+from pipelines.assets import sync as folders
 from pipelines.assets.common import lineage_record, partition_inputs, refuse_inapplicable_method
 from pipelines.assets.curation import dataset_index, fewshot_subsets, learning_setting_splits
 from pipelines.assets.features import image_features
+from pipelines.assets.sync import synced
 from pipelines.assets.world import tiny_clip_backbone
 from pipelines.metadata import frame_table, path_value
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
@@ -30,6 +32,8 @@ from pipelines.resources import PromptLabResource
     kinds={"pytorch", "parquet", "duckdb"},
     pool="gpu",
 )
+@synced(reads=(folders.backbone, folders.dataset_images, folders.curation, folders.features),
+        writes=(folders.experiment, folders.features))
 def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Pseudolabels of the unlabeled pool (train images outside the labelled few-shot subset), with their accuracy."""
     from models.data.index import dataset_fingerprint

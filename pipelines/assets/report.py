@@ -4,14 +4,17 @@
 import dagster as dg
 
 from models.provenance import source_version
+from pipelines.assets import sync as folders
 from pipelines.assets.evaluation import evaluation_metrics
 from pipelines.assets.pseudolabels import pseudolabels
+from pipelines.assets.sync import synced
 from pipelines.assets.transfer import transfer_metrics
 from pipelines.resources import PromptLabResource
 
 
 @dg.asset(group_name="report", deps=[evaluation_metrics, transfer_metrics, pseudolabels],
           code_version=source_version("models/report.py", "models/warehouse/schema.py"), kinds={"duckdb", "html"})
+@synced(writes=(folders.reports,))
 def cross_dataset_report(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Dataset x method x shots (mean ± std over seeds), plots, base/new/HM and provenance, as HTML."""
     from models.report import build_report

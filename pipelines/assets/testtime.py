@@ -16,8 +16,10 @@ import dagster as dg
 import polars as pl
 
 from models.provenance import library_code_version
+from pipelines.assets import sync as folders
 from pipelines.assets.common import lineage_record, partition_inputs
 from pipelines.assets.curation import base_new_classes, dataset_index
+from pipelines.assets.sync import synced
 from pipelines.assets.training import prompt_checkpoints
 from pipelines.assets.world import tiny_diffusion_model
 from pipelines.partitions import dataset_and_experiment, test_time_from_start, test_time_partitions
@@ -35,6 +37,9 @@ from pipelines.resources import PromptLabResource
     kinds={"pytorch", "diffusers", "duckdb"},
     pool="gpu",
 )
+@synced(reads=(folders.backbone, folders.diffusion_model, folders.test_time_inputs, folders.features,
+               folders.variations),
+        writes=(folders.features, folders.variations))
 def test_time_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Top-1, macro F1 and ECE of a checkpoint tuned at test time (TPT / DiffTPT), on the source and its shifts."""
     from models.data.index import dataset_fingerprint

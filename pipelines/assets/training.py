@@ -9,11 +9,13 @@ import dagster as dg
 import polars as pl
 
 from models.provenance import library_code_version
+from pipelines.assets import sync as folders
 from pipelines.assets.augmentation import augmented_images
 from pipelines.assets.common import partition_inputs
 from pipelines.assets.curation import base_new_classes, fewshot_subsets
 from pipelines.assets.features import image_features
 from pipelines.assets.pseudolabels import pseudolabels
+from pipelines.assets.sync import synced
 from pipelines.assets.world import tiny_clip_backbone
 from pipelines.metadata import counts_table, path_value, training_curves
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
@@ -31,6 +33,8 @@ from pipelines.resources import PromptLabResource
     kinds={"pytorch", "safetensors"},
     pool="gpu",
 )
+@synced(reads=(folders.backbone, folders.dataset_images, folders.curation, folders.features),
+        writes=(folders.experiment, folders.features))
 def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """The learned prompt of one experiment (method, shots, seed, options) on one dataset."""
     from models.backbones.training_support import format_duration

@@ -15,8 +15,10 @@ import numpy as np
 import polars as pl
 
 from models.provenance import library_code_version
+from pipelines.assets import sync as folders
 from pipelines.assets.common import lineage_record, partition_inputs
 from pipelines.assets.curation import base_new_classes, dataset_index
+from pipelines.assets.sync import synced
 from pipelines.assets.training import prompt_checkpoints
 from pipelines.partitions import dataset_and_experiment, transfer_partitions
 from pipelines.resources import PromptLabResource
@@ -32,6 +34,8 @@ from pipelines.resources import PromptLabResource
     kinds={"pytorch", "duckdb", "parquet"},
     pool="gpu",
 )
+@synced(reads=(folders.backbone, folders.experiment, folders.transfer_targets, folders.features),
+        writes=(folders.features,))
 def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Top-1, macro F1, ECE and per-class accuracy of the source's learned prompt on each target's test split."""
     from dataclasses import replace

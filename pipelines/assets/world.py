@@ -7,6 +7,8 @@ from pathlib import Path
 import dagster as dg
 
 from models.provenance import source_version, stable_hash
+from pipelines.assets import sync as folders
+from pipelines.assets.sync import synced
 from pipelines.metadata import path_value, training_curves
 from pipelines.resources import PromptLabResource
 
@@ -40,6 +42,7 @@ def _progress_logger(context: dg.AssetExecutionContext, model: str):
 
 
 @dg.asset(group_name="embedded_world", code_version=CORPUS_CODE, kinds={"python", "numpy"})
+@synced(writes=(folders.corpus,))
 def pretraining_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Procedural image-caption pairs (shapes, colours, textures, sizes, backgrounds, styles, digits)."""
     from models.embedded.corpus import write_corpus
@@ -96,6 +99,7 @@ def pretrain_on_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
 # pool "gpu": the torch-heavy assets (dagster_home_template.yaml limits each pool to one run at a time)
 @dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=TINY_CLIP_CODE, kinds={"pytorch"},
           pool="gpu")
+@synced(reads=(folders.corpus,), writes=(folders.backbone,))
 def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """tiny-clip: open_clip's native CLIP architecture pretrained contrastively (ClipLoss) on the corpus.
 
@@ -155,6 +159,7 @@ def install_shipped_tiny_clip(context: dg.AssetExecutionContext, promptlab: Prom
 
 @dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=DIFFUSION_CODE, kinds={"pytorch"},
           pool="gpu")
+@synced(reads=(folders.corpus,), writes=(folders.diffusion_model,))
 def tiny_diffusion_model(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """A small diffusers UNet2DModel + DDPM scheduler pretrained on the corpus images (save_pretrained folder)."""
     from models.backbones.tiny_diffusion import DiffusionPretrainConfig, pretrain_diffusion

@@ -147,19 +147,15 @@ def test_an_interrupted_push_leaves_nothing_a_reader_takes_as_complete(s3_bucket
     write(one.root, "experiments/Shapes/coop/config.json", "v2 config.json")
     write(one.root, "experiments/Shapes/coop/weights.bin", "v2 weights.bin")
 
-    uploads = []
-    real_put = one.store.put_file
+    real_put = one.store.put_files
 
-    def failing_put(local, key):
-        if uploads:
-            raise ConnectionError("network gone")
-        uploads.append(key)
-        real_put(local, key)
+    def failing_put(pairs):
+        real_put(pairs[:1])  # the first file reaches the store, then the connection drops
+        raise ConnectionError("network gone")
 
-    monkeypatch.setattr(one.store, "put_file", failing_put)
+    monkeypatch.setattr(one.store, "put_files", failing_put)
     with pytest.raises(ConnectionError):
         one.push([unit])  # v2's first file is in the store, its second is not
-    uploads.clear()
     with pytest.raises(ConnectionError):
         one.push([fresh])  # a unit never published: its first file is in the store, no manifest
     assert "experiments/Shapes/new/config.json" in objects(s3_bucket)
@@ -172,7 +168,7 @@ def test_an_interrupted_push_leaves_nothing_a_reader_takes_as_complete(s3_bucket
     assert reader.pull([fresh]).files == 0 and not (reader.root / "experiments/Shapes/new").exists()
     assert not reader.unit_exists(fresh) and not reader.unit_exists(unit)
 
-    monkeypatch.setattr(one.store, "put_file", real_put)
+    monkeypatch.setattr(one.store, "put_files", real_put)
     one.push([unit, fresh])  # the next push repairs both
     reader.pull([unit, fresh])
     assert (reader.root / "experiments/Shapes/coop/config.json").read_text() == "v2 config.json"

@@ -1,0 +1,127 @@
+"""Shared storage around every asset: which workspace folders an asset reads and which it writes, and `synced`, the
+decorator that pulls the first (and the second, which it updates) into the local working copy before the body and
+pushes the second to the store after it succeeds (models.storage). A local workspace runs the body as it is: no
+copy, no listing, the same paths.
+
+The folders are named after what they hold, through the Workspace's own paths, so the layout is defined once:
+
+    @synced(reads=(backbone, dataset_images, curation, features), writes=(experiment, features))
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from models.workspace import Workspace
+from pipelines.resources import PromptLabResource
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What an asset's folders depend on: the workspace, the resource (its catalog) and the partition."""
+
+    workspace: Workspace
+    promptlab: PromptLabResource
+    dataset: str | None = None
+    experiment: str | None = None
+
+    @classmethod
+    def of(cls, context: dg.AssetExecutionContext, promptlab: PromptLabResource, workspace: Workspace) -> "Scope":
+        if not context.has_partition_key:
+            return cls(workspace, promptlab)
+        key = context.partition_key
+        if isinstance(key, dg.MultiPartitionKey):
+            return cls(workspace, promptlab, key.keys_by_dimension["dataset"], key.keys_by_dimension["experiment"])
+        return cls(workspace, promptlab, str(key))
+
+
+Folders = Callable[[Scope], Iterable[Path]]
+
+
+def corpus(scope: Scope):
+    return [scope.workspace.corpus_dir]
+
+
+def backbone(scope: Scope):
+    return [scope.workspace.tiny_clip_dir]
+
+
+def diffusion_model(scope: Scope):
+    return [scope.workspace.diffusion_dir]
+
+
+def dataset_images(scope: Scope):
+    """An embedded dataset's generated images (a catalog dataset with a root of its own is read from that root)."""
+    return [scope.workspace.embedded_dataset_dir(scope.dataset)]
+
+
+def curation(scope: Scope):
+    return [scope.workspace.curation_dir(scope.dataset)]
+
+
+def experiment(scope: Scope):
+    return [scope.workspace.experiment_dir(scope.dataset, scope.experiment)]
+
+
+def features(scope: Scope):
+    """The image and text feature caches (merged file by file, never mirrored)."""
+    return [scope.workspace.feature_cache_dir]
+
+
+def variations(scope: Scope):
+    return [scope.workspace.variation_cache_dir]
+
+
+def reports(scope: Scope):
+    return [scope.workspace.report_path.parent]
+
+
+def transfer_targets(scope: Scope):
+    """The images and curation of every target of a transfer partition's source."""
+    targets = scope.promptlab.catalog().transfer.targets_of(scope.dataset)
+    names = sorted({name for group in targets.values() for name in group})
+    return [folder for name in names for folder in (scope.workspace.embedded_dataset_dir(name),
+                                                    scope.workspace.curation_dir(name))]
+
+
+def test_time_inputs(scope: Scope):
+    """A test-time run's starting checkpoint (on its source) and the images and curation of every dataset it
+    scores."""
+    plan = scope.promptlab.catalog().test_time
+    run = plan.run(scope.experiment)
+    folders = [scope.workspace.experiment_dir(scope.dataset, run.start)]
+    for name in plan.targets[scope.dataset]:
+        folders += [scope.workspace.embedded_dataset_dir(name), scope.workspace.curation_dir(name)]
+    return folders
+
+
+def synced(reads: Iterable[Folders] = (), writes: Iterable[Folders] = ()):
+    """Pull `reads` and `writes` before the asset's body, push `writes` after it returns (not when it raises: the
+    store keeps the last complete version). Logged with what moved; nothing at all for a local workspace."""
+    reads, writes = tuple(reads), tuple(writes)
+
+    def decorate(compute):
+        @functools.wraps(compute)
+        def body(context: dg.AssetExecutionContext, promptlab: PromptLabResource):
+            workspace = promptlab.workspace()
+            if not workspace.is_remote:
+                return compute(context, promptlab)
+            scope = Scope.of(context, promptlab, workspace)
+
+            def folders(kinds: tuple[Folders, ...]) -> list[Path]:
+                return list(dict.fromkeys(folder for kind in kinds for folder in kind(scope)))
+
+            context.log.info(f"{workspace.location}: " + workspace.pull(folders(reads) + folders(writes))
+                             .line("pulled"))
+            result = compute(context, promptlab)
+            context.log.info(f"{workspace.location}: " + workspace.push(folders(writes)).line("pushed"))
+            return result
+
+        return body
+
+    return decorate
