@@ -7,8 +7,8 @@ import dagster as dg
 from pipelines.assets import (augmentation, curation, evaluation, features, pseudolabels, report, testtime, training,
                               transfer, world)
 from pipelines.checks import dataset_expectations, learning_setting_expectations
-from pipelines.jobs import (base_to_new_job, curation_job, embedded_world_job, experiment_job, features_job,
-                           few_shot_job, reevaluation_job, report_job, test_time_job, transfer_job)
+from pipelines.jobs import (EXECUTOR, base_to_new_job, curation_job, embedded_world_job, experiment_job,
+                           features_job, few_shot_job, reevaluation_job, report_job, test_time_job, transfer_job)
 from pipelines.resources import PromptLabResource
 from pipelines.schedules import weekly_reevaluation
 from pipelines.sensors import checkpoint_evaluation_sensor
@@ -25,6 +25,6 @@ defs = dg.Definitions(
     schedules=[weekly_reevaluation],
     sensors=[checkpoint_evaluation_sensor, warehouse_merge_sensor],
     resources={"promptlab": PromptLabResource()},
-    # materializing from the asset graph runs its steps one after another in one process, as the jobs do
-    executor=dg.in_process_executor,
+    # materializing from the asset graph uses the jobs' executor ($PROMPTLAB_EXECUTOR, pipelines/executors.py)
+    executor=EXECUTOR,
 )

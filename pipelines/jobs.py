@@ -3,9 +3,10 @@ protocol. The few-shot and base-to-new protocols are sets of experiment partitio
 pipelines.partitions.protocol_experiment_partitions; `promptlab run --protocol` launches exactly those); transfer
 has assets and partitions of its own (source dataset x experiment of the catalog's `transfer:` section).
 
-Every job runs its steps one after another in one process (in_process_executor), as `promptlab run` does: torch and
-open_clip are imported once per run, and two torch trainings never share the cores. Runs from the UI queue one at a
-time (dagster_home_template.yaml)."""
+Every job runs its steps with the executor $PROMPTLAB_EXECUTOR selects (pipelines/executors.py). The default,
+in_process, runs them one after another in one process, as `promptlab run` does: torch and open_clip are imported
+once per run, and two torch trainings never share the cores. Runs from the UI queue one at a time
+(dagster_home_template.yaml); multiprocess, Celery and Kubernetes spread steps over processes, workers or pods."""
 
 from __future__ import annotations
 
@@ -22,23 +23,26 @@ from pipelines.assets.testtime import test_time_metrics
 from pipelines.assets.training import prompt_checkpoints
 from pipelines.assets.transfer import transfer_metrics
 from pipelines.assets.world import pretraining_corpus, tiny_clip_backbone, tiny_diffusion_model
+from pipelines.executors import selected_executor
+
+EXECUTOR = selected_executor()  # in_process unless $PROMPTLAB_EXECUTOR says otherwise
 
 embedded_world_job = dg.define_asset_job(
     "embedded_world_job",
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(pretraining_corpus, tiny_clip_backbone, tiny_diffusion_model),
     description="Generate the corpus and pretrain tiny-clip and the tiny diffusion model (reused when current).",
 )
 curation_job = dg.define_asset_job(
     "curation_job",
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(dataset_files, dataset_index, fewshot_subsets, base_new_classes,
                                        learning_setting_splits),
     description="Write, index and validate one dataset; draw its few-shot subsets and base/new classes.",
 )
 features_job = dg.define_asset_job(
     "features_job",
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(image_features),
     description="Encode every image of one curated dataset once per view with the frozen image tower, in the "
                 "dataset's canonical batches, into the feature cache (needs the backbone and the dataset's passed "
@@ -46,7 +50,7 @@ features_job = dg.define_asset_job(
 )
 experiment_job = dg.define_asset_job(
     "experiment_job",
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(augmented_images, pseudolabels, prompt_checkpoints, evaluation_metrics),
     description="One experiment on one dataset (pick a dataset x experiment partition): augmentation, pseudolabels, "
                 "prompt training and its evaluation in one run. The general job for any partition; the protocol "
@@ -55,7 +59,7 @@ experiment_job = dg.define_asset_job(
 )
 reevaluation_job = dg.define_asset_job(
     "reevaluation_job",
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(evaluation_metrics),
     description="Re-evaluate existing prompt checkpoints (replaces their warehouse rows, keeps history); launched "
                 "by the weekly_reevaluation schedule. Newly trained checkpoints need no job: "
@@ -63,7 +67,7 @@ reevaluation_job = dg.define_asset_job(
 )
 report_job = dg.define_asset_job(
     "report_job",
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(cross_dataset_report),
     description="Rebuild the cross-dataset HTML report from the warehouse.",
 )
@@ -71,7 +75,7 @@ report_job = dg.define_asset_job(
 # ----------------------------------------------------------------------------------------- evaluation protocols
 few_shot_job = dg.define_asset_job(
     "few_shot_job",
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(augmented_images, pseudolabels, prompt_checkpoints, evaluation_metrics),
     description="Few-shot protocol (view few_shot_results): the same assets as experiment_job, tagged "
                 "promptlab/protocol=few_shot; launch it (or a backfill) on the partitions of the experiments "
@@ -81,7 +85,7 @@ few_shot_job = dg.define_asset_job(
 )
 base_to_new_job = dg.define_asset_job(
     "base_to_new_job",
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(prompt_checkpoints, evaluation_metrics),
     description="Base-to-new protocol (views base_to_new_results / _averages): prompt training and evaluation only "
                 "(base_to_new experiments use no augmentation or pseudolabels), tagged "
@@ -91,7 +95,7 @@ base_to_new_job = dg.define_asset_job(
 )
 transfer_job = dg.define_asset_job(
     "transfer_job",
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(transfer_metrics),
     description="Cross-dataset and domain-generalization transfer (views cross_dataset_results / "
                 "domain_generalization_results): a source's checkpoint on every target of the catalog's transfer "
@@ -99,7 +103,7 @@ transfer_job = dg.define_asset_job(
 )
 test_time_job = dg.define_asset_job(
     "test_time_job",
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(test_time_metrics),
     description="Test-time tuning (TPT, DiffTPT; view test_time_results): one run of the catalog's test_time section "
                 "on a source dataset and its shifted variants; needs the starting checkpoint and the datasets curated.",
