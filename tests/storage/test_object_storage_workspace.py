@@ -1,5 +1,6 @@
-"""A workspace in object storage shared by two machines: machine 1 installs the backbone, curates Shapes and encodes
-its features into s3://<bucket>/ws; machine 2, with an empty working copy of its own, runs an experiment partition
+"""A workspace in object storage shared by two machines: machine 1 runs `promptlab run` on Shapes and zero-shot (the
+micro world, the shipped backbone, curation, features, the zero-shot partition, the report) into s3://<bucket>/ws;
+machine 2, with an empty working copy of its own, runs an experiment partition
 that reads machine 1's curation, images, backbone and features from the store (it curates and encodes nothing), and
 publishes its checkpoint. Each machine is a separate process with its own cache folder and Dagster instance; the
 store is moto's S3 server on 127.0.0.1."""
@@ -45,8 +46,8 @@ MACHINE = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def micro_catalog(tmp_path_factory):
-    """The default catalog (shipped tiny-clip weights) with Shapes alone, 5/4/3 images per class and a one-epoch
-    CoOp next to zero-shot."""
+    """The default catalog (shipped tiny-clip weights) with Shapes alone, 5/4/3 images per class, a micro corpus and
+    diffusion model, and a one-epoch CoOp next to zero-shot."""
     catalog = tmp_path_factory.mktemp("storage-catalog") / "catalog"
     import shutil
 
@@ -55,11 +56,21 @@ def micro_catalog(tmp_path_factory):
     (catalog / "datasets.yaml").write_text(yaml.safe_dump({"datasets": [d for d in datasets if d["name"] == "Shapes"]}))
     world = yaml.safe_load((catalog / "world.yaml").read_text())
     world["benchmark"]["images_per_class"] = {"train": 5, "val": 4, "test": 3}
+    world["corpus"]["num_pairs"] = 384
+    world["diffusion"].update(epochs=1, batch_size=64)
     (catalog / "world.yaml").write_text(yaml.safe_dump(world))
     grid = [{"method": "zero_shot"},
             {"method": "coop", "shots": [2], "seeds": [1], "optimization": {"epochs": 1}, "parameters": {"n_context": 4}}]
     (catalog / "experiments.yaml").write_text(yaml.safe_dump({"grid": grid}))
     return catalog
+
+
+def promptlab_run(environment, cache, home, *arguments):
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", *arguments], cwd=PACKAGE_ROOT,
+                            capture_output=True, text=True, timeout=600,
+                            env={**environment, "PROMPTLAB_WORKSPACE_CACHE": str(cache), "DAGSTER_HOME": str(home)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout + result.stderr
 
 
 def run_machine(environment, cache, *steps):
@@ -82,11 +93,9 @@ def test_an_experiment_on_machine_two_reads_the_curation_machine_one_published(s
     environment.pop("DAGSTER_HOME", None)
     one, two = tmp_path / "machine-one", tmp_path / "machine-two"
 
-    materialized, log = run_machine(environment, one, "asset:tiny_clip_backbone", "curation_job:Shapes",
-                                    "features_job:Shapes")
-    assert sorted(materialized) == ["base_new_classes", "dataset_files", "dataset_index", "fewshot_subsets",
-                                    "image_features", "learning_setting_splits", "tiny_clip_backbone"]
+    log = promptlab_run(environment, one, tmp_path / "home-one", "--dataset", "Shapes", "--experiment", "zeroshot")
     assert f"s3://{s3_bucket}/ws: pushed" in log
+    assert json.loads((one / "last_run_summary.json").read_text())["failures"] == []
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     stored = {name.split("/ws/", 1)[1] for name in fs.find(f"{s3_bucket}/ws")}
     curation = {name for name in stored if name.startswith("curation/Shapes/")}
@@ -98,10 +107,12 @@ def test_an_experiment_on_machine_two_reads_the_curation_machine_one_published(s
     assert {k: v["sha256"] for k, v in manifest["files"].items()} == local_files(one, "curation/Shapes")
     assert json.loads(fs.cat_file(f"{s3_bucket}/ws/curation/Shapes/index_validation.json"))["status"] == "passed"
     assert {"world/tiny-clip/open_clip_model.safetensors", "world/tiny-clip.fingerprint",
-            f"world/tiny-clip/{MANIFEST_NAME}", f"datasets/Shapes/{MANIFEST_NAME}"} <= stored
+            f"world/tiny-clip/{MANIFEST_NAME}", f"world/corpus/{MANIFEST_NAME}", f"world/tiny-diffusion/{MANIFEST_NAME}",
+            f"datasets/Shapes/{MANIFEST_NAME}", "reports/report.html",
+            "experiments/Shapes/zeroshot/prompt_checkpoint/prompt_config.json"} <= stored
     shards = {name for name in stored if name.startswith("cache/features/") and "/shard-" in name}
     assert shards
-    assert not [name for name in stored if name.startswith(("warehouse/", "experiments/"))]
+    assert not [name for name in stored if name.startswith(("warehouse/", f"experiments/Shapes/{EXPERIMENT}/"))]
 
     assert not two.exists()
     materialized, log = run_machine(environment, two, f"experiment_job:Shapes|{EXPERIMENT}")
@@ -116,7 +127,7 @@ def test_an_experiment_on_machine_two_reads_the_curation_machine_one_published(s
         rows = connection.execute("SELECT r.dataset, r.experiment_key, m.value FROM runs r JOIN metrics m USING "
                                   "(run_id) WHERE m.split = 'test' AND m.metric = 'top1_accuracy'").fetchall()
     assert [(dataset, key) for dataset, key, _ in rows] == [("Shapes", EXPERIMENT)] and 0 <= rows[0][2] <= 1
-    assert not (one / "warehouse").exists()  # the warehouse stays in each working copy (not synchronised)
+    # the warehouse stays in each working copy (not synchronised): machine 2's holds its own run only
 
     stored = {name.split("/ws/", 1)[1] for name in fs.find(f"{s3_bucket}/ws")}
     checkpoint = {name for name in stored if name.startswith(f"experiments/Shapes/{EXPERIMENT}/")}
