@@ -54,9 +54,9 @@ _CREDENTIAL_HINTS = {
 }
 
 
-class WorkspaceStorageError(RuntimeError):
+class WorkspaceStorageError(OSError):
     """The workspace's store cannot be used: a bad URL, missing credentials, an unreachable endpoint, or a unit that
-    is being written or whose last push was interrupted."""
+    is being written or whose last push was interrupted. An OSError, like the failures of a local folder."""
 
 
 def _hidden_or_transient(relative: str) -> bool:
