@@ -993,11 +993,11 @@ def build_report(
     """Write the HTML report of the warehouse's current results to `html_path` and return its key numbers."""
     html_path = Path(html_path)
     # Read from the snapshot with the pending runs applied (Warehouse.query): never blocked by a reader of the file.
-    has_results = warehouse.database_path.exists() or bool(warehouse.pending_batches())
+    has_results = warehouse.exists()
     counts = (warehouse.query(RUN_COUNTS_SQL).row(0, named=True) if has_results
               else {"runs": 0, "current_runs": 0, "latest_finished_at": None})
     if counts["runs"] == 0:
-        body = _paragraph(f"No runs recorded yet in {warehouse.database_path.name}. Materialize the evaluation "
+        body = _paragraph(f"No runs recorded yet in {warehouse.name}. Materialize the evaluation "
                           "assets, then rebuild this report.", "empty")
         _write_atomically(html_path, _document(title, body))
         return ReportSummary(html_path, True, 0, 0, (), None, None)
@@ -1009,7 +1009,7 @@ def build_report(
     plural = "s" if len(datasets) != 1 else ""
     overview = _paragraph(
         f"{counts['runs']} runs recorded ({counts['current_runs']} current) over {len(datasets)} dataset{plural}; "
-        f"latest run finished {counts['latest_finished_at']} UTC. Source: {warehouse.database_path.name}.",
+        f"latest run finished {counts['latest_finished_at']} UTC. Source: {warehouse.name}.",
         "muted",
     )
     body = "".join([

@@ -1,5 +1,5 @@
 """The results warehouse: one DuckDB file, its read snapshot, pending batches and one Parquet file of predictions
-per run.
+per run (the default), or a DuckLake catalog for many writers (`lake`; chosen by $PROMPTLAB_WAREHOUSE, `backend`).
 
 Every result PromptLab produces is written through `Warehouse.record_run`, one row per fact with its full
 provenance, so reports and dashboards are SQL over these tables and never parse logs.
@@ -8,6 +8,9 @@ provenance, so reports and dashboards are SQL over these tables and never parse 
 - `schema`: the tables, views and macros (the schema is described there).
 - `pending`: each run's rows as a durable batch folder, written before the database is touched.
 - `database`: the Warehouse: merging batches, the snapshot readers open, queries.
+- `writes`: the SQL that records one run, shared by both backends.
+- `lake`: the LakeWarehouse, on DuckLake (Parquet files + a PostgreSQL or SQLite catalog): many writers.
+- `backend`: which one a workspace uses ($PROMPTLAB_WAREHOUSE).
 - `benchmark`: throughput benchmark rows.
 
 On disk, beside `<name>.duckdb`: `<name>-snapshot.duckdb` (what readers open), `<name>-pending/` (batches not
@@ -15,9 +18,11 @@ merged yet: the database was held by a reader), `<name>-rejected/` (batches that
 reason) and the predictions directory.
 """
 
+from models.warehouse.backend import WAREHOUSE_ENV, ResultsWarehouse, open_warehouse, workspace_warehouse_of
 from models.warehouse.benchmark import BENCHMARK_VARIANTS, BENCHMARKS, BenchmarkRow, BenchmarkRun
 from models.warehouse.database import (MergeOutcome, RecordOutcome, Warehouse, WarehouseLockedError,
                                        WarehouseStatus)
+from models.warehouse.lake import LakeLocation, LakeWarehouse
 from models.warehouse.pending import PendingBatchError, RejectedBatch
 from models.warehouse.records import (EMPTY_PREDICTIONS_FILE, PREDICTION_SCHEMA, MetricRow, PerClassRow, RunRecord,
                                       metric_rows, per_class_rows)
@@ -28,6 +33,8 @@ __all__ = [
     "BenchmarkRow",
     "BenchmarkRun",
     "EMPTY_PREDICTIONS_FILE",
+    "LakeLocation",
+    "LakeWarehouse",
     "MergeOutcome",
     "MetricRow",
     "PendingBatchError",
@@ -35,10 +42,14 @@ __all__ = [
     "PREDICTION_SCHEMA",
     "RecordOutcome",
     "RejectedBatch",
+    "ResultsWarehouse",
     "RunRecord",
+    "WAREHOUSE_ENV",
     "Warehouse",
     "WarehouseLockedError",
     "WarehouseStatus",
     "metric_rows",
+    "open_warehouse",
     "per_class_rows",
+    "workspace_warehouse_of",
 ]

@@ -39,24 +39,16 @@ from models.warehouse import pending as batches
 from models.warehouse.benchmark import BENCHMARK_SCHEMA, BenchmarkRow, BenchmarkRun, benchmark_frame
 from models.warehouse.pending import PendingBatch, PendingBatchError, RejectedBatch
 from models.warehouse.records import (EMPTY_PREDICTIONS_FILE, PREDICTION_SCHEMA, PREDICTIONS_FILE_PREFIX, MetricRow,
-                                      PerClassRow, RunRecord, as_utc_naive, canonical_json, metric_frame,
-                                      per_class_frame, prediction_frame, validate_run)
+                                      PerClassRow, RunRecord, metric_frame, per_class_frame, prediction_frame,
+                                      validate_run)
 from models.warehouse.schema import SCHEMA_TABLES, SCHEMA_VIEWS, TEST_TIME_VIEWS, sql_string
+from models.warehouse.writes import write_run
 
 logger = logging.getLogger(__name__)
 
 # Errors that say a batch's rows can never go in as they are (as opposed to a disk or I/O failure worth retrying).
 _PERMANENT_BATCH_ERRORS = (PendingBatchError, ValueError, duckdb.ConstraintException, duckdb.ConversionException)
 
-
-def experiment_config_hash(run: RunRecord) -> str:
-    """The `experiments` row's hash: of the experiment's own configuration (method, shots, seed, options), the same
-    whichever dataset or stage recorded it. (A run's config_hash also covers its dataset's templates and its stage's
-    settings; storing that here made the row depend on which run happened to be recorded last.)"""
-    from models.provenance import stable_hash
-
-    return stable_hash({"method": run.method, "shots": int(run.shots), "seed": int(run.seed),
-                        "options": run.options})
 
 class WarehouseLockedError(RuntimeError):
     """The database file stayed locked by another process through every retry."""
@@ -80,7 +72,7 @@ class RecordOutcome:
     run_id: str
     merged: bool
     batch_path: Path | None
-    database_path: Path
+    database_path: Path | str  # a DuckLake warehouse: its address
     merge: MergeOutcome
 
     def describe(self) -> str:
@@ -188,6 +180,15 @@ class Warehouse:
         self.merge_lock_wait_seconds = merge_lock_wait_seconds
 
     # ------------------------------------------------------------------------------------------------- paths
+    @property
+    def name(self) -> str:
+        """How messages name it."""
+        return self.database_path.name
+
+    def exists(self) -> bool:
+        """Whether any run was recorded: the database file, or a pending batch."""
+        return self.database_path.exists() or bool(self.pending_batches())
+
     @property
     def snapshot_path(self) -> Path:
         """The read-only copy readers open: `<name>-snapshot.duckdb` beside the database."""
@@ -419,7 +420,7 @@ class Warehouse:
         return batch.run.run_id
 
     def _write_batch(self, connection: duckdb.DuckDBPyConnection, batch: PendingBatch) -> None:
-        self._write_run(connection, batch.run, batch.metrics, batch.per_class)
+        write_run(connection, batch.run, batch.metrics, batch.per_class, str(self.database_path))
         connection.execute("INSERT INTO merged_batches VALUES (?, ?, ?)",
                            [batch.name, batch.run.run_id, datetime.now(UTC).replace(tzinfo=None)])
 
@@ -442,97 +443,6 @@ class Warehouse:
                 return False
         _replace_with_copy(self.database_path, self.snapshot_path)
         return True
-
-    def _write_run(
-        self,
-        connection: duckdb.DuckDBPyConnection,
-        run: RunRecord,
-        metric_rows_frame: pl.DataFrame,
-        per_class_rows_frame: pl.DataFrame,
-    ) -> None:
-        existing = connection.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run.run_id]).fetchone()
-        if existing[0]:
-            raise ValueError(f"run.run_id: {run.run_id!r} is already recorded in {self.database_path}")
-        self._upsert_experiment(connection, run)
-        self._supersede_current_runs(connection, run)
-        self._insert_run(connection, run)
-        self._insert_rows(connection, "metrics", metric_rows_frame)
-        self._insert_rows(connection, "per_class_metrics", per_class_rows_frame)
-
-    @staticmethod
-    def _upsert_experiment(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
-        connection.execute(
-            """
-            INSERT INTO experiments (experiment_key, method, shots, seed, options, config_hash)
-            VALUES (?, ?, ?, ?, ?, ?)
-            ON CONFLICT (experiment_key) DO UPDATE SET
-                method = excluded.method, shots = excluded.shots, seed = excluded.seed,
-                options = excluded.options, config_hash = excluded.config_hash
-            """,
-            [run.experiment_key, run.method, int(run.shots), int(run.seed),
-             canonical_json(run.options, "run.options"), experiment_config_hash(run)],
-        )
-
-    @staticmethod
-    def _supersede_current_runs(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
-        superseded_at = datetime.now(UTC).replace(tzinfo=None)
-        # Two kinds of run leave the current results: the earlier runs of the same partition, and every run of the
-        # same backbone name computed with other weights (the backbone was retrained; its old results must not mix
-        # with the new ones). A NULL hash is unknown, never "other weights": `<>` with NULL is not true.
-        connection.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE superseded_runs AS
-            SELECT run_id FROM runs
-            WHERE is_current
-              AND ((stage = $stage AND dataset = $dataset AND partition_key = $partition_key
-                    AND source_dataset IS NOT DISTINCT FROM $source_dataset)
-                   OR (backbone = $backbone AND backbone_weights_sha256 <> $weights))
-            """,
-            {"stage": run.stage, "dataset": run.dataset, "partition_key": run.partition_key,
-             "source_dataset": run.source_dataset, "backbone": run.backbone, "weights": run.backbone_weights_sha256},
-        )
-        for table, columns in (
-            ("metrics", "run_id, dataset, experiment_key, split, metric, value"),
-            ("per_class_metrics", "run_id, dataset, split, label, classname, accuracy, f1, support"),
-        ):
-            connection.execute(
-                f"INSERT INTO {table}_history SELECT {columns}, ?, ? FROM {table} "
-                "WHERE run_id IN (SELECT run_id FROM superseded_runs)",
-                [superseded_at, run.run_id],
-            )
-            connection.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM superseded_runs)")
-        connection.execute(
-            "UPDATE runs SET is_current = false WHERE run_id IN (SELECT run_id FROM superseded_runs)"
-        )
-        connection.execute("DROP TABLE superseded_runs")
-
-    @staticmethod
-    def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
-        connection.execute(
-            """
-            INSERT INTO runs (run_id, stage, dataset, experiment_key, partition_key, method, shots, seed, options,
-                              dagster_run_id, code_version, config_hash, git_commit, backbone,
-                              backbone_weights_sha256, data_hash, templates, started_at, finished_at, is_current,
-                              source_dataset, compute)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true, ?, ?)
-            """,
-            [
-                run.run_id, run.stage, run.dataset, run.experiment_key, run.partition_key, run.method, int(run.shots),
-                int(run.seed), canonical_json(run.options, "run.options"), run.dagster_run_id, run.code_version,
-                run.config_hash, run.git_commit, run.backbone, run.backbone_weights_sha256, run.data_hash,
-                canonical_json(run.templates, "run.templates"),
-                as_utc_naive(run.started_at, "run.started_at"), as_utc_naive(run.finished_at, "run.finished_at"),
-                run.source_dataset, run.compute,
-            ],
-        )
-
-    @staticmethod
-    def _insert_rows(connection: duckdb.DuckDBPyConnection, table: str, rows: pl.DataFrame) -> None:
-        """Append a frame's rows to `table`, matching columns by name."""
-        if rows.height:
-            connection.register("incoming_rows", rows.to_arrow())
-            connection.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_rows")
-            connection.unregister("incoming_rows")
 
     def record_benchmark(self, run: BenchmarkRun, rows: Sequence[BenchmarkRow]) -> None:
         """Record every measurement of one benchmark run in one transaction, all or nothing (record_benchmarks)."""

@@ -21,6 +21,7 @@ from models.warehouse import (
     metric_rows,
     per_class_rows,
 )
+from models.warehouse import writes
 
 TABLES = {"experiments", "runs", "metrics", "metrics_history", "per_class_metrics", "per_class_metrics_history"}
 VIEWS = {"predictions", "current_results", "results_by_config", "base_to_new_results", "base_to_new_averages"}
@@ -143,14 +144,14 @@ def test_runs_of_retrained_backbone_weights_become_history(warehouse):
 
 def test_failure_midway_writes_nothing_and_keeps_the_previous_run(warehouse, monkeypatch):
     warehouse.record_run(make_run("good"), _metrics(0.5), make_per_class(), make_predictions())
-    original_insert = Warehouse._insert_rows
+    original_insert = writes.insert_rows
 
     def insert_then_fail(connection, table, frame):
         original_insert(connection, table, frame)
         if table == "per_class_metrics":  # the metric and per-class rows are in the transaction now
             raise RuntimeError("disk full")
 
-    monkeypatch.setattr(Warehouse, "_insert_rows", staticmethod(insert_then_fail))
+    monkeypatch.setattr(writes, "insert_rows", insert_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
         warehouse.record_run(make_run("bad", start_minute=3), _metrics(0.9), make_per_class(), make_predictions())
     monkeypatch.undo()
