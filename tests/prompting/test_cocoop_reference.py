@@ -15,6 +15,7 @@ from safetensors.torch import load_file  # noqa: E402
 from models.prompting.methods import get_method, parse_method_parameters  # noqa: E402
 from models.prompting.methods.registry import ClassifierContext  # noqa: E402
 from models.prompting.training import OptimizationConfig, train_prompt_parameters  # noqa: E402
+from tests.prompting.reference_tolerance import assert_gradient_matches  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CASES_FILE = DATA / "coop_cocoop_reference.json"
@@ -81,9 +82,9 @@ def test_logits_and_gradients_match_reference(reference):
     loss = F.cross_entropy(logits, tensors["labels"].long())
     loss.backward()
     assert abs(loss.item() - case["loss"]) < 1e-5
-    assert torch.allclose(classifier.context.grad, tensors["cocoop.ctx_grad"], atol=1e-5, rtol=0)
+    assert_gradient_matches(classifier.context.grad, tensors["cocoop.ctx_grad"], "context")
     for name, parameter in classifier.meta_net.named_parameters():
-        assert torch.allclose(parameter.grad, tensors[f"cocoop.meta_net_grad.{name}"], atol=1e-5, rtol=0), name
+        assert_gradient_matches(parameter.grad, tensors[f"cocoop.meta_net_grad.{name}"], name)
 
 
 def test_meta_net_shift_changes_the_logits(reference):

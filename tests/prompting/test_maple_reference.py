@@ -1,4 +1,4 @@
-"""MaPLe reproduces the authors' code on the reference tiny CLIP (logits, features, gradients within 1e-5)."""
+"""MaPLe reproduces the authors' code on the reference tiny CLIP (outputs to 1e-5, gradients: reference_tolerance)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from models.prompting.methods import get_method, parse_method_parameters  # noqa
 from models.prompting.methods.registry import ClassifierContext  # noqa: E402
 from models.prompting.prompt_assembly import assemble_prompts  # noqa: E402
 from models.prompting.text_tower import UnsupportedBackboneError  # noqa: E402
+from tests.prompting.reference_tolerance import assert_gradient_matches  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 MODEL_FILE = DATA / "tiny_clip_openai.safetensors"
@@ -79,7 +80,10 @@ def test_maple_matches_reference(reference):
     assert abs(loss.item() - case["loss"]) < 1e-5
     gradients = dict(classifier.prompt_learner.named_parameters())
     for name in stored:
-        assert torch.allclose(gradients[name].grad, tensors[f"maple.grad.{name}"], atol=1e-5, rtol=0), name
+        # The original rounds every injected prompt with `.half()` (proj(ctx), the layer prompts of both towers),
+        # so the gradients of the parameters that reach the towers only that way are fp16-rounded too.
+        assert_gradient_matches(gradients[name].grad, tensors[f"maple.grad.{name}"], name,
+                                fp16_rounded=name != "ctx")
 
 
 def test_without_fp16_rounding_only_rounding_level_differences_remain(reference):
