@@ -11,7 +11,8 @@ it), never under 1e-5: an implementation difference (a misplaced token, a missin
 A gradient that the original code passes through `.half()` (MaPLe's injected prompts) is rounded to fp16 in the
 backward pass; an entry (or an addend of it) whose fp32 value lies at an fp16 rounding boundary may land one fp16
 ulp away: measured, one entry of 128 of MaPLe's first text layer prompt, by exactly one fp16 ulp (6.1e-5 at 0.067),
-and one of 64 of its proj bias (1.5e-5 at 0.10), where the float64 gradient lies closer to the authors' run than to ours.
+and one of 64 of its proj bias (1.5e-5 at 0.10); there the float64 gradient lies closer to the authors' run than
+to ours.
 """
 
 from __future__ import annotations
