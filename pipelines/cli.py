@@ -219,6 +219,7 @@ def _materialize_partitions(execute, execute_all, resource, catalog, datasets, p
                             stage_seconds, failures, skipped, started, log) -> dict:
     """Curation (+ features) per dataset, then the experiment partitions, the transfer and test-time partitions
     whose inputs succeeded, then the report; each stage's partitions through `execute_all`."""
+    from models.warehouse import warehouse_address, workspace_warehouse_of
     from pipelines.partitions import multi_partition_key
 
     done = execute_all(("curation_job", "features_job"), "curation + features: every image once per view",
@@ -235,7 +236,7 @@ def _materialize_partitions(execute, execute_all, resource, catalog, datasets, p
         reasons = ([f"source {source} is not curated"] if source not in curated else
                    [f"checkpoint {source}|{key} failed"] if (source, key) in failed_partitions else [])
         for target in {t for targets in catalog.transfer.targets_of(source).values() for t in targets}:
-            if target in curated or (target not in datasets and workspace.class_split_path(target).exists()):
+            if target in curated or (target not in datasets and workspace.is_published(workspace.curation_dir(target))):
                 continue
             reasons.append(f"target {target} is not curated")
         return sorted(reasons)
@@ -254,7 +255,7 @@ def _materialize_partitions(execute, execute_all, resource, catalog, datasets, p
         start = catalog.test_time.runs[key].start
         reasons = ([f"checkpoint {source}|{start} failed"] if (source, start) in failed_partitions else [])
         reasons += [f"{name} is not curated" for name in catalog.test_time.targets[source]
-                    if name not in curated and not workspace.class_split_path(name).exists()]
+                    if name not in curated and not workspace.is_published(workspace.curation_dir(name))]
         if reasons:
             skipped.append(f"test_time_job[{source}|{key}]: {'; '.join(sorted(reasons))}")
             log(f"skip   {skipped[-1]}")
@@ -269,7 +270,7 @@ def _materialize_partitions(execute, execute_all, resource, catalog, datasets, p
         "failures": failures,
         "skipped": skipped,
         "report": str(workspace.report_path),
-        "warehouse": str(workspace.warehouse_path),
+        "warehouse": warehouse_address(workspace_warehouse_of(workspace)),
     }
     (workspace.root / "last_run_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -280,6 +281,7 @@ def print_accuracy_table(log=print) -> None:
     holding the database file (a notebook, `duckdb -readonly`) changes nothing here."""
     import polars as pl
 
+    from models.warehouse import warehouse_address
     from pipelines.warehouse_commands import workspace_warehouse
 
     warehouse = workspace_warehouse()
@@ -294,13 +296,13 @@ def print_accuracy_table(log=print) -> None:
             """
         )
     except FileNotFoundError:
-        log(f"No results yet: {warehouse.database_path} does not exist (run `promptlab run` first).")
+        log(f"No results yet in {warehouse_address(warehouse)} (run `promptlab run` first).")
         return
     with pl.Config(tbl_rows=200, tbl_cols=10):
         log(str(table))
     pending = warehouse.pending_batches()
     if pending:
-        log(f"({len(pending)} run(s) above are not merged into {warehouse.database_path.name} yet: another process "
+        log(f"({len(pending)} run(s) above are not merged into {warehouse.name} yet: another process "
             "holds it; `promptlab warehouse status` says more)")
 
 
@@ -332,11 +334,11 @@ def _save_traceback() -> Path | None:
 
     from models.workspace import default_workspace_root
 
-    path = default_workspace_root() / "last_error.txt"
     try:
+        path = default_workspace_root() / "last_error.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(traceback.format_exc())
-    except OSError:
+    except Exception:  # a workspace that cannot be resolved (the error being reported, perhaps) or written
         return None
     return path
 

@@ -1,18 +1,28 @@
-"""`promptlab warehouse merge | status`: the runs whose rows wait in pending batches, and the read snapshot.
+"""`promptlab warehouse merge | status | sql-init`: the runs whose rows wait in pending batches, the read snapshot,
+and SQL that opens the results read-only in the DuckDB CLI, on either backend ($PROMPTLAB_WAREHOUSE).
 
 A run whose warehouse was held by a reader (a notebook, `duckdb -readonly`, a dashboard) keeps its rows in a
 pending batch (models/warehouse/pending.py). They are merged by the next run, by the warehouse_merge_sensor, at the
 end of `promptlab run`, or by `promptlab warehouse merge`. Exit codes of `merge`: 0 nothing left waiting, 1 a batch
-was rejected (named, with its reason), 75 batches still wait because the database is held.
+was rejected (named, with its reason), 75 batches still wait because the database is held. A DuckLake warehouse
+has nothing pending: every run commits whole or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
-from models.warehouse import MergeOutcome, Warehouse, WarehouseStatus
-from models.workspace import Workspace
+from models.warehouse import (
+    LakeStatus,
+    LakeWarehouse,
+    MergeOutcome,
+    ResultsWarehouse,
+    WarehouseStatus,
+    workspace_warehouse_of,
+)
+from models.warehouse.schema import sql_string
 
 EXIT_REJECTED = 1
 EXIT_STILL_PENDING = 75  # EX_TEMPFAIL: try again once the reader closes
@@ -22,21 +32,25 @@ def add_warehouse_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("warehouse", help="merge results waiting in pending batches; show what waits")
     actions = parser.add_subparsers(dest="warehouse_command", required=True)
     actions.add_parser("merge", help="merge every pending batch into the warehouse and refresh its snapshot")
-    actions.add_parser("status", help="pending and rejected batches, and the age of the read snapshot")
+    actions.add_parser("status", help="pending and rejected batches and the age of the read snapshot (DuckDB file); "
+                       "runs and snapshots (DuckLake)")
+    sql_init = actions.add_parser("sql-init", help="SQL that opens the results read-only with every view: "
+                                  "`duckdb -init <file>`")
+    sql_init.add_argument("--output", type=Path, help="write it to this file (default: print it)")
 
 
-def workspace_warehouse_of(workspace: Workspace) -> Warehouse:
-    return Warehouse(workspace.warehouse_path, workspace.predictions_dir)
-
-
-def workspace_warehouse() -> Warehouse:
+def workspace_warehouse() -> ResultsWarehouse:
     """The warehouse of the default workspace ($PROMPTLAB_WORKSPACE or ./workspace)."""
     from pipelines.resources import PromptLabResource
 
     return workspace_warehouse_of(PromptLabResource().workspace())
 
 
-def describe_status(status: WarehouseStatus) -> list[str]:
+def describe_status(status: WarehouseStatus | LakeStatus) -> list[str]:
+    if isinstance(status, LakeStatus):
+        latest = f", the latest at {status.latest_snapshot_at}" if status.latest_snapshot_at else ""
+        return [f"lake:     {status.location}", f"runs:     {status.runs} ({status.current_runs} current)",
+                f"snapshots: {status.snapshots}{latest}", "pending:  none (every run commits whole or not at all)"]
     if status.snapshot_age_seconds is None:
         snapshot = "none yet (taken by the next merge)"
     else:
@@ -68,13 +82,32 @@ def merge_exit_code(outcome: MergeOutcome) -> int:
     return EXIT_STILL_PENDING if outcome.pending else 0
 
 
+def init_sql(warehouse: ResultsWarehouse) -> str:
+    """For the DuckDB CLI: the lake attached read-only with its views, or the DuckDB file's snapshot (readers of the
+    snapshot never hold the file runs write; it has the views)."""
+    if isinstance(warehouse, LakeWarehouse):
+        return warehouse.init_sql()
+    if not warehouse.snapshot_path.exists():
+        raise FileNotFoundError(f"{warehouse.snapshot_path} does not exist yet: run `promptlab run` (or "
+                                "`promptlab warehouse merge`) first")
+    return f"ATTACH {sql_string(str(warehouse.snapshot_path))} AS promptlab (READ_ONLY);\nUSE promptlab;\n"
+
+
 def run_warehouse_command(arguments: argparse.Namespace, log: Callable[[str], None] = print) -> int:
     warehouse = workspace_warehouse()
     if arguments.warehouse_command == "status":
         status = warehouse.status()
         for line in describe_status(status):
             log(line)
-        return EXIT_REJECTED if status.rejected else 0
+        return EXIT_REJECTED if isinstance(status, WarehouseStatus) and status.rejected else 0
+    if arguments.warehouse_command == "sql-init":
+        sql = init_sql(warehouse)
+        if arguments.output is None:
+            log(sql.rstrip("\n"))
+        else:
+            arguments.output.write_text(sql)
+            log(f"wrote {arguments.output}: `duckdb -init {arguments.output}` opens {warehouse.name} read-only")
+        return 0
     outcome = warehouse.merge_pending()
     for line in describe_merge(outcome):
         log(line)

@@ -16,7 +16,8 @@ from pipelines.resources import PromptLabResource
 @dg.sensor(name="warehouse_merge_sensor", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Merges results left pending while a reader held the warehouse, once it is free.")
 def warehouse_merge_sensor(context: dg.SensorEvaluationContext, promptlab: PromptLabResource) -> dg.SkipReason:
-    from pipelines.warehouse_commands import describe_merge, workspace_warehouse_of
+    from models.warehouse import workspace_warehouse_of
+    from pipelines.warehouse_commands import describe_merge
 
     warehouse = workspace_warehouse_of(promptlab.workspace())
     waiting = warehouse.pending_batches()

@@ -18,11 +18,17 @@ merged yet: the database was held by a reader), `<name>-rejected/` (batches that
 reason) and the predictions directory.
 """
 
-from models.warehouse.backend import WAREHOUSE_ENV, ResultsWarehouse, open_warehouse, workspace_warehouse_of
+from models.warehouse.backend import (
+    WAREHOUSE_ENV,
+    ResultsWarehouse,
+    open_warehouse,
+    warehouse_address,
+    workspace_warehouse_of,
+)
 from models.warehouse.benchmark import BENCHMARK_VARIANTS, BENCHMARKS, BenchmarkRow, BenchmarkRun
 from models.warehouse.database import (MergeOutcome, RecordOutcome, Warehouse, WarehouseLockedError,
                                        WarehouseStatus)
-from models.warehouse.lake import LakeLocation, LakeWarehouse
+from models.warehouse.lake import LakeLocation, LakeStatus, LakeWarehouse
 from models.warehouse.pending import PendingBatchError, RejectedBatch
 from models.warehouse.records import (EMPTY_PREDICTIONS_FILE, PREDICTION_SCHEMA, MetricRow, PerClassRow, RunRecord,
                                       metric_rows, per_class_rows)
@@ -34,6 +40,7 @@ __all__ = [
     "BenchmarkRun",
     "EMPTY_PREDICTIONS_FILE",
     "LakeLocation",
+    "LakeStatus",
     "LakeWarehouse",
     "MergeOutcome",
     "MetricRow",
@@ -51,5 +58,6 @@ __all__ = [
     "metric_rows",
     "open_warehouse",
     "per_class_rows",
+    "warehouse_address",
     "workspace_warehouse_of",
 ]

@@ -45,7 +45,7 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     from models.evaluation.metrics import classification_metrics, harmonic_mean
     from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images,
                                     predict_log_probabilities, predictions_frame)
-    from models.warehouse import MetricRow, PerClassRow, Warehouse
+    from models.warehouse import MetricRow, PerClassRow, warehouse_address, workspace_warehouse_of
 
     started_at = datetime.now(timezone.utc)
     dataset, experiment_key = dataset_and_experiment(context)
@@ -89,7 +89,7 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         metric_rows.append(MetricRow("seen_unseen", "harmonic_mean", harmonic_mean(top1["seen"], top1["unseen"])))
     # the quality of each round's pseudolabels (the checkpoint's record), so SQL can plot it by round
     metric_rows += pseudolabel_round_rows(checkpoint)
-    warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
+    warehouse = workspace_warehouse_of(workspace)
     warehouse.ensure_schema()
     warehouse.record_run(record, metric_rows, per_class_rows, pl.concat(predictions))
     context.log.info(f"{dataset}/{experiment_key}: top-1 {top1['test']:.4f}")
@@ -97,7 +97,7 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         metadata={"run_id": record.run_id, "top1_accuracy": top1["test"],
                   **{f"{k}_top1_accuracy": v for k, v in top1.items() if k != "test"},
                   "checkpoint": path_value(workspace.checkpoint_dir(dataset, experiment_key)),
-                  "warehouse": path_value(workspace.warehouse_path)}
+                  "warehouse": path_value(warehouse_address(warehouse))}
     )
 
 

@@ -40,7 +40,7 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
     from models.experiments import build_classifier, features_for_images, predict
     from models.limited_labels import round_zero_selection
     from models.pseudolabels import get_strategy, pseudolabel_quality
-    from models.warehouse import MetricRow, Warehouse, metric_rows
+    from models.warehouse import MetricRow, metric_rows, workspace_warehouse_of
 
     dataset, experiment = dataset_and_experiment(context)
     inputs = partition_inputs(promptlab, dataset, experiment)
@@ -73,7 +73,7 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
     path.parent.mkdir(parents=True, exist_ok=True)
     selected.write_parquet(path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
-    warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
+    warehouse = workspace_warehouse_of(workspace)
     warehouse.ensure_schema()
     warehouse.record_run(
         lineage_record(context, promptlab, "pseudolabels", inputs, backbone, templates,

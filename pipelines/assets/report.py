@@ -18,19 +18,19 @@ from pipelines.resources import PromptLabResource
 def cross_dataset_report(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Dataset x method x shots (mean ± std over seeds), plots, base/new/HM and provenance, as HTML."""
     from models.report import build_report
-    from models.warehouse import Warehouse
+    from models.warehouse import warehouse_address, workspace_warehouse_of
 
     workspace = promptlab.workspace()
-    warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
+    warehouse = workspace_warehouse_of(workspace)
     warehouse.ensure_schema()
     # The report reads the snapshot with the pending runs applied: a reader holding the file changes nothing here.
     pending = warehouse.pending_batches()
     if pending:
-        context.log.warning(f"{len(pending)} run(s) not merged into {warehouse.database_path} yet (the file is held "
+        context.log.warning(f"{len(pending)} run(s) not merged into {warehouse.name} yet (the file is held "
                             f"by another process); the report includes them from {warehouse.pending_dir}")
     summary = build_report(warehouse, workspace.report_path)
     context.log.info(f"report written to {workspace.report_path}")
     # "report" opens in the browser (served by `make ui`, else a file:// URL); "path" is the file to copy
     return dg.MaterializeResult(metadata={"report": dg.MetadataValue.url(promptlab.report_link(workspace.report_path)),
                                           "path": dg.MetadataValue.path(str(workspace.report_path)),
-                                          "warehouse": dg.MetadataValue.path(str(workspace.warehouse_path))})
+                                          "warehouse": dg.MetadataValue.path(warehouse_address(warehouse))})

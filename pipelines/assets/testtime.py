@@ -47,7 +47,7 @@ def test_time_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRes
     from models.provenance import stable_hash
     from models.testtime.evaluation import scored_test_rows, tune_and_score
     from models.testtime.settings import published_settings
-    from models.warehouse import Warehouse, per_class_rows
+    from models.warehouse import per_class_rows, workspace_warehouse_of
 
     source, run_key = dataset_and_experiment(context)
     catalog, workspace = promptlab.catalog(), promptlab.workspace()
@@ -87,7 +87,7 @@ def test_time_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRes
                                        options={**record.options, **options})))
         context.log.info(f"{run_key} on {dataset}: top-1 {result.metrics.top1_accuracy:.4f} (before tuning "
                          f"{result.before_tuning_top1:.4f}), {result.result.images_per_second:.1f} images/s")
-    warehouse = Warehouse(workspace.warehouse_path, workspace.predictions_dir)
+    warehouse = workspace_warehouse_of(workspace)
     warehouse.ensure_schema()
     for result, record in scored:
         warehouse.record_run(record, result.metric_rows(), per_class_rows(result.split.split, result.metrics.per_class),

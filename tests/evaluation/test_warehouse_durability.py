@@ -270,7 +270,7 @@ def test_report_built_while_a_reader_holds_the_file_includes_the_pending_run(war
 def test_report_asset_succeeds_while_a_reader_holds_the_file(tmp_path):
     from pipelines.assets.report import cross_dataset_report
     from pipelines.resources import PromptLabResource
-    from pipelines.warehouse_commands import workspace_warehouse_of
+    from models.warehouse import workspace_warehouse_of
 
     resource = PromptLabResource(workspace_dir=str(tmp_path / "workspace"))
     warehouse = workspace_warehouse_of(resource.workspace())
@@ -284,7 +284,7 @@ def test_report_asset_succeeds_while_a_reader_holds_the_file(tmp_path):
 
 def test_sensor_merges_pending_batches_once_the_reader_closes(tmp_path):
     from pipelines.resources import PromptLabResource
-    from pipelines.warehouse_commands import workspace_warehouse_of
+    from models.warehouse import workspace_warehouse_of
     from pipelines.warehouse_sensors import warehouse_merge_sensor
 
     resource = PromptLabResource(workspace_dir=str(tmp_path / "workspace"))

@@ -2,29 +2,33 @@
 the bit, as one worker with the same torch threads; the runs are spread over the workers' processes; every run
 records its thread count; bad values are refused by name."""
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from bench.reproducibility import differences, warehouse_contents
+from bench.reproducibility import TIMING_METRICS, differences, warehouse_contents
 from models.provenance import PACKAGE_ROOT
 from pipelines.run_guard import PID_TAG
 
 EXPERIMENTS = ["zeroshot", "coop-k2-s1", "coop-k2-s2", "coop-k2-s1-b2n", "promptsrc-k2-s1"]
 
 
-def promptlab_run(root, *arguments):
-    environment = {**os.environ, "PROMPTLAB_WORKSPACE": str(root / "workspace"),
+def promptlab_run(root, *arguments, datasets=("Shapes", "Digits"), experiments=EXPERIMENTS, environment=None):
+    environment = {**os.environ, **(environment or {}), "PROMPTLAB_WORKSPACE": str(root / "workspace"),
                    "DAGSTER_HOME": str(root / "dagster_home")}
     environment.pop("PROMPTLAB_TORCH_THREADS", None)
-    command = [sys.executable, "-m", "pipelines.cli", "run", "--dataset", "Shapes", "--dataset", "Digits"]
-    for key in EXPERIMENTS:
+    command = [sys.executable, "-m", "pipelines.cli", "run"]
+    for name in datasets:
+        command += ["--dataset", name]
+    for key in experiments:
         command += ["--experiment", key]
     return subprocess.run(command + list(arguments), cwd=PACKAGE_ROOT, env=environment, capture_output=True,
                           text=True, timeout=1800)
@@ -64,6 +68,51 @@ def test_the_partitions_ran_on_two_worker_processes(two_runs):
     assert len({run.tags[PID_TAG] for run in experiment_runs}) == 2
     assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in experiment_runs)
     assert "2 workers, 1 torch threads each" in second.stdout + second.stderr
+
+
+# every metric but the wall-clock ones (bench.reproducibility.TIMING_METRICS: present, value not compared)
+METRICS = f"""SELECT r.dataset, r.experiment_key, r.stage, m.split, m.metric,
+                     CASE WHEN m.metric IN ({', '.join(repr(name) for name in sorted(TIMING_METRICS))}) THEN NULL
+                          ELSE m.value END AS value
+              FROM runs r JOIN metrics m USING (run_id) WHERE r.is_current ORDER BY ALL"""
+
+
+def test_two_workers_writing_to_a_postgres_catalog_lake_record_what_one_worker_wrote_to_the_file(
+        tmp_path, two_runs):
+    """The assets write through $PROMPTLAB_WAREHOUSE: two workers commit CoOp partitions to one DuckLake at once,
+    and every metric equals the one-worker run's DuckDB file, value for value; the report is built from the lake."""
+    from local_services import LocalPostgres, postgres_bin
+
+    from models.warehouse import LakeWarehouse, Warehouse, open_warehouse
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql): the lake under workers is untested")
+    (one, _), _ = two_runs
+    shutil.copytree(one / "workspace" / "world", tmp_path / "workspace" / "world")
+    server = LocalPostgres().start()
+    try:
+        url = f"ducklake:postgres:{server.create_database('results')}"
+        experiments = ["zeroshot", "coop-k2-s1", "coop-k2-s2"]
+        run = promptlab_run(tmp_path, "--workers", "2", "--threads", "1", datasets=("Shapes",),
+                            experiments=experiments, environment={"PROMPTLAB_WAREHOUSE": url})
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        warehouse_dir = tmp_path / "workspace" / "warehouse"
+        lake = open_warehouse(warehouse_dir / "promptlab.duckdb", warehouse_dir / "predictions", url)
+        assert isinstance(lake, LakeWarehouse)
+        in_lake = lake.query(METRICS)
+        runs = lake.query("SELECT count(*) AS n FROM runs")["n"][0]
+    finally:
+        server.stop()
+    assert not (tmp_path / "workspace" / "warehouse" / "promptlab.duckdb").exists()  # nothing went to the file
+    file_warehouse = Warehouse(one / "workspace" / "warehouse" / "promptlab.duckdb",
+                               one / "workspace" / "warehouse" / "predictions")
+    in_file = file_warehouse.query(METRICS)
+    in_file = in_file.filter((in_file["dataset"] == "Shapes") & in_file["experiment_key"].is_in(experiments))
+    assert set(in_lake["experiment_key"]) == set(experiments) and in_lake.height > 3 * len(experiments)
+    assert in_lake.rows() == in_file.rows()
+    summary = json.loads((tmp_path / "workspace" / "last_run_summary.json").read_text())
+    assert summary["failures"] == [] and summary["warehouse"].startswith("ducklake:postgres:")
+    assert f"{runs} runs recorded" in Path(summary["report"]).read_text()  # the report read the lake
 
 
 @pytest.mark.parametrize("arguments, message", [
