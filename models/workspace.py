@@ -75,6 +75,15 @@ class Workspace:
             return Path(folder).exists()
         return self.working_copy.unit_exists(self.unit(folder))
 
+    def is_file_published(self, path: Path, folder: Path) -> bool:
+        """The file `path` of the synchronised `folder` exists in the workspace: listed in the folder's complete
+        manifest in the store when remote, on disk when local."""
+        if not self.is_remote:
+            return Path(path).exists()
+        manifest = self.working_copy.remote_manifest(self.unit(folder))
+        return (manifest is not None and manifest.get("state") == "complete"
+                and Path(path).relative_to(self.root).as_posix() in manifest.get("files", {}))
+
     @property
     def corpus_dir(self) -> Path:
         return self.root / "world" / "corpus"

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import dagster as dg
 
+from pipelines.assets import sync as folders
 from pipelines.assets.curation import dataset_index, learning_setting_splits
+from pipelines.assets.sync import synced
 from pipelines.partitions import dataset_partitions
 from pipelines.resources import PromptLabResource
 
@@ -53,6 +55,7 @@ def _check_results(report, names, asset_key: dg.AssetKey) -> Iterator[dg.AssetCh
         for name, description in DATASET_EXPECTATIONS.items()
     ],
 )
+@synced(writes=(folders.curation,))  # promotes the staged index in the curation folder
 def dataset_expectations(
     context: dg.AssetCheckExecutionContext, promptlab: PromptLabResource
 ) -> Iterator[dg.AssetCheckResult]:
@@ -83,6 +86,7 @@ def dataset_expectations(
         for name, description in SETTING_EXPECTATIONS.items()
     ],
 )
+@synced(reads=(folders.curation,))
 def learning_setting_expectations(
     context: dg.AssetCheckExecutionContext, promptlab: PromptLabResource
 ) -> Iterator[dg.AssetCheckResult]:

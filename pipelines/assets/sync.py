@@ -11,6 +11,7 @@ The folders are named after what they hold, through the Workspace's own paths, s
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,16 +102,17 @@ def test_time_inputs(scope: Scope):
 
 
 def synced(reads: Iterable[Folders] = (), writes: Iterable[Folders] = ()):
-    """Pull `reads` and `writes` before the asset's body, push `writes` after it returns (not when it raises: the
-    store keeps the last complete version). Logged with what moved; nothing at all for a local workspace."""
+    """Pull `reads` and `writes` before the asset's (or asset check's) body, push `writes` after it returns (not
+    when it raises: the store keeps the last complete version). A generator body (an asset check yielding its
+    results) is pushed after its last result. Logged with what moved; nothing at all for a local workspace."""
     reads, writes = tuple(reads), tuple(writes)
 
     def decorate(compute):
-        @functools.wraps(compute)
-        def body(context: dg.AssetExecutionContext, promptlab: PromptLabResource):
+        def around(context, promptlab: PromptLabResource):
+            """(workspace, push) for a remote workspace after pulling, None for a local one."""
             workspace = promptlab.workspace()
             if not workspace.is_remote:
-                return compute(context, promptlab)
+                return None
             scope = Scope.of(context, promptlab, workspace)
 
             def folders(kinds: tuple[Folders, ...]) -> list[Path]:
@@ -118,10 +120,29 @@ def synced(reads: Iterable[Folders] = (), writes: Iterable[Folders] = ()):
 
             context.log.info(f"{workspace.location}: " + workspace.pull(folders(reads) + folders(writes))
                              .line("pulled"))
+            return lambda: context.log.info(f"{workspace.location}: " + workspace.push(folders(writes))
+                                            .line("pushed"))
+
+        if inspect.isgeneratorfunction(compute):
+            @functools.wraps(compute)
+            def generator_body(context, promptlab: PromptLabResource):
+                push = around(context, promptlab)
+                yield from compute(context, promptlab)
+                if push is not None:
+                    push()
+
+            generator_body.synced = (reads, writes)
+            return generator_body
+
+        @functools.wraps(compute)
+        def body(context, promptlab: PromptLabResource):
+            push = around(context, promptlab)
             result = compute(context, promptlab)
-            context.log.info(f"{workspace.location}: " + workspace.push(folders(writes)).line("pushed"))
+            if push is not None:
+                push()
             return result
 
+        body.synced = (reads, writes)  # what it moves, for tests and tools
         return body
 
     return decorate

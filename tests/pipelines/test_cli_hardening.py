@@ -181,6 +181,19 @@ def test_any_other_failure_ends_in_one_line_with_its_traceback_saved(homes, caps
     assert "Traceback" in (workspace / "last_error.txt").read_text()
 
 
+def test_a_workspace_url_that_cannot_be_used_ends_in_one_line(homes, capsys, monkeypatch):
+    """The failure is the workspace itself, so there is no workspace to save a traceback in: one line, no second
+    traceback from the handler."""
+    monkeypatch.setenv("PROMPTLAB_WORKSPACE", "nosuchscheme://bucket/ws")
+    assert cli.main(["results"]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert captured.err.strip().splitlines() == [
+        "promptlab results: error: WorkspaceStorageError: PROMPTLAB_WORKSPACE=nosuchscheme://bucket/ws: unknown "
+        "storage scheme 'nosuchscheme'; use a local folder, file://..., s3://bucket/prefix or another fsspec "
+        "protocol"]
+
+
 def test_dagster_home_gets_the_template_instead_of_the_telemetry_only_file(homes, tmp_path, monkeypatch):
     home, _ = homes
     template = tmp_path / "template.yaml"

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from datetime import datetime
 
 import duckdb
 import fsspec
@@ -171,3 +172,82 @@ def test_an_asset_publishes_its_folders_only_when_it_succeeds(s3_bucket, tmp_pat
     assert materialize(str(tmp_path / "local")).success
     assert sorted(p.relative_to(tmp_path / "local").as_posix() for p in (tmp_path / "local").rglob("*")) == [
         "curation", "curation/Shapes", "curation/Shapes/index.parquet"]
+
+
+def test_an_asset_check_on_another_working_copy_reads_the_store_and_publishes_after_its_last_result(
+        s3_bucket, tmp_path, monkeypatch):
+    """A check runs as a step of its own (a Celery task, a pod), and yields its results: it pulls the folder it
+    validates and pushes what it writes after its last result, not before its body ran."""
+    import logging
+    from types import SimpleNamespace
+
+    import dagster as dg
+
+    from pipelines.assets import sync as folders
+    from pipelines.assets.sync import synced
+    from pipelines.resources import PromptLabResource
+
+    @synced(writes=(folders.curation,))
+    def promote(context, promptlab: PromptLabResource):
+        staged = promptlab.workspace().curation_dir(context.partition_key) / "index.staged.parquet"
+        present = staged.exists()
+        if present:
+            staged.rename(staged.with_name("index.parquet"))
+        yield dg.AssetCheckResult(check_name="staged_index_present", asset_key="curated", passed=present)
+
+    promptlab = PromptLabResource(workspace_dir=f"s3://{s3_bucket}/ws")
+    context = SimpleNamespace(has_partition_key=True, partition_key="Shapes", log=logging.getLogger("check"))
+    monkeypatch.setenv("PROMPTLAB_WORKSPACE_CACHE", str(tmp_path / "copy-one"))
+    staged = promptlab.workspace().curation_dir("Shapes") / "index.staged.parquet"
+    staged.parent.mkdir(parents=True)
+    staged.write_text("staged")
+    promptlab.workspace().push([staged.parent])
+
+    monkeypatch.setenv("PROMPTLAB_WORKSPACE_CACHE", str(tmp_path / "copy-two"))
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    results = promote(context, promptlab)
+    [result] = [next(results)]
+    assert result.passed  # copy two saw what copy one published
+    assert f"{s3_bucket}/ws/curation/Shapes/index.staged.parquet" in fs.find(f"{s3_bucket}/ws")  # not pushed yet
+    assert list(results) == []
+    assert sorted(fs.find(f"{s3_bucket}/ws")) == [f"{s3_bucket}/ws/curation/Shapes/{MANIFEST_NAME}",
+                                                  f"{s3_bucket}/ws/curation/Shapes/index.parquet"]
+
+
+def test_every_asset_and_asset_check_of_the_graph_moves_its_folders():
+    """An asset or check body that is not @synced would compute from a stale or empty working copy on a worker."""
+    from pipelines.definitions import defs
+
+    repository = defs.get_repository_def()
+    assets = [repository.asset_graph.get(key).assets_def for key in repository.asset_graph.get_all_asset_keys()]
+    bodies = {a.node_def.name: a.op.compute_fn.decorated_fn for a in assets if a.is_executable}
+    bodies |= {c.node_def.name: c.op.compute_fn.decorated_fn for c in defs.asset_checks}
+    assert len(bodies) >= 18 and {"dataset_expectations", "learning_setting_expectations"} <= set(bodies)
+    assert [name for name, body in bodies.items() if not hasattr(body, "synced")] == []
+
+
+def test_the_weekly_reevaluation_finds_checkpoints_in_the_store_not_in_its_own_copy(s3_bucket, tmp_path,
+                                                                                    monkeypatch):
+    import dagster as dg
+
+    from pipelines.partitions import dataset_experiment_partitions
+    from pipelines.resources import PromptLabResource
+    from pipelines.schedules import weekly_reevaluation
+
+    promptlab = PromptLabResource(workspace_dir=f"s3://{s3_bucket}/ws")
+    trained, untrained = dataset_experiment_partitions.get_partition_keys()[:2]
+    monkeypatch.setenv("PROMPTLAB_WORKSPACE_CACHE", str(tmp_path / "trainer"))
+    workspace = promptlab.workspace()
+    for key, name in ((trained, "prompt_config.json"), (untrained, "augmentation.json")):
+        dataset, experiment = key.keys_by_dimension["dataset"], key.keys_by_dimension["experiment"]
+        path = workspace.checkpoint_dir(dataset, experiment) / name
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        workspace.push([workspace.experiment_dir(dataset, experiment)])
+
+    monkeypatch.setenv("PROMPTLAB_WORKSPACE_CACHE", str(tmp_path / "daemon"))  # an empty working copy
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 12, 7, 3),
+                                        resources={"promptlab": promptlab})
+    requests = [r for r in weekly_reevaluation(context) if isinstance(r, dg.RunRequest)]
+    assert [r.partition_key for r in requests] == [trained]
+    assert not (tmp_path / "daemon").exists() or not list((tmp_path / "daemon").rglob("prompt_config.json"))
