@@ -351,12 +351,12 @@ def run_benchmark(options: TestTimeBenchOptions) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads_before)
     if options.record:
-        from models.warehouse import Warehouse
+        from models.warehouse import warehouse_address, workspace_warehouse_of
 
-        workspace = Workspace(Path(options.workspace))
+        warehouse = workspace_warehouse_of(Workspace(Path(options.workspace)))
         runs = warehouse_runs(result)
-        Warehouse(workspace.warehouse_path, workspace.predictions_dir).record_benchmarks(runs)
-        result["warehouse"] = f"{workspace.warehouse_path}: runs {', '.join(run.bench_run_id for run, _ in runs)}"
+        warehouse.record_benchmarks(runs)
+        result["warehouse"] = f"{warehouse_address(warehouse)}: runs {', '.join(run.bench_run_id for run, _ in runs)}"
     if options.output is not None:
         _write_json_atomically(Path(options.output), result)
     return result

@@ -46,7 +46,7 @@ from models.precision import compute_description, precision_for
 from models.prompting.methods import METHODS
 from models.prompting.training import OptimizationConfig
 from models.provenance import PACKAGE_ROOT, git_commit, library_code_version
-from models.warehouse import BenchmarkRow, BenchmarkRun, Warehouse
+from models.warehouse import BenchmarkRow, BenchmarkRun, warehouse_address, workspace_warehouse_of
 from models.workspace import Workspace, default_workspace_root
 
 DEFAULT_OUTPUT = PACKAGE_ROOT / "bench" / "results" / "latest.json"
@@ -249,7 +249,7 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
                                                       "n_images": len(images.labels),
                                                       "n_classes": len(images.classnames)})
     if options.record:
-        Warehouse(workspace.warehouse_path, workspace.predictions_dir).record_benchmark(run, rows)
+        workspace_warehouse_of(workspace).record_benchmark(run, rows)
     if options.output is not None:
         _write_json_atomically(Path(options.output), result.as_dict())
     return result
@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result))
     where = [str(options.output)] if options.output else []
     if options.record:
-        where.append(f"{Workspace(Path(options.workspace)).warehouse_path} (benchmark_results, latest_benchmark)")
+        address = warehouse_address(workspace_warehouse_of(Workspace(Path(options.workspace))))
+        where.append(f"{address} (benchmark_results, latest_benchmark)")
     print(f"bench run {result.run.bench_run_id} written to {' and '.join(where) or 'nowhere (--no-warehouse)'}")
     return 0
 
