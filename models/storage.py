@@ -32,7 +32,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -400,18 +400,24 @@ class WorkingCopy:
                                "sha256": previous["sha256"] if same and "sha256" in previous else sha256_of(path)}
         return files
 
-    # -------------------------------------------------------------------------------------------------- pull
-    def pull(self, units: Iterable[Unit]) -> SyncReport:
+    def _each_unit(self, units: Iterable[Unit], *, additive: Callable[[Unit], tuple[int, int]],
+                   mirrored: Callable[[Unit], tuple[int, int]]) -> SyncReport:
+        """Sync each unit once (in order) with `additive` or `mirrored`, which return (files, bytes) moved; nothing
+        for a local store. The report names the units where anything moved."""
         report, started = SyncReport(), time.perf_counter()
         if self.remote:
             for unit in dict.fromkeys(units):
-                moved = self._pull_additive(unit) if unit.additive else self._pull_mirrored(unit)
+                moved = additive(unit) if unit.additive else mirrored(unit)
                 if moved[0]:
                     report.files += moved[0]
                     report.bytes += moved[1]
                     report.units.append(unit.folder)
         report.seconds = time.perf_counter() - started
         return report
+
+    # -------------------------------------------------------------------------------------------------- pull
+    def pull(self, units: Iterable[Unit]) -> SyncReport:
+        return self._each_unit(units, additive=self._pull_additive, mirrored=self._pull_mirrored)
 
     def _pull_mirrored(self, unit: Unit) -> tuple[int, int]:
         deadline = time.monotonic() + self.wait_seconds
@@ -469,16 +475,7 @@ class WorkingCopy:
 
     # -------------------------------------------------------------------------------------------------- push
     def push(self, units: Iterable[Unit]) -> SyncReport:
-        report, started = SyncReport(), time.perf_counter()
-        if self.remote:
-            for unit in dict.fromkeys(units):
-                moved = self._push_additive(unit) if unit.additive else self._push_mirrored(unit)
-                if moved[0]:
-                    report.files += moved[0]
-                    report.bytes += moved[1]
-                    report.units.append(unit.folder)
-        report.seconds = time.perf_counter() - started
-        return report
+        return self._each_unit(units, additive=self._push_additive, mirrored=self._push_mirrored)
 
     def _manifest(self, unit: Unit, state: str, files: dict) -> dict:
         return {"format": MANIFEST_FORMAT, "unit": unit.folder, "state": state, "generation": uuid.uuid4().hex,

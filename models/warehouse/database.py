@@ -36,13 +36,13 @@ import duckdb
 import polars as pl
 
 from models.warehouse import pending as batches
-from models.warehouse.benchmark import BENCHMARK_SCHEMA, BenchmarkRow, BenchmarkRun, benchmark_frame
+from models.warehouse.benchmark import BENCHMARK_SCHEMA, BenchmarkRow, BenchmarkRun
 from models.warehouse.pending import PendingBatch, PendingBatchError, RejectedBatch
 from models.warehouse.records import (EMPTY_PREDICTIONS_FILE, PREDICTION_SCHEMA, PREDICTIONS_FILE_PREFIX, MetricRow,
                                       PerClassRow, RunRecord, metric_frame, per_class_frame, prediction_frame,
                                       validate_run)
 from models.warehouse.schema import SCHEMA_TABLES, SCHEMA_VIEWS, TEST_TIME_VIEWS, sql_string
-from models.warehouse.writes import write_run
+from models.warehouse.writes import insert_benchmarks, transaction, validated_benchmarks, write_run
 
 logger = logging.getLogger(__name__)
 
@@ -104,19 +104,6 @@ def _is_lock_conflict(error: duckdb.Error) -> bool:
     return "Could not set lock" in message or "different configuration" in message
 
 
-@contextlib.contextmanager
-def _transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """Commit when the block succeeds, roll back on any error (a failing rollback never hides the cause)."""
-    connection.begin()
-    try:
-        yield
-        connection.commit()
-    except BaseException:
-        with contextlib.suppress(duckdb.Error):
-            connection.rollback()
-        raise
-
-
 def _file_identity(file: Path | Any) -> tuple[int, int, int] | None:
     """(inode, mtime, size) of a path or an open file; None when there is none. A replaced file gets a new inode."""
     if file is None:
@@ -159,7 +146,20 @@ class _ReadCopies:
 _read_copies = _ReadCopies()
 
 
-class Warehouse:
+class Queries:
+    """`query` for a warehouse class with a `read_connection()` context manager (both backends)."""
+
+    def read_connection(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        raise NotImplementedError
+
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+        """Run `sql` on what `read_connection()` reads (every view of the warehouse) and return its rows."""
+        with self.read_connection() as connection:
+            result = connection.execute(sql, params) if params is not None else connection.execute(sql)
+            return result.pl()
+
+
+class Warehouse(Queries):
     """The results warehouse. Holds paths only, never a connection."""
 
     def __init__(
@@ -277,7 +277,7 @@ class Warehouse:
             except WarehouseLockedError as error:
                 logger.info("schema not ensured now: %s", error)
                 return False
-            with connection, _transaction(connection):
+            with connection, transaction(connection):
                 self._create_schema(connection)
             self._refresh_snapshot()
         return True
@@ -368,7 +368,7 @@ class Warehouse:
                                         "another process, e.g. a read-only DuckDB session")
                 try:
                     with connection:
-                        with _transaction(connection):
+                        with transaction(connection):
                             self._create_schema(connection)
                         for folder in folders:
                             try:
@@ -411,7 +411,7 @@ class Warehouse:
             shutil.rmtree(folder)
             return None
         batch = batches.read_batch(folder)
-        with _transaction(connection):
+        with transaction(connection):
             self._write_batch(connection, batch)
         try:
             self._finish_batch(batch)
@@ -455,11 +455,7 @@ class Warehouse:
         given twice, fails. Unlike record_run this writes directly: a held database raises WarehouseLockedError
         (the benchmark's JSON result file is its durable record).
         """
-        frames = [benchmark_frame(run, list(rows)) for run, rows in runs]
-        run_ids = [run.bench_run_id for run, _ in runs]
-        repeated = sorted({run_id for run_id in run_ids if run_ids.count(run_id) > 1})
-        if repeated:
-            raise ValueError(f"run.bench_run_id: {repeated[0]!r} is given more than once")
+        frames, run_ids = validated_benchmarks(runs)
         if not frames:
             return
         self._ensure_empty_predictions_file()
@@ -467,25 +463,13 @@ class Warehouse:
             if not acquired:
                 raise WarehouseLockedError(f"warehouse database {self.database_path}: another process kept "
                                            f"merging for {self.merge_lock_wait_seconds:g} s")
-            with self._connect(read_only=False) as connection, _transaction(connection):
+            with self._connect(read_only=False) as connection, transaction(connection):
                 self._create_schema(connection)
-                for run_id in run_ids:
-                    existing = connection.execute(
-                        "SELECT count(*) FROM benchmark_results WHERE bench_run_id = ?", [run_id]).fetchone()
-                    if existing[0]:
-                        raise ValueError(f"run.bench_run_id: {run_id!r} is already recorded in "
-                                         f"{self.database_path}")
-                connection.register("incoming_benchmark", pl.concat(frames, how="vertical_relaxed").to_arrow())
-                connection.execute("INSERT INTO benchmark_results BY NAME SELECT * FROM incoming_benchmark")
-                connection.unregister("incoming_benchmark")
+                insert_benchmarks(connection, frames, run_ids, str(self.database_path))
             self._refresh_snapshot()
 
     # ----------------------------------------------------------------------------------------------- reads
-    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
-        """Run `sql` on the read copy: every recorded run, merged or still pending."""
-        with self.read_connection() as connection:
-            result = connection.execute(sql, params) if params is not None else connection.execute(sql)
-            return result.pl()
+    # query(): from Queries, on the read copy (every recorded run, merged or still pending)
 
     @contextlib.contextmanager
     def read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -568,7 +552,7 @@ class Warehouse:
                 with open(target, "wb") as copy:
                     shutil.copyfileobj(snapshot, copy, 1 << 20)
             with duckdb.connect(str(target)) as connection:
-                with _transaction(connection):
+                with transaction(connection):
                     self._create_schema(connection)
                 applied = [batch for batch in loaded if self._apply_to_read_copy(connection, batch)]
                 frames = [batch.predictions for batch in applied if batch.predictions is not None]
@@ -597,7 +581,7 @@ class Warehouse:
         if merged[0]:
             return False
         try:
-            with _transaction(connection):
+            with transaction(connection):
                 self._write_batch(connection, batch)
         except _PERMANENT_BATCH_ERRORS as error:
             logger.warning("pending batch %s left out of this read: %s", batch.path, error)

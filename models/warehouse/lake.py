@@ -31,7 +31,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +39,12 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from models.warehouse.benchmark import BENCHMARK_SCHEMA, BenchmarkRow, BenchmarkRun, benchmark_frame
-from models.warehouse.database import MergeOutcome, RecordOutcome, _transaction
+from models.warehouse.benchmark import BENCHMARK_SCHEMA, BenchmarkRow, BenchmarkRun
+from models.warehouse.database import MergeOutcome, Queries, RecordOutcome
 from models.warehouse.records import (PREDICTION_SCHEMA, MetricRow, PerClassRow, RunRecord, metric_frame,
                                       per_class_frame, prediction_frame, validate_run)
 from models.warehouse.schema import SCHEMA_TABLES, SCHEMA_VIEWS, TEST_TIME_VIEWS, sql_string
-from models.warehouse.writes import insert_rows, write_run
+from models.warehouse.writes import insert_benchmarks, insert_rows, transaction, validated_benchmarks, write_run
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class LakeStatus:
     latest_snapshot_at: Any
 
 
-class LakeWarehouse:
+class LakeWarehouse(Queries):
     """The results warehouse on a DuckLake catalog. Holds its address only, never a connection."""
 
     pending_dir = None  # nothing waits: every record commits or fails
@@ -235,7 +235,7 @@ class LakeWarehouse:
         """Run `write(connection)` in one transaction, retrying from a fresh snapshot while commits conflict."""
         for attempt in range(self.commit_retries + 1):
             try:
-                with _transaction(connection):
+                with transaction(connection):
                     write(connection)
                 return
             except duckdb.Error as error:
@@ -317,22 +317,14 @@ class LakeWarehouse:
 
     def record_benchmarks(self, runs: Sequence[tuple[BenchmarkRun, Sequence[BenchmarkRow]]]) -> None:
         """Several benchmark runs in one transaction, all or nothing (see Warehouse.record_benchmarks)."""
-        frames = [benchmark_frame(run, list(rows)) for run, rows in runs]
-        run_ids = [run.bench_run_id for run, _ in runs]
-        repeated = sorted({run_id for run_id in run_ids if run_ids.count(run_id) > 1})
-        if repeated:
-            raise ValueError(f"run.bench_run_id: {repeated[0]!r} is given more than once")
+        frames, run_ids = validated_benchmarks(runs)
         if not frames:
             return
         self.ensure_schema()
 
         def write(connection: duckdb.DuckDBPyConnection) -> None:
             connection.execute("UPDATE writer_serial SET writes = writes + 1")
-            for run_id in run_ids:
-                if connection.execute("SELECT count(*) FROM benchmark_results WHERE bench_run_id = ?",
-                                      [run_id]).fetchone()[0]:
-                    raise ValueError(f"run.bench_run_id: {run_id!r} is already recorded in {self.name}")
-            insert_rows(connection, "benchmark_results", pl.concat(frames, how="vertical_relaxed"))
+            insert_benchmarks(connection, frames, run_ids, self.name)
 
         with contextlib.closing(self._connect(read_only=False)) as connection:
             self._committed(connection, write, "benchmark runs " + ", ".join(run_ids))
@@ -345,11 +337,7 @@ class LakeWarehouse:
         except FileNotFoundError:
             return False
 
-    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
-        """Run `sql` on the lake's latest snapshot, with every view of the warehouse."""
-        with self.read_connection() as connection:
-            result = connection.execute(sql, params) if params is not None else connection.execute(sql)
-            return result.pl()
+    # query(): from Queries, on the lake's latest snapshot
 
     @contextlib.contextmanager
     def read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -390,9 +378,6 @@ class LakeWarehouse:
         return LakeStatus(self.name, runs, current, snapshots, latest)
 
 
-def default_lake_data_path(database_path: Path) -> Path:
-    return Path(database_path).parent / "lake-data"
-
-
 def lake_data_path_from_environment(database_path: Path) -> str:
-    return os.environ.get("PROMPTLAB_WAREHOUSE_DATA_PATH") or str(default_lake_data_path(database_path))
+    """The lake's data path: $PROMPTLAB_WAREHOUSE_DATA_PATH, else `lake-data/` beside the workspace's database file."""
+    return os.environ.get("PROMPTLAB_WAREHOUSE_DATA_PATH") or str(Path(database_path).parent / "lake-data")

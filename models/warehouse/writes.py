@@ -1,5 +1,5 @@
-"""Writing one run's rows, the same SQL on every backend (the DuckDB file and DuckLake): called inside the caller's
-transaction, so a failure anywhere leaves nothing behind.
+"""Writing one run's rows, and benchmark runs, the same SQL on every backend (the DuckDB file and DuckLake): called
+inside the caller's transaction (`transaction`), so a failure anywhere leaves nothing behind.
 
 Recording a run replaces the current run of its (stage, dataset, partition_key, source_dataset) and every current
 run of its backbone name with other (non-NULL) weights: their metric rows move to the history tables. DuckLake has
@@ -9,12 +9,28 @@ no primary keys, so uniqueness (of a run id, of an experiment row) is kept here 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import duckdb
 import polars as pl
 
+from models.warehouse.benchmark import BenchmarkRow, BenchmarkRun, benchmark_frame
 from models.warehouse.records import RunRecord, as_utc_naive, canonical_json
+
+
+@contextlib.contextmanager
+def transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Commit when the block succeeds, roll back on any error (a failing rollback never hides the cause)."""
+    connection.begin()
+    try:
+        yield
+        connection.commit()
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            connection.rollback()
+        raise
 
 
 def experiment_config_hash(run: RunRecord) -> str:
@@ -115,3 +131,27 @@ def insert_rows(connection: duckdb.DuckDBPyConnection, table: str, rows: pl.Data
         connection.register("incoming_rows", rows.to_arrow())
         connection.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_rows")
         connection.unregister("incoming_rows")
+
+
+def validated_benchmarks(runs: Sequence[tuple[BenchmarkRun, Sequence[BenchmarkRow]]]
+                         ) -> tuple[list[pl.DataFrame], list[str]]:
+    """Each benchmark run's rows as a checked frame (ValueError naming rows[i].field), and the run ids, in order;
+    ValueError for a run id given more than once. Writes nothing: call it before touching the database."""
+    frames = [benchmark_frame(run, list(rows)) for run, rows in runs]
+    run_ids = [run.bench_run_id for run, _ in runs]
+    repeated = sorted({run_id for run_id in run_ids if run_ids.count(run_id) > 1})
+    if repeated:
+        raise ValueError(f"run.bench_run_id: {repeated[0]!r} is given more than once")
+    return frames, run_ids
+
+
+def insert_benchmarks(connection: duckdb.DuckDBPyConnection, frames: Sequence[pl.DataFrame], run_ids: Sequence[str],
+                      location: str) -> None:
+    """Insert validated benchmark frames (`validated_benchmarks`) into `benchmark_results`; ValueError, before any
+    insert, if one of `run_ids` is recorded already in the warehouse `location` names."""
+    for run_id in run_ids:
+        existing = connection.execute("SELECT count(*) FROM benchmark_results WHERE bench_run_id = ?",
+                                      [run_id]).fetchone()
+        if existing[0]:
+            raise ValueError(f"run.bench_run_id: {run_id!r} is already recorded in {location}")
+    insert_rows(connection, "benchmark_results", pl.concat(frames, how="vertical_relaxed"))
