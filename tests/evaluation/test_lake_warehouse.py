@@ -6,7 +6,6 @@ with the reason, where PostgreSQL is not installed)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -279,4 +278,6 @@ def test_init_sql_opens_the_lake_read_only_with_every_view(tmp_path):
         assert connection.execute("SELECT count(*) FROM current_results").fetchone()[0] == 1
         with pytest.raises(duckdb.Error, match="read-only|read only"):
             connection.execute("DELETE FROM runs")
-    json.dumps(str(lake.status()))
+    status = lake.status()
+    assert (status.location, status.runs, status.current_runs) == (lake.name, 1, 1)
+    assert status.snapshots == 3 and status.latest_snapshot_at  # the catalog's, the schema's, the run's

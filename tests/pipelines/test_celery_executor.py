@@ -15,14 +15,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from local_services import LocalPostgres, free_port, postgres_bin
 
 from models.provenance import PACKAGE_ROOT
 
@@ -40,7 +39,7 @@ def _missing_requirements() -> list[str]:
     missing = []
     if shutil.which("redis-server") is None:
         missing.append("redis-server (apt-get install redis-server)")
-    if not _postgres_bin():
+    if not postgres_bin():
         missing.append("PostgreSQL's initdb and pg_ctl (/usr/lib/postgresql/*/bin)")
     for module in ("dagster_celery", "dagster_postgres", "redis"):
         try:
@@ -50,25 +49,6 @@ def _missing_requirements() -> list[str]:
     if not (BIN / "dagster-celery").exists():
         missing.append(f"{BIN / 'dagster-celery'} (the `distributed` extra)")
     return missing
-
-
-def _postgres_bin() -> Path | None:
-    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True) + [
-            str(Path(p).parent) for p in [shutil.which("initdb")] if p]:
-        if (Path(folder) / "initdb").exists() and (Path(folder) / "pg_ctl").exists():
-            return Path(folder)
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _as_postgres_user(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: as root, run it as the `postgres` user."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
 def _descendants(pid: int) -> list[int]:
@@ -109,36 +89,23 @@ def _wait_for(condition, timeout: float, what: str, log: Path | None = None):
 
 
 class Services:
-    """Redis and PostgreSQL on 127.0.0.1, in a temporary folder; `environment` points PromptLab at them."""
+    """Redis (here) and PostgreSQL (local_services.LocalPostgres) on 127.0.0.1; `start` returns the environment
+    that points PromptLab at them."""
 
     def __init__(self, root: Path):
         self.root = root
-        self.processes: list[subprocess.Popen] = []
-        self.postgres_data: Path | None = None
-        self.postgres_bin = _postgres_bin()
+        self.redis: subprocess.Popen | None = None
+        self.postgres = LocalPostgres()
 
     def start(self) -> dict[str, str]:
         started = time.perf_counter()
-        redis_port, postgres_port = _free_port(), _free_port()
+        redis_port = free_port()
         redis_log = open(self.root / "redis.log", "w")
-        redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--dir", str(self.root)], stdout=redis_log, stderr=redis_log)
-        self.processes.append(redis)
-        # PostgreSQL's folder must belong to the user that runs it, and that user must reach it: not under pytest's
-        # root-only tmp folder
-        self.postgres_data = Path(tempfile.mkdtemp(prefix="promptlab-postgres-"))
-        if os.geteuid() == 0:
-            shutil.chown(self.postgres_data, "postgres", "postgres")
-        database = self.postgres_data / "cluster"
-        self._run(_as_postgres_user([str(self.postgres_bin / "initdb"), "-D", str(database), "-U", "postgres",
-                                     "--auth=trust", "-E", "UTF8", "--no-sync"]), "initdb")
-        options = (f"-c listen_addresses=127.0.0.1 -p {postgres_port} -k {self.postgres_data} -c fsync=off "
-                   "-c max_connections=200")
-        self._run(_as_postgres_user([str(self.postgres_bin / "pg_ctl"), "-D", str(database), "-o", options,
-                                     "-l", str(self.postgres_data / "postgres.log"), "-w", "-t", "60", "start"]),
-                  "pg_ctl start")
-        self._run([str(self.postgres_bin / "createdb"), "-h", "127.0.0.1", "-p", str(postgres_port), "-U",
-                   "postgres", "dagster"], "createdb")
+        self.redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save",
+                                       "", "--appendonly", "no", "--dir", str(self.root)],
+                                      stdout=redis_log, stderr=redis_log)
+        self.postgres.start()
+        self.postgres.create_database("dagster")
         import redis as redis_client
 
         _wait_for(lambda: self._redis_answers(redis_client, redis_port), 20, "redis-server to answer PING",
@@ -146,7 +113,7 @@ class Services:
         self.seconds = time.perf_counter() - started
         return {"PROMPTLAB_CELERY_BROKER": f"redis://127.0.0.1:{redis_port}/0",
                 "PROMPTLAB_CELERY_BACKEND": f"redis://127.0.0.1:{redis_port}/1",
-                "PROMPTLAB_POSTGRES_URL": f"postgresql+psycopg2://postgres@127.0.0.1:{postgres_port}/dagster"}
+                "PROMPTLAB_POSTGRES_URL": self.postgres.url("dagster")}
 
     @staticmethod
     def _redis_answers(client, port: int) -> bool:
@@ -155,25 +122,14 @@ class Services:
         except client.exceptions.ConnectionError:
             return False
 
-    @staticmethod
-    def _run(command: list[str], what: str) -> None:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"{what} failed ({result.returncode}): {result.stdout[-1500:]}{result.stderr[-1500:]}")
-
     def stop(self) -> None:
-        if self.postgres_data is not None and (self.postgres_data / "cluster" / "postmaster.pid").exists():
-            subprocess.run(_as_postgres_user([str(self.postgres_bin / "pg_ctl"), "-D",
-                                              str(self.postgres_data / "cluster"), "-m", "immediate", "stop"]),
-                           capture_output=True, timeout=60)
-        for process in self.processes:
-            process.terminate()
+        self.postgres.stop()
+        if self.redis is not None:
+            self.redis.terminate()
             try:
-                process.wait(timeout=10)
+                self.redis.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
-        if self.postgres_data is not None:
-            shutil.rmtree(self.postgres_data, ignore_errors=True)
+                self.redis.kill()
 
 
 class Deployment:
