@@ -2,8 +2,9 @@
 
 DuckLake keeps tables as Parquet files under a data path and their catalog (which files make which snapshot) in a
 database. With PostgreSQL as the catalog any number of processes on any number of hosts write at once; SQLite
-serves processes of one host (it locks the file for the moment of a commit). Every transaction reads one snapshot,
-so a reader sees whole runs only and holds no lock a writer waits for.
+serves processes of one host, in write-ahead-log mode (set on first use): an open reader never makes a writer wait,
+and writers take turns only for the moment of a commit. Every transaction reads one snapshot, so a reader sees whole
+runs only and holds no lock a writer waits for.
 
 Same API and same SQL as the DuckDB-file Warehouse (`models/warehouse/database.py`): `record_run`,
 `record_benchmark(s)`, `query`, `read_connection`, `ensure_schema`; the same tables (DuckLake has no primary
@@ -30,6 +31,7 @@ import logging
 import os
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -205,6 +207,12 @@ class LakeWarehouse(Queries):
 
     # ------------------------------------------------------------------------------------- connections
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        if self.location.kind == "sqlite":
+            catalog = Path(self.location.catalog.partition(":")[2])
+            if read_only and not catalog.exists():
+                raise FileNotFoundError(f"warehouse {self.name} does not exist yet; record a run or call "
+                                        "ensure_schema()")
+            sqlite_write_ahead_log(catalog)
         connection = duckdb.connect()  # in memory: the lake is attached to it
         try:
             connection.execute("SET autoinstall_known_extensions = false")
@@ -341,9 +349,8 @@ class LakeWarehouse(Queries):
 
     @contextlib.contextmanager
     def read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection with the warehouse's views. Every query reads one snapshot (whole runs only). On
-        a PostgreSQL catalog the whole block reads the same snapshot, whatever commits meanwhile; on a SQLite
-        catalog each query reads the latest one (an open SQLite transaction would keep writers out)."""
+        """A read-only connection with the warehouse's views. The whole block reads one snapshot (whole runs
+        only), whatever commits meanwhile, and no writer waits for it (PostgreSQL, or SQLite in WAL mode)."""
         connection = self._connect(read_only=True)
         try:
             tables = {row[0] for row in connection.execute(
@@ -351,8 +358,7 @@ class LakeWarehouse(Queries):
             if "runs" not in tables:
                 raise FileNotFoundError(f"warehouse {self.name} has no tables yet; record a run or call "
                                         "ensure_schema()")
-            if self.location.kind == "postgres":
-                connection.begin()
+            connection.begin()
             for statement in temporary_view_statements():
                 connection.execute(statement)
             yield connection
@@ -376,6 +382,19 @@ class LakeWarehouse(Queries):
             snapshots, latest = connection.execute(
                 f"SELECT count(*), max(snapshot_time)::VARCHAR FROM ducklake_snapshots('{LAKE_ALIAS}')").fetchone()
         return LakeStatus(self.name, runs, current, snapshots, latest)
+
+
+def sqlite_write_ahead_log(catalog: Path) -> None:
+    """Put a SQLite catalog in WAL mode (kept in the file): in the default rollback mode a reader's open
+    transaction makes every writer's commit fail with `database is locked`. Switching needs a moment without other
+    connections; when another process holds the file the next connection tries again."""
+    catalog.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.closing(sqlite3.connect(catalog, timeout=10)) as database:
+            if database.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                database.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as error:
+        logger.warning("SQLite catalog %s stays in rollback-journal mode for now: %s", catalog, error)
 
 
 def lake_data_path_from_environment(database_path: Path) -> str:

@@ -112,6 +112,24 @@ def test_the_report_is_the_same_on_both_backends(twin_warehouses, tmp_path):
     assert lake_html == file_html
 
 
+def test_a_reader_on_a_sqlite_catalog_keeps_its_snapshot_and_blocks_no_writer(tmp_path):
+    """In SQLite's default rollback-journal mode this writer's commits fail with `database is locked` (after 30 s
+    of retries) while the reader's transaction is open: the catalog is switched to WAL mode on first use."""
+    import sqlite3
+
+    lake = sqlite_lake(tmp_path)
+    lake.record_run(make_run("first"), [MetricRow("test", "top1_accuracy", 0.5)])
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as catalog:
+        assert catalog.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with lake.read_connection() as reader:
+        assert reader.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+        started = time.perf_counter()
+        lake.record_run(make_run("second", dataset="oxford_pets"), [MetricRow("test", "top1_accuracy", 0.6)])
+        assert time.perf_counter() - started < 10
+        assert reader.execute("SELECT count(*) FROM current_results").fetchone()[0] == 1  # still its snapshot
+    assert lake.query("SELECT count(*) AS n FROM runs")["n"][0] == 2
+
+
 def test_a_reader_on_a_postgres_catalog_keeps_its_snapshot_and_blocks_no_writer(postgres, tmp_path):
     lake = postgres_lake(postgres, "reader", tmp_path)
     lake.record_run(make_run("first"), [MetricRow("test", "top1_accuracy", 0.5)])
