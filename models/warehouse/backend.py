@@ -1,7 +1,8 @@
 """Which warehouse a workspace writes to: the DuckDB file (default) or a DuckLake catalog, chosen by
 $PROMPTLAB_WAREHOUSE (unset or `duckdb`: the file; `ducklake:postgres:<connection string>` or
-`ducklake:sqlite:<file>`: the lake, its Parquet files under $PROMPTLAB_WAREHOUSE_DATA_PATH, default
-`<workspace>/warehouse/lake-data/`). Both have the same API, tables and views."""
+`ducklake:sqlite:<file>`: the lake, its Parquet files where its catalog says (set when it is created, from
+$PROMPTLAB_WAREHOUSE_DATA_PATH, default `<workspace>/warehouse/lake-data/`). Both have the same API, tables and
+views."""
 
 from __future__ import annotations
 

@@ -219,8 +219,7 @@ class LakeWarehouse(Queries):
             connection.execute("SET autoload_known_extensions = false")
             for extension in ("ducklake", CATALOG_SCANNERS[self.location.kind]):
                 connection.execute(f"LOAD {sql_string(str(extension_file(extension)))}")
-            connection.execute(f"ATTACH {sql_string('ducklake:' + self.location.catalog)} AS {LAKE_ALIAS} "
-                               f"({self._attach_options(read_only)})")
+            self._attach(connection, read_only)
             connection.execute(f"USE {LAKE_ALIAS}")
         except duckdb.Error as error:
             connection.close()
@@ -233,11 +232,17 @@ class LakeWarehouse(Queries):
             raise
         return connection
 
-    def _attach_options(self, read_only: bool) -> str:
-        options = [f"DATA_PATH {sql_string(self.location.data_path)}"]
-        if read_only:
-            options.append("READ_ONLY")
-        return ", ".join(options)
+    def _attach(self, connection: duckdb.DuckDBPyConnection, read_only: bool) -> None:
+        """Attach the lake where its catalog says its data is; the data path is given only to the writer that
+        creates the lake (DuckLake records it), so a process whose own default differs (another host, another
+        working copy) reads and writes the same files."""
+        attach = f"ATTACH {sql_string('ducklake:' + self.location.catalog)} AS {LAKE_ALIAS}"
+        try:
+            connection.execute(attach + (" (READ_ONLY)" if read_only else ""))
+        except duckdb.Error as error:
+            if read_only or "data_path is not set" not in str(error):
+                raise
+            connection.execute(f"{attach} (DATA_PATH {sql_string(self.location.data_path)})")
 
     def _committed(self, connection: duckdb.DuckDBPyConnection, write: Any, what: str) -> None:
         """Run `write(connection)` in one transaction, retrying from a fresh snapshot while commits conflict."""
@@ -370,8 +375,8 @@ class LakeWarehouse(Queries):
         lines = ["SET autoinstall_known_extensions = false;", "SET autoload_known_extensions = false;"]
         lines += [f"LOAD {sql_string(str(extension_file(name)))};"
                   for name in ("ducklake", CATALOG_SCANNERS[self.location.kind])]
-        lines += [f"ATTACH {sql_string('ducklake:' + self.location.catalog)} AS {LAKE_ALIAS} "
-                  f"({self._attach_options(read_only=True)});", f"USE {LAKE_ALIAS};"]
+        lines += [f"ATTACH {sql_string('ducklake:' + self.location.catalog)} AS {LAKE_ALIAS} (READ_ONLY);",
+                  f"USE {LAKE_ALIAS};"]
         lines += [statement + ";" for statement in temporary_view_statements()]
         return "\n".join(lines) + "\n"
 

@@ -112,6 +112,19 @@ def test_the_report_is_the_same_on_both_backends(twin_warehouses, tmp_path):
     assert lake_html == file_html
 
 
+def test_a_process_with_another_data_path_uses_the_one_the_catalog_was_created_with(tmp_path):
+    """Another host or working copy has another default data path: it reads and writes the creator's files."""
+    creator = sqlite_lake(tmp_path)
+    creator.record_run(make_run("first"), [MetricRow("test", "top1_accuracy", 0.5)])
+    elsewhere = LakeWarehouse(LakeLocation.parse(f"ducklake:{creator.location.catalog}", tmp_path / "elsewhere"))
+    assert elsewhere.query("SELECT run_id FROM runs").rows() == [("first",)]
+    elsewhere.record_run(make_run("second", dataset="oxford_pets"),
+                         [MetricRow("test", "top1_accuracy", 0.6), MetricRow("test", "macro_f1", 0.5)])
+    assert sorted(creator.query("SELECT run_id FROM runs")["run_id"]) == ["first", "second"]
+    assert not [p for p in (tmp_path / "elsewhere").rglob("*") if p.is_file()]
+    assert [p for p in Path(creator.location.data_path).rglob("*.parquet")]
+
+
 def test_a_reader_on_a_sqlite_catalog_keeps_its_snapshot_and_blocks_no_writer(tmp_path):
     """In SQLite's default rollback-journal mode this writer's commits fail with `database is locked` (after 30 s
     of retries) while the reader's transaction is open: the catalog is switched to WAL mode on first use."""
