@@ -213,6 +213,18 @@ class LakeWarehouse(Queries):
                 raise FileNotFoundError(f"warehouse {self.name} does not exist yet; record a run or call "
                                         "ensure_schema()")
             sqlite_write_ahead_log(catalog)
+        for attempt in range(self.commit_retries + 1):
+            try:
+                return self._connect_once(read_only)
+            except LakeUnavailableError as error:
+                # Writers that find an empty catalog at the same moment all create DuckLake's tables; all but one
+                # fail, and then find the lake the winner created.
+                if read_only or attempt == self.commit_retries or "Failed to initialize DuckLake" not in str(error):
+                    raise
+                time.sleep(self.retry_backoff_seconds * (1 + attempt) * (1 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _connect_once(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         connection = duckdb.connect()  # in memory: the lake is attached to it
         try:
             connection.execute("SET autoinstall_known_extensions = false")

@@ -219,6 +219,36 @@ def test_two_processes_writing_at_once_to_a_postgres_catalog_lose_nothing(postgr
     check_nothing_lost(lake, concurrent_writers_and_a_reader(lake, tmp_path))
 
 
+FIRST_WRITER = """
+import sys, time
+sys.path[:0] = [{tests!r}, {evaluation!r}]
+from evaluation_synthetic import make_run
+from models.warehouse import LakeLocation, LakeWarehouse, MetricRow
+lake = LakeWarehouse(LakeLocation.parse({url!r}, {data!r}))
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # every writer attaches at the same moment
+lake.record_run(make_run(sys.argv[1], dataset=sys.argv[1]), [MetricRow("test", "top1_accuracy", 0.5)])
+"""
+
+
+def test_writers_that_find_an_empty_postgres_catalog_at_once_all_record(postgres, tmp_path):
+    """Each creates DuckLake's tables in the empty catalog; all but one fail (a duplicate key in PostgreSQL) and
+    must then attach the lake the winner created (seen with two Celery workers starting on a fresh catalog)."""
+    for attempt in range(3):
+        url = f"ducklake:postgres:{postgres.create_database(f'fresh{attempt}')}"
+        script = tmp_path / "first.py"
+        script.write_text(FIRST_WRITER.format(tests=str(TESTS), evaluation=str(TESTS / "evaluation"), url=url,
+                                              data=str(tmp_path / f"data{attempt}")))
+        start = time.time() + 4  # after the imports of every writer
+        writers = [subprocess.Popen([sys.executable, str(script), f"writer{index}", str(start)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    cwd=Path(__file__).parents[2]) for index in range(3)]
+        for writer in writers:
+            _, err = writer.communicate(timeout=120)
+            assert writer.returncode == 0, err[-3000:]
+        lake = LakeWarehouse(LakeLocation.parse(url, tmp_path / f"data{attempt}"))
+        assert sorted(lake.query("SELECT run_id FROM runs")["run_id"]) == ["writer0", "writer1", "writer2"]
+
+
 KILLED_WRITER = """
 import sys, time
 sys.path[:0] = [{tests!r}, {evaluation!r}]

@@ -1,8 +1,8 @@
 """PROMPTLAB_EXECUTOR=celery against real services: a local Redis (broker and result backend) and a PostgreSQL
 cluster (the Dagster instance of deploy/celery/dagster.yaml), both on 127.0.0.1 and free ports, and two Celery workers
 started as separate processes with deploy/celery/celery.yaml. A slice of the micro grid is materialized through them
-with `dagster job execute`; every step must run in a worker process, and the warehouse must hold each partition's
-runs exactly once. Then a worker is killed with SIGKILL in the middle of a partition's training: the warehouse must
+with `dagster job execute`; every step must run in a worker process, and the warehouse (a DuckLake whose catalog is
+in the same PostgreSQL) must hold each partition's runs exactly once. Then a worker is killed with SIGKILL in the middle of a partition's training: the warehouse must
 hold no partial rows of it, and the partition, launched again, must land exactly once.
 
 Marked `services` (deselect with -m 'not services'); skipped, naming what is missing, when redis-server, PostgreSQL's
@@ -106,6 +106,7 @@ class Services:
                                       stdout=redis_log, stderr=redis_log)
         self.postgres.start()
         self.postgres.create_database("dagster")
+        results = self.postgres.create_database("results")
         import redis as redis_client
 
         _wait_for(lambda: self._redis_answers(redis_client, redis_port), 20, "redis-server to answer PING",
@@ -113,7 +114,9 @@ class Services:
         self.seconds = time.perf_counter() - started
         return {"PROMPTLAB_CELERY_BROKER": f"redis://127.0.0.1:{redis_port}/0",
                 "PROMPTLAB_CELERY_BACKEND": f"redis://127.0.0.1:{redis_port}/1",
-                "PROMPTLAB_POSTGRES_URL": self.postgres.url("dagster")}
+                "PROMPTLAB_POSTGRES_URL": self.postgres.url("dagster"),
+                # the results go to a DuckLake on the same PostgreSQL, as a deployment of several machines would
+                "PROMPTLAB_WAREHOUSE": f"ducklake:postgres:{results}"}
 
     @staticmethod
     def _redis_answers(client, port: int) -> bool:
@@ -145,8 +148,7 @@ class Deployment:
                             "PROMPTLAB_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
                             # `dagster-celery worker start` runs `celery` from the PATH, as in an activated venv
                             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-        for name in ("PROMPTLAB_EXECUTOR_CONFIG", "PROMPTLAB_WAREHOUSE"):
-            self.environment.pop(name, None)
+        self.environment.pop("PROMPTLAB_EXECUTOR_CONFIG", None)
         self.workers: dict[str, subprocess.Popen] = {}
         self.launched = 0
 
@@ -245,10 +247,14 @@ def step_records(instance, run_id: str, event_type) -> list:
 
 
 def warehouse(deployment):
-    from models.warehouse import Warehouse
+    """The workers' warehouse: the PostgreSQL-catalog lake of $PROMPTLAB_WAREHOUSE (and no DuckDB file)."""
+    from models.warehouse import LakeWarehouse, open_warehouse
 
     folder = deployment.root / "workspace" / "warehouse"
-    return Warehouse(folder / "promptlab.duckdb", folder / "predictions")
+    lake = open_warehouse(folder / "promptlab.duckdb", folder / "predictions",
+                          deployment.environment["PROMPTLAB_WAREHOUSE"])
+    assert isinstance(lake, LakeWarehouse) and not (folder / "promptlab.duckdb").exists()
+    return lake
 
 
 def partial_rows(deployment) -> dict[str, list]:
