@@ -54,7 +54,7 @@ from models.prompting.features import CANONICAL_BATCH_SIZE, ImageSet, loader_wor
 from models.prompting.text_cache import TextFeatureCache
 from models.prompting.training import predict_probabilities
 from models.provenance import PACKAGE_ROOT, git_commit, library_code_version, sha256_file
-from models.warehouse import BenchmarkRow, BenchmarkRun, warehouse_address, workspace_warehouse_of
+from models.warehouse import BenchmarkRow, BenchmarkRun, workspace_warehouse_of
 from models.workspace import Workspace, default_workspace_root
 
 DEFAULT_OUTPUT = PACKAGE_ROOT / "bench" / "results" / "clip-benchmark-latest.json"
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         workspace = Workspace(arguments.workspace or default_workspace_root())
         warehouse = workspace_warehouse_of(workspace)
         warehouse.record_benchmarks(warehouse_runs(rows, device, commit, code_version))
-        result["warehouse"] = warehouse_address(warehouse)
+        result["warehouse"] = warehouse.address
         print(f"recorded {len(rows)} zero-shot-evaluation runs in {result['warehouse']}")
     _write_json_atomically(arguments.output, result)
     print(f"wrote {arguments.output}")

@@ -351,12 +351,12 @@ def run_benchmark(options: TestTimeBenchOptions) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads_before)
     if options.record:
-        from models.warehouse import warehouse_address, workspace_warehouse_of
+        from models.warehouse import workspace_warehouse_of
 
         warehouse = workspace_warehouse_of(Workspace(Path(options.workspace)))
         runs = warehouse_runs(result)
         warehouse.record_benchmarks(runs)
-        result["warehouse"] = f"{warehouse_address(warehouse)}: runs {', '.join(run.bench_run_id for run, _ in runs)}"
+        result["warehouse"] = f"{warehouse.address}: runs {', '.join(run.bench_run_id for run, _ in runs)}"
     if options.output is not None:
         _write_json_atomically(Path(options.output), result)
     return result

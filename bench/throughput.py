@@ -46,7 +46,7 @@ from models.precision import compute_description, precision_for
 from models.prompting.methods import METHODS
 from models.prompting.training import OptimizationConfig
 from models.provenance import PACKAGE_ROOT, git_commit, library_code_version
-from models.warehouse import BenchmarkRow, BenchmarkRun, warehouse_address, workspace_warehouse_of
+from models.warehouse import BenchmarkRow, BenchmarkRun, workspace_warehouse_of
 from models.workspace import Workspace, default_workspace_root
 
 DEFAULT_OUTPUT = PACKAGE_ROOT / "bench" / "results" / "latest.json"
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result))
     where = [str(options.output)] if options.output else []
     if options.record:
-        address = warehouse_address(workspace_warehouse_of(Workspace(Path(options.workspace))))
+        address = workspace_warehouse_of(Workspace(Path(options.workspace))).address
         where.append(f"{address} (benchmark_results, latest_benchmark)")
     print(f"bench run {result.run.bench_run_id} written to {' and '.join(where) or 'nowhere (--no-warehouse)'}")
     return 0

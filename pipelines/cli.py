@@ -219,7 +219,7 @@ def _materialize_partitions(execute, execute_all, resource, catalog, datasets, p
                             stage_seconds, failures, skipped, started, log) -> dict:
     """Curation (+ features) per dataset, then the experiment partitions, the transfer and test-time partitions
     whose inputs succeeded, then the report; each stage's partitions through `execute_all`."""
-    from models.warehouse import warehouse_address, workspace_warehouse_of
+    from models.warehouse import workspace_warehouse_of
     from pipelines.partitions import multi_partition_key
 
     done = execute_all(("curation_job", "features_job"), "curation + features: every image once per view",
@@ -270,7 +270,7 @@ def _materialize_partitions(execute, execute_all, resource, catalog, datasets, p
         "failures": failures,
         "skipped": skipped,
         "report": str(workspace.report_path),
-        "warehouse": warehouse_address(workspace_warehouse_of(workspace)),
+        "warehouse": workspace_warehouse_of(workspace).address,
     }
     (workspace.root / "last_run_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -281,7 +281,6 @@ def print_accuracy_table(log=print) -> None:
     holding the database file (a notebook, `duckdb -readonly`) changes nothing here."""
     import polars as pl
 
-    from models.warehouse import warehouse_address
     from pipelines.warehouse_commands import workspace_warehouse
 
     warehouse = workspace_warehouse()
@@ -296,7 +295,7 @@ def print_accuracy_table(log=print) -> None:
             """
         )
     except FileNotFoundError:
-        log(f"No results yet in {warehouse_address(warehouse)} (run `promptlab run` first).")
+        log(f"No results yet in {warehouse.address} (run `promptlab run` first).")
         return
     with pl.Config(tbl_rows=200, tbl_cols=10):
         log(str(table))

@@ -16,13 +16,11 @@ from pathlib import Path
 
 from models.warehouse import (
     LakeStatus,
-    LakeWarehouse,
     MergeOutcome,
     ResultsWarehouse,
     WarehouseStatus,
     workspace_warehouse_of,
 )
-from models.warehouse.schema import sql_string
 
 EXIT_REJECTED = 1
 EXIT_STILL_PENDING = 75  # EX_TEMPFAIL: try again once the reader closes
@@ -82,17 +80,6 @@ def merge_exit_code(outcome: MergeOutcome) -> int:
     return EXIT_STILL_PENDING if outcome.pending else 0
 
 
-def init_sql(warehouse: ResultsWarehouse) -> str:
-    """For the DuckDB CLI: the lake attached read-only with its views, or the DuckDB file's snapshot (readers of the
-    snapshot never hold the file runs write; it has the views)."""
-    if isinstance(warehouse, LakeWarehouse):
-        return warehouse.init_sql()
-    if not warehouse.snapshot_path.exists():
-        raise FileNotFoundError(f"{warehouse.snapshot_path} does not exist yet: run `promptlab run` (or "
-                                "`promptlab warehouse merge`) first")
-    return f"ATTACH {sql_string(str(warehouse.snapshot_path))} AS promptlab (READ_ONLY);\nUSE promptlab;\n"
-
-
 def run_warehouse_command(arguments: argparse.Namespace, log: Callable[[str], None] = print) -> int:
     warehouse = workspace_warehouse()
     if arguments.warehouse_command == "status":
@@ -101,7 +88,7 @@ def run_warehouse_command(arguments: argparse.Namespace, log: Callable[[str], No
             log(line)
         return EXIT_REJECTED if isinstance(status, WarehouseStatus) and status.rejected else 0
     if arguments.warehouse_command == "sql-init":
-        sql = init_sql(warehouse)
+        sql = warehouse.init_sql()
         if arguments.output is None:
             log(sql.rstrip("\n"))
         else:

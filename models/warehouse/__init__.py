@@ -22,7 +22,6 @@ from models.warehouse.backend import (
     WAREHOUSE_ENV,
     ResultsWarehouse,
     open_warehouse,
-    warehouse_address,
     workspace_warehouse_of,
 )
 from models.warehouse.benchmark import BENCHMARK_VARIANTS, BENCHMARKS, BenchmarkRow, BenchmarkRun
@@ -58,6 +57,5 @@ __all__ = [
     "metric_rows",
     "open_warehouse",
     "per_class_rows",
-    "warehouse_address",
     "workspace_warehouse_of",
 ]

@@ -31,7 +31,3 @@ def workspace_warehouse_of(workspace) -> ResultsWarehouse:
     """The warehouse of a `models.workspace.Workspace`."""
     return open_warehouse(workspace.warehouse_path, workspace.predictions_dir)
 
-
-def warehouse_address(warehouse: ResultsWarehouse) -> str:
-    """Where the results are, for logs and metadata: the DuckDB file's path, or the lake's address (no password)."""
-    return str(warehouse.database_path) if isinstance(warehouse, Warehouse) else warehouse.location.describe()

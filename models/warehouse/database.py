@@ -185,6 +185,11 @@ class Warehouse(Queries):
         """How messages name it."""
         return self.database_path.name
 
+    @property
+    def address(self) -> str:
+        """Where the results are, for logs and metadata: the database file's path."""
+        return str(self.database_path)
+
     def exists(self) -> bool:
         """Whether any run was recorded: the database file, or a pending batch."""
         return self.database_path.exists() or bool(self.pending_batches())
@@ -470,6 +475,14 @@ class Warehouse(Queries):
 
     # ----------------------------------------------------------------------------------------------- reads
     # query(): from Queries, on the read copy (every recorded run, merged or still pending)
+
+    def init_sql(self) -> str:
+        """SQL that opens the snapshot read-only, for `duckdb -init <file>` (readers of the snapshot never hold the
+        file runs write; it has the views)."""
+        if not self.snapshot_path.exists():
+            raise FileNotFoundError(f"{self.snapshot_path} does not exist yet: run `promptlab run` (or "
+                                    "`promptlab warehouse merge`) first")
+        return f"ATTACH {sql_string(str(self.snapshot_path))} AS promptlab (READ_ONLY);\nUSE promptlab;\n"
 
     @contextlib.contextmanager
     def read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:

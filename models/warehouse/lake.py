@@ -196,6 +196,11 @@ class LakeWarehouse(Queries):
     def name(self) -> str:
         return self.location.describe()
 
+    @property
+    def address(self) -> str:
+        """Where the results are, for logs and metadata: the catalog and data path, without a password."""
+        return self.name
+
     def __repr__(self) -> str:
         return f"LakeWarehouse({self.name})"
 
@@ -235,9 +240,6 @@ class LakeWarehouse(Queries):
             connection.execute(f"USE {LAKE_ALIAS}")
         except duckdb.Error as error:
             connection.close()
-            if read_only and self.location.kind == "sqlite" and "unable to open database" in str(error):
-                raise FileNotFoundError(f"warehouse {self.name} does not exist yet; record a run or call "
-                                        "ensure_schema()") from error
             raise LakeUnavailableError(f"warehouse {self.name} cannot be opened: {error}") from error
         except BaseException:
             connection.close()

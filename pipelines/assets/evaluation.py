@@ -45,7 +45,7 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     from models.evaluation.metrics import classification_metrics, harmonic_mean
     from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images,
                                     predict_log_probabilities, predictions_frame)
-    from models.warehouse import MetricRow, PerClassRow, warehouse_address, workspace_warehouse_of
+    from models.warehouse import MetricRow, PerClassRow, workspace_warehouse_of
 
     started_at = datetime.now(timezone.utc)
     dataset, experiment_key = dataset_and_experiment(context)
@@ -97,7 +97,7 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         metadata={"run_id": record.run_id, "top1_accuracy": top1["test"],
                   **{f"{k}_top1_accuracy": v for k, v in top1.items() if k != "test"},
                   "checkpoint": path_value(workspace.checkpoint_dir(dataset, experiment_key)),
-                  "warehouse": path_value(warehouse_address(warehouse))}
+                  "warehouse": path_value(warehouse.address)}
     )
 
 

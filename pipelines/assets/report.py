@@ -18,7 +18,7 @@ from pipelines.resources import PromptLabResource
 def cross_dataset_report(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Dataset x method x shots (mean ± std over seeds), plots, base/new/HM and provenance, as HTML."""
     from models.report import build_report
-    from models.warehouse import warehouse_address, workspace_warehouse_of
+    from models.warehouse import workspace_warehouse_of
 
     workspace = promptlab.workspace()
     warehouse = workspace_warehouse_of(workspace)
@@ -33,4 +33,4 @@ def cross_dataset_report(context: dg.AssetExecutionContext, promptlab: PromptLab
     # "report" opens in the browser (served by `make ui`, else a file:// URL); "path" is the file to copy
     return dg.MaterializeResult(metadata={"report": dg.MetadataValue.url(promptlab.report_link(workspace.report_path)),
                                           "path": dg.MetadataValue.path(str(workspace.report_path)),
-                                          "warehouse": dg.MetadataValue.path(warehouse_address(warehouse))})
+                                          "warehouse": dg.MetadataValue.path(warehouse.address)})

@@ -109,7 +109,7 @@ def synced(reads: Iterable[Folders] = (), writes: Iterable[Folders] = ()):
 
     def decorate(compute):
         def around(context, promptlab: PromptLabResource):
-            """(workspace, push) for a remote workspace after pulling, None for a local one."""
+            """Pull for a remote workspace and return the push to run after the body; None for a local one."""
             workspace = promptlab.workspace()
             if not workspace.is_remote:
                 return None

@@ -44,7 +44,7 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
     from models.evaluation.metrics import classification_metrics
     from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images,
                                     predict_log_probabilities, predictions_frame)
-    from models.warehouse import metric_rows, per_class_rows, warehouse_address, workspace_warehouse_of
+    from models.warehouse import metric_rows, per_class_rows, workspace_warehouse_of
 
     source, experiment_key = dataset_and_experiment(context)
     catalog, workspace = promptlab.catalog(), promptlab.workspace()
@@ -102,5 +102,5 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
         "targets": dg.MetadataValue.json({protocol: list(names) for protocol, names in targets.items()}),
         "top1_accuracy_by_target": dg.MetadataValue.json(top1),
         "run_ids": dg.MetadataValue.json(run_ids),
-        "warehouse": warehouse_address(warehouse),
+        "warehouse": warehouse.address,
     })

@@ -2,8 +2,9 @@
 cluster (the Dagster instance of deploy/celery/dagster.yaml), both on 127.0.0.1 and free ports, and two Celery workers
 started as separate processes with deploy/celery/celery.yaml. A slice of the micro grid is materialized through them
 with `dagster job execute`; every step must run in a worker process, and the warehouse (a DuckLake whose catalog is
-in the same PostgreSQL) must hold each partition's runs exactly once. Then a worker is killed with SIGKILL in the middle of a partition's training: the warehouse must
-hold no partial rows of it, and the partition, launched again, must land exactly once.
+in the same PostgreSQL) must hold each partition's runs exactly once. Then a worker is killed with SIGKILL in the
+middle of a partition's training: the warehouse must hold no partial rows of it, and the partition, launched again,
+must land exactly once.
 
 Marked `services` (deselect with -m 'not services'); skipped, naming what is missing, when redis-server, PostgreSQL's
 initdb / pg_ctl or the `distributed` extra are absent or the services cannot start."""
