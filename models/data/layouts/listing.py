@@ -1,0 +1,167 @@
+"""What every layout reader returns (``DatasetListing``), the error it raises (``DatasetLayoutError``) and the small
+checks all readers share.
+
+Readers list folders and read text files; they never open an image. Whether each listed image exists and decodes
+is checked later by ``models.data.expectations``; what a reader refuses is a layout that would silently give wrong
+labels, wrong class names or an empty split.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from models.data.datasets import RECORD_SCHEMA, SPLITS, DatasetFormatError, clean_classname
+
+
+@dataclass(frozen=True)
+class DatasetStructure:
+    """Facts about a dataset's splits and names that a consumer must respect."""
+
+    test_only: bool = False  # only test rows (ImageNetV2/Sketch/A/R)
+    val_is_test: bool = False  # ImageNet: its val folder is the test split; no separate val rows
+    duplicate_classnames: tuple[str, ...] = ()  # names that legitimately appear under two labels
+    generated_split: bool = False  # the split was generated here, not read from the authors' file
+
+
+@dataclass(frozen=True)
+class DatasetListing:
+    """The images of a dataset as split records, with its complete class-name list.
+
+    ``records`` has the columns of ``RECORD_SCHEMA``: ``relative_path`` (POSIX, relative to ``image_root``),
+    ``label``, ``classname`` (as prompts use it) and ``split`` (train | val | test). ``classnames[label]`` is the
+    name of every label, including labels with no image in ``records``.
+    """
+
+    records: pl.DataFrame
+    image_root: Path
+    classnames: tuple[str, ...]
+    structure: DatasetStructure = field(default_factory=DatasetStructure)
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if dict(self.records.schema) != RECORD_SCHEMA:
+            raise ValueError(f"records must have the schema {RECORD_SCHEMA}, got {dict(self.records.schema)}")
+        object.__setattr__(self, "image_root", Path(self.image_root))
+        object.__setattr__(self, "classnames", tuple(self.classnames))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+
+class DatasetLayoutError(DatasetFormatError):
+    """A dataset folder is not laid out as its layout requires.
+
+    The message names the file, folder or line (``where``), what is wrong (``problem``) and how to fix it (``fix``);
+    the three parts are kept as attributes so that a CLI can show them separately.
+    """
+
+    def __init__(self, where: str | Path, problem: str, fix: str) -> None:
+        self.where = str(where)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.where}: {problem}. Fix: {fix}")
+
+    def __reduce__(self):  # picklable with its three parts (the message alone would not rebuild it)
+        return (type(self), (self.where, self.problem, self.fix))
+
+
+def listdir_nohidden(folder: Path) -> list[str]:
+    """Non-hidden entries of a folder in the order the filesystem gives (Dassl's ``listdir_nohidden``)."""
+    return [name for name in os.listdir(folder) if not name.startswith(".")]
+
+
+def preview(items: list[str] | tuple[str, ...], count: int = 8) -> str:
+    """``a, b, c ... (+N more)``: long lists in messages stay readable."""
+    shown = ", ".join(str(item) for item in items[:count])
+    return shown + (f" ... (+{len(items) - count} more)" if len(items) > count else "")
+
+
+def require_folder(folder: Path, what: str, fix: str) -> None:
+    if not folder.is_dir():
+        problem = f"{what} not found" if not folder.exists() else f"{what} is a file, not a folder"
+        raise DatasetLayoutError(folder, problem, fix)
+
+
+def require_file(path: Path, what: str, fix: str) -> None:
+    if not path.is_file():
+        raise DatasetLayoutError(path, f"{what} not found", fix)
+
+
+def archive_beside(folder: Path) -> Path | None:
+    """An archive named like a missing folder (``101_ObjectCategories.tar.gz``): it was downloaded, not extracted."""
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+        candidate = folder.with_name(folder.name + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def class_folders_sorted(folder: Path) -> tuple[list[str], list[str]]:
+    """(sorted non-hidden sub-folders, sorted non-hidden files) of a folder."""
+    folders, files = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            (folders if entry.is_dir() else files).append(entry.name)
+    return sorted(folders), sorted(files)
+
+
+def list_class_images(class_folder: Path, sort: bool = True) -> list[str]:
+    """Non-hidden files of one class folder (sorted unless ``sort=False``: then in filesystem order, as Dassl).
+
+    The reference readers take every non-hidden entry as an image; a sub-folder there would be read as an image
+    and fail at training time, and an empty folder is a class with no image: both are refused here.
+    """
+    names = listdir_nohidden(class_folder)
+    subfolders = sorted(name for name in names if (class_folder / name).is_dir())
+    if subfolders:
+        raise DatasetLayoutError(
+            class_folder / subfolders[0],
+            f"a folder inside a class folder ({len(subfolders)}: {preview(subfolders)}); the reader takes every "
+            "entry of a class folder as an image",
+            f"move its images up into {class_folder} or remove it",
+        )
+    if not names:
+        raise DatasetLayoutError(
+            class_folder, "class folder is empty (a class with no image)",
+            "restore its images from the dataset's archive (an interrupted extraction leaves empty folders), "
+            "or remove the folder if the class is not part of the dataset",
+        )
+    return sorted(names) if sort else names
+
+
+def records_frame(rows: list[tuple[str, int, str, str]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=RECORD_SCHEMA, orient="row")
+
+
+def refuse_single_class(classnames: tuple[str, ...] | list[str], where: Path | str, fix: str | None = None) -> None:
+    if len(classnames) == 1:
+        raise DatasetLayoutError(
+            where, f"one class only ({classnames[0]!r}): a classifier needs at least two",
+            fix or "point the reader at the folder that holds all the class folders",
+        )
+
+
+def duplicate_names(classnames: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Names that occur under more than one label, in order of first occurrence."""
+    counts = Counter(classnames)
+    return tuple(dict.fromkeys(name for name in classnames if counts[name] > 1))
+
+
+def prompt_name(raw_name: str) -> str:
+    """A class name as prompts use it (CoOp's trainers replace underscores by spaces)."""
+    return clean_classname(raw_name)
+
+
+__all__ = [
+    "SPLITS", "DatasetListing", "DatasetLayoutError", "DatasetStructure", "archive_beside", "class_folders_sorted",
+    "duplicate_names", "list_class_images", "listdir_nohidden", "preview", "prompt_name", "records_frame",
+    "refuse_single_class", "require_file", "require_folder",
+]
