@@ -7,6 +7,7 @@ SOS, the class name and the suffix come from the backbone's own tokenizer and em
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,6 +62,16 @@ class ContextPromptTokens:
     suffix_embeddings: torch.Tensor  # (C, L - 1 - n_context, D) class tokens, '.', EOS, padding
     name_token_counts: list[int]
     initial_context: torch.Tensor | None  # (n_context, D) embeddings of the init words, when given
+
+    def for_classes(self, start: int, stop: int) -> ContextPromptTokens:
+        """The pieces of classes start..stop-1 (views, not copies): one text-tower pass of them."""
+        return dataclasses.replace(
+            self,
+            token_ids=self.token_ids[start:stop],
+            prefix_embeddings=self.prefix_embeddings[start:stop],
+            suffix_embeddings=self.suffix_embeddings[start:stop],
+            name_token_counts=self.name_token_counts[start:stop],
+        )
 
 
 def tokenize_context_prompts(

@@ -4,10 +4,13 @@ Hooks: the text tower's input token embeddings, conditioned on the (frozen) imag
 context is ctx + meta_net(normalize(image_b)), the same shift added to every context token, so each image gets
 its own C prompts. Loss: cross-entropy.
 
-The original runs one text-tower pass per image. Here the B x C prompts of a batch go through the shared
-TextTower in chunks of at most `text_chunk_size` prompts (all at once when they fit), which is exact: every
-prompt is encoded independently. Because the image encoder stays frozen, cached image features are valid
-input and the method trains with the shared `train_prompt_parameters` loop.
+The original runs one text-tower pass per image. Here the B x C prompts of a batch, image-major, go through the
+shared TextTower in passes of at most `text_chunk_size` prompts (all at once when they fit; a pass may hold the
+last classes of one image and the first of the next), assembled pass by pass, and under activation checkpointing
+while training (models.prompting.text_passes), so one image's C classes are chunked like CoOp's and memory is
+bounded by one pass. Every prompt is encoded independently, so this equals one pass per image up to float
+rounding. Because the image encoder stays frozen, cached image features are valid input and the method trains
+with the shared `train_prompt_parameters` loop.
 """
 
 from __future__ import annotations
@@ -19,22 +22,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
-from models.prompting.prompt_assembly import ContextPromptTokens, assemble_prompts, tokenize_context_prompts
+from models.prompting.prompt_assembly import assemble_prompts, tokenize_context_prompts
+from models.prompting.text_passes import TextPassParameters, encode_in_passes
 from models.prompting.text_tower import TextTower
 
 
 @dataclass(frozen=True)
-class CoCoOpParameters:
+class CoCoOpParameters(TextPassParameters):
     n_context: int = 4
     context_init: str | None = "a photo of a"  # sets n_context to its token count; None: random N(0, init_std)
     meta_net_reduction: int = 16  # hidden width of the meta-net = image feature dim // reduction
-    text_chunk_size: int = 1024  # prompts per text-tower pass; bounds memory when B x C prompts are many
-    # Recompute each chunk's text forward during backward instead of storing its activations, so training memory
-    # is bounded by one chunk too (costs one extra text forward per step).
-    recompute_text_in_backward: bool = False
     init_std: float = 0.02
     init_seed: int = 0  # context (when random) and meta-net initialisation, independent of the data seed
 
@@ -52,8 +51,6 @@ def joint_embedding_dim(text_tower: TextTower) -> int:
 class CoCoOpClassifier(PromptedClassifier):
     def __init__(self, context: ClassifierContext, parameters: CoCoOpParameters):
         super().__init__(context)
-        if parameters.text_chunk_size < 1:
-            raise ValueError(f"text_chunk_size must be >= 1, got {parameters.text_chunk_size}")
         self.parameters_used = parameters
         self.pieces = tokenize_context_prompts(
             context.text_tower, context.tokenizer, context.classnames, parameters.n_context, parameters.context_init
@@ -115,18 +112,9 @@ class CoCoOpClassifier(PromptedClassifier):
         bias = self.meta_net(image)  # (B, D): one shift per image, shared by its context tokens
         shifted_context = self.context.unsqueeze(0) + bias.unsqueeze(1)  # (B, n, D)
         n_images, n_classes = image.shape[0], self.pieces.token_ids.shape[0]
-        total, chunk = n_images * n_classes, self.parameters_used.text_chunk_size
-        recompute = self.parameters_used.recompute_text_in_backward and torch.is_grad_enabled()
-        features = []
-        for start in range(0, total, chunk):
-            stop = min(start + chunk, total)
-            if recompute:
-                features.append(
-                    checkpoint(self._encode_prompt_range, shifted_context, start, stop, use_reentrant=False)
-                )
-            else:
-                features.append(self._encode_prompt_range(shifted_context, start, stop))
-        return torch.cat(features).view(n_images, n_classes, -1)
+        features = encode_in_passes(lambda start, stop: self._encode_prompt_range(shifted_context, start, stop),
+                                    n_images * n_classes, self.parameters_used.text_chunk_size)
+        return features.view(n_images, n_classes, -1)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         image = F.normalize(image_features.float(), dim=-1)

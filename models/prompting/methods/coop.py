@@ -1,7 +1,8 @@
 """CoOp (Zhou et al., IJCV 2022): learnable context vectors in the text prompt, image tower untouched.
 
 Hooks: the text tower's input token embeddings. Loss: cross-entropy. Unified or class-specific context;
-class token at the end, middle or front; random N(0, 0.02) or word initialisation.
+class token at the end, middle or front; random N(0, 0.02) or word initialisation. The class prompts go through
+the text tower `text_chunk_size` classes per pass (models.prompting.text_passes).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import torch
 from torch import nn
 
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
-from models.prompting.prompt_assembly import ClassTokenPosition, assemble_prompts, tokenize_context_prompts
+from models.prompting.prompt_assembly import ClassTokenPosition, tokenize_context_prompts
+from models.prompting.text_passes import TextPassParameters, encode_context_prompts
 
 
 @dataclass(frozen=True)
-class CoOpParameters:
+class CoOpParameters(TextPassParameters):
     n_context: int = 16
     context_init: str | None = None  # e.g. "a photo of a"; sets n_context to its token count
     class_token_position: ClassTokenPosition = "end"
@@ -47,8 +49,13 @@ class CoOpClassifier(PromptedClassifier):
         self.context = nn.Parameter(initial.to(self.pieces.prefix_embeddings.device))
 
     def text_features(self) -> torch.Tensor:
-        prompts = assemble_prompts(self.context, self.pieces, self.parameters_used.class_token_position)
-        return self.text_tower(prompts, self.pieces.token_ids)
+        return self.encode_prompts(self.context)
+
+    def encode_prompts(self, context: torch.Tensor) -> torch.Tensor:
+        """Raw text features (C, E) of the class prompts around `context` (n, D) or (C, n, D)."""
+        parameters = self.parameters_used
+        return encode_context_prompts(self.text_tower, context, self.pieces, parameters.class_token_position,
+                                      text_chunk_size=parameters.text_chunk_size)
 
 
 register_method(

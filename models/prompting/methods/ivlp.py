@@ -5,7 +5,8 @@ Hooks: both towers, no coupling. Text: n_text_context learned tokens replace the
 before text layers 1..J_text-1. Vision: n_vision_tokens learned tokens appended to the image tokens, independent
 learned tokens before vision layers 1..J_vision-1 (as deep VPT). Loss: cross-entropy.
 
-The vision prompts change the image features, so the classifier takes images (frozen_image_encoder=False).
+The vision prompts change the image features, so the classifier takes images (frozen_image_encoder=False). The
+class prompts go through the text tower `text_chunk_size` classes per pass (models.prompting.text_passes).
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from models.prompting.deep_prompts import (
     IndependentLayerPrompts,
     PromptedVisionTower,
     check_prompt_depth,
-    encode_text_with_deep_prompts,
 )
 from models.prompting.methods.maple import split_context_prompt
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
-from models.prompting.prompt_assembly import ContextPromptTokens, assemble_prompts
+from models.prompting.prompt_assembly import ContextPromptTokens
+from models.prompting.text_passes import TextPassParameters, encode_context_prompts
 
 
 @dataclass(frozen=True)
-class IVLPParameters:
+class IVLPParameters(TextPassParameters):
     n_text_context: int = 2  # learned text tokens (first words of context_init); 0: the plain init prompt
     n_vision_tokens: int = 2  # learned vision tokens per prompted layer; 0: the plain image tower
     context_init: str | None = "a photo of a"  # None: "X .. X" with random context (needs n_text_context >= 1)
@@ -77,10 +78,8 @@ class IVLPClassifier(PromptedClassifier):
             ).to(device)
 
     def text_features(self) -> torch.Tensor:
-        embeddings = assemble_prompts(self.text_prompts.input_prompt, self.pieces, "end")
-        return encode_text_with_deep_prompts(
-            self.text_tower, embeddings, self.pieces.token_ids, list(self.text_prompts.layer_prompts)
-        )
+        return encode_context_prompts(self.text_tower, self.text_prompts.input_prompt, self.pieces, "end",
+                                      list(self.text_prompts.layer_prompts), self.parameters_used.text_chunk_size)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.vision_tower(images, self.vision_prompts.input_prompt, list(self.vision_prompts.layer_prompts))

@@ -5,7 +5,8 @@ Hooks: both towers. Text: n learned context tokens replace the first n words of 
 positions are replaced by layer-wise text prompts. Vision: each text prompt is mapped by its own
 Linear(d_text, d_vision) to a vision prompt; the shallow one (proj(ctx)) is appended at the end of the image
 token sequence, the layer ones replace those tokens before vision layers 1..J-1 (J = prompt depth).
-Loss: cross-entropy.
+Loss: cross-entropy. The class prompts go through the text tower `text_chunk_size` classes per pass
+(models.prompting.text_passes).
 
 Parameters live in `prompt_learner` with the original names (ctx, proj, compound_prompts_text.k,
 compound_prompt_projections.k), so the authors' checkpoints map one to one.
@@ -23,13 +24,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.prompting.deep_prompts import PromptedVisionTower, encode_text_with_deep_prompts
+from models.prompting.deep_prompts import PromptedVisionTower
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
-from models.prompting.prompt_assembly import ContextPromptTokens, assemble_prompts, tokenize_context_prompts
+from models.prompting.prompt_assembly import ContextPromptTokens, tokenize_context_prompts
+from models.prompting.text_passes import TextPassParameters, encode_context_prompts
 
 
 @dataclass(frozen=True)
-class MaPLeParameters:
+class MaPLeParameters(TextPassParameters):
     n_context: int = 2
     context_init: str | None = "a photo of a"  # the first n_context words are learned; None: "X .. X", random
     prompt_depth: int = 9  # J: prompts enter the input and layers 1..J-1 of both towers
@@ -119,11 +121,12 @@ class MaPLeClassifier(PromptedClassifier):
         return prompt
 
     def text_features(self) -> torch.Tensor:
-        # The shallow context enters with the token embeddings (no fp16 cast in the original), the rest per layer.
-        prompts = assemble_prompts(self.prompt_learner.ctx, self.pieces, "end")
-        n_classes = prompts.shape[0]
+        # The shallow context enters with the token embeddings (no fp16 cast in the original), the rest per layer;
+        # rounded layer prompts are (C, n, D), cut per pass like the classes.
+        n_classes = self.pieces.token_ids.shape[0]
         layer_prompts = [self._injected(prompt, n_classes) for prompt in self.prompt_learner.compound_prompts_text]
-        return encode_text_with_deep_prompts(self.text_tower, prompts, self.pieces.token_ids, layer_prompts)
+        return encode_context_prompts(self.text_tower, self.prompt_learner.ctx, self.pieces, "end", layer_prompts,
+                                      self.parameters_used.text_chunk_size)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         shallow, layers = self.prompt_learner.vision_prompts()

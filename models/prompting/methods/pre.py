@@ -35,7 +35,6 @@ from torch import nn
 
 from models.prompting.methods.coop import CoOpClassifier, CoOpParameters
 from models.prompting.methods.registry import ClassifierContext, MethodSpec, register_method
-from models.prompting.prompt_assembly import assemble_prompts
 
 ENCODER_TYPES = ("lstm", "mlp")
 MLP_HIDDEN_SIZE = 64  # the authors' bottleneck
@@ -50,6 +49,7 @@ class PREParameters(CoOpParameters):
     zero_init_output: bool = False  # True: the encoder's output layer starts at zero, so PRE starts as CoOp
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.encoder_type not in ENCODER_TYPES:
             raise ValueError(f"pre: encoder_type must be one of {ENCODER_TYPES}, got {self.encoder_type!r}")
         if self.hidden_size is not None and self.hidden_size < 1:
@@ -107,8 +107,7 @@ class PREClassifier(CoOpClassifier):
         return self.context + self.encoder(self.context)
 
     def text_features(self) -> torch.Tensor:
-        prompts = assemble_prompts(self.context_vectors(), self.pieces, self.parameters_used.class_token_position)
-        return self.text_tower(prompts, self.pieces.token_ids)
+        return self.encode_prompts(self.context_vectors())
 
 
 register_method(
