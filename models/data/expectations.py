@@ -20,6 +20,7 @@ import pandas as pd
 import polars as pl
 
 from models.data.datasets import SPLITS, DatasetFormatError, classname_votes, expected_classnames
+from models.data.layouts.listing import DatasetStructure
 from models.data.near_duplicates import THUMBNAIL_COLUMN, NearDuplicatePolicy, find_near_duplicates
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -81,7 +82,7 @@ def _canonical_label_by_classname(index: pl.DataFrame) -> dict[str, int]:
 
 def _with_helper_columns(
     index: pl.DataFrame, canonical_classname: dict[int, str], canonical_label: dict[str, int],
-    near_duplicates: pl.DataFrame,
+    near_duplicates: pl.DataFrame, duplicate_classnames: tuple[str, ...] = (),
 ) -> pl.DataFrame:
     train_hashes = index.filter(pl.col("split") == "train").get_column("content_sha256").drop_nulls().unique()
     test_hashes = index.filter(pl.col("split") == "test").get_column("content_sha256").drop_nulls().unique()
@@ -107,7 +108,9 @@ def _with_helper_columns(
             pl.when(pl.col("file_exists")).then(pl.col("decodes")).otherwise(None).alias("decodes_when_present"),
             (
                 (pl.col("classname") == pl.col("canonical_classname"))
-                & (pl.col("label") == pl.col("canonical_label"))
+                # a name the dataset declares under several labels (CLIP's ImageNet list) names each of them
+                & ((pl.col("label") == pl.col("canonical_label"))
+                   | pl.col("classname").is_in(list(duplicate_classnames)))
             ).alias("label_matches_classname"),
             (pl.col("split").is_in(["train", "test"]) & pl.col("content_sha256").is_in(hashes_in_both)).alias(
                 "shared_between_train_and_test"
@@ -121,10 +124,11 @@ def _with_helper_columns(
     )
 
 
-def _class_split_coverage(index: pl.DataFrame, canonical_classname: dict[int, str]) -> pl.DataFrame:
-    """One row per (label, split) with its image count, including zero counts."""
+def _class_split_coverage(index: pl.DataFrame, canonical_classname: dict[int, str],
+                          splits: tuple[str, ...] = SPLITS) -> pl.DataFrame:
+    """One row per (label, split) of `splits` with its image count, including zero counts."""
     all_pairs = pl.DataFrame(
-        [(label, classname, split) for label, classname in sorted(canonical_classname.items()) for split in SPLITS],
+        [(label, classname, split) for label, classname in sorted(canonical_classname.items()) for split in splits],
         schema={"label": pl.Int64, "classname": pl.String, "split": pl.String},
         orient="row",
     )
@@ -217,17 +221,55 @@ class _Check:
     success_details: str
 
 
-def _build_checks(index: pl.DataFrame, near_duplicate_policy: NearDuplicatePolicy
+def required_splits(structure: DatasetStructure) -> tuple[str, ...]:
+    """The splits every class must have images in: test alone for a test-only dataset, train and test where val
+    is test (ImageNet), all three otherwise."""
+    if structure.test_only:
+        return ("test",)
+    if structure.val_is_test:
+        return ("train", "test")
+    return SPLITS
+
+
+def relaxations(structure: DatasetStructure) -> list[str]:
+    """What the dataset's declared structure relaxes, in words (shown in the checks' results)."""
+    notes = []
+    if structure.test_only:
+        notes.append("test-only dataset: classes need test images only")
+    if structure.val_is_test:
+        notes.append("its val set is its test set: classes need train and test images only")
+    if structure.duplicate_classnames:
+        notes.append(f"class names declared under two labels: {list(structure.duplicate_classnames)}")
+    return notes
+
+
+def _build_checks(index: pl.DataFrame, near_duplicate_policy: NearDuplicatePolicy,
+                  structure: DatasetStructure = DatasetStructure()
                   ) -> tuple[list[_Check], pl.DataFrame, pl.DataFrame]:
     import great_expectations as gx
 
     canonical_classname = dict(zip(sorted(classname_votes(index)), expected_classnames(index)))
     canonical_label = _canonical_label_by_classname(index)
-    class_count = index.get_column("classname").n_unique()
+    # a declared duplicate name counts once per label it names
+    labels_per_name = index.group_by("classname").agg(pl.col("label").n_unique().alias("labels"))
+    class_count = index.get_column("classname").n_unique() + int(
+        labels_per_name.filter(pl.col("classname").is_in(list(structure.duplicate_classnames)))
+        .get_column("labels").sum()) - len(
+        labels_per_name.filter(pl.col("classname").is_in(list(structure.duplicate_classnames))))
     near_duplicates, exempted = find_near_duplicates(index, near_duplicate_policy)
-    index_with_helpers = _with_helper_columns(index, canonical_classname, canonical_label, near_duplicates)
-    coverage = _class_split_coverage(index, canonical_classname)
+    index_with_helpers = _with_helper_columns(index, canonical_classname, canonical_label, near_duplicates,
+                                              structure.duplicate_classnames)
+    splits = required_splits(structure)
+    coverage = _class_split_coverage(index, canonical_classname, splits)
     row_count = index.height
+    relaxed = relaxations(structure)
+
+    def noted(text: str, applies: bool) -> str:
+        return text + (f" (relaxed: {'; '.join(relaxed)})" if applies and relaxed else "")
+
+    not_inspected = int((~index.get_column("inspected")).sum()) if "inspected" in index.columns else 0
+    inspection = (f"; {not_inspected} listed images not decoded or hashed: no experiment reads them"
+                  if not_inspected else "")
 
     def tag(expectation: Any, name: str) -> Any:
         expectation.meta = {"outcome_name": name}
@@ -248,7 +290,7 @@ def _build_checks(index: pl.DataFrame, near_duplicate_policy: NearDuplicatePolic
             "images_decode", "index",
             tag(gx.expectations.ExpectColumnValuesToBeInSet(column="decodes_when_present", value_set=[True]),
                 "images_decode"),
-            _corrupt_files_details, "every existing file decodes as an image",
+            _corrupt_files_details, "every existing file decodes as an image" + inspection,
         ),
         _Check(
             "labels_in_range", "index",
@@ -261,13 +303,14 @@ def _build_checks(index: pl.DataFrame, near_duplicate_policy: NearDuplicatePolic
             tag(gx.expectations.ExpectColumnValuesToBeInSet(column="label_matches_classname", value_set=[True]),
                 "labels_match_classnames"),
             _make_consistency_details(canonical_classname, canonical_label),
-            "one classname per label and one label per classname",
+            noted("one classname per label and one label per classname", bool(structure.duplicate_classnames)),
         ),
         _Check(
             "classes_in_every_split", "coverage",
             tag(gx.expectations.ExpectColumnValuesToBeBetween(column="image_count", min_value=1),
                 "classes_in_every_split"),
-            _coverage_details, f"all {len(canonical_classname)} classes present in {', '.join(SPLITS)}",
+            _coverage_details, noted(f"all {len(canonical_classname)} classes present in {', '.join(splits)}",
+                                     splits != SPLITS),
         ),
         _Check(
             "no_train_test_overlap", "index",
@@ -296,13 +339,17 @@ def _exception_message(result: Any) -> str | None:
 
 
 def validate_dataset_index(index: pl.DataFrame, dataset_name: str,
-                           near_duplicates: NearDuplicatePolicy | None = None) -> ValidationReport:
+                           near_duplicates: NearDuplicatePolicy | None = None,
+                           structure: DatasetStructure | None = None) -> ValidationReport:
     """Run the dataset expectations with GX on ``index`` (from ``build_dataset_index``).
 
     Expectations: index_not_empty, files_exist, images_decode, labels_in_range,
     labels_match_classnames, classes_in_every_split, no_train_test_overlap,
     no_near_duplicates_across_splits (threshold and allow-list: ``near_duplicates``, the catalog's policy for the
-    dataset; the default policy when None).
+    dataset; the default policy when None). ``structure`` (the layout reader's DatasetStructure) relaxes what the
+    dataset legitimately has: a test-only dataset, a val set that is the test set, class names declared under two
+    labels; a relaxed check says so in its result. Rows the index lists without inspecting them (``inspected``
+    false: no experiment reads them) pass the decoding check with their count named.
     """
     missing = [name for name in REQUIRED_COLUMNS if name not in index.columns]
     if missing:
@@ -310,7 +357,8 @@ def validate_dataset_index(index: pl.DataFrame, dataset_name: str,
     if not index.schema["label"].is_integer():
         raise DatasetFormatError(f"dataset '{dataset_name}': label column must be integer, got {index.schema['label']}")
 
-    checks, index_with_helpers, coverage = _build_checks(index, near_duplicates or NearDuplicatePolicy())
+    checks, index_with_helpers, coverage = _build_checks(index, near_duplicates or NearDuplicatePolicy(),
+                                                         structure or DatasetStructure())
     frames = {
         "index": index_with_helpers.to_pandas().reset_index(drop=True),
         "coverage": coverage.to_pandas().reset_index(drop=True),

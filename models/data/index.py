@@ -15,7 +15,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import polars as pl
@@ -108,7 +108,8 @@ def _inspect_file(image_dir: Path, relative_path: str) -> _FileFacts:
                       _decompression_bomb_warning(caught, width, height), image_thumbnail(rgb))
 
 
-def build_dataset_index(records: pl.DataFrame, image_dir: Path) -> pl.DataFrame:
+def build_dataset_index(records: pl.DataFrame, image_dir: Path, inspect: Iterable[str] | None = None,
+                        workers: int = 1, progress: Callable[[int, int], None] | None = None) -> pl.DataFrame:
     """Records plus file_exists, decodes, image_width, image_height, content_sha256, decode_error,
     conversion, decode_warning and the near-duplicate thumbnail (``models.data.near_duplicates``).
 
@@ -116,20 +117,42 @@ def build_dataset_index(records: pl.DataFrame, image_dir: Path) -> pl.DataFrame:
     missing; decode_error says why an image did not decode (null when it did); conversion says how
     the image became RGB (null when it was RGB); decode_warning names a decompression-bomb warning
     with the image's size. Never raises on a missing or corrupt file.
+
+    ``inspect``: the relative paths to read, hash and decode (None: every row). The others are listed only (an
+    ``inspected`` column is added: false, with file_exists true since the reader listed them from disk and every
+    other fact null): at ImageNet's 1.28 M training images, the few thousand a few-shot grid samples are what an
+    experiment reads. ``workers`` threads read files at once (hashing and decoding release the GIL); ``progress``
+    is called with (files done, files to inspect) every 1,000 files and at the end.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     image_dir = Path(image_dir)
+    paths = records.get_column("relative_path").to_list()
+    chosen = None if inspect is None else set(inspect)
+    to_inspect = list(dict.fromkeys(path for path in paths if chosen is None or path in chosen))
     facts_by_path: dict[str, _FileFacts] = {}
-    column_values: dict[str, list] = {name: [] for name in INDEX_COLUMNS}
-    for relative_path in records.get_column("relative_path").to_list():
-        facts = facts_by_path.get(relative_path)
-        if facts is None:
-            facts = _inspect_file(image_dir, relative_path)
+
+    def inspected(relative_path: str) -> tuple[str, _FileFacts]:
+        return relative_path, _inspect_file(image_dir, relative_path)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(inspected, to_inspect) if workers > 1 else map(inspected, to_inspect)
+        for done, (relative_path, facts) in enumerate(results, start=1):
             facts_by_path[relative_path] = facts
+            if progress is not None and (done % 1000 == 0 or done == len(to_inspect)):
+                progress(done, len(to_inspect))
+    listed_only = _FileFacts(True, None, None, None, None, None)  # type: ignore[arg-type]
+    column_values: dict[str, list] = {name: [] for name in INDEX_COLUMNS}
+    for relative_path in paths:
+        facts = facts_by_path.get(relative_path, listed_only)
         for name in INDEX_COLUMNS:
             column_values[name].append(getattr(facts, name))
-    return records.with_columns(
+    index = records.with_columns(
         pl.Series(name, column_values[name], dtype=dtype) for name, dtype in INDEX_COLUMNS.items()
     )
+    if chosen is not None:
+        index = index.with_columns(pl.col("relative_path").is_in(list(facts_by_path)).alias("inspected"))
+    return index
 
 
 def conversion_summary(index: pl.DataFrame) -> dict[str, object]:

@@ -115,3 +115,67 @@ def test_empty_index_fails_and_bad_columns_raise(make_shapes_dataset):
         validate_dataset_index(index.drop("decodes"), "Shapes")
     with pytest.raises(DatasetFormatError, match="label column must be integer"):
         validate_dataset_index(index.with_columns(pl.col("label").cast(pl.Float64)), "Shapes")
+
+
+# --- the dataset's declared structure (models.data.layouts.DatasetStructure) relaxes what it legitimately has ---
+
+def _index_without(source, splits):
+    index = build_dataset_index(read_dataset(source), source.image_dir)
+    return index.filter(~pl.col("split").is_in(splits))
+
+
+def test_a_test_only_dataset_passes_coverage_only_when_declared(make_shapes_dataset):
+    from models.data.layouts.listing import DatasetStructure
+
+    index = _index_without(make_shapes_dataset(), ["train", "val"])
+    plain = validate_dataset_index(index, "Shapes")
+    assert plain.failed_names == ["classes_in_every_split"]
+    declared = validate_dataset_index(index, "Shapes", structure=DatasetStructure(test_only=True))
+    assert declared.success, declared.outcomes
+    assert "relaxed: test-only dataset" in declared.outcome("classes_in_every_split").details
+    # relaxed, not switched off: a class whose one image is not a test image still fails
+    square_not_in_test = pl.concat([
+        index.filter(pl.col("classname") != "square"),
+        index.filter(pl.col("classname") == "square").head(1).with_columns(pl.lit("train").alias("split"))])
+    report = validate_dataset_index(square_not_in_test, "Shapes", structure=DatasetStructure(test_only=True))
+    assert "classes_in_every_split" in report.failed_names
+
+
+def test_val_is_test_needs_train_and_test_only(make_shapes_dataset):
+    from models.data.layouts.listing import DatasetStructure
+
+    index = _index_without(make_shapes_dataset(), ["val"])
+    assert validate_dataset_index(index, "Shapes").failed_names == ["classes_in_every_split"]
+    report = validate_dataset_index(index, "Shapes", structure=DatasetStructure(val_is_test=True))
+    assert report.success, report.outcomes
+    assert "present in train, test" in report.outcome("classes_in_every_split").details
+
+
+def test_duplicate_class_names_pass_only_when_declared(make_shapes_dataset):
+    """CLIP's ImageNet names hold "missile" and "sunglasses" under two labels each; elsewhere one name under two
+    labels is a mistake."""
+    from models.data.layouts.listing import DatasetStructure
+
+    index = build_dataset_index(read_dataset(make_shapes_dataset()), make_shapes_dataset().image_dir)
+    renamed = index.with_columns(pl.lit("shape").alias("classname"))
+    assert "labels_match_classnames" in validate_dataset_index(renamed, "Shapes").failed_names
+    report = validate_dataset_index(renamed, "Shapes", structure=DatasetStructure(duplicate_classnames=("shape",)))
+    assert report.success, report.outcomes
+    assert "class names declared under two labels: ['shape']" in report.outcome("labels_match_classnames").details
+    assert "labels within [0, 1]" in report.outcome("labels_in_range").details
+
+
+def test_listed_but_not_inspected_rows_are_counted_not_failed(make_shapes_dataset):
+    source = make_shapes_dataset()
+    records = read_dataset(source)
+    (source.image_dir / "circle/train_2.png").write_bytes(b"not an image")  # never read: no experiment reads it
+    test_rows = records.filter(pl.col("split") != "train").get_column("relative_path").to_list()
+    index = build_dataset_index(records, source.image_dir, inspect=test_rows)
+    assert index.filter(~pl.col("inspected")).height == 8
+    report = validate_dataset_index(index, "Shapes")
+    assert report.success, report.outcomes
+    assert "8 listed images not decoded or hashed" in report.outcome("images_decode").details
+    # an inspected broken file still fails
+    (source.image_dir / "square/val_1.png").write_bytes(b"not an image")
+    index = build_dataset_index(records, source.image_dir, inspect=test_rows)
+    assert validate_dataset_index(index, "Shapes").failed_names == ["images_decode"]
