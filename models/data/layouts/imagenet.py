@@ -29,8 +29,8 @@ from models.data.layouts.listing import (
 from models.data.layouts.wordnet import WNID_PATTERN, imagenet_label_of, imagenet_names, imagenet_wnids
 
 VALPREP_FIX = (
-    "sort the validation images into one folder per wnid with valprep.sh (soumith/imagenetloader.torch, the script "
-    "CoOp issue #60 points to), run inside images/val"
+    "sort the validation images into one folder per wnid: run valprep.sh (soumith/imagenetloader.torch) inside "
+    "images/val (see CoOp issue #60)"
 )
 
 
@@ -84,7 +84,7 @@ def _refuse_flat_val(val_dir: Path, files: list[str]) -> None:
     if images:
         raise DatasetLayoutError(
             val_dir,
-            f"{len(images)} images lie directly in the val folder (e.g. {images[0]}) instead of one folder per wnid: "
+            f"{len(images)} image(s) lie directly in the val folder (e.g. {images[0]}) instead of one folder per wnid: "
             "this is the official validation archive, which is flat, so the test split would be empty",
             VALPREP_FIX,
         )

@@ -153,14 +153,14 @@ def refuse_misdeclared(layout: str, folder: Path) -> None:
             )
         one_domain = layout == "image_folder" and found.layout == "domainbed" and not same_root
         if found.layout != layout and not one_domain:
-            inside = "" if same_root else f" (this folder is inside it, root {found.root})"
+            this = f"this is {found.what}" if same_root else f"this folder is inside {found.what} (root {found.root})"
             consequence = (
                 "its sub-folders would become classes (split folders or WordNet ids as class names) and a split "
                 "would be generated instead of the authors'" if layout == "image_folder"
                 else f"'{layout}' looks for other files and folders and would misread it"
             )
             raise DatasetLayoutError(
-                folder, f"this is {found.what}{inside}, declared as '{layout}': {consequence}",
+                folder, f"{this}, declared as '{layout}': {consequence}",
                 f"declare layout '{found.layout}' with root {found.root}",
             )
     if layout == "image_folder":
