@@ -35,9 +35,9 @@ DEFAULT_CATALOG_DIR = Path(__file__).resolve().parents[1] / "assets_catalog"
 DATASET_SOURCES = ("embedded", "coop", "split_zhou", "image_folder", "fgvc_aircraft", "imagenet", "imagenet_v2",
                    "imagenet_sketch", "imagenet_a", "imagenet_r", "domainbed")
 TEST_ONLY_SOURCES = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
-# How few-shot subsets are drawn (models/data/fewshot.py): `promptlab` (seeded per class, machine-independent) or
+# How few-shot subsets are drawn (models/data/fewshot.py): `per_class` (seeded per class, machine-independent) or
 # `dassl` (exactly the images Dassl's generate_fewshot_dataset draws for the same seed, as the papers' numbers were).
-FEW_SHOT_SAMPLINGS = ("promptlab", "dassl")
+FEW_SHOT_SAMPLINGS = ("per_class", "dassl")
 # The published size of a dataset (`published:` in datasets.yaml), compared by `promptlab data check`.
 PUBLISHED_COUNTS = ("classes", "train", "val", "test")
 SUITES_DIR_NAME = "suites"
@@ -76,7 +76,7 @@ class DatasetEntry:
     near_duplicates: NearDuplicatePolicy = NearDuplicatePolicy()
     # the layout reader's options (models/data/layouts: test_domain, generated_split, allow_partial, ...), as pairs
     options: tuple[tuple[str, Any], ...] = ()
-    few_shot_sampling: str = "promptlab"
+    few_shot_sampling: str = "per_class"
     # the published size (classes, train, val, test), which `promptlab data check` compares with what it finds
     published: tuple[tuple[str, int], ...] = ()
 
@@ -415,7 +415,7 @@ def _dataset_entry(path: Path, index: int, raw: dict[str, Any]) -> DatasetEntry:
     options = raw.get("options") or {}
     if not isinstance(options, dict) or any(not isinstance(key, str) for key in options):
         raise _field_error(f"{where} ({name})", "options", "a mapping of the layout reader's options", options)
-    sampling = raw.get("few_shot_sampling", "promptlab")
+    sampling = raw.get("few_shot_sampling", "per_class")
     if sampling not in FEW_SHOT_SAMPLINGS:
         raise _field_error(f"{where} ({name})", "few_shot_sampling", f"one of {FEW_SHOT_SAMPLINGS}", sampling)
     published = raw.get("published") or {}

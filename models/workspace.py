@@ -106,6 +106,10 @@ class Workspace:
         """The promoted index: only ever replaced by an index that passed its checks (models.data.validated_index)."""
         return self.curation_dir(dataset) / "index.parquet"
 
+    def listing_path(self, dataset: str) -> Path:
+        """What the layout reader said of the dataset: its structure, class names by label, notes, image root."""
+        return self.curation_dir(dataset) / "listing.json"
+
     def staged_index_path(self, dataset: str) -> Path:
         """A freshly built index waiting for (or rejected by) its checks."""
         return self.curation_dir(dataset) / "index.staged.parquet"

@@ -125,8 +125,8 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
 
 def _materialize_graph(instance, datasets, experiments, log, protocol, stop_check, workers: int = 1,
                        gpu_slots: int | None = None) -> dict:
-    from pipelines.partitions import (multi_partition_key, protocol_experiment_partitions, test_time_partition_keys,
-                                      transfer_partition_keys)
+    from pipelines.partitions import (multi_partition_key, protocol_experiment_partitions, runs_on,
+                                      test_time_partition_keys, transfer_partition_keys)
     from pipelines.resources import PromptLabResource
     from pipelines.run_guard import StopRequested
 
@@ -139,7 +139,7 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
     for key in experiments:
         catalog.experiment(key)
     partitions = (protocol_experiment_partitions(catalog, protocol) if protocol
-                  else [(name, key) for name in datasets for key in experiments])
+                  else [(name, key) for name in datasets for key in experiments if runs_on(catalog, name, key)])
     partitions = [(name, key) for name, key in partitions if name in datasets and key in experiments]
     transfers = [(name, key) for name, key in transfer_partition_keys(catalog)
                  if name in datasets and key in experiments and protocol in (None, "transfer", "test_time")]

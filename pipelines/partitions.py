@@ -45,6 +45,13 @@ def multi_partition_key(dataset: str, experiment: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"dataset": dataset, "experiment": experiment})
 
 
+def runs_on(catalog: Catalog, dataset: str, experiment: str) -> bool:
+    """Whether an experiment partition exists for a dataset: a test-only dataset (ImageNet's shifts) has no
+    training images, so only the untrained experiments (zero-shot) run on it; it is a transfer / test-time target."""
+    return not (catalog.dataset(dataset).test_only
+                and get_method(catalog.experiments[experiment].method).trains_prompts)
+
+
 def protocol_experiment_partitions(catalog: Catalog, protocol: str) -> list[tuple[str, str]]:
     """(dataset, experiment) partitions a protocol needs, in catalog order. Untrained experiments (zero-shot) are
     the reference of every protocol; few_shot is every experiment trained on all classes; base_to_new those of
@@ -61,16 +68,18 @@ def protocol_experiment_partitions(catalog: Catalog, protocol: str) -> list[tupl
         wanted = {(source, run.start) for source in plan.sources for run in plan.runs.values()}
         wanted |= {(source, key) for source in plan.sources for key in catalog.transfer.experiments}
         wanted |= {(name, key) for name in involved for key in untrained}
-        return [(d, e) for d in catalog.datasets for e in catalog.experiments if (d, e) in wanted]
+        return [(d, e) for d in catalog.datasets for e in catalog.experiments if (d, e) in wanted
+                and runs_on(catalog, d, e)]
     if protocol == "transfer":
         involved = {name for source in catalog.transfer.sources
                     for targets in catalog.transfer.targets_of(source).values() for name in (source, *targets)}
         wanted = {(source, key) for source in catalog.transfer.sources for key in catalog.transfer.experiments}
         wanted |= {(name, key) for name in involved for key in untrained}
-        return [(d, e) for d in catalog.datasets for e in catalog.experiments if (d, e) in wanted]
+        return [(d, e) for d in catalog.datasets for e in catalog.experiments if (d, e) in wanted
+                and runs_on(catalog, d, e)]
     keys = [key for key, experiment in catalog.experiments.items()
             if key in untrained or experiment.protocol == ("all_classes" if protocol == "few_shot" else protocol)]
-    return [(dataset, key) for dataset in catalog.datasets for key in keys]
+    return [(dataset, key) for dataset in catalog.datasets for key in keys if runs_on(catalog, dataset, key)]
 
 
 def transfer_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:

@@ -51,7 +51,9 @@ def _check_sampling_input(index: pl.DataFrame, shots: int, seed: int, splits: Se
     if missing:
         raise ValueError(f"index lacks columns {missing}")
     if "decodes" in index.columns:
-        broken = index.filter(pl.col("split").is_in(list(splits)) & ~pl.col("decodes").fill_null(False))
+        # rows an index only listed (``inspected`` false: never decoded) are candidates; they exist on disk
+        inspected = pl.col("inspected") if "inspected" in index.columns else pl.lit(True)
+        broken = index.filter(pl.col("split").is_in(list(splits)) & inspected & ~pl.col("decodes").fill_null(False))
         if broken.height:
             paths = broken.get_column("relative_path").to_list()
             raise FewShotSamplingError(
@@ -64,18 +66,19 @@ def _kept_columns(index: pl.DataFrame) -> list[str]:
     return ["relative_path", "label", "classname", *(["content_sha256"] if "content_sha256" in index.columns else [])]
 
 
-def sample_few_shot(index: pl.DataFrame, shots: int, seed: int) -> pl.DataFrame:
-    """K = ``shots`` train images and min(K, 4) val images per class, with a ``subset`` column.
+def sample_few_shot(index: pl.DataFrame, shots: int, seed: int, val_is_test: bool = False) -> pl.DataFrame:
+    """K = ``shots`` train images and min(K, 4) val images per class (none when ``val_is_test``: ImageNet), with a
+    ``subset`` column.
 
     Columns: relative_path, label, classname, subset (train | val), plus content_sha256 when the index
     has it. Rows are ordered by subset (train first), label, relative_path.
     Raises ``FewShotSamplingError`` naming the class and the counts when a class is short of images, or
     when a candidate image is recorded as not decoding (sample only from a validated index).
     """
-    _check_sampling_input(index, shots, seed)
+    _check_sampling_input(index, shots, seed, ("train",) if val_is_test else ("train", "val"))
 
     kept_columns = _kept_columns(index)
-    per_subset_quota = {"train": shots, "val": min(shots, MAX_VAL_SHOTS)}
+    per_subset_quota = {"train": shots} if val_is_test else {"train": shots, "val": min(shots, MAX_VAL_SHOTS)}
     chosen_by_subset: dict[str, list[pl.DataFrame]] = {"train": [], "val": []}
     for label in sorted(index.get_column("label").unique().to_list()):
         generator = np.random.default_rng([seed, shots, label])
@@ -181,10 +184,8 @@ def all_few_shot_subsets(
     sampler (``"per_class"``: ``sample_few_shot``; ``"dassl"``: ``sample_few_shot_dassl``, which alone takes
     ``val_is_test``)."""
     if sampling == "per_class":
-        if val_is_test:
-            raise ValueError("val_is_test applies to sampling='dassl' only")
         def draw(shots: int, seed: int) -> pl.DataFrame:
-            return sample_few_shot(index, shots, seed)
+            return sample_few_shot(index, shots, seed, val_is_test=val_is_test)
     elif sampling == "dassl":
         def draw(shots: int, seed: int) -> pl.DataFrame:
             return sample_few_shot_dassl(index, shots, seed, val_is_test=val_is_test)
@@ -197,6 +198,11 @@ def all_few_shot_subsets(
         for shots in shots_list
         for seed in seeds
     ]
+    if not frames:  # a test-only dataset: no subset, the same columns
+        return pl.DataFrame(schema={"shots": pl.Int64, "seed": pl.Int64,
+                                    **{name: index.schema.get(name, pl.String) for name in _kept_columns(index)},
+                                    "subset": pl.String}).select("shots", "seed", *SUBSET_COLUMNS,
+                                                                 *_kept_columns(index)[3:])
     return pl.concat(frames)
 
 
@@ -204,8 +210,8 @@ def fewshot_rows(fewshot: pl.DataFrame, index: pl.DataFrame, shots: int | None, 
                  where: str) -> pl.DataFrame:
     """The index rows of one drawn few-shot subset (`subset` train or val), sorted by label and path; `where` starts
     the error message when it was not drawn."""
-    chosen = fewshot.filter((pl.col("shots") == shots) & (pl.col("seed") == seed)
-                            & (pl.col("subset") == subset)).select("relative_path")
-    if chosen.height == 0:
+    drawn = fewshot.filter((pl.col("shots") == shots) & (pl.col("seed") == seed))
+    chosen = drawn.filter(pl.col("subset") == subset).select("relative_path")
+    if chosen.height == 0 and not (subset == "val" and drawn.height):  # val is not drawn where val is test
         raise ValueError(f"{where}: no {shots}-shot {subset} subset for seed {seed}")
     return chosen.join(index, on="relative_path", how="left").sort("label", "relative_path")

@@ -97,9 +97,11 @@ def record_validation(workspace: Workspace, dataset: str, passed_checks: list[st
     return promoted
 
 
-def read_validated_index(workspace: Workspace, dataset: str) -> pl.DataFrame:
+def read_validated_index(workspace: Workspace, dataset: str, listed_rows: bool = False) -> pl.DataFrame:
     """The promoted index of `dataset`, refused (IndexNotValidatedError naming the check and the file) unless its
-    latest curation passed every blocking expectation and the file is the one that passed."""
+    latest curation passed every blocking expectation and the file is the one that passed. Rows the index only
+    listed (at ImageNet scale: training images no experiment reads) are left out unless `listed_rows` (the few-shot
+    sampler, which draws from the whole list in the reference's order)."""
     path, record_path = workspace.index_path(dataset), workspace.index_validation_path(dataset)
     record = read_validation_record(workspace, dataset)
     if record is None:
@@ -122,4 +124,7 @@ def read_validated_index(workspace: Workspace, dataset: str) -> pl.DataFrame:
         found = sha256_file(path) if path.exists() else "missing"
         raise IndexNotValidatedError(f"{dataset}: {path} is not the index that passed validation (SHA-256 {found}, "
                                      f"{record_path} says {expected}); run curation_job for {dataset} again")
-    return pl.read_parquet(path)
+    index = pl.read_parquet(path)
+    if "inspected" in index.columns and not listed_rows:
+        index = index.filter(pl.col("inspected")).drop("inspected")
+    return index

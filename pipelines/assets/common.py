@@ -8,7 +8,7 @@ from functools import cached_property
 import polars as pl
 
 from models.catalog import DatasetEntry, ExperimentConfig
-from pipelines.assets.curation import dataset_source
+from pipelines.assets.curation import image_root
 from pipelines.resources import PromptLabResource
 
 
@@ -53,12 +53,17 @@ def partition_inputs(promptlab: PromptLabResource, dataset: str, experiment: str
     not pass its checks."""
     from models.data.validated_index import read_validated_index
 
+    from pipelines.partitions import runs_on
+
     catalog, workspace = promptlab.catalog(), promptlab.workspace()
     entry = catalog.dataset(dataset)
+    if not runs_on(catalog, dataset, experiment):
+        raise ValueError(f"{dataset} is a test-only dataset ({entry.source}): nothing trains on it, so {experiment} "
+                         f"has no partition there; it is evaluated as a transfer or test-time target of "
+                         f"{entry.domain_shift_of or 'its source'}")
     index = read_validated_index(workspace, dataset)
     classnames = json.loads(workspace.class_split_path(dataset).read_text())["classnames"]
-    source = dataset_source(entry, workspace)
-    return PartitionInputs(entry, catalog.experiment(experiment), index, classnames, source.image_dir)
+    return PartitionInputs(entry, catalog.experiment(experiment), index, classnames, image_root(entry, workspace))
 
 
 def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: PartitionInputs, backbone,

@@ -1,7 +1,9 @@
 """Curation: datasets on disk, their index, few-shot subsets and base/new classes; one partition per dataset."""
 
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +20,10 @@ from pipelines.resources import PromptLabResource
 FEW_SHOT_SHOTS = (1, 2, 4, 8, 16)
 FEW_SHOT_SEEDS = (1, 2, 3)
 BENCHMARK_CODE = source_version("models/embedded/benchmark.py", "models/embedded/corpus.py")
-READER_CODE = source_version("models/data/datasets.py", "models/data/index.py", "models/data/near_duplicates.py")
+READER_CODE = source_version("models/data/datasets.py", "models/data/index.py", "models/data/near_duplicates.py",
+                             "models/data/curation.py", *sorted(f"models/data/layouts/{path.name}" for path in
+                                                                (Path(__file__).resolve().parents[2] / "models" /
+                                                                 "data" / "layouts").glob("*.py")))
 
 
 def index_preview(index, rows: int = 5) -> str:
@@ -30,8 +35,23 @@ def index_preview(index, rows: int = 5) -> str:
     return head.to_pandas().to_markdown(index=False)
 
 
-def dataset_source(entry: DatasetEntry, workspace: Workspace):
+def dataset_root(entry: DatasetEntry, workspace: Workspace) -> Path:
     """Where a catalog dataset lives: embedded ones in the workspace, real ones at their catalog root."""
+    return workspace.embedded_dataset_dir(entry.name) if entry.source == "embedded" else Path(entry.root)
+
+
+def image_root(entry: DatasetEntry, workspace: Workspace) -> Path:
+    """The folder the index's relative paths start from, as the layout reader recorded it at curation."""
+    from models.data.curation import read_listing_record
+
+    recorded = read_listing_record(workspace.listing_path(entry.name)).get("image_dir")
+    if recorded is None:  # curated before listings were recorded: the split_zhou / image_folder image folder
+        return dataset_source(entry, workspace).image_dir
+    return dataset_root(entry, workspace) / recorded
+
+
+def dataset_source(entry: DatasetEntry, workspace: Workspace):
+    """The embedded dataset's (or an older catalog's coop / image_folder dataset's) root, layout and split file."""
     from models.data.datasets import DatasetSource
 
     root = workspace.embedded_dataset_dir(entry.name) if entry.source == "embedded" else Path(entry.root)
@@ -71,24 +91,46 @@ def dataset_files(context: dg.AssetExecutionContext, promptlab: PromptLabResourc
           kinds={"polars", "parquet"})
 @synced(reads=(folders.dataset_images,), writes=(folders.curation,))
 def dataset_index(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
-    """One row per image: relative path, label, class name, split, size, decodability, content hash (Parquet).
-    Written to a staging file: the blocking dataset checks promote it to index.parquet only when they all pass."""
-    from models.data.datasets import read_dataset
+    """One row per image: relative path, label, class name, split, size, decodability, content hash (Parquet), as
+    the dataset's layout reader lists it (models/data/layouts). At ImageNet scale only what experiments read is
+    decoded and hashed (models.data.curation). Written to a staging file: the blocking dataset checks promote it to
+    index.parquet only when they all pass."""
+    from models.data.curation import dataset_listing, rows_experiments_read, write_listing_record
     from models.data.index import build_dataset_index, conversion_summary, dataset_fingerprint
     from models.data.validated_index import stage_index
 
-    workspace = promptlab.workspace()
-    source = dataset_source(promptlab.catalog().dataset(context.partition_key), workspace)
-    index = build_dataset_index(read_dataset(source), source.image_dir)
-    path = stage_index(workspace, source.name, index)
+    catalog, workspace = promptlab.catalog(), promptlab.workspace()
+    entry = catalog.dataset(context.partition_key)
+    root = dataset_root(entry, workspace)
+    listing = dataset_listing(entry, root)
+    for note in listing.notes:
+        context.log.warning(f"{entry.name}: {note}")
+    inspect = None if entry.test_only else rows_experiments_read(
+        listing, FEW_SHOT_SHOTS, FEW_SHOT_SEEDS, entry.few_shot_sampling,
+        whole_training_set=any(e.setting is not None for e in catalog.experiments.values()))
+    if inspect is not None:
+        context.log.info(f"{entry.name}: {listing.records.height} images listed; decoding the {len(inspect)} that "
+                         "experiments read (few-shot draws, val, test)")
+
+    def progress(done: int, total: int) -> None:
+        if done % 10_000 == 0 or done == total:
+            context.log.info(f"{entry.name}: inspected {done}/{total} images")
+
+    index = build_dataset_index(listing.records, listing.image_root, inspect=inspect,
+                                workers=min(8, os.cpu_count() or 1), progress=progress)
+    write_listing_record(workspace.listing_path(entry.name), listing, entry.layout or "split_zhou", root)
+    path = stage_index(workspace, entry.name, index)
     counts = {split: int(n) for split, n in index.group_by("split").len().sort("split").iter_rows()}
     return dg.MaterializeResult(
         metadata={
-            "path": str(workspace.index_path(source.name)),
+            "path": str(workspace.index_path(entry.name)),
             "staged_path": str(path),
             "rows": index.height,
-            "classes": index["classname"].n_unique(),
+            "inspected_rows": index.height if inspect is None else len(inspect),
+            "classes": len(listing.classnames),
             "rows_per_split": dg.MetadataValue.json(counts),
+            "structure": dg.MetadataValue.json(dataclasses.asdict(listing.structure)),
+            "notes": dg.MetadataValue.json(list(listing.notes)),
             "data_hash": dataset_fingerprint(index),
             # How images became RGB (alpha composited on white, grey, CMYK) and which were decompression-bomb sized.
             "decoding": dg.MetadataValue.json(conversion_summary(index)),
@@ -101,29 +143,43 @@ def dataset_index(context: dg.AssetExecutionContext, promptlab: PromptLabResourc
           code_version=source_version("models/data/fewshot.py"), kinds={"polars", "parquet"})
 @synced(writes=(folders.curation,))
 def fewshot_subsets(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
-    """Deterministic K-shot subsets (K in 1,2,4,8,16; seeds 1-3), stored as relative paths."""
+    """Deterministic K-shot subsets (K in 1,2,4,8,16; seeds 1-3), stored as relative paths; drawn as the dataset's
+    catalog entry says (few_shot_sampling: per_class, or dassl: the images the papers' code draws). A test-only
+    dataset has none (an empty table); where val is test (ImageNet) only training images are drawn."""
     import polars as pl
 
+    from models.data.curation import read_listing_record
     from models.data.fewshot import all_few_shot_subsets
     from models.data.validated_index import read_validated_index
 
-    workspace = promptlab.workspace()
-    index = read_validated_index(workspace, context.partition_key)
+    catalog, workspace = promptlab.catalog(), promptlab.workspace()
+    entry = catalog.dataset(context.partition_key)
+    structure = read_listing_record(workspace.listing_path(entry.name))["structure"]
+    index = read_validated_index(workspace, context.partition_key, listed_rows=True)
+    path = workspace.fewshot_path(context.partition_key)
+
     def fewest_per_class(split: str) -> int:
         return int(index.filter(pl.col("split") == split).group_by("label").len()["len"].min() or 0)
 
-    # CoOp's protocol: K per class from train and min(K, 4) from val; larger K than the data allows are left out.
-    train_available, val_available = fewest_per_class("train"), fewest_per_class("val")
-    shots = tuple(k for k in FEW_SHOT_SHOTS if k <= train_available and min(k, 4) <= val_available)
-    if not shots:
-        raise ValueError(f"{context.partition_key}: too few images per class for any few-shot subset "
-                         f"(train {train_available}, val {val_available})")
-    subsets = all_few_shot_subsets(index, shots_list=shots, seeds=FEW_SHOT_SEEDS)
-    path = workspace.fewshot_path(context.partition_key)
+    if structure.test_only:
+        subsets = all_few_shot_subsets(index, shots_list=(), seeds=FEW_SHOT_SEEDS)
+        shots: tuple[int, ...] = ()
+        context.log.info(f"{entry.name}: test-only, no few-shot subsets")
+    else:
+        # CoOp's protocol: K per class from train and min(K, 4) from val; larger K than the data allows are left out.
+        train_available = fewest_per_class("train")
+        val_available = FEW_SHOT_SHOTS[-1] if structure.val_is_test else fewest_per_class("val")
+        shots = tuple(k for k in FEW_SHOT_SHOTS if k <= train_available and min(k, 4) <= val_available)
+        if not shots:
+            raise ValueError(f"{context.partition_key}: too few images per class for any few-shot subset "
+                             f"(train {train_available}, val {val_available})")
+        subsets = all_few_shot_subsets(index, shots_list=shots, seeds=FEW_SHOT_SEEDS,
+                                       sampling=entry.few_shot_sampling, val_is_test=structure.val_is_test)
     subsets.write_parquet(path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
     return dg.MaterializeResult(
         metadata={"path": str(path), "rows": subsets.height, "shots": list(shots), "seeds": list(FEW_SHOT_SEEDS),
+                  "sampling": entry.few_shot_sampling,
                   "subset_hash": stable_hash(subsets.select("shots", "seed", "relative_path").rows())}
     )
 
@@ -137,9 +193,13 @@ def base_new_classes(context: dg.AssetExecutionContext, promptlab: PromptLabReso
     from models.data.datasets import expected_classnames
     from models.data.validated_index import read_validated_index
 
+    from models.data.curation import read_listing_record
+
     workspace = promptlab.workspace()
     index = read_validated_index(workspace, context.partition_key)
-    classnames = expected_classnames(index)
+    # the reader's names by label when it recorded them (every class, also one the index holds no image of)
+    classnames = (read_listing_record(workspace.listing_path(context.partition_key))["classnames"]
+                  or expected_classnames(index))
     split = split_base_new(classnames)
     payload = {
         "classnames": classnames,
@@ -169,7 +229,9 @@ def learning_setting_splits(context: dg.AssetExecutionContext, promptlab: Prompt
     dataset = context.partition_key
     index = read_validated_index(workspace, dataset)
     classnames = json.loads(workspace.class_split_path(dataset).read_text())["classnames"]
-    requests = sorted({(e.setting, e.seed) for e in catalog.experiments.values() if e.setting is not None})
+    # only the settings the grid runs, and none on a test-only dataset (nothing trains there)
+    requests = [] if catalog.dataset(dataset).test_only else sorted(
+        {(e.setting, e.seed) for e in catalog.experiments.values() if e.setting is not None})
     plan = catalog.learning_settings
     try:
         table = setting_splits_table(index.filter(pl.col("split") == "train"), classnames, requests,

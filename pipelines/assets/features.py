@@ -13,7 +13,7 @@ import dagster as dg
 
 from models.provenance import library_code_version
 from pipelines.assets import sync as folders
-from pipelines.assets.curation import dataset_index, dataset_source
+from pipelines.assets.curation import dataset_index, image_root
 from pipelines.assets.sync import synced
 from pipelines.assets.world import tiny_clip_backbone
 from pipelines.partitions import dataset_partitions
@@ -37,7 +37,7 @@ def image_features(context: dg.AssetExecutionContext, promptlab: PromptLabResour
     catalog, workspace = promptlab.catalog(), promptlab.workspace()
     dataset = context.partition_key
     index = read_validated_index(workspace, dataset)
-    image_set = ImageSet.of_index(dataset_source(catalog.dataset(dataset), workspace).image_dir, index)
+    image_set = ImageSet.of_index(image_root(catalog.dataset(dataset), workspace), index)
     backbone = promptlab.load_backbone()
     rows, started_all = [], time.perf_counter()
     for split, view in ENCODED_VIEWS:

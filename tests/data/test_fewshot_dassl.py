@@ -232,8 +232,12 @@ def test_all_subsets_take_the_sampler_as_a_parameter(tmp_path):
     assert not default.equals(stacked)
     imagenet = all_few_shot_subsets(records, shots_list=(2,), seeds=(1,), sampling="dassl", val_is_test=True)
     assert imagenet["subset"].unique().to_list() == ["train"]
-    with pytest.raises(ValueError, match="val_is_test applies to sampling='dassl' only"):
-        all_few_shot_subsets(records, sampling="per_class", val_is_test=True)
+    # where val is test, neither sampler draws val images
+    per_class = all_few_shot_subsets(records, shots_list=(2,), seeds=(1,), sampling="per_class", val_is_test=True)
+    assert per_class["subset"].unique().to_list() == ["train"]
+    assert per_class.height == imagenet.height
+    # a test-only dataset: no subsets, the same columns
+    assert all_few_shot_subsets(records, shots_list=(), seeds=(1,)).columns == stacked.columns
     with pytest.raises(ValueError, match="sampling must be one of"):
         all_few_shot_subsets(records, sampling="coop")  # type: ignore[arg-type]
 
