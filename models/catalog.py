@@ -321,6 +321,11 @@ class Catalog:
                                f"{sorted(self.diffusion_backbones)}")
         return self.diffusion_backbones[name]
 
+    def runs_on(self, dataset: str, experiment: str) -> bool:
+        """Whether an experiment partition exists for a dataset: a test-only dataset (ImageNet's shifts) has no
+        training images, so only untrained experiments (zero-shot) run on it; it is a transfer / test-time target."""
+        return not (self.dataset(dataset).test_only and METHODS[self.experiment(experiment).method].trains_prompts)
+
     def experiment(self, key: str) -> ExperimentConfig:
         if key not in self.experiments:
             raise CatalogError(f"unknown experiment {key!r}; the grid ({self.grid}) has {sorted(self.experiments)}")

@@ -305,6 +305,29 @@ def print_accuracy_table(log=print) -> None:
             "holds it; `promptlab warehouse status` says more)")
 
 
+def run_data_check(suite: str | None, datasets: list[str] | None, as_json: bool, quiet_when_ok: bool = False) -> int:
+    """`promptlab data check`: each dataset found / missing / unreadable, counts against the published ones, and
+    the fix for each known mistake; 2 when a dataset has a problem (nothing is written either way)."""
+    from models.catalog import CatalogError, load_catalog
+    from models.data.preflight import check_catalog, format_checks
+
+    try:
+        catalog = load_catalog(suite=suite)
+        checks = check_catalog(catalog, datasets)
+    except CatalogError as error:
+        print(f"promptlab data check: error: {error}", file=sys.stderr)
+        return 2
+    problem = any(check.has_problem for check in checks)
+    if as_json:
+        print(json.dumps([check.as_dict() for check in checks], indent=2))
+    elif problem or not quiet_when_ok:
+        print(format_checks(checks, catalog.suite.data_variable if catalog.suite else "PROMPTLAB_DATA"))
+    else:
+        found = [check.name for check in checks]
+        print(f"datasets checked: {', '.join(found)}")
+    return 2 if problem else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """`promptlab`: every failure ends in one line on stderr and a non-zero exit code (2: bad input, 3: another run
     holds the lock, 128 + n: stopped by signal n, 1: anything else, its traceback saved to last_error.txt)."""
@@ -343,7 +366,7 @@ def _save_traceback() -> Path | None:
 
 
 def _run_command(argv: list[str] | None, signals) -> int:
-    from models.catalog import DEFAULT_CATALOG_DIR, DEFAULT_GRID, EVALUATION_PROTOCOLS, grid_subset_names
+    from models.catalog import DEFAULT_CATALOG_DIR, DEFAULT_GRID, EVALUATION_PROTOCOLS, grid_subset_names, suite_names
     from pipelines.warehouse_commands import add_warehouse_parser, merge_after_run, run_warehouse_command
 
     catalog_dir = Path(os.environ.get("PROMPTLAB_CATALOG", DEFAULT_CATALOG_DIR))
@@ -372,9 +395,25 @@ def _run_command(argv: list[str] | None, signals) -> int:
                           "record it (runs.compute)")
     run.add_argument("--gpu-slots", type=int, default=None,
                      help="at most this many partitions on the GPU at once (default 1 on a CUDA machine)")
+    run.add_argument("--suite", choices=suite_names(catalog_dir),
+                     help="run a benchmark suite of the catalog (assets_catalog/suites/: its datasets under "
+                          "$PROMPTLAB_DATA and the papers' grids; also $PROMPTLAB_SUITE) instead of the embedded world; "
+                          "its datasets are checked first (`promptlab data check`)")
+    run.add_argument("--backbone", help="the backbone to run with (backbones.yaml; default: the suite's, else the "
+                                        "catalog's default)")
     commands.add_parser("results", help="print test top-1 per dataset, method and shots from the warehouse")
+    data = commands.add_parser("data", help="the datasets on disk")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    check = data_commands.add_parser(
+        "check", help="for each dataset of the catalog (or a suite): found, missing or unreadable, its counts against "
+                      "the published ones, and the fix for each known mistake; exit 2 on a problem")
+    check.add_argument("--suite", choices=suite_names(catalog_dir), help="check this suite's datasets")
+    check.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
+    check.add_argument("--json", action="store_true", help="print the checks as JSON")
     add_warehouse_parser(commands)
     arguments = parser.parse_args(argv)
+    if arguments.command == "data":
+        return run_data_check(arguments.suite, arguments.dataset, arguments.json)
     if arguments.command == "results":
         print_accuracy_table()
         return 0
@@ -384,6 +423,16 @@ def _run_command(argv: list[str] | None, signals) -> int:
         os.environ["PROMPTLAB_RETRAIN_WORLD"] = "1"
     if arguments.grid:  # before the definitions are imported: the partitions are read from the catalog then
         os.environ["PROMPTLAB_GRID"] = arguments.grid
+    if arguments.suite:
+        os.environ["PROMPTLAB_SUITE"] = arguments.suite
+    if arguments.backbone:  # read by the promptlab resource in this process and in workers
+        os.environ["PROMPTLAB_BACKBONE"] = arguments.backbone
+    if os.environ.get("PROMPTLAB_SUITE"):  # a suite's datasets are on the user's disk: check them before any stage
+        status = run_data_check(os.environ["PROMPTLAB_SUITE"], arguments.dataset, as_json=False, quiet_when_ok=True)
+        if status:
+            print("promptlab run: refused: fix the datasets above (or leave them out with --dataset)",
+                  file=sys.stderr)
+            return status
     for name in ("workers", "threads", "gpu_slots"):
         value = getattr(arguments, name)
         if value is not None and value < 1:

@@ -46,10 +46,8 @@ def multi_partition_key(dataset: str, experiment: str) -> dg.MultiPartitionKey:
 
 
 def runs_on(catalog: Catalog, dataset: str, experiment: str) -> bool:
-    """Whether an experiment partition exists for a dataset: a test-only dataset (ImageNet's shifts) has no
-    training images, so only the untrained experiments (zero-shot) run on it; it is a transfer / test-time target."""
-    return not (catalog.dataset(dataset).test_only
-                and get_method(catalog.experiments[experiment].method).trains_prompts)
+    """Whether the (dataset, experiment) partition runs (Catalog.runs_on: nothing trains on a test-only dataset)."""
+    return catalog.runs_on(dataset, experiment)
 
 
 def protocol_experiment_partitions(catalog: Catalog, protocol: str) -> list[tuple[str, str]]:

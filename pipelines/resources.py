@@ -98,7 +98,12 @@ class PromptLabResource(dg.ConfigurableResource):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def backbone_name(self) -> str:
-        return _chosen(self.backbone, DEFAULT) or self.catalog().default_backbone
+        return self.chosen_backbone() or self.catalog().default_backbone
+
+    def chosen_backbone(self) -> str | None:
+        """The launchpad's choice, else $PROMPTLAB_BACKBONE (`promptlab run --backbone`), else None: the catalog's
+        default (a suite's own, else backbones.yaml's)."""
+        return _chosen(self.backbone, DEFAULT) or os.environ.get("PROMPTLAB_BACKBONE") or None
 
     def text_cache(self, backbone):
         """The workspace's cache of zero-shot text features for this backbone (models.prompting.text_cache)."""
@@ -113,7 +118,7 @@ class PromptLabResource(dg.ConfigurableResource):
 
         apply_torch_threads()
 
-        entry = self.catalog().backbone(_chosen(self.backbone, DEFAULT))
+        entry = self.catalog().backbone(self.chosen_backbone())
         if entry.source == "embedded":
             directory = self.workspace().tiny_clip_dir
             if not (directory / "open_clip_config.json").exists():

@@ -23,7 +23,6 @@ from models.data.layouts.listing import (
     DatasetLayoutError,
     DatasetListing,
     DatasetStructure,
-    duplicate_names,
     preview,
     prompt_name,
     records_frame,
@@ -144,7 +143,7 @@ def read_domainbed(
             rows[split].extend((samples[key][0], samples[key][1], classnames[samples[key][1]], split) for key in keys)
     return DatasetListing(
         records=records_frame(rows["train"] + rows["val"] + rows["test"]), image_root=root, classnames=classnames,
-        structure=DatasetStructure(duplicate_classnames=duplicate_names(classnames)),
+        structure=DatasetStructure(),
     )
 
 

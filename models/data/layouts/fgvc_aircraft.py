@@ -13,7 +13,6 @@ from models.data.layouts.listing import (
     DatasetLayoutError,
     DatasetListing,
     DatasetStructure,
-    duplicate_names,
     prompt_name,
     records_frame,
     refuse_single_class,
@@ -93,7 +92,7 @@ def read_fgvc_aircraft(root: Path) -> DatasetListing:
             )
     return DatasetListing(
         records=records_frame(rows), image_root=root / "images", classnames=classnames,
-        structure=DatasetStructure(duplicate_classnames=duplicate_names(classnames)),
+        structure=DatasetStructure(),
     )
 
 

@@ -14,7 +14,6 @@ from models.data.layouts.listing import (
     DatasetListing,
     DatasetStructure,
     class_folders_sorted,
-    duplicate_names,
     refuse_single_class,
     require_folder,
 )
@@ -54,7 +53,7 @@ def read_image_folder_layout(
     refuse_single_class(classnames, class_parent)
     return DatasetListing(
         records=records, image_root=class_parent, classnames=classnames,
-        structure=DatasetStructure(duplicate_classnames=duplicate_names(classnames), generated_split=True),
+        structure=DatasetStructure(generated_split=True),
         notes=(f"split generated here by read_image_folder (seed {seed}, val {val_fraction}, test {test_fraction} "
                "per class): no authors' split exists for this folder",),
     )

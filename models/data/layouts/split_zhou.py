@@ -23,7 +23,6 @@ from models.data.layouts.listing import (
     DatasetStructure,
     archive_beside,
     class_folders_sorted,
-    duplicate_names,
     list_class_images,
     listdir_nohidden,
     preview,
@@ -241,7 +240,7 @@ def read_split_zhou(
         classnames = check_split_records(records, split_path)
         return DatasetListing(
             records=records, image_root=image_path, classnames=classnames,
-            structure=DatasetStructure(duplicate_classnames=duplicate_names(classnames)),
+            structure=DatasetStructure(),
         )
     if not generated_split:
         raise DatasetLayoutError(
@@ -271,7 +270,7 @@ def read_split_zhou(
     )
     return DatasetListing(
         records=records, image_root=image_path, classnames=classnames,
-        structure=DatasetStructure(duplicate_classnames=duplicate_names(classnames), generated_split=True),
+        structure=DatasetStructure(generated_split=True),
         notes=(note,),
     )
 
