@@ -245,7 +245,7 @@ def measure_cocoop_pair(plan: BenchPlan, measurement: Measurement, backbone) -> 
 # ------------------------------------------------------------------------------------------------- timing
 def _memory_phase(device: torch.device, run_once: Callable[[], float]) -> dict[str, Any]:
     """Run once from a reset peak-RSS mark (where the platform allows); the peak and its rise over the start."""
-    _release_freed_memory()
+    release_freed_memory()
     peak_reset = reset_peak_rss()
     current_before = current_rss_mb()
     rss_before = current_before if peak_reset and current_before is not None else peak_rss_mb()
@@ -255,7 +255,7 @@ def _memory_phase(device: torch.device, run_once: Callable[[], float]) -> dict[s
     return {"warm_up_seconds": warm_up, "rss_before": rss_before, "peak_reset": peak_reset, **_peaks(device)}
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     """Hand memory freed by earlier work back to the OS (glibc keeps it resident otherwise), so the baseline RSS
     is what is live; best effort, a no-op off glibc."""
     import ctypes

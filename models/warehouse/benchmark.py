@@ -27,6 +27,8 @@ BENCHMARKS = {
     "zero-shot-evaluation": ("promptlab-cold", "promptlab-warm", "clip-benchmark"),
     # bench/testtime.py: test-time tuning test images/s against the authors' reference-style loop
     "test-time": ("batched-cached", "batched", "reference"),
+    # bench/thousand_classes.py: one training step at 1000 classes, text passes chunked against one pass of all
+    "thousand-classes": ("chunked", "unchunked"),
 }
 BENCHMARK_VARIANTS = tuple(dict.fromkeys(variant for variants in BENCHMARKS.values() for variant in variants))
 
