@@ -162,9 +162,11 @@ def test_stanford_cars_paths_are_relative_to_the_dataset_folder(tmp_path):
     write_images(root / "cars_train", ["00001.jpg", "00002.jpg"])
     write_images(root / "cars_test", ["00001.jpg", "00002.jpg"])
     write_split_file(root / "split_zhou_StanfordCars.json", {
-        "train": [("cars_train/00001.jpg", 0, "2012 Audi S4 Sedan"), ("cars_train/00002.jpg", 1, "2000 AM General Hummer SUV")],
+        "train": [("cars_train/00001.jpg", 0, "2012 Audi S4 Sedan"),
+                  ("cars_train/00002.jpg", 1, "2000 AM General Hummer SUV")],
         "val": [],
-        "test": [("cars_test/00001.jpg", 0, "2012 Audi S4 Sedan"), ("cars_test/00002.jpg", 1, "2000 AM General Hummer SUV")],
+        "test": [("cars_test/00001.jpg", 0, "2012 Audi S4 Sedan"),
+                 ("cars_test/00002.jpg", 1, "2000 AM General Hummer SUV")],
     })
     listing = read_listing("split_zhou", root)
     assert listing.image_root == root
@@ -177,7 +179,8 @@ def test_missing_split_file_names_the_file_and_where_it_comes_from(tmp_path):
     root = tmp_path / "dtd"
     for folder in ("banded", "blotchy"):
         write_images(root / "images" / folder, [f"{folder}_{number}.jpg" for number in range(5)])
-    error = expect_layout_error(lambda: read_listing("split_zhou", root), str(root / "split_zhou_DescribableTextures.json"),
+    split_file = root / "split_zhou_DescribableTextures.json"
+    error = expect_layout_error(lambda: read_listing("split_zhou", root), str(split_file),
                                 "not found", "Google Drive", "CoOp's DATASETS.md", "generated_split=True")
     assert "NOT the paper's split" in error.fix
 

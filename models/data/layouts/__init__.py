@@ -53,8 +53,10 @@ def read_listing(layout: str, root: Path, **options) -> DatasetListing:
         raise DatasetLayoutError(layout, "unknown layout", f"use one of {', '.join(LAYOUTS)}")
     root = Path(root)
     if not root.is_dir():
-        raise DatasetLayoutError(root, "dataset root not found" if not root.exists() else "dataset root is a file",
-                                 "pass the dataset's folder (each reader's docstring in models/data/layouts/ says which)")
+        raise DatasetLayoutError(
+            root, "dataset root not found" if not root.exists() else "dataset root is a file",
+            "pass the dataset's folder (each reader's docstring in models/data/layouts/ says which)",
+        )
     refuse_misdeclared(layout, root)
     return LAYOUTS[layout](root, **options)
 

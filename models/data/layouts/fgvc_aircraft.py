@@ -21,7 +21,8 @@ from models.data.layouts.listing import (
 
 VARIANTS_FILE = "variants.txt"
 SPLIT_FILES = {split: f"images_variant_{split}.txt" for split in ("train", "val", "test")}
-ARCHIVE_FIX = "the dataset root is the FGVC-Aircraft archive's fgvc-aircraft-2013b/data folder (CoOp renames it fgvc_aircraft)"
+ARCHIVE_FIX = ("the dataset root is the FGVC-Aircraft archive's fgvc-aircraft-2013b/data folder (CoOp renames it "
+               "fgvc_aircraft)")
 
 
 def _root_fix(root: Path) -> str:

@@ -91,7 +91,8 @@ def read_imagenet_v2(
     notes: list[str] = []
     if missing and not allow_partial:
         raise DatasetLayoutError(
-            image_root, f"{len(missing)} of the 1000 numbered folders are missing ({preview([str(m) for m in missing])})",
+            image_root,
+            f"{len(missing)} of the 1000 numbered folders are missing ({preview([str(m) for m in missing])})",
             "restore them from the ImageNetV2 archive, or pass allow_partial=True to read the folders present",
         )
     if missing:

@@ -119,8 +119,13 @@ def list_class_images(class_folder: Path, sort: bool = True) -> list[str]:
     The reference readers take every non-hidden entry as an image; a sub-folder there would be read as an image
     and fail at training time, and an empty folder is a class with no image: both are refused here.
     """
-    names = listdir_nohidden(class_folder)
-    subfolders = sorted(name for name in names if (class_folder / name).is_dir())
+    names: list[str] = []
+    subfolders: list[str] = []
+    with os.scandir(class_folder) as entries:  # file types from the directory listing: no stat per image
+        for entry in entries:
+            if not entry.name.startswith("."):
+                (subfolders if entry.is_dir() else names).append(entry.name)
+    subfolders.sort()
     if subfolders:
         raise DatasetLayoutError(
             class_folder / subfolders[0],

@@ -10,7 +10,7 @@ declare instead.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from models.data.datasets import IMAGE_EXTENSIONS
@@ -30,6 +30,12 @@ class Recognised:
     layout: str
     root: Path  # the folder to pass as the layout's root
     what: str  # what the folder is, for messages
+    relation: str = "is"  # the folder looked at "is" the root, is "inside" it, or "holds" it (its only sub-folder)
+
+    def describe(self) -> str:
+        return {"is": f"this is {self.what}",
+                "inside": f"this folder is inside {self.what} (root {self.root})",
+                "holds": f"this folder holds {self.what} in {self.root}"}[self.relation]
 
 
 def _entries(folder: Path) -> tuple[list[str], list[str]]:
@@ -103,12 +109,12 @@ def recognise(folder: Path) -> Recognised | None:
         if ancestor != folder:
             found = _recognise_root(ancestor)
             if found is not None:
-                return found
+                return replace(found, relation="inside")
     folders, files = _entries(folder)
     if len(folders) == 1 and not files:
         found = _recognise_root(folder / folders[0])
         if found is not None:
-            return found
+            return replace(found, relation="holds")
     for candidate in (folder / "images", folder):
         if _looks_like_image_folder(candidate):
             return Recognised("image_folder", folder, "a class-per-folder image tree")
@@ -145,22 +151,18 @@ def refuse_misdeclared(layout: str, folder: Path) -> None:
     folder = Path(folder).absolute()
     found = recognise(folder)
     if found is not None and found.layout != "image_folder":
-        same_root = found.root == folder
+        same_root = found.relation == "is"
         if found.layout == layout and not same_root:
-            raise DatasetLayoutError(
-                folder, f"this folder is inside {found.what}, whose root is {found.root}",
-                f"pass {found.root} as the root of layout '{layout}'",
-            )
-        one_domain = layout == "image_folder" and found.layout == "domainbed" and not same_root
+            raise DatasetLayoutError(folder, found.describe(), f"pass {found.root} as the root of layout '{layout}'")
+        one_domain = layout == "image_folder" and found.layout == "domainbed" and found.relation == "inside"
         if found.layout != layout and not one_domain:
-            this = f"this is {found.what}" if same_root else f"this folder is inside {found.what} (root {found.root})"
             consequence = (
                 "its sub-folders would become classes (split folders or WordNet ids as class names) and a split "
                 "would be generated instead of the authors'" if layout == "image_folder"
                 else f"'{layout}' looks for other files and folders and would misread it"
             )
             raise DatasetLayoutError(
-                folder, f"{this}, declared as '{layout}': {consequence}",
+                folder, f"{found.describe()}, declared as '{layout}': {consequence}",
                 f"declare layout '{found.layout}' with root {found.root}",
             )
     if layout == "image_folder":

@@ -116,7 +116,7 @@ def read_classnames_file(path: Path) -> ClassnamesFile:
                 f"keep one of the two lines, or replace the file by {COOP_CLASSNAMES_SOURCE}",
             )
         if not name.strip():
-            raise DatasetLayoutError(where, f"wnid {wnid} has no name", f"write its name after the wnid")
+            raise DatasetLayoutError(where, f"wnid {wnid} has no name", "write its name after the wnid")
         names[wnid] = name
         line_of[wnid] = line_number
     return ClassnamesFile(path, names, line_of)
