@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from models.data.layouts.listing import DatasetLayoutError, duplicate_names, preview, prompt_name
+from models.data.layouts.listing import DatasetLayoutError, preview, prompt_name
 
 WNID_PATTERN = re.compile(r"n\d{8}")
 CLASSNAMES_FILE = "classnames.txt"
@@ -178,6 +178,6 @@ def imagenet_names(root: Path, wnids: list[str] | tuple[str, ...], classnames_fi
 
 __all__ = [
     "CLASSNAMES_FILE", "COOP_CLASSNAMES_SOURCE", "COOP_CLIP_NAME_DIFFERENCES", "WNID_PATTERN", "ClassnamesFile",
-    "ImagenetNames", "classnames_path", "duplicate_names", "fallback_note", "imagenet_a_wnids", "imagenet_label_of",
+    "ImagenetNames", "classnames_path", "fallback_note", "imagenet_a_wnids", "imagenet_label_of",
     "imagenet_names", "imagenet_r_wnids", "imagenet_wnids", "open_clip_imagenet_classnames", "read_classnames_file",
 ]
