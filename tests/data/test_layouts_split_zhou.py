@@ -255,3 +255,13 @@ def test_unextracted_archive_is_named(tmp_path):
     (root / "101_ObjectCategories.tar.gz").write_bytes(b"")
     expect_layout_error(lambda: read_listing("split_zhou", root), str(root / "101_ObjectCategories"),
                         "extract 101_ObjectCategories.tar.gz")
+
+
+def test_repeated_names_are_not_declared_legitimate_outside_imagenet(tmp_path):
+    def rename_dog(split):
+        for rows in split.values():
+            for row in rows:
+                row[2] = "cat"
+    listing = read_listing("split_zhou", small_split(tmp_path / "pets", rename_dog))
+    assert listing.classnames == ("cat", "cat")
+    assert listing.structure.duplicate_classnames == ()  # a defect for the checks to report, not a reference list

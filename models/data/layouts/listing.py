@@ -24,7 +24,9 @@ class DatasetStructure:
 
     test_only: bool = False  # only test rows (ImageNetV2/Sketch/A/R)
     val_is_test: bool = False  # ImageNet: its val folder is the test split; no separate val rows
-    duplicate_classnames: tuple[str, ...] = ()  # names that legitimately appear under two labels
+    # names that legitimately appear under two labels: set only where the names come from a reference list that has
+    # them (CLIP's ImageNet list: "missile", "sunglasses"); elsewhere a repeated name is a defect to report
+    duplicate_classnames: tuple[str, ...] = ()
     generated_split: bool = False  # the split was generated here, not read from the authors' file
 
 
