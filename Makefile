@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.promptlab-installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install run test ui ui-test bench bench-testtime clean-workspace
+.PHONY: install run check-data test ui ui-test bench bench-testtime clean-workspace
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,16 @@ install: $(STAMP)
 
 # `make run GRID=quick`: a named subset of the grid (assets_catalog/grids.yaml). Without GRID: `standard`, the whole
 # grid except the iterative pseudolabel strategies (hours on 2 cores); `make run GRID=default` runs everything.
-GRID ?= standard
+# `make run SUITE=coop BACKBONE=ViT-B-16-openai`: a benchmark suite of real datasets under $PROMPTLAB_DATA
+# (assets_catalog/suites/) instead of the embedded world; `make check-data SUITE=coop` checks its folders first.
+GRID ?= $(if $(SUITE),default,standard)
+SUITE ?=
+BACKBONE ?=
 run: install
-	$(BIN)/promptlab run --grid $(GRID)
+	$(BIN)/promptlab run --grid $(GRID) $(if $(SUITE),--suite $(SUITE)) $(if $(BACKBONE),--backbone $(BACKBONE))
+
+check-data: install
+	$(BIN)/promptlab data check $(if $(SUITE),--suite $(SUITE))
 
 # Includes the browser suite's smoke tests (tests/ui, marker `ui`: Debian's chromium, about a minute);
 # PROMPTLAB_SKIP_BROWSER=1 skips them.

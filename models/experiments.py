@@ -170,9 +170,10 @@ def assemble_training_set(
         hashes = [sha256_file(augmented_dir / "images" / path) for path in augmented_rows["relative_path"].to_list()]
         augmented = labelled_part(augmented_dir / "images", augmented_rows, hashes, "label")
     training_set = combine_training_sets(labelled, augmented)
-    # the labelled val images (few-shot: min(K, 4) per class), for methods that select hyperparameters on them
-    training_set.validation = labelled_part(image_dir, val_rows, val_rows["content_sha256"].to_list(), "label",
-                                            with_mirror=False)
+    # the labelled val images (few-shot: min(K, 4) per class), for methods that select hyperparameters on them; none
+    # where the dataset's val set is its test set (ImageNet)
+    training_set.validation = (labelled_part(image_dir, val_rows, val_rows["content_sha256"].to_list(), "label",
+                                             with_mirror=False) if val_rows.height else None)
     return training_set
 
 

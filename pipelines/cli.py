@@ -377,7 +377,10 @@ def _run_command(argv: list[str] | None, signals) -> int:
     run.add_argument("--experiment", action="append", help="only this experiment key (repeatable)")
     run.add_argument("--protocol", choices=EVALUATION_PROTOCOLS,
                      help="only the partitions of this evaluation protocol (zero-shot included as its reference)")
-    run.add_argument("--grid", choices=[DEFAULT_GRID, *grid_subset_names(catalog_dir)],
+    grid_names = dict.fromkeys([DEFAULT_GRID, *grid_subset_names(catalog_dir),  # the catalog's and every suite's
+                                *(name for suite in suite_names(catalog_dir)
+                                  for name in grid_subset_names(catalog_dir / "suites" / suite))])
+    run.add_argument("--grid", choices=list(grid_names),
                      help="a named subset of the experiment grid (assets_catalog/grids.yaml; default: $PROMPTLAB_GRID "
                           "or the whole grid)")
     run.add_argument("--retrain-world", action="store_true",

@@ -8,7 +8,7 @@ import polars as pl
 
 from models.provenance import source_version
 from pipelines.assets import sync as folders
-from pipelines.assets.common import partition_inputs, refuse_inapplicable_method
+from pipelines.assets.common import partition_inputs, refuse_inapplicable_method, refuse_training_on_test_only
 from pipelines.assets.curation import fewshot_subsets
 from pipelines.assets.sync import synced
 from pipelines.assets.world import tiny_clip_backbone, tiny_diffusion_model
@@ -35,6 +35,7 @@ def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabReso
     from models.data.index import load_images
 
     dataset, experiment = dataset_and_experiment(context)
+    refuse_training_on_test_only(promptlab.catalog(), dataset, experiment)
     inputs = partition_inputs(promptlab, dataset, experiment)
     workspace = promptlab.workspace()
     output_dir = workspace.augmentation_dir(dataset, experiment)

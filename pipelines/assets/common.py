@@ -48,19 +48,22 @@ class PartitionInputs:
         return experiment_rows(self.experiment, self.index, len(self.classnames), fewshot, splits)
 
 
+def refuse_training_on_test_only(catalog, dataset: str, experiment: str) -> None:
+    """A trained experiment's partition on a test-only dataset (ImageNet's shifts) is refused, saying why."""
+    if not catalog.runs_on(dataset, experiment):
+        entry = catalog.dataset(dataset)
+        raise ValueError(f"{dataset} is a test-only dataset ({entry.source}): nothing trains on it, so {experiment} "
+                         f"has no partition there; it is evaluated as a transfer or test-time target of "
+                         f"{entry.domain_shift_of or 'its source'}")
+
+
 def partition_inputs(promptlab: PromptLabResource, dataset: str, experiment: str) -> PartitionInputs:
     """The curated inputs of a partition; refused (naming the failed check) when the dataset's latest curation did
     not pass its checks."""
     from models.data.validated_index import read_validated_index
 
-    from pipelines.partitions import runs_on
-
     catalog, workspace = promptlab.catalog(), promptlab.workspace()
     entry = catalog.dataset(dataset)
-    if not runs_on(catalog, dataset, experiment):
-        raise ValueError(f"{dataset} is a test-only dataset ({entry.source}): nothing trains on it, so {experiment} "
-                         f"has no partition there; it is evaluated as a transfer or test-time target of "
-                         f"{entry.domain_shift_of or 'its source'}")
     index = read_validated_index(workspace, dataset)
     classnames = json.loads(workspace.class_split_path(dataset).read_text())["classnames"]
     return PartitionInputs(entry, catalog.experiment(experiment), index, classnames, image_root(entry, workspace))

@@ -10,7 +10,7 @@ import polars as pl
 
 from models.provenance import source_version
 from pipelines.assets import sync as folders
-from pipelines.assets.common import lineage_record, partition_inputs, refuse_inapplicable_method
+from pipelines.assets.common import lineage_record, partition_inputs, refuse_inapplicable_method, refuse_training_on_test_only
 from pipelines.assets.curation import dataset_index, fewshot_subsets, learning_setting_splits
 from pipelines.assets.features import image_features
 from pipelines.assets.sync import synced
@@ -43,6 +43,7 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
     from models.warehouse import MetricRow, metric_rows, workspace_warehouse_of
 
     dataset, experiment = dataset_and_experiment(context)
+    refuse_training_on_test_only(promptlab.catalog(), dataset, experiment)
     inputs = partition_inputs(promptlab, dataset, experiment)
     workspace = promptlab.workspace()
     path = workspace.pseudolabels_path(dataset, experiment)

@@ -11,7 +11,7 @@ import polars as pl
 from models.provenance import library_code_version
 from pipelines.assets import sync as folders
 from pipelines.assets.augmentation import augmented_images
-from pipelines.assets.common import partition_inputs
+from pipelines.assets.common import partition_inputs, refuse_training_on_test_only
 from pipelines.assets.curation import base_new_classes, fewshot_subsets
 from pipelines.assets.features import image_features
 from pipelines.assets.pseudolabels import pseudolabels
@@ -44,6 +44,7 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     from models.prompting.methods import get_method
 
     dataset, experiment_key = dataset_and_experiment(context)
+    refuse_training_on_test_only(promptlab.catalog(), dataset, experiment_key)
     inputs = partition_inputs(promptlab, dataset, experiment_key)
     experiment, workspace = inputs.experiment, promptlab.workspace()
     backbone = promptlab.load_backbone()

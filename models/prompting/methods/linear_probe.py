@@ -12,7 +12,9 @@ best coarse value and keeps the better half each step. Where it differs, deliber
 - ties in val accuracy (frequent with 1-4 val images per class) go to the lower val cross-entropy, then to the
   smaller C, in the sweep, in the bisection and in the final choice, so the same inputs always give the same C;
 - every view of each training image (original and mirrored) is a training sample, and per-sample loss weights
-  (pseudolabels) go to sklearn's sample_weight.
+  (pseudolabels) go to sklearn's sample_weight;
+- a dataset without a val set (ImageNet, whose val folder is its test set) gets C = 10**log10_c_without_val (1, the
+  middle of the search): CoOp's script searches C on ImageNet's val, which is its test set, i.e. selects on test.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class LinearProbeParameters:
     # half a step beyond the coarse bounds.
     refine_steps: int = 8
     max_iter: int = 1000
+    # C where there is no val set to search it on (ImageNet: its val is its test set)
+    log10_c_without_val: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.coarse_log10_step > 0:
@@ -123,6 +127,9 @@ class LinearProbeClassifier(PromptedClassifier):
         parameters = self.parameters_used
         n_classes = len(self.classnames)
         train_x, train_y, train_w = self._training_samples(training_set, n_classes)
+        validation = training_set.validation
+        if validation is None or validation[0].shape[0] == 0:
+            return self._fit_without_validation(train_x, train_y, train_w, started)
         val_x, val_y = self._validation_samples(training_set, n_classes)
 
         tried: dict[float, dict] = {}  # log10 C -> record (fits are cached: the bisection revisits its ends)
@@ -201,6 +208,20 @@ class LinearProbeClassifier(PromptedClassifier):
         if training_set.sample_weights is not None:
             weights = training_set.sample_weights.detach().cpu().double().repeat_interleave(n_views).numpy()
         return features, labels.repeat_interleave(n_views).numpy(), weights
+
+    def _fit_without_validation(self, train_x, train_y, train_w, started: float) -> TrainingHistory:
+        """No val set: the declared C, no search (selecting on the test set is not an option)."""
+        parameters = self.parameters_used
+        c = 10.0**parameters.log10_c_without_val
+        model, converged = fit_logistic_regression(train_x, train_y, c, parameters.max_iter, train_w)
+        self.load_fitted(model)
+        train_accuracy = float(np.mean(model.predict(train_x) == train_y))
+        train_loss = cross_entropy(model, train_x, train_y, train_w)
+        details = {"solver": "lbfgs", "max_iter": parameters.max_iter, "chosen_c": c, "converged": converged,
+                   "c_selection": "fixed: the dataset has no val set (its val is its test set)",
+                   "train_accuracy": train_accuracy, "train_samples": int(train_x.shape[0])}
+        return TrainingHistory(epoch_losses=[train_loss], epoch_accuracies=[train_accuracy],
+                               seconds=time.perf_counter() - started, steps=1, details=details)
 
     def _validation_samples(self, training_set, n_classes: int):
         validation = training_set.validation
