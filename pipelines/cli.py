@@ -305,15 +305,21 @@ def print_accuracy_table(log=print) -> None:
             "holds it; `promptlab warehouse status` says more)")
 
 
-def run_data_check(suite: str | None, datasets: list[str] | None, as_json: bool, quiet_when_ok: bool = False) -> int:
+def run_data_check(suite: str | None, datasets: list[str] | None, as_json: bool, quiet_when_ok: bool = False,
+                   on_disk_only: bool = False) -> int:
     """`promptlab data check`: each dataset found / missing / unreadable, counts against the published ones, and
-    the fix for each known mistake; 2 when a dataset has a problem (nothing is written either way)."""
+    the fix for each known mistake; 2 when a dataset has a problem (nothing is written either way). `on_disk_only`
+    leaves the embedded datasets out, and says nothing when none is left (the run's own check)."""
     from models.catalog import CatalogError, load_catalog
     from models.data.preflight import check_catalog, format_checks
 
     try:
         catalog = load_catalog(suite=suite)
-        checks = check_catalog(catalog, datasets)
+        names = [name for name in datasets or catalog.datasets
+                 if not on_disk_only or catalog.dataset(name).source != "embedded"]
+        if on_disk_only and not names:
+            return 0
+        checks = check_catalog(catalog, names)
     except CatalogError as error:
         print(f"promptlab data check: error: {error}", file=sys.stderr)
         return 2
@@ -430,12 +436,12 @@ def _run_command(argv: list[str] | None, signals) -> int:
         os.environ["PROMPTLAB_SUITE"] = arguments.suite
     if arguments.backbone:  # read by the promptlab resource in this process and in workers
         os.environ["PROMPTLAB_BACKBONE"] = arguments.backbone
-    if os.environ.get("PROMPTLAB_SUITE"):  # a suite's datasets are on the user's disk: check them before any stage
-        status = run_data_check(os.environ["PROMPTLAB_SUITE"], arguments.dataset, as_json=False, quiet_when_ok=True)
-        if status:
-            print("promptlab run: refused: fix the datasets above (or leave them out with --dataset)",
-                  file=sys.stderr)
-            return status
+    # datasets on the user's disk (a suite's, or real ones in the catalog) are checked before any stage runs
+    status = run_data_check(os.environ.get("PROMPTLAB_SUITE") or None, arguments.dataset, as_json=False,
+                            quiet_when_ok=True, on_disk_only=True)
+    if status:
+        print("promptlab run: refused: fix the datasets above (or leave them out with --dataset)", file=sys.stderr)
+        return status
     for name in ("workers", "threads", "gpu_slots"):
         value = getattr(arguments, name)
         if value is not None and value < 1:

@@ -52,7 +52,7 @@ def _missing_message(entry, root: Path) -> str:
     variable = _unset_variable(str(entry.root))
     if variable:
         return (f"${variable} is not set; export {variable}=<the folder holding the datasets> (the layout under it: "
-                "README, 'Real datasets')")
+                "README, 'The field's benchmark')")
     parent = root.parent
     siblings = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
     near = [name for name in siblings if name.lower().replace("-", "_") == root.name.lower().replace("-", "_")]
