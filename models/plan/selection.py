@@ -1,0 +1,83 @@
+"""Which partitions `promptlab run` executes for a dataset / experiment / protocol selection, without Dagster.
+
+The same decisions as pipelines/partitions.py (protocol_experiment_partitions, transfer_partition_keys,
+test_time_partition_keys) and pipelines/cli.py (_materialize_graph's selection); tests/plan/test_plan.py holds them
+equal on the suites' catalogs, so a change to one that misses the other fails there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.catalog import EVALUATION_PROTOCOLS, Catalog
+from models.prompting.methods import get_method
+
+
+@dataclass(frozen=True)
+class RunSelection:
+    datasets: tuple[str, ...]  # curated (and their features encoded)
+    partitions: tuple[tuple[str, str], ...]  # (dataset, experiment): training + evaluation
+    transfers: tuple[tuple[str, str], ...]  # (source, experiment): the checkpoint on every target
+    test_time: tuple[tuple[str, str], ...]  # (source, test-time run)
+    protocol: str | None = None
+
+
+def untrained_experiments(catalog: Catalog) -> list[str]:
+    return [key for key, experiment in catalog.experiments.items() if not get_method(experiment.method).trains_prompts]
+
+
+def protocol_experiment_partitions(catalog: Catalog, protocol: str) -> list[tuple[str, str]]:
+    """(dataset, experiment) partitions a protocol needs, in catalog order (pipelines/partitions.py's rule)."""
+    if protocol not in EVALUATION_PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {EVALUATION_PROTOCOLS}")
+    untrained = untrained_experiments(catalog)
+    if protocol in ("test_time", "transfer"):
+        if protocol == "test_time":
+            plan = catalog.test_time
+            involved = {name for targets in plan.targets.values() for name in targets}
+            wanted = {(source, run.start) for source in plan.sources for run in plan.runs.values()}
+            wanted |= {(source, key) for source in plan.sources for key in catalog.transfer.experiments}
+        else:
+            involved = {name for source in catalog.transfer.sources
+                        for targets in catalog.transfer.targets_of(source).values() for name in (source, *targets)}
+            wanted = {(source, key) for source in catalog.transfer.sources for key in catalog.transfer.experiments}
+        wanted |= {(name, key) for name in involved for key in untrained}
+        return [(d, e) for d in catalog.datasets for e in catalog.experiments
+                if (d, e) in wanted and catalog.runs_on(d, e)]
+    trained_protocol = "all_classes" if protocol == "few_shot" else protocol
+    keys = [key for key, experiment in catalog.experiments.items()
+            if key in untrained or experiment.protocol == trained_protocol]
+    return [(dataset, key) for dataset in catalog.datasets for key in keys if catalog.runs_on(dataset, key)]
+
+
+def transfer_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:
+    return [(source, key) for source in catalog.transfer.sources for key in catalog.transfer.experiments]
+
+
+def test_time_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:
+    return [(source, key) for source in catalog.test_time.sources for key in catalog.test_time.runs]
+
+
+def run_selection(catalog: Catalog, datasets: list[str] | None = None, experiments: list[str] | None = None,
+                  protocol: str | None = None) -> RunSelection:
+    """What `promptlab run [--dataset ...] [--experiment ...] [--protocol P]` materializes; unknown names raise
+    CatalogError as the run does."""
+    datasets = list(datasets or catalog.datasets)
+    experiments = list(experiments or catalog.experiments)
+    for name in datasets:
+        catalog.dataset(name)
+    for key in experiments:
+        catalog.experiment(key)
+    partitions = (protocol_experiment_partitions(catalog, protocol) if protocol
+                  else [(name, key) for name in datasets for key in experiments if catalog.runs_on(name, key)])
+    partitions = [(name, key) for name, key in partitions if name in datasets and key in experiments]
+    transfers = [(name, key) for name, key in transfer_partition_keys(catalog)
+                 if name in datasets and key in experiments and protocol in (None, "transfer", "test_time")]
+    test_time = [(name, key) for name, key in test_time_partition_keys(catalog)
+                 if name in datasets and catalog.test_time.runs[key].start in experiments
+                 and protocol in (None, "test_time")]
+    if protocol:  # the run curates only what the protocol reads
+        needed = {name for name, _ in partitions + transfers}
+        needed |= {target for source, _ in test_time for target in catalog.test_time.targets[source]}
+        datasets = [name for name in datasets if name in needed]
+    return RunSelection(tuple(datasets), tuple(partitions), tuple(transfers), tuple(test_time), protocol)
