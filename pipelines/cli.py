@@ -334,6 +334,30 @@ def run_data_check(suite: str | None, datasets: list[str] | None, as_json: bool,
     return 2 if problem else 0
 
 
+def run_estimate(arguments) -> dict | None:
+    """The run's plan (`promptlab plan`: what runs, and its time estimated from costs measured on this device),
+    printed in full for --dry-run and as its total otherwise; None when it cannot be made (the run goes on)."""
+    from models.catalog import CatalogError, load_catalog
+    from models.plan import plan_for_backbone
+    from models.plan.rendering import format_duration
+
+    quiet = (lambda line: None) if not arguments.dry_run else print
+    try:
+        plan = plan_for_backbone(load_catalog(), arguments.backbone or os.environ.get("PROMPTLAB_BACKBONE") or None,
+                                 log=quiet, datasets=arguments.dataset, experiments=arguments.experiment,
+                                 protocol=arguments.protocol, counts_from_disk=True)
+    except (CatalogError, ValueError, OSError) as error:
+        print(f"plan   not estimated: {' '.join(str(error).split())}", file=sys.stderr if arguments.dry_run else
+              sys.stdout)
+        return None
+    if arguments.dry_run:
+        print(plan.render())
+    else:
+        print(f"plan   about {format_duration(plan.total_seconds)} on this device (`promptlab run --dry-run`: "
+              "what runs, and where the time goes)")
+    return plan.as_dict()
+
+
 def main(argv: list[str] | None = None) -> int:
     """`promptlab`: every failure ends in one line on stderr and a non-zero exit code (2: bad input, 3: another run
     holds the lock, 128 + n: stopped by signal n, 1: anything else, its traceback saved to last_error.txt)."""
@@ -373,6 +397,7 @@ def _save_traceback() -> Path | None:
 
 def _run_command(argv: list[str] | None, signals) -> int:
     from models.catalog import DEFAULT_CATALOG_DIR, DEFAULT_GRID, EVALUATION_PROTOCOLS, grid_subset_names, suite_names
+    from pipelines.plan_command import add_plan_parser, run_plan_command
     from pipelines.warehouse_commands import add_warehouse_parser, merge_after_run, run_warehouse_command
 
     catalog_dir = Path(os.environ.get("PROMPTLAB_CATALOG", DEFAULT_CATALOG_DIR))
@@ -410,6 +435,9 @@ def _run_command(argv: list[str] | None, signals) -> int:
                           "its datasets are checked first (`promptlab data check`)")
     run.add_argument("--backbone", help="the backbone to run with (backbones.yaml; default: the suite's, else the "
                                         "catalog's default)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print what the run would do and how long it would take on this device (`promptlab plan`) "
+                          "and stop")
     commands.add_parser("results", help="print test top-1 per dataset, method and shots from the warehouse")
     data = commands.add_parser("data", help="the datasets on disk")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -420,7 +448,10 @@ def _run_command(argv: list[str] | None, signals) -> int:
     check.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
     check.add_argument("--json", action="store_true", help="print the checks as JSON")
     add_warehouse_parser(commands)
+    add_plan_parser(commands)
     arguments = parser.parse_args(argv)
+    if arguments.command == "plan":
+        return run_plan_command(arguments)
     if arguments.command == "data":
         return run_data_check(arguments.suite, arguments.dataset, arguments.json)
     if arguments.command == "results":
@@ -453,6 +484,9 @@ def _run_command(argv: list[str] | None, signals) -> int:
     if threads:  # read by every job, here and in the workers (PromptLabResource.load_backbone)
         os.environ[THREADS_ENV] = str(threads)
     gpu_slots = arguments.gpu_slots or gpu_slot_count()
+    plan = run_estimate(arguments)
+    if arguments.dry_run:
+        return 0 if plan is not None else 2
     from models.catalog import CatalogError
 
     try:
@@ -462,6 +496,10 @@ def _run_command(argv: list[str] | None, signals) -> int:
     except CatalogError as error:  # a bad --dataset / --experiment or catalog file: say so, no traceback
         print(f"promptlab run: error: {error}", file=sys.stderr)
         return 2
+    if plan is not None:  # the run's actual stage times beside the estimate (workspace/plans/run-*.json)
+        from pipelines.plan_command import record_actual
+
+        summary["plan"] = str(record_actual(plan, summary))
     print(json.dumps(summary, indent=2))
     merge_after_run()  # rows its stages left pending while a reader held the warehouse
     if "report" in summary:

@@ -94,10 +94,27 @@ def test_data_check_reads_every_mini_with_the_real_entries(benchmark):
     assert any("missile" in warning and "sunglasses" in warning for warning in checks["ImageNet"]["warnings"])
 
 
+def test_a_dry_run_prints_the_plan_and_runs_nothing(benchmark):
+    promptlab, root = benchmark
+    result = promptlab("run", "--suite", "mini", "--dry-run", "--protocol", "few_shot")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "few-shot: coop on 3 datasets (3 partitions" in result.stdout  # ImageNet, Caltech101, FGVCAircraft
+    assert "Total: about" in result.stdout and "tiny-clip" in result.stdout
+    assert not (root / "workspace" / "curation").exists()
+
+
 def test_the_coop_suite_runs_every_protocol_on_the_minis(benchmark):
     promptlab, root = benchmark
     result = promptlab("run", "--suite", "mini", timeout=1500)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    # the estimate before the run, and the actual stage times recorded beside it after
+    assert "plan   about" in result.stdout
+    recorded = sorted((root / "workspace" / "plans").glob("run-*.json"))
+    assert recorded, "the run recorded no plan"
+    record = json.loads(recorded[-1].read_text())
+    assert record["total"]["estimated_seconds"] > 0 and record["total"]["wall_seconds"] > 0
+    assert {row["run_stage"] for row in record["comparison"]} >= {"experiments", "transfer"}
+    assert all(row["actual_seconds"] is not None for row in record["comparison"])
     rows = _query(root, """SELECT dataset, experiment_key, split, count(*) FROM current_results
                            WHERE stage = 'evaluation' AND metric = 'top1_accuracy' GROUP BY ALL""")
     evaluated = {(dataset, key) for dataset, key, _, _ in rows}
