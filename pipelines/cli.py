@@ -346,9 +346,11 @@ def run_estimate(arguments) -> dict | None:
         plan = plan_for_backbone(load_catalog(), arguments.backbone or os.environ.get("PROMPTLAB_BACKBONE") or None,
                                  log=quiet, datasets=arguments.dataset, experiments=arguments.experiment,
                                  protocol=arguments.protocol, counts_from_disk=True)
-    except (CatalogError, ValueError, OSError) as error:
-        print(f"plan   not estimated: {' '.join(str(error).split())}", file=sys.stderr if arguments.dry_run else
-              sys.stdout)
+    except Exception as error:  # an estimate that cannot be made never stops the run itself
+        if arguments.dry_run and not isinstance(error, (CatalogError, ValueError, OSError)):
+            raise
+        print(f"plan   not estimated: {type(error).__name__}: {' '.join(str(error).split())}",
+              file=sys.stderr if arguments.dry_run else sys.stdout)
         return None
     if arguments.dry_run:
         print(plan.render())
