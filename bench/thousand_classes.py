@@ -7,8 +7,8 @@ both methods' image tower is frozen, so a step never touches it), with ImageNet'
 list), on the ViT-B-16 architecture with seeded random weights (`open_clip.create_model(..., pretrained=None)`,
 frozen as models/backbones/loader.py freezes a backbone), fp32 on the CPU, with the methods' published parameters.
 "Chunked" is the default text_chunk_size (models/prompting/text_passes.py: passes of 128 prompts, checkpointed);
-"unchunked" is one pass of every prompt. Unchunked at 1000 classes needs about 29 MB per prompt for the backward
-(29 GB): it runs only where the machine has the memory (estimated from the unchunked step at `--pair-classes`), so
+"unchunked" is one pass of every prompt. Unchunked at 1000 classes needs about 19.6 MB per prompt for the backward
+(19.6 GB): it runs only where the machine has the memory (estimated from the unchunked step at `--pair-classes`), so
 the ratio is also measured at `--pair-classes` (256), where both fit. A last case is the test's
 (tests/prompting/test_thousand_classes.py): CoOp at 1000 classes, batch 2, with the text tower cut to its first
 block so that the step fits the test's minute; its chunked figure and the margin go to bench/measured/.
@@ -16,9 +16,15 @@ block so that the step fits the test's minute; its chunked figure and the margin
 How memory is measured: torch has no allocator statistics on the CPU (torch.cuda.max_memory_allocated has no CPU
 twin), so every case runs in a fresh process and reads the kernel's peak resident set (VmHWM in /proc/self/status),
 reset (/proc/self/clear_refs) after the model, classifier and inputs are built and freed memory is handed back to
-the OS; the figure is that peak minus the resident set just before the step ("rise"): what the step itself needs.
-The time is the same single step (the first of a fresh process, so it includes first-touch page faults of its
-memory, on both sides alike); a step of 1000 classes takes minutes on 2 cores, so each case runs once.
+the OS; the figure is that peak minus the resident set just before the step ("rise"). The resident set counts what
+glibc's malloc keeps after torch frees it, and with glibc's defaults it keeps a lot: its mmap threshold rises to the
+size of the largest block freed (up to 32 MiB), after which a pass's activations come from the heap, and the heap
+then grows by part of every pass (a chunked 1000-class CoOp step rose 12.0 GB, though its tensors peak near one
+pass's 2.5 GB). So by default the children run with the threshold fixed at glibc's initial 128 KiB
+(MALLOC_MMAP_THRESHOLD_=131072): blocks above it are mapped and unmapped one by one, and the rise is what the
+step's tensors need. `--glibc-default` measures with glibc's defaults instead (a separate run; the device names
+the setting). The time is the same single step (the first of a fresh process, so it includes first-touch page
+faults of its memory, on both sides alike); a step of 1000 classes takes minutes on 2 cores, so each case runs once.
 
 Recorded: one `thousand-classes` benchmark run in the configured warehouse (rows named method/classes, variants
 chunked and unchunked, the unchunked one the baseline), bench/results/thousand_classes.json, and the table with
@@ -51,12 +57,15 @@ from models.provenance import PACKAGE_ROOT, git_commit, library_code_version
 
 BENCHMARK = "thousand-classes"
 DEFAULT_OUTPUT = PACKAGE_ROOT / "bench" / "results" / "thousand_classes.json"
+GLIBC_DEFAULT_OUTPUT = PACKAGE_ROOT / "bench" / "results" / "thousand_classes-glibc-default.json"
 # What tests/prompting/test_thousand_classes.py reads: the test's case, its measured rise and the margin it allows.
 MEASURED_FIGURE = PACKAGE_ROOT / "bench" / "measured" / "thousand_classes.json"
 # The test's step may need this much more than the bench measured (allocator and thread-scratch noise between runs);
 # losing the chunking costs 5x or more there.
 TEST_MARGIN = 0.25
 CHILD_TIMEOUT_SECONDS = 3600
+# glibc's initial mmap threshold; setting it fixes it (no rise after frees), see the module docstring
+FIXED_MMAP_THRESHOLD = 131072
 TEMPLATES = ["a photo of a {}."]
 MEASURE = ("peak RSS (VmHWM, /proc/self/status) of a fresh process, reset after setup; rise = that peak minus "
            "the RSS just before the step (torch has no CPU allocator statistics)")
@@ -157,16 +166,23 @@ def measure_step(case: StepCase, hash_weights: bool = True) -> dict[str, Any]:
     }
 
 
+def allocator_environment(mmap_threshold: int | None) -> dict[str, str]:
+    """The environment that sets the child's malloc up: a fixed mmap threshold, or nothing (glibc's defaults)."""
+    return {} if mmap_threshold is None else {"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold)}
+
+
 def measure_in_fresh_process(case: StepCase, scratch: Path, hash_weights: bool = True,
-                             threads: int | None = None) -> dict[str, Any]:
-    """measure_step in a child process of its own (its peak RSS is the case's alone)."""
+                             threads: int | None = None, allocator: dict[str, str] | None = None) -> dict[str, Any]:
+    """measure_step in a child process of its own (its peak RSS is the case's alone), with the allocator settings
+    `allocator` (environment variables read when the process starts)."""
     result_path = Path(scratch) / f"result-{uuid.uuid4().hex}.json"
     command = [sys.executable, "-m", "bench.thousand_classes", "--child", json.dumps(asdict(case)),
                "--result", str(result_path)] + ([] if hash_weights else ["--no-weights-hash"])
     if threads:
         command += ["--threads", str(threads)]
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
-                                                                             os.environ.get("PYTHONPATH")]))}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    environment = {**inherited, **(allocator or {}),
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
     completed = subprocess.run(command, cwd=PACKAGE_ROOT, env=environment, capture_output=True, text=True,
                                timeout=CHILD_TIMEOUT_SECONDS)
     if completed.returncode != 0 or not result_path.exists():
@@ -199,6 +215,7 @@ class BenchOptions:
     text_chunk_size: int = DEFAULT_TEXT_CHUNK_SIZE
     methods: tuple[str, ...] = ("coop", "cocoop")
     threads: int | None = None
+    mmap_threshold: int | None = FIXED_MMAP_THRESHOLD  # None: glibc's defaults (module docstring)
     record: bool = True
     output: Path | None = DEFAULT_OUTPUT
     measured_figure: Path | None = MEASURED_FIGURE
@@ -251,11 +268,14 @@ def run_benchmark(options: BenchOptions) -> dict[str, Any]:
                     continue
                 print(f"measuring {case.name} ({'chunked' if case.chunked else 'unchunked'}, batch "
                       f"{case.batch_size}, {case.prompts} prompts)", file=sys.stderr, flush=True)
-                measured.append(measure_in_fresh_process(case, Path(scratch), threads=options.threads))
+                measured.append(measure_in_fresh_process(case, Path(scratch), threads=options.threads,
+                                                         allocator=allocator_environment(options.mmap_threshold)))
     finished_at = datetime.now(UTC)
     result = {"bench_run_id": bench_run_id, "started_at": str(started_at), "finished_at": str(finished_at),
-              "git_commit": git_commit(), "code_version": library_code_version(), "device": describe_device(),
-              "torch_version": torch.__version__, "architecture": options.architecture, "measure": MEASURE,
+              "git_commit": git_commit(), "code_version": library_code_version(),
+              "device": describe_device(options.mmap_threshold), "torch_version": torch.__version__,
+              "architecture": options.architecture, "measure": MEASURE,
+              "allocator_environment": allocator_environment(options.mmap_threshold),
               "load_average_1min_before": load_before, "options": _jsonable(asdict(options)),
               "measured": measured, "skipped": skipped, "ratios": ratios(measured)}
     if options.record:
@@ -289,7 +309,9 @@ def figure_for_the_test(result: dict[str, Any], options: BenchOptions) -> dict[s
         "case": asdict(test_case), "rise_mb": round(figure["rise_mb"], 1), "seconds": round(figure["seconds"], 1),
         "margin": TEST_MARGIN, "allowed_rise_mb": round(figure["rise_mb"] * (1 + TEST_MARGIN), 1),
         "unchunked_rise_mb": round(unchunked[0]["rise_mb"], 1) if unchunked else None,
-        "measure": MEASURE, "device": result["device"], "torch_version": result["torch_version"],
+        # the test's process must allocate as the bench's did
+        "allocator_environment": result["allocator_environment"], "measure": MEASURE, "device": result["device"],
+        "torch_version": result["torch_version"],
         "bench_run_id": result["bench_run_id"], "git_commit": result["git_commit"],
         "measured_at": result["finished_at"],
     }
@@ -326,10 +348,11 @@ def record(result: dict[str, Any], options: BenchOptions) -> str:
     return warehouse.address
 
 
-def describe_device() -> str:
+def describe_device(mmap_threshold: int | None) -> str:
     import platform
 
-    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()}, {os.cpu_count()} cores), fp32"
+    allocator = "" if mmap_threshold is None else f", glibc mmap threshold fixed at {mmap_threshold} bytes"
+    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()}, {os.cpu_count()} cores), fp32{allocator}"
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -386,6 +409,9 @@ def parse_options(argv: list[str] | None = None) -> tuple[argparse.Namespace, Be
     parser.add_argument("--text-chunk-size", type=int, default=defaults.text_chunk_size)
     parser.add_argument("--methods", default=",".join(defaults.methods))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="measure with glibc malloc's defaults, not a fixed mmap threshold (module docstring); "
+                             "does not rewrite the test's figure")
     parser.add_argument("--no-warehouse", action="store_true")
     parser.add_argument("--output", type=Path, default=defaults.output)
     parser.add_argument("--no-measured-figure", action="store_true",
@@ -399,8 +425,9 @@ def parse_options(argv: list[str] | None = None) -> tuple[argparse.Namespace, Be
         pair_classes=args.pair_classes, coop_batch=args.coop_batch, cocoop_batch=args.cocoop_batch,
         test_batch=args.test_batch, test_text_blocks=args.test_text_blocks, text_chunk_size=args.text_chunk_size,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), threads=args.threads,
-        record=not args.no_warehouse, output=args.output,
-        measured_figure=None if args.no_measured_figure else MEASURED_FIGURE)
+        mmap_threshold=None if args.glibc_default else FIXED_MMAP_THRESHOLD, record=not args.no_warehouse,
+        output=args.output if not args.glibc_default or args.output != defaults.output else GLIBC_DEFAULT_OUTPUT,
+        measured_figure=None if args.no_measured_figure or args.glibc_default else MEASURED_FIGURE)
     return args, options
 
 
