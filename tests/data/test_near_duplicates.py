@@ -1,5 +1,6 @@
 """Near-duplicates across splits (models/data/near_duplicates.py): copies the byte hash misses are caught by path,
-distinct pictures pass, the allow-list and threshold come from the catalog, bad catalog values are refused."""
+distinct pictures pass, the allow-list and threshold come from the catalog, bad catalog values are refused; the
+search returns exactly the exhaustive comparison's pairs."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from models.data.datasets import read_dataset
 from models.data.expectations import validate_dataset_index
 from models.data.index import build_dataset_index
 from models.data.near_duplicates import (DEFAULT_MAX_DISTANCE, THUMBNAIL_COLUMN, NearDuplicatePolicy,
-                                         find_near_duplicates, image_thumbnail, thumbnail_distance)
+                                         find_near_duplicates, find_near_duplicates_exhaustive, image_thumbnail,
+                                         thumbnail_distance)
 
 TRAIN_IMAGE = "circle/train_0.png"
 TEST_IMAGE = "circle/test_1.png"
@@ -136,11 +138,157 @@ def test_comparison_in_blocks_finds_the_same_pairs(monkeypatch):
     index = pl.DataFrame({"relative_path": [f"{i}.png" for i in range(40)], "split": splits,
                           THUMBNAIL_COLUMN: thumbnails}, schema_overrides={THUMBNAIL_COLUMN: pl.Binary})
 
-    whole, _ = find_near_duplicates(index, NearDuplicatePolicy())
+    whole, _ = find_near_duplicates_exhaustive(index, NearDuplicatePolicy())
     monkeypatch.setattr(near_duplicates, "COMPARISON_BLOCK_ROWS", 3)
-    blocked, _ = find_near_duplicates(index, NearDuplicatePolicy())
+    blocked, _ = find_near_duplicates_exhaustive(index, NearDuplicatePolicy())
     assert sorted(whole.select("path_a", "path_b").rows()) == sorted((f"{i}.png", f"{25 + i}.png") for i in range(15))
     assert blocked.equals(whole)
+    assert find_near_duplicates(index, NearDuplicatePolicy())[0].equals(whole)
+
+
+# ------------------------------------------------------------------------- the search against the exhaustive method
+SQUARED_LIMIT = DEFAULT_MAX_DISTANCE ** 2 * 192  # 622.08: squared weighted differences summed over 192 values
+
+
+def smooth_thumbnails(count: int, seed: int) -> np.ndarray:
+    """(count, 192) uint8 thumbnails of random smooth pictures (low-frequency luma and chroma), in [20, 235] so that
+    planted changes of a few levels never clip; a fifth are nearly flat, the crowded kind of picture."""
+    rng = np.random.default_rng(seed)
+    cells = np.arange(8) + 0.5
+    waves = np.stack([np.cos(np.pi * fy * cells)[:, None] * np.cos(np.pi * fx * cells)[None, :]
+                      for fy in range(3) for fx in range(3)])  # 9 low-frequency 8x8 patterns
+    amplitude = np.where(rng.random(count) < 0.2, 2.0, 30.0)[:, None, None]
+    channels = [rng.uniform(60, 195, (count, 1, 1)) + amplitude * np.einsum("nw,wyx->nyx", rng.normal(size=(count, 9)),
+                                                                             waves) / 3 for _ in range(3)]
+    return np.clip(np.rint(np.stack(channels, axis=-1)), 20, 235).astype(np.uint8).reshape(count, 192)
+
+
+def planted(values: np.ndarray, luma_changes: list[tuple[int, int]], chroma_changes: int) -> np.ndarray:
+    """A copy of one thumbnail with luma cells moved by (count, levels) and `chroma_changes` chroma values by 1: its
+    squared weighted distance is sum(count * levels^2) + chroma_changes / 16, exactly."""
+    copy = values.astype(int)
+    position = 0
+    for count, levels in luma_changes:
+        copy[position * 3:(position + count) * 3:3] += levels * np.where(np.arange(count) % 2, 1, -1)
+        position += count
+    copy[1:1 + 3 * chroma_changes:3] += 1
+    return copy.astype(np.uint8)
+
+
+# squared distance 622 + 1/16 = 622.0625 (distance 1.79998) and 622 + 2/16 (1.80007) around the 622.08 limit
+JUST_UNDER = ([(24, 5), (22, 1)], 1)
+JUST_OVER = ([(24, 5), (22, 1)], 2)
+
+
+def index_of(values: np.ndarray, splits: list[str]) -> pl.DataFrame:
+    return pl.DataFrame({"relative_path": [f"{i:05d}.png" for i in range(len(values))], "split": splits,
+                         THUMBNAIL_COLUMN: [bytes(row) for row in values]},
+                        schema_overrides={THUMBNAIL_COLUMN: pl.Binary})
+
+
+@pytest.fixture
+def planted_index() -> tuple[pl.DataFrame, set[tuple[str, str]], set[tuple[str, str]]]:
+    """3,000 smooth thumbnails (40% train, 10% val, 50% test) with copies planted just under and just over the
+    threshold across every pair of splits, exact copies, and copies inside one split (never reported)."""
+    rng = np.random.default_rng(7)
+    values = smooth_thumbnails(3000, seed=1)
+    splits = ["train"] * 1200 + ["val"] * 300 + ["test"] * 1500
+    under, over = set(), set()
+    sources = rng.choice(1200, 40, replace=False)
+    for number, source in enumerate(sources):
+        # source in train (or val), copy in val or test
+        source = int(source) if number < 30 else 1200 + number
+        target = (1200 + 100 + number) if number < 10 else (1500 + number * 7)
+        change = (JUST_UNDER, JUST_OVER, ([], 0), ([(10, 1)], 0))[number % 4]
+        values[target] = planted(values[source], *change)
+        pair = (f"{source:05d}.png", f"{target:05d}.png")
+        (over if change is JUST_OVER else under).add(pair)
+    values[5] = values[6]  # inside train
+    values[2999] = planted(values[2998], *JUST_UNDER)  # inside test
+    return index_of(values, splits), under, over
+
+
+def test_planted_pairs_are_measured_where_they_were_planted(planted_index):
+    index, under, over = planted_index
+    thumbnails = dict(index.select("relative_path", THUMBNAIL_COLUMN).iter_rows())
+    assert {thumbnail_distance(thumbnails[a], thumbnails[b]) <= DEFAULT_MAX_DISTANCE for a, b in under} == {True}
+    assert {thumbnail_distance(thumbnails[a], thumbnails[b]) <= DEFAULT_MAX_DISTANCE for a, b in over} == {False}
+    assert max(thumbnail_distance(thumbnails[a], thumbnails[b]) for a, b in under) > 1.7999
+    assert min(thumbnail_distance(thumbnails[a], thumbnails[b]) for a, b in over) < 1.8001
+
+
+@pytest.mark.parametrize("boxes", ["default", "tiny"])
+def test_search_returns_the_exhaustive_pairs_just_under_and_not_just_over(planted_index, monkeypatch, boxes):
+    index, under, over = planted_index
+    if boxes == "tiny":  # many groups and leaves, so that boxes, not the sizes, decide what is compared
+        monkeypatch.setattr(near_duplicates, "GROUP_ROWS", 16)
+        monkeypatch.setattr(near_duplicates, "LEAF_ROWS", 4)
+    exhaustive, _ = find_near_duplicates_exhaustive(index, NearDuplicatePolicy())
+    searched, _ = find_near_duplicates(index, NearDuplicatePolicy())
+    assert searched.equals(exhaustive)
+    found = set(searched.select("path_a", "path_b").rows())
+    assert under <= found and not over & found
+    assert not {("00005.png", "00006.png"), ("02998.png", "02999.png")} & found
+
+
+@pytest.mark.parametrize("max_distance", [0.0, 1.0, 3.0, 5.0])
+def test_search_returns_the_exhaustive_pairs_at_other_thresholds(planted_index, max_distance):
+    index, _, _ = planted_index
+    policy = NearDuplicatePolicy(max_distance=max_distance)
+    exhaustive, _ = find_near_duplicates_exhaustive(index, policy)
+    assert find_near_duplicates(index, policy)[0].equals(exhaustive)
+    assert exhaustive.height >= {0.0: 10, 1.0: 200, 3.0: 5000, 5.0: 20000}[max_distance]
+
+
+def test_search_handles_empty_and_single_image_splits():
+    values = smooth_thumbnails(5, seed=3)
+    for splits in (["train"] * 5, ["train", "test", "test", "test", "test"], ["val", "train", "test", "train", "val"]):
+        index = index_of(values, splits)
+        assert find_near_duplicates(index, NearDuplicatePolicy(max_distance=255.0))[0].equals(
+            find_near_duplicates_exhaustive(index, NearDuplicatePolicy(max_distance=255.0))[0])
+    empty = index_of(values[:0], [])
+    assert find_near_duplicates(empty, NearDuplicatePolicy())[0].height == 0
+
+
+def varied_picture(rng: np.random.Generator) -> Image.Image:
+    """Like `picture`, with a random shape, colours, place and gradient direction."""
+    size = int(rng.choice([32, 48, 64]))
+    ramp = np.linspace(*rng.uniform(20, 235, 2), size)
+    background = np.stack([np.tile(ramp[:, None], (1, size)), np.full((size, size), rng.uniform(40, 200)),
+                           np.tile(ramp[None, ::-1], (size, 1))], axis=-1)
+    image = Image.fromarray(background.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    x, y = rng.integers(0, size // 2, 2)
+    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+    getattr(draw, str(rng.choice(["ellipse", "rectangle"])))((x, y, x + size // 3, y + size // 3), fill=colour)
+    draw.line((0, int(rng.integers(size)), size - 1, int(rng.integers(size))), fill=(20, 20, 20), width=2)
+    return image
+
+
+def test_search_returns_the_exhaustive_pairs_on_decoded_reencoded_copies():
+    """Real copies: pictures in train, each re-encoded one way (JPEG, WebP, BMP, resized), decoded, in val or test."""
+    rng = np.random.default_rng(11)
+    kinds = list(COPIES.values())
+    thumbnails, splits, copies = [], [], []
+    for number in range(240):
+        original = varied_picture(rng)
+        thumbnails.append(image_thumbnail(original))
+        splits.append("train")
+        if number % 2 == 0:
+            _, encoded = kinds[number // 2 % len(kinds)](original)
+            with Image.open(io.BytesIO(encoded)) as decoded:
+                thumbnails.append(image_thumbnail(decoded.convert("RGB")))
+            splits.append("val" if number % 4 == 0 else "test")
+            copies.append((len(thumbnails) - 2, len(thumbnails) - 1))
+    index = pl.DataFrame({"relative_path": [f"{i:04d}.png" for i in range(len(thumbnails))], "split": splits,
+                          THUMBNAIL_COLUMN: thumbnails}, schema_overrides={THUMBNAIL_COLUMN: pl.Binary})
+    exhaustive, _ = find_near_duplicates_exhaustive(index, NearDuplicatePolicy())
+    searched, _ = find_near_duplicates(index, NearDuplicatePolicy())
+    assert searched.equals(exhaustive)
+    caught = {(f"{a:04d}.png", f"{b:04d}.png") for a, b in copies
+              if thumbnail_distance(thumbnails[a], thumbnails[b]) <= DEFAULT_MAX_DISTANCE}
+    assert len(caught) >= 0.9 * len(copies)
+    assert caught <= set(searched.select("path_a", "path_b").rows())
 
 
 def test_allow_list_exempts_a_listed_pair_in_either_order(make_shapes_dataset):
