@@ -125,31 +125,15 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
 
 def _materialize_graph(instance, datasets, experiments, log, protocol, stop_check, workers: int = 1,
                        gpu_slots: int | None = None) -> dict:
-    from pipelines.partitions import (multi_partition_key, protocol_experiment_partitions, runs_on,
-                                      test_time_partition_keys, transfer_partition_keys)
+    from models.plan.selection import run_selection
     from pipelines.resources import PromptLabResource
     from pipelines.run_guard import StopRequested
 
     resource = PromptLabResource()
     catalog = resource.catalog()
-    datasets = datasets or list(catalog.datasets)
-    experiments = experiments or list(catalog.experiments)
-    for name in datasets:
-        catalog.dataset(name)
-    for key in experiments:
-        catalog.experiment(key)
-    partitions = (protocol_experiment_partitions(catalog, protocol) if protocol
-                  else [(name, key) for name in datasets for key in experiments if runs_on(catalog, name, key)])
-    partitions = [(name, key) for name, key in partitions if name in datasets and key in experiments]
-    transfers = [(name, key) for name, key in transfer_partition_keys(catalog)
-                 if name in datasets and key in experiments and protocol in (None, "transfer", "test_time")]
-    test_time = [(name, key) for name, key in test_time_partition_keys(catalog)
-                 if name in datasets and catalog.test_time.runs[key].start in experiments
-                 and protocol in (None, "test_time")]
-    if protocol:  # curate only what the protocol reads
-        needed = {name for name, _ in partitions + transfers}
-        needed |= {target for source, _ in test_time for target in catalog.test_time.targets[source]}
-        datasets = [name for name in datasets if name in needed]
+    selected = run_selection(catalog, datasets, experiments, protocol)  # the plan's selection, the same decisions
+    datasets, partitions = list(selected.datasets), list(selected.partitions)
+    transfers, test_time = list(selected.transfers), list(selected.test_time)
     stage_seconds: dict[str, float] = {}
     failures: list[str] = []
     skipped: list[str] = []
@@ -321,6 +305,8 @@ def run_data_check(suite: str | None, datasets: list[str] | None, as_json: bool,
             return 0
         checks = check_catalog(catalog, names)
     except CatalogError as error:
+        if on_disk_only:  # the run's own check: the run reports a bad catalog itself
+            return 0
         print(f"promptlab data check: error: {error}", file=sys.stderr)
         return 2
     problem = any(check.has_problem for check in checks)
@@ -486,6 +472,17 @@ def _run_command(argv: list[str] | None, signals) -> int:
     if threads:  # read by every job, here and in the workers (PromptLabResource.load_backbone)
         os.environ[THREADS_ENV] = str(threads)
     gpu_slots = arguments.gpu_slots or gpu_slot_count()
+    from models.catalog import CatalogError, load_catalog
+
+    try:  # a bad catalog, --dataset or --experiment: one line and exit 2 before anything is written
+        catalog = load_catalog()
+        for name in arguments.dataset or []:
+            catalog.dataset(name)
+        for key in arguments.experiment or []:
+            catalog.experiment(key)
+    except CatalogError as error:
+        print(f"promptlab run: error: {error}", file=sys.stderr)
+        return 2
     plan = run_estimate(arguments)
     if arguments.dry_run:
         return 0 if plan is not None else 2

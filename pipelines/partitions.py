@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from models.catalog import EVALUATION_PROTOCOLS, Catalog, load_catalog
-from models.prompting.methods import get_method
+from models.catalog import Catalog, load_catalog
+from models.plan import selection
 
 _catalog = load_catalog()
 
@@ -50,39 +50,10 @@ def runs_on(catalog: Catalog, dataset: str, experiment: str) -> bool:
     return catalog.runs_on(dataset, experiment)
 
 
-def protocol_experiment_partitions(catalog: Catalog, protocol: str) -> list[tuple[str, str]]:
-    """(dataset, experiment) partitions a protocol needs, in catalog order. Untrained experiments (zero-shot) are
-    the reference of every protocol; few_shot is every experiment trained on all classes; base_to_new those of
-    protocol base_to_new; transfer the source checkpoints plus the zero-shot runs on sources and targets."""
-    if protocol not in EVALUATION_PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {EVALUATION_PROTOCOLS}")
-    untrained = [key for key, experiment in catalog.experiments.items()
-                 if not get_method(experiment.method).trains_prompts]
-    if protocol == "test_time":
-        # the starting checkpoints on their source, the zero-shot references on the source and its shifts, and the
-        # source's transfer checkpoints (CoOp and the others on the shifts: the table's trained rows)
-        plan = catalog.test_time
-        involved = {name for targets in plan.targets.values() for name in targets}
-        wanted = {(source, run.start) for source in plan.sources for run in plan.runs.values()}
-        wanted |= {(source, key) for source in plan.sources for key in catalog.transfer.experiments}
-        wanted |= {(name, key) for name in involved for key in untrained}
-        return [(d, e) for d in catalog.datasets for e in catalog.experiments if (d, e) in wanted
-                and runs_on(catalog, d, e)]
-    if protocol == "transfer":
-        involved = {name for source in catalog.transfer.sources
-                    for targets in catalog.transfer.targets_of(source).values() for name in (source, *targets)}
-        wanted = {(source, key) for source in catalog.transfer.sources for key in catalog.transfer.experiments}
-        wanted |= {(name, key) for name in involved for key in untrained}
-        return [(d, e) for d in catalog.datasets for e in catalog.experiments if (d, e) in wanted
-                and runs_on(catalog, d, e)]
-    keys = [key for key, experiment in catalog.experiments.items()
-            if key in untrained or experiment.protocol == ("all_classes" if protocol == "few_shot" else protocol)]
-    return [(dataset, key) for dataset in catalog.datasets for key in keys if runs_on(catalog, dataset, key)]
-
-
-def transfer_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:
-    """(source dataset, experiment) of every transfer partition."""
-    return [(source, key) for source in catalog.transfer.sources for key in catalog.transfer.experiments]
+# Which partitions each protocol needs is a decision of the library (models/plan/selection.py), shared with the plan.
+protocol_experiment_partitions = selection.protocol_experiment_partitions
+transfer_partition_keys = selection.transfer_partition_keys
+test_time_partition_keys = selection.test_time_partition_keys
 
 
 def test_time_start_mapping(catalog: Catalog) -> dg.MultiPartitionMapping:
@@ -97,8 +68,3 @@ def test_time_start_mapping(catalog: Catalog) -> dg.MultiPartitionMapping:
 
 
 test_time_from_start = test_time_start_mapping(_catalog)
-
-
-def test_time_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:
-    """(source dataset, test-time run) of every test-time partition."""
-    return [(source, key) for source in catalog.test_time.sources for key in catalog.test_time.runs]

@@ -27,6 +27,9 @@ import numpy as np
 import polars as pl
 
 MAX_VAL_SHOTS = 4
+# The subsets curation draws for every dataset: CoOp's shot counts and seeds (every grid picks among them).
+PROTOCOL_SHOTS: tuple[int, ...] = (1, 2, 4, 8, 16)
+PROTOCOL_SEEDS: tuple[int, ...] = (1, 2, 3)
 SUBSET_COLUMNS: tuple[str, ...] = ("relative_path", "label", "classname", "subset")
 FewShotSampling = Literal["per_class", "dassl"]
 FEW_SHOT_SAMPLINGS: tuple[str, ...] = ("per_class", "dassl")

@@ -1,9 +1,5 @@
-"""Which partitions `promptlab run` executes for a dataset / experiment / protocol selection, without Dagster.
-
-The same decisions as pipelines/partitions.py (protocol_experiment_partitions, transfer_partition_keys,
-test_time_partition_keys) and pipelines/cli.py (_materialize_graph's selection); tests/plan/test_plan.py holds them
-equal on the suites' catalogs, so a change to one that misses the other fails there.
-"""
+"""Which partitions `promptlab run` executes for a dataset / experiment / protocol selection, without Dagster: the
+one place these decisions live (pipelines/partitions.py and the CLI's run use them; so does the plan)."""
 
 from __future__ import annotations
 

@@ -14,10 +14,9 @@ from typing import Sequence
 
 from models.catalog import Catalog, DatasetEntry
 
-# The few-shot draws curation inspects at ImageNet scale (pipelines/assets/curation.py FEW_SHOT_SHOTS and
-# FEW_SHOT_SEEDS: every grid's shots and seeds; a test keeps them equal).
-FEW_SHOT_SHOTS = (1, 2, 4, 8, 16)
-FEW_SHOT_SEEDS = (1, 2, 3)
+# The few-shot draws curation inspects at ImageNet scale: every grid's shots and seeds.
+from models.data.fewshot import PROTOCOL_SEEDS as FEW_SHOT_SEEDS  # noqa: E402
+from models.data.fewshot import PROTOCOL_SHOTS as FEW_SHOT_SHOTS  # noqa: E402
 PUBLISHED, ON_DISK, EMBEDDED, UNKNOWN = "published", "on disk", "embedded", "unknown"
 
 

@@ -17,8 +17,8 @@ from pipelines.assets.world import is_current, mark_current
 from pipelines.partitions import dataset_partitions
 from pipelines.resources import PromptLabResource
 
-FEW_SHOT_SHOTS = (1, 2, 4, 8, 16)
-FEW_SHOT_SEEDS = (1, 2, 3)
+from models.data.fewshot import PROTOCOL_SEEDS as FEW_SHOT_SEEDS  # noqa: E402
+from models.data.fewshot import PROTOCOL_SHOTS as FEW_SHOT_SHOTS  # noqa: E402
 BENCHMARK_CODE = source_version("models/embedded/benchmark.py", "models/embedded/corpus.py")
 READER_CODE = source_version("models/data/datasets.py", "models/data/index.py", "models/data/near_duplicates.py",
                              "models/data/curation.py", *sorted(f"models/data/layouts/{path.name}" for path in

@@ -91,8 +91,9 @@ def test_the_cli_offers_the_catalogs_grids():
 def test_the_cli_runs_the_chosen_grid_and_names_what_it_lacks(tmp_path):
     """--grid reaches the Dagster definitions (their partitions) and the run: an experiment of the full grid that
     the quick grid leaves out is refused by name before anything runs."""
+    # the shipped catalog (a test folder's conftest may have pointed PROMPTLAB_CATALOG at its own)
     environment = {**os.environ, "PROMPTLAB_WORKSPACE": str(tmp_path / "workspace"),
-                   "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+                   "DAGSTER_HOME": str(tmp_path / "dagster_home"), "PROMPTLAB_CATALOG": str(DEFAULT_CATALOG_DIR)}
     environment.pop("PROMPTLAB_GRID", None)
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--grid", "quick",
                              "--experiment", "coop-k8-s1"], capture_output=True, text=True, env=environment)

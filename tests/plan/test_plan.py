@@ -46,11 +46,10 @@ def test_the_selection_is_the_pipelines_partitions(coop_catalog, protocol):
     from pipelines import partitions
 
     catalog = coop_catalog
-    assert selection.transfer_partition_keys(catalog) == partitions.transfer_partition_keys(catalog)
-    assert selection.test_time_partition_keys(catalog) == partitions.test_time_partition_keys(catalog)
-    if protocol is not None:
-        assert (selection.protocol_experiment_partitions(catalog, protocol)
-                == partitions.protocol_experiment_partitions(catalog, protocol))
+    # one rule, not two copies: the pipeline's partitions are the library's selection
+    assert partitions.protocol_experiment_partitions is selection.protocol_experiment_partitions
+    assert partitions.transfer_partition_keys is selection.transfer_partition_keys
+    assert partitions.test_time_partition_keys is selection.test_time_partition_keys
     chosen = selection.run_selection(catalog, protocol=protocol)
     if protocol is None:
         assert set(chosen.datasets) == set(catalog.datasets)
@@ -188,7 +187,10 @@ def test_the_calibration_is_cached_and_redone_on_request(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- command
 def test_the_command_prints_a_plan_and_its_json(tmp_path, monkeypatch, capsys):
     for name in ("PROMPTLAB_SUITE", "PROMPTLAB_GRID", "PROMPTLAB_BACKBONE", "PROMPTLAB_TORCH_THREADS"):
-        monkeypatch.delenv(name, raising=False)
+        # set, then deleted: monkeypatch records (and restores) only a variable it changed, and the command sets
+        # these in os.environ
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("PROMPTLAB_WORKSPACE", str(tmp_path))
     assert plan_command(["plan", "--suite", "coop", "--grid", "quick", "--backbone", "tiny-clip"]) == 0
     text = capsys.readouterr().out
