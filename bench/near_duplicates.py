@@ -4,7 +4,8 @@
 1. cost: the embedded Shapes renderer writes `--images` PNGs (10,000 by default: 20 classes, 40% train, 10% val,
    50% test, as the benchmark splits); timed are the index build (read, SHA-256, decode, thumbnail: what the
    dataset_index asset does), the thumbnails alone on decoded images, and the cross-split comparison.
-2. scaling: the comparison alone on random thumbnails of growing size (it is quadratic), fitted as a * n^2.
+2. scaling: the exhaustive comparison alone on random thumbnails of growing size (it is quadratic), fitted as
+   a * n^2; bench/dataset_scale.py measures the search that replaced it (find_near_duplicates) up to ImageNet's size.
 3. calibration: every embedded dataset of the catalog, built as the pipeline builds it (world.yaml benchmark
    settings): the closest pairs of distinct images across splits, and how far each kind of copy of a training image
    (re-saved PNG, other formats, JPEG qualities, resizes) moves from the original; the pairs flagged and the
@@ -35,8 +36,8 @@ from models.catalog import load_catalog
 from models.data.datasets import DatasetSource, read_dataset
 from models.data.index import build_dataset_index, load_images
 from models.data.near_duplicates import (DEFAULT_MAX_DISTANCE, THUMBNAIL_COLUMN, THUMBNAIL_VALUES,
-                                         NearDuplicatePolicy, find_near_duplicates, image_thumbnail,
-                                         thumbnail_distance)
+                                         NearDuplicatePolicy, find_near_duplicates, find_near_duplicates_exhaustive,
+                                         image_thumbnail, thumbnail_distance)
 from models.embedded.benchmark import build_embedded_dataset
 from models.provenance import PACKAGE_ROOT, git_commit
 
@@ -123,7 +124,7 @@ def measure_cost(scratch: Path, image_count: int) -> dict[str, Any]:
 
 
 def measure_scaling(sizes: tuple[int, ...]) -> dict[str, Any]:
-    """Comparison time on random thumbnails (no pair is close: the cost of finding nothing)."""
+    """Exhaustive comparison time on random thumbnails (no pair is close: the cost of finding nothing)."""
     rng = np.random.default_rng(0)
     points = []
     for size in sizes:
@@ -133,7 +134,7 @@ def measure_scaling(sizes: tuple[int, ...]) -> dict[str, Any]:
         index = pl.DataFrame({"relative_path": [f"{i}.png" for i in range(size)], "split": splits,
                               THUMBNAIL_COLUMN: thumbnails}, schema_overrides={THUMBNAIL_COLUMN: pl.Binary})
         started = time.perf_counter()
-        find_near_duplicates(index, NearDuplicatePolicy())
+        find_near_duplicates_exhaustive(index, NearDuplicatePolicy())
         points.append({"images": size, "comparison_seconds": round(time.perf_counter() - started, 3)})
     # Least squares of seconds = a * n^2 over the measured points.
     n_squared = np.array([p["images"] ** 2 for p in points], dtype=float)

@@ -29,6 +29,8 @@ BENCHMARKS = {
     "test-time": ("batched-cached", "batched", "reference"),
     # bench/thousand_classes.py: one training step at 1000 classes, text passes chunked against one pass of all
     "thousand-classes": ("chunked", "unchunked"),
+    # bench/dataset_scale.py: the near-duplicate search against the exhaustive comparison, and the index build
+    "dataset-scale": ("search", "exhaustive", "index-build"),
 }
 BENCHMARK_VARIANTS = tuple(dict.fromkeys(variant for variants in BENCHMARKS.values() for variant in variants))
 
