@@ -100,7 +100,10 @@ def _write_broken_dataset() -> None:
                 rows[split].append([relative, label, name])
     (images / "circle/train_0.png").write_bytes(b"not a png at all")
     rows["train"].append(["square/missing.png", 1, "square"])
-    rows["test"].append(["square/test_0.png", 1, "hexagon"])
+    # a row naming a class the label does not have (an image of its own: an image listed twice is refused earlier,
+    # by the reader)
+    Image.new("RGB", (32, 32), (220, 90, 10)).save(images / "square/test_3.png")
+    rows["test"].append(["square/test_3.png", 1, "hexagon"])
     (BROKEN_DATASET / "split_zhou_Broken.json").write_text(json.dumps(rows))
 
 

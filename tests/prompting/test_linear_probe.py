@@ -125,11 +125,16 @@ def test_sample_weights_reach_sklearn(reference_clip):
 
 
 @pytest.mark.parametrize("validation", [None, (torch.zeros(0, WIDTH), torch.zeros(0, dtype=torch.long))])
-def test_missing_val_subset_fails_clearly(reference_clip, validation):
+def test_without_a_val_set_c_is_the_declared_one_not_searched(reference_clip, validation):
+    """ImageNet has no val set (its val is its test set): C is fixed at 10**log10_c_without_val, not searched
+    (CoOp's script searches it on ImageNet's val, i.e. on test)."""
     training_set, _ = problem()
     training_set.validation = validation
-    with pytest.raises(ValueError, match="val subset"):
-        fitted(reference_clip, training_set, 3)
+    classifier, history = fitted(reference_clip, training_set, 3)
+    assert history.details["chosen_c"] == 1.0 and "tried" not in history.details
+    assert "no val set" in history.details["c_selection"]
+    expected = sklearn_fit(training_set, 1.0)
+    assert np.allclose(classifier.weight.detach().numpy(), expected.coef_, atol=1e-5)
 
 
 def test_a_class_without_training_samples_fails_clearly(reference_clip):

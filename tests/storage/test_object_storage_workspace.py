@@ -101,7 +101,7 @@ def test_an_experiment_on_machine_two_reads_the_curation_machine_one_published(s
     stored = {name.split("/ws/", 1)[1] for name in fs.find(f"{s3_bucket}/ws")}
     curation = {name for name in stored if name.startswith("curation/Shapes/")}
     assert curation == {f"curation/Shapes/{name}" for name in (
-        "index.parquet", "index_validation.json", "fewshot_subsets.parquet", "base_new_classes.json",
+        "index.parquet", "index_validation.json", "listing.json", "fewshot_subsets.parquet", "base_new_classes.json",
         "learning_setting_splits.parquet", MANIFEST_NAME)}  # the promoted index, not the staged one
     manifest = json.loads(fs.cat_file(f"{s3_bucket}/ws/curation/Shapes/{MANIFEST_NAME}"))
     assert manifest["state"] == "complete"
