@@ -47,7 +47,7 @@ reach = R + 1e-6 (1 + L) instead of R, which covers both with orders of magnitud
 
 Cost: building the boxes is O(n log n); the box test is quadratic in the number of groups and leaves
 (n^2 / (GROUP_ROWS LEAF_ROWS), k + 1 operations each), and the rest depends on how crowded the thumbnails are, not on
-n^2. bench/near_duplicates.py measures both methods on 10,000 to 1,000,000 thumbnails.
+n^2. bench/dataset_scale.py measures both methods on 10,000 to 1,331,167 thumbnails.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ DEFAULT_MAX_DISTANCE = 1.8
 COMPARISON_BLOCK_ROWS = 2048
 COMPARISON_BLOCK_VALUES = 1 << 24
 # The search: images per group and per leaf, principal directions kept, rows sampled (evenly) to find them, groups
-# of one split tested against all leaves of another at a time. Tuned on bench/near_duplicates.py's synthetic
+# of one split tested against all leaves of another at a time. Tuned on bench/dataset_scale.py's synthetic
 # thumbnails (1,000,000: 1024/64/8 took 16 s, 512/64/8 17 s, 1024/32/8 21 s, 1024/64/10 19 s); any values keep the
 # search exact.
 GROUP_ROWS = 1024
