@@ -23,7 +23,7 @@ from mini_benchmark import write_mini_benchmark  # noqa: E402
 
 CODE = Path(__file__).resolve().parents[2]
 MINI_DATASETS = ["ImageNet", "Caltech101", "FGVCAircraft", "ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
-FAST_COOP = {"method": "coop", "shots": [1], "seeds": [1], "optimization": {"epochs": 2, "batch_size": 32},
+FAST_COOP = {"method": "coop", "shots": [1], "seeds": [1], "optimization": {"epochs": 1, "batch_size": 256},
              "parameters": {"n_context": 4, "context_init": "a photo of a"}}
 
 
