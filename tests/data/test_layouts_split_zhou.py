@@ -242,11 +242,12 @@ def test_class_too_small_for_dassls_rule(tmp_path):
                         str(root / "images" / "blotchy"), "3 image(s) give 2 train / 1 val / 0 test", "at least 4")
 
 
-def test_generation_refused_where_coops_fallback_reads_annotations(tmp_path):
+def test_generation_needs_the_annotation_files_where_coops_fallback_reads_them(tmp_path):
     root = tmp_path / "oxford_pets"
     write_images(root / "images", ["Abyssinian_1.jpg"])
     expect_layout_error(lambda: read_listing("split_zhou", root, generated_split=True),
-                        str(root / "split_zhou_OxfordPets.json"), "annotation files", "Google Drive")
+                        str(root / "annotations" / "trainval.txt"), "annotation file not found",
+                        "split_zhou_OxfordPets.json", "Google Drive")
 
 
 def test_unextracted_archive_is_named(tmp_path):

@@ -2,8 +2,10 @@
 
 The JSON maps train/val/test to ``[relative_path, label, classname]`` rows, paths relative to ``image_dir`` (for
 StanfordCars ``image_dir`` is "" : paths are relative to the dataset folder). The split files exist only on CoOp's
-Google Drive; without one, ``generated_split=True`` builds a split with Dassl's fallback rule
-(``DTD.read_and_split_data``), which is a different split from the paper's and is marked as generated.
+Google Drive; without one, ``generated_split=True`` builds a split with CoOp's fallback for the dataset: Dassl's
+``DTD.read_and_split_data`` over the class folders (Caltech101, Food101, DTD, EuroSAT), or the loader's own code over
+the dataset's annotation files (OxfordPets, StanfordCars, OxfordFlowers, SUN397, UCF101: ``coop_fallbacks``). Either
+is a different split from the paper's and is marked as generated.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Literal, Mapping
 import polars as pl
 
 from models.data.datasets import expected_classnames, read_coop_split
+from models.data.layouts import coop_fallbacks
 from models.data.layouts.listing import (
     DatasetLayoutError,
     DatasetListing,
@@ -45,6 +48,8 @@ class CoopDataset:
     ignored: tuple[str, ...] = ()
     new_cnames: Mapping[str, str] = field(default_factory=dict)
     misnamed_image_dirs: Mapping[str, str] = field(default_factory=dict)  # folder a download gives -> where from
+    # CoOp's fallback over the dataset's annotation files: (root, image_dir, seed) -> (rows, rule for the note)
+    annotation_split: coop_fallbacks.Fallback | None = None
 
 
 COOP_DATASETS: dict[str, CoopDataset] = {
@@ -53,11 +58,11 @@ COOP_DATASETS: dict[str, CoopDataset] = {
         ignored=("BACKGROUND_Google", "Faces_easy"),
         new_cnames={"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"},
     ),
-    "OxfordPets": CoopDataset("oxford_pets", "images"),
-    "StanfordCars": CoopDataset("stanford_cars", ""),
-    "OxfordFlowers": CoopDataset("oxford_flowers", "jpg"),
+    "OxfordPets": CoopDataset("oxford_pets", "images", annotation_split=coop_fallbacks.oxford_pets),
+    "StanfordCars": CoopDataset("stanford_cars", "", annotation_split=coop_fallbacks.stanford_cars),
+    "OxfordFlowers": CoopDataset("oxford_flowers", "jpg", annotation_split=coop_fallbacks.oxford_flowers),
     "Food101": CoopDataset("food-101", "images", folder_split=True),
-    "SUN397": CoopDataset("sun397", "SUN397"),
+    "SUN397": CoopDataset("sun397", "SUN397", annotation_split=coop_fallbacks.sun397),
     "DescribableTextures": CoopDataset("dtd", "images", folder_split=True),
     "EuroSAT": CoopDataset(
         "eurosat", "2750", folder_split=True,
@@ -69,7 +74,7 @@ COOP_DATASETS: dict[str, CoopDataset] = {
         },
         misnamed_image_dirs={"EuroSAT_RGB": "the newer EuroSAT_RGB.zip", "EuroSAT": "a re-packed EuroSAT archive"},
     ),
-    "UCF101": CoopDataset("ucf101", "UCF-101-midframes"),
+    "UCF101": CoopDataset("ucf101", "UCF-101-midframes", annotation_split=coop_fallbacks.ucf101),
 }
 
 
@@ -223,9 +228,11 @@ def read_split_zhou(
     ``split_zhou_*.json`` in root, or root's folder name, e.g. "caltech-101"), which gives the defaults of
     ``image_dir`` (e.g. "101_ObjectCategories"; "" for StanfordCars), ``split_file`` (``split_zhou_<dataset>.json``)
     and, for a generated split, ``ignored`` and ``new_cnames`` (Caltech101's and EuroSAT's constants).
-    ``generated_split=True``: when the split file is absent, generate the split with Dassl's rule seeded by
-    ``seed`` (see ``generate_dassl_split``, ``file_order``) instead of refusing; a split file that is present is
-    always read, as Dassl does.
+    ``generated_split=True``: when the split file is absent, generate the split with CoOp's fallback seeded by
+    ``seed`` instead of refusing: Dassl's rule over the class folders (see ``generate_dassl_split``, ``file_order``),
+    or, for OxfordPets, StanfordCars, OxfordFlowers, SUN397 and UCF101, the loader's code over the dataset's
+    annotation files (``coop_fallbacks``; ``file_order``, ``ignored`` and ``new_cnames`` do not apply); a split file
+    that is present is always read, as Dassl does.
     """
     root = Path(root)
     if file_order not in ("sorted", "filesystem"):
@@ -248,6 +255,18 @@ def read_split_zhou(
             "split file not found (CoOp's split files are not part of the datasets' own archives)",
             f"download {split_path.name} from {SPLIT_FILE_SOURCE} into {root}; or pass generated_split=True to "
             "generate a split with Dassl's fallback rule (NOT the paper's split)",
+        )
+    if known is not None and known.annotation_split is not None:
+        rows, rule = known.annotation_split(root, image_path, seed)
+        records = records_frame(rows)
+        note = (
+            f"{split_path.name} not found: split generated here with CoOp's fallback for {name} "
+            f"(random.seed({seed}); {rule}). It is NOT the authors' split: results are not comparable with "
+            f"published numbers; download {split_path.name} from {SPLIT_FILE_SOURCE} for those"
+        )
+        return DatasetListing(
+            records=records, image_root=image_path, classnames=tuple(expected_classnames(records)),
+            structure=DatasetStructure(generated_split=True), notes=(note,),
         )
     if known is not None and not known.folder_split:
         raise DatasetLayoutError(
