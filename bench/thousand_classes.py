@@ -52,6 +52,7 @@ from typing import Any
 import torch
 
 from bench.measure import current_rss_mb, peak_rss_mb, release_freed_memory, reset_peak_rss
+from bench.throughput import _write_json_atomically
 from models.prompting.text_passes import DEFAULT_TEXT_CHUNK_SIZE
 from models.provenance import PACKAGE_ROOT, git_commit, library_code_version
 
@@ -281,9 +282,9 @@ def run_benchmark(options: BenchOptions) -> dict[str, Any]:
     if options.record:
         result["warehouse"] = record(result, options)
     if options.output is not None:
-        _write_json(Path(options.output), result)
+        _write_json_atomically(Path(options.output), result)
     if options.measured_figure is not None:
-        _write_json(Path(options.measured_figure), figure_for_the_test(result, options))
+        _write_json_atomically(Path(options.measured_figure), figure_for_the_test(result, options))
     return result
 
 
@@ -382,16 +383,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        temporary.write_text(json.dumps(value, indent=2, default=str) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def parse_options(argv: list[str] | None = None) -> tuple[argparse.Namespace, BenchOptions]:
