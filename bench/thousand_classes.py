@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.child is not None:
         result = measure_step(StepCase(**json.loads(args.child)), hash_weights=not args.no_weights_hash)
-        _write_json(args.result, result)
+        _write_json_atomically(args.result, result)
         return 0
     result = run_benchmark(options)
     print(format_table(result))
