@@ -290,7 +290,7 @@ def print_accuracy_table(log=print) -> None:
 
 
 def run_data_check(suite: str | None, datasets: list[str] | None, as_json: bool, quiet_when_ok: bool = False,
-                   on_disk_only: bool = False) -> int:
+                   on_disk_only: bool = False, found: list | None = None) -> int:
     """`promptlab data check`: each dataset found / missing / unreadable, counts against the published ones, and
     the fix for each known mistake; 2 when a dataset has a problem (nothing is written either way). `on_disk_only`
     leaves the embedded datasets out, and says nothing when none is left (the run's own check)."""
@@ -309,6 +309,8 @@ def run_data_check(suite: str | None, datasets: list[str] | None, as_json: bool,
             return 0
         print(f"promptlab data check: error: {error}", file=sys.stderr)
         return 2
+    if found is not None:  # the caller reuses what was read (the run's plan: the counts on disk)
+        found.extend(checks)
     problem = any(check.has_problem for check in checks)
     if as_json:
         print(json.dumps([check.as_dict() for check in checks], indent=2))
@@ -320,7 +322,17 @@ def run_data_check(suite: str | None, datasets: list[str] | None, as_json: bool,
     return 2 if problem else 0
 
 
-def run_estimate(arguments) -> dict | None:
+def sizes_on_disk(checks: list) -> dict:
+    """The plan's dataset sizes from the data check's counts (the lists are read once, not again for the plan)."""
+    from models.data.preflight import FOUND
+    from models.plan import DatasetSize
+
+    return {check.name: DatasetSize(check.name, check.counts["classes"], check.counts["train"], check.counts["val"],
+                                    check.counts["test"], "on disk")
+            for check in checks if check.status == FOUND}
+
+
+def run_estimate(arguments, checked: list | None = None) -> dict | None:
     """The run's plan (`promptlab plan`: what runs, and its time estimated from costs measured on this device),
     printed in full for --dry-run and as its total otherwise; None when it cannot be made (the run goes on)."""
     from models.catalog import CatalogError, load_catalog
@@ -331,7 +343,7 @@ def run_estimate(arguments) -> dict | None:
     try:
         plan = plan_for_backbone(load_catalog(), arguments.backbone or os.environ.get("PROMPTLAB_BACKBONE") or None,
                                  log=quiet, datasets=arguments.dataset, experiments=arguments.experiment,
-                                 protocol=arguments.protocol, counts_from_disk=True)
+                                 protocol=arguments.protocol, sizes=sizes_on_disk(checked or []))
     except Exception as error:  # an estimate that cannot be made never stops the run itself
         if arguments.dry_run and not isinstance(error, (CatalogError, ValueError, OSError)):
             raise
@@ -456,8 +468,9 @@ def _run_command(argv: list[str] | None, signals) -> int:
     if arguments.backbone:  # read by the promptlab resource in this process and in workers
         os.environ["PROMPTLAB_BACKBONE"] = arguments.backbone
     # datasets on the user's disk (a suite's, or real ones in the catalog) are checked before any stage runs
+    checked: list = []
     status = run_data_check(os.environ.get("PROMPTLAB_SUITE") or None, arguments.dataset, as_json=False,
-                            quiet_when_ok=True, on_disk_only=True)
+                            quiet_when_ok=True, on_disk_only=True, found=checked)
     if status:
         print("promptlab run: refused: fix the datasets above (or leave them out with --dataset)", file=sys.stderr)
         return status
@@ -483,7 +496,7 @@ def _run_command(argv: list[str] | None, signals) -> int:
     except CatalogError as error:
         print(f"promptlab run: error: {error}", file=sys.stderr)
         return 2
-    plan = run_estimate(arguments)
+    plan = run_estimate(arguments, checked)
     if arguments.dry_run:
         return 0 if plan is not None else 2
     from models.catalog import CatalogError
