@@ -103,15 +103,13 @@ def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=pri
     `wait`); `stop_check` is called after every job (the CLI's: raise StopRequested when a signal arrived).
     With `workers` > 1, independent partitions (curation of each dataset, experiments, transfers, test-time runs)
     run on that many worker processes (pipelines/parallel.py), each stage after the one it reads."""
+    from models.plan.selection import check_selection_names
     from models.workspace import default_workspace_root
     from pipelines.resources import PromptLabResource
     from pipelines.run_guard import StopRequested, fail_abandoned_runs, run_locks
 
     catalog = PromptLabResource().catalog()  # a bad catalog, --dataset or --experiment: refused before any lock
-    for name in datasets or []:
-        catalog.dataset(name)
-    for key in experiments or []:
-        catalog.experiment(key)
+    check_selection_names(catalog, datasets, experiments)
     home = ensure_dagster_home()
     with run_locks(home, default_workspace_root(), wait=wait, log=log):
         instance = prepared_instance(home, log)
@@ -405,7 +403,9 @@ def _run_command(argv: list[str] | None, signals) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="materialize the default graph (embedded world, every dataset x experiment)")
     run.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
-    run.add_argument("--experiment", action="append", help="only this experiment key (repeatable)")
+    run.add_argument("--experiment", action="append",
+                     help="only this experiment key, or test-time run key (tpt-zeroshot-s1), repeatable; test-time "
+                          "runs start only when named or with --protocol test_time")
     run.add_argument("--protocol", choices=EVALUATION_PROTOCOLS,
                      help="only the partitions of this evaluation protocol (zero-shot included as its reference)")
     grid_names = dict.fromkeys([DEFAULT_GRID, *grid_subset_names(catalog_dir),  # the catalog's and every suite's
@@ -486,13 +486,11 @@ def _run_command(argv: list[str] | None, signals) -> int:
         os.environ[THREADS_ENV] = str(threads)
     gpu_slots = arguments.gpu_slots or gpu_slot_count()
     from models.catalog import CatalogError, load_catalog
+    from models.plan.selection import check_selection_names
 
     try:  # a bad catalog, --dataset or --experiment: one line and exit 2 before anything is written
         catalog = load_catalog()
-        for name in arguments.dataset or []:
-            catalog.dataset(name)
-        for key in arguments.experiment or []:
-            catalog.experiment(key)
+        check_selection_names(catalog, arguments.dataset, arguments.experiment)
     except CatalogError as error:
         print(f"promptlab run: error: {error}", file=sys.stderr)
         return 2

@@ -54,25 +54,46 @@ def test_time_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:
     return [(source, key) for source in catalog.test_time.sources for key in catalog.test_time.runs]
 
 
+def check_selection_names(catalog: Catalog, datasets: list[str] | None, experiments: list[str] | None) -> None:
+    """CatalogError for a name that is neither a dataset, nor an experiment, nor a test-time run of the catalog
+    (`--experiment` takes both: `tpt-zeroshot-s1` selects that test-time run)."""
+    for name in datasets or []:
+        catalog.dataset(name)
+    for key in experiments or []:
+        if key not in catalog.test_time.runs:
+            catalog.experiment(key)
+
+
 def run_selection(catalog: Catalog, datasets: list[str] | None = None, experiments: list[str] | None = None,
                   protocol: str | None = None) -> RunSelection:
     """What `promptlab run [--dataset ...] [--experiment ...] [--protocol P]` materializes; unknown names raise
-    CatalogError as the run does."""
+    CatalogError as the run does.
+
+    A slice runs what it names: `--experiment zeroshot` trains and evaluates zero-shot and the transfers of that
+    checkpoint, but starts no test-time run (several minutes each) unless `--protocol test_time` asks for the
+    test-time protocol or the test-time run's own key is named (`--experiment tpt-zeroshot-s1`, which also selects
+    the partition it starts from)."""
+    check_selection_names(catalog, datasets, experiments)
+    named_runs = [key for key in experiments or [] if key in catalog.test_time.runs]
+    named_experiments = [key for key in experiments or [] if key not in catalog.test_time.runs]
+    whole_grid = not experiments
     datasets = list(datasets or catalog.datasets)
-    experiments = list(experiments or catalog.experiments)
-    for name in datasets:
-        catalog.dataset(name)
-    for key in experiments:
-        catalog.experiment(key)
+    experiments = (list(catalog.experiments) if whole_grid else
+                   list(dict.fromkeys(named_experiments + [catalog.test_time.runs[key].start for key in named_runs])))
     partitions = (protocol_experiment_partitions(catalog, protocol) if protocol
                   else [(name, key) for name in datasets for key in experiments if catalog.runs_on(name, key)])
     partitions = [(name, key) for name, key in partitions if name in datasets and key in experiments]
+    if named_runs and not named_experiments:  # only test-time runs named: their start partitions, on their sources
+        partitions = [(name, key) for name, key in partitions
+                      if any(catalog.test_time.runs[run].start == key and name in catalog.test_time.sources
+                             for run in named_runs)]
     transfers = [(name, key) for name, key in transfer_partition_keys(catalog)
-                 if name in datasets and key in experiments and protocol in (None, "transfer", "test_time")]
+                 if name in datasets and key in named_experiments + (list(catalog.experiments) if whole_grid else [])
+                 and protocol in (None, "transfer", "test_time")]
     test_time = [(name, key) for name, key in test_time_partition_keys(catalog)
                  if name in datasets and catalog.test_time.runs[key].start in experiments
-                 and protocol in (None, "test_time")]
-    if protocol:  # the run curates only what the protocol reads
+                 and (protocol == "test_time" or (protocol is None and (whole_grid or key in named_runs)))]
+    if protocol or named_runs:  # the run curates only what its partitions read
         needed = {name for name, _ in partitions + transfers}
         needed |= {target for source, _ in test_time for target in catalog.test_time.targets[source]}
         datasets = [name for name in datasets if name in needed]

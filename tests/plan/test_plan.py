@@ -57,6 +57,26 @@ def test_the_selection_is_the_pipelines_partitions(coop_catalog, protocol):
                                              for key in catalog.experiments)
 
 
+def test_a_slice_runs_what_it_names():
+    """`--experiment zeroshot` starts no test-time run (minutes each); naming the test-time run, or the test-time
+    protocol, does, and naming only a test-time run selects the partition it starts from on its source."""
+    catalog = load_catalog()
+    run = next(key for key, value in catalog.test_time.runs.items() if value.start == "zeroshot")
+    source = catalog.test_time.sources[0]
+    zero_shot = selection.run_selection(catalog, experiments=["zeroshot"])
+    assert zero_shot.test_time == () and ("Shapes", "zeroshot") in zero_shot.partitions
+    named = selection.run_selection(catalog, experiments=[run])
+    assert named.test_time == ((source, run),) and named.partitions == ((source, "zeroshot"),)
+    assert named.transfers == ()
+    assert set(named.datasets) == {source, *catalog.test_time.targets[source]}
+    by_protocol = selection.run_selection(catalog, experiments=["zeroshot"], protocol="test_time")
+    assert (source, run) in by_protocol.test_time
+    whole = selection.run_selection(catalog)
+    assert len(whole.test_time) == len(catalog.test_time.sources) * len(catalog.test_time.runs)
+    with pytest.raises(Exception, match="unknown experiment"):
+        selection.run_selection(catalog, experiments=["tpt-nothing"])
+
+
 def test_few_shot_draws_are_the_curation_assets(coop_catalog):
     from models.plan.sizes import FEW_SHOT_SEEDS, FEW_SHOT_SHOTS
     from pipelines.assets import curation
