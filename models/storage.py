@@ -74,6 +74,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_parquet_file(path: Path | str, **options):
+    """One local Parquet file as a polars DataFrame, its path taken literally: polars reads a path as a glob pattern
+    by default, so a workspace folder named `proj [v2]` or `we'ird [x]{a,b} *?` would match nothing ("expanded
+    paths were empty"). Every reader of a workspace file goes through here; `options` are read_parquet's."""
+    import polars as pl
+
+    return pl.read_parquet(path, glob=False, **options)
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

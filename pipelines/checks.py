@@ -62,16 +62,15 @@ def dataset_expectations(
     """GX on the staged index (the promoted one when the checks run alone); promotes it to index.parquet only when
     no blocking (ERROR) check failed, and records the outcome either way (models.data.validated_index), so no later
     stage reads an index that failed."""
-    import polars as pl
-
     from models.data.curation import read_listing_record
     from models.data.expectations import validate_dataset_index
     from models.data.validated_index import index_to_validate, record_validation
+    from models.storage import read_parquet_file
 
     workspace, dataset = promptlab.workspace(), context.partition_key
     # what the layout reader declared (test-only, val is test, duplicate names): relaxed checks say so
     structure = read_listing_record(workspace.listing_path(dataset))["structure"]
-    report = validate_dataset_index(pl.read_parquet(index_to_validate(workspace, dataset)), dataset,
+    report = validate_dataset_index(read_parquet_file(index_to_validate(workspace, dataset)), dataset,
                                     promptlab.catalog().dataset(dataset).near_duplicates, structure)
     results = list(_check_results(report, DATASET_EXPECTATIONS, dataset_index.key))
     failed = {r.check_name: r.metadata["details"].value for r in results
@@ -95,14 +94,13 @@ def learning_setting_expectations(
 ) -> Iterator[dg.AssetCheckResult]:
     """GX on the learning-setting splits: no val/test image in any pool, one role per image, labelled classes
     covered, pools not empty."""
-    import polars as pl
-
     from models.data.expectations import validate_setting_splits
     from models.data.validated_index import read_validated_index
+    from models.storage import read_parquet_file
 
     workspace = promptlab.workspace()
     dataset = context.partition_key
-    splits = pl.read_parquet(workspace.setting_splits_path(dataset))
+    splits = read_parquet_file(workspace.setting_splits_path(dataset))
     if splits.height == 0:  # the grid has no setting experiments: nothing to check
         for name in SETTING_EXPECTATIONS:
             yield dg.AssetCheckResult(check_name=name, asset_key=learning_setting_splits.key, passed=True,

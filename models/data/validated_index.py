@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from models.provenance import sha256_file
+from models.storage import read_parquet_file
 from models.workspace import Workspace
 
 
@@ -124,7 +125,7 @@ def read_validated_index(workspace: Workspace, dataset: str, listed_rows: bool =
         found = sha256_file(path) if path.exists() else "missing"
         raise IndexNotValidatedError(f"{dataset}: {path} is not the index that passed validation (SHA-256 {found}, "
                                      f"{record_path} says {expected}); run curation_job for {dataset} again")
-    index = pl.read_parquet(path)
+    index = read_parquet_file(path)
     if "inspected" in index.columns and not listed_rows:
         index = index.filter(pl.col("inspected")).drop("inspected")
     return index

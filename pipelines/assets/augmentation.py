@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 
 from models.provenance import source_version
+from models.storage import read_parquet_file
 from pipelines.assets import sync as folders
 from pipelines.assets.common import partition_inputs, refuse_inapplicable_method, refuse_training_on_test_only
 from pipelines.assets.curation import fewshot_subsets
@@ -46,7 +47,7 @@ def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabReso
         return dg.MaterializeResult(metadata={"applies": False, "reason": f"{experiment} requests no augmentation"})
     backbone = promptlab.load_backbone()
     refuse_inapplicable_method(inputs, backbone)
-    rows = inputs.fewshot_train(pl.read_parquet(workspace.fewshot_path(dataset)))
+    rows = inputs.fewshot_train(read_parquet_file(workspace.fewshot_path(dataset)))
     paths = rows["relative_path"].to_list()
     staging = output_dir.with_name(output_dir.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)

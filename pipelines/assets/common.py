@@ -8,6 +8,7 @@ from functools import cached_property
 import polars as pl
 
 from models.catalog import DatasetEntry, ExperimentConfig
+from models.storage import read_parquet_file
 from pipelines.assets.curation import image_root
 from pipelines.resources import PromptLabResource
 
@@ -41,9 +42,9 @@ class PartitionInputs:
         its learning setting's curated split or its few-shot subset."""
         from models.limited_labels import experiment_rows
 
-        fewshot = (pl.read_parquet(workspace.fewshot_path(self.dataset.name)) if self.experiment.setting is None
+        fewshot = (read_parquet_file(workspace.fewshot_path(self.dataset.name)) if self.experiment.setting is None
                    else None)
-        splits = (pl.read_parquet(workspace.setting_splits_path(self.dataset.name))
+        splits = (read_parquet_file(workspace.setting_splits_path(self.dataset.name))
                   if self.experiment.setting is not None else None)
         return experiment_rows(self.experiment, self.index, len(self.classnames), fewshot, splits)
 

@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 
 from models.provenance import library_code_version
+from models.storage import read_parquet_file
 from pipelines.assets import sync as folders
 from pipelines.assets.augmentation import augmented_images
 from pipelines.assets.common import partition_inputs, refuse_training_on_test_only
@@ -99,7 +100,7 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
                 rounds = result.pseudolabelling
                 config["pseudolabel_rounds"] = rounds.quality_frame().to_dicts()
         else:
-            fewshot = pl.read_parquet(workspace.fewshot_path(dataset))
+            fewshot = read_parquet_file(workspace.fewshot_path(dataset))
             training_set = assemble_training_set(
                 experiment.method, backbone, inputs.image_set, inputs.fewshot_train(fewshot),
                 inputs.fewshot_train(fewshot, subset="val"), trained_labels, workspace.feature_cache_dir,
@@ -138,7 +139,7 @@ def augmentation_inputs(workspace, dataset: str, experiment_key: str, experiment
     if experiment.augmentation is None:
         return None, None
     augmented_dir = workspace.augmentation_dir(dataset, experiment_key)
-    return augmented_dir, pl.read_parquet(augmented_dir / "augmented.parquet").filter(pl.col("kept"))
+    return augmented_dir, read_parquet_file(augmented_dir / "augmented.parquet").filter(pl.col("kept"))
 
 
 def train_with_pool(context, promptlab, inputs, backbone, classifier_factory, optimization, log_epoch):
@@ -160,7 +161,7 @@ def train_with_pool(context, promptlab, inputs, backbone, classifier_factory, op
                                    workspace.feature_cache_dir, validation_rows)
     initial = None
     if experiment.pseudolabels is not None:
-        initial = pl.read_parquet(workspace.pseudolabels_path(inputs.dataset.name, experiment.key))
+        initial = read_parquet_file(workspace.pseudolabels_path(inputs.dataset.name, experiment.key))
 
     def train(classifier, training_set, after_epoch):
         context.log.info(f"training {experiment.method} on {training_set.composition} for {optimization.epochs} "
