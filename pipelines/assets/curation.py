@@ -14,6 +14,7 @@ from models.workspace import Workspace
 from pipelines.assets import sync as folders
 from pipelines.assets.sync import synced
 from pipelines.assets.world import is_current, mark_current
+from pipelines.metadata import markdown_table
 from pipelines.partitions import dataset_partitions
 from pipelines.resources import PromptLabResource
 
@@ -27,12 +28,12 @@ READER_CODE = source_version("models/data/datasets.py", "models/data/index.py", 
 
 
 def index_preview(index, rows: int = 5) -> str:
-    """The index's first rows as markdown: missing text (no decode error) shows empty, not `nan`; binary columns
-    (the near-duplicate thumbnail) are left out."""
+    """The index's first rows as markdown, class names and paths escaped (a `<svg>` or `|` in a name shows as
+    itself); missing text (no decode error) shows empty; binary columns (the near-duplicate thumbnail) are left
+    out."""
     import polars as pl
 
-    head = index.head(rows).select(pl.exclude(pl.Binary)).with_columns(pl.col(pl.String).fill_null(""))
-    return head.to_pandas().to_markdown(index=False)
+    return markdown_table(index.head(rows).select(pl.exclude(pl.Binary)))
 
 
 def dataset_root(entry: DatasetEntry, workspace: Workspace) -> Path:
@@ -246,5 +247,5 @@ def learning_setting_splits(context: dg.AssetExecutionContext, promptlab: Prompt
     context.log.info(f"{dataset}: {len(requests)} learning-setting splits")
     return dg.MaterializeResult(metadata={
         "path": str(path), "splits": dg.MetadataValue.json([list(r) for r in requests]),
-        "roles": dg.MetadataValue.md(counts.to_pandas().to_markdown(index=False)) if table.height else "none",
+        "roles": dg.MetadataValue.md(markdown_table(counts)) if table.height else "none",
         "split_hash": stable_hash(table.rows())})

@@ -16,6 +16,7 @@ from pipelines.assets import sync as folders
 from pipelines.assets.curation import dataset_index, image_root
 from pipelines.assets.sync import synced
 from pipelines.assets.world import tiny_clip_backbone
+from pipelines.metadata import markdown_table
 from pipelines.partitions import dataset_partitions
 from pipelines.resources import PromptLabResource
 
@@ -62,6 +63,6 @@ def image_features(context: dg.AssetExecutionContext, promptlab: PromptLabResour
         "feature_width": int(features.shape[-1]),
         "images": len(image_set.content_hashes),
         "seconds": round(time.perf_counter() - started_all, 2),
-        "views": dg.MetadataValue.md(table.to_pandas().to_markdown(index=False)),
+        "views": dg.MetadataValue.md(markdown_table(table)),
         "cache": dg.MetadataValue.path(str(workspace.feature_cache_dir)),
     })

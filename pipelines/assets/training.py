@@ -18,7 +18,7 @@ from pipelines.assets.features import image_features
 from pipelines.assets.pseudolabels import pseudolabels
 from pipelines.assets.sync import synced
 from pipelines.assets.world import tiny_clip_backbone
-from pipelines.metadata import counts_table, path_value, training_curves
+from pipelines.metadata import counts_table, markdown_table, path_value, training_curves
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
 from pipelines.resources import PromptLabResource
 
@@ -126,7 +126,7 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
         )
         if rounds is not None:
             quality = rounds.quality_frame()
-            metadata["pseudolabel_rounds"] = dg.MetadataValue.md(quality.to_pandas().to_markdown(index=False))
+            metadata["pseudolabel_rounds"] = dg.MetadataValue.md(markdown_table(quality))
             metadata["pseudolabel_accuracy_by_round"] = dg.MetadataValue.md(round_plot(quality))
     directory = save_prompt_checkpoint(workspace.checkpoint_dir(dataset, experiment_key), classifier, config,
                                        rounds.rounds_frame() if rounds is not None else None)
