@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
+from models.prompting.methods.registry import (
+    ClassifierContext, MethodSpec, Paper, PromptedClassifier, matches_authors_code, register_method,
+)
 from models.prompting.prompt_assembly import assemble_prompts, tokenize_context_prompts
 from models.prompting.text_passes import TextPassParameters, encode_in_passes
 from models.prompting.text_tower import TextTower
@@ -131,5 +133,12 @@ register_method(
         frozen_image_encoder=True,
         hooks="text tower input: learned context tokens shifted by a meta-net of the image feature",
         description="CoCoOp: CoOp context plus an image-conditioned shift (meta-net), cross-entropy loss.",
+        paper=Paper("Zhou et al.", "Conditional Prompt Learning for Vision-Language Models", "CVPR 2022",
+                    "https://arxiv.org/abs/2203.05557"),
+        hook_points=("text input",),
+        verification=matches_authors_code(
+            "tests/prompting/test_cocoop_reference.py::test_logits_and_gradients_match_reference",
+            "KaiyangZhou/CoOp at ff61507",
+            "Logits and loss within 1e-5 and the gradients of the context and the meta-net within rounding."),
     )
 )

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
+from models.prompting.methods.registry import (
+    ClassifierContext, MethodSpec, Paper, PromptedClassifier, matches_authors_code, register_method,
+)
 from models.prompting.prompt_assembly import ClassTokenPosition, tokenize_context_prompts
 from models.prompting.text_passes import TextPassParameters, encode_context_prompts
 
@@ -68,5 +70,13 @@ register_method(
         hooks="text tower input: learned context tokens around the class name",
         description="CoOp: learned (unified or class-specific) context vectors, cross-entropy loss.",
         class_specific=lambda parameters: parameters.class_specific_context,
+        paper=Paper("Zhou et al.", "Learning to Prompt for Vision-Language Models", "IJCV 2022",
+                    "https://arxiv.org/abs/2109.01134"),
+        hook_points=("text input",),
+        verification=matches_authors_code(
+            "tests/prompting/test_coop_reference.py::test_coop_logits_and_context_gradient_match_reference",
+            "KaiyangZhou/CoOp at ff61507",
+            "Logits and loss within 1e-5 and the context gradient within rounding, for unified and class-specific "
+            "context with the class token at the end, middle and front."),
     )
 )

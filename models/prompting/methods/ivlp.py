@@ -22,7 +22,9 @@ from models.prompting.deep_prompts import (
     check_prompt_depth,
 )
 from models.prompting.methods.maple import split_context_prompt
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
+from models.prompting.methods.registry import (
+    ClassifierContext, MethodSpec, Paper, PromptedClassifier, register_method, tested_property,
+)
 from models.prompting.prompt_assembly import ContextPromptTokens
 from models.prompting.text_passes import TextPassParameters, encode_context_prompts
 
@@ -98,5 +100,12 @@ register_method(
         frozen_image_encoder=False,
         hooks="both towers, independent: text context + deep text prompts; vision tokens + deep vision prompts",
         description="IVLP: independent deep prompts in the text and vision towers, cross-entropy.",
+        # IVLP has no paper of its own: MaPLe introduced it as its baseline.
+        paper=Paper("Khattak et al.", "MaPLe: Multi-modal Prompt Learning (its IVLP baseline)", "CVPR 2023",
+                    "https://arxiv.org/abs/2210.03117"),
+        hook_points=("text input", "text layers", "image input", "image layers"),
+        verification=tested_property(
+            "With zero text and vision prompt tokens its logits equal zero-shot CLIP's.",
+            "tests/prompting/test_vision_prompt_methods.py::test_zero_tokens_is_zero_shot_clip"),
     )
 )

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from models.prompting.methods.coop import CoOpClassifier, CoOpParameters
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, register_method
+from models.prompting.methods.registry import (
+    ClassifierContext, MethodSpec, Paper, matches_authors_code, register_method,
+)
 
 
 @dataclass(frozen=True)
@@ -63,5 +65,12 @@ register_method(
         frozen_image_encoder=True,
         hooks="text tower input: learned context tokens around the class name (as CoOp)",
         description="KgCoOp: CoOp plus W * (1 - mean cosine to the hand-crafted prompts' text features).",
+        paper=Paper("Yao et al.", "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization",
+                    "CVPR 2023", "https://arxiv.org/abs/2303.13283"),
+        hook_points=("text input",),
+        verification=matches_authors_code(
+            "tests/prompting/test_kgcoop_reference.py::test_logits_knowledge_score_loss_and_gradient_match_reference",
+            "htyao89/KgCoOp at c43ccc3",
+            "Logits, knowledge score and loss within 1e-5 and the context gradient within rounding."),
     )
 )

@@ -32,7 +32,9 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from models.prompting.methods.cocoop import joint_embedding_dim
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
+from models.prompting.methods.registry import (
+    ClassifierContext, MethodSpec, Paper, PromptedClassifier, register_method, tested_property,
+)
 from models.prompting.training import TrainingHistory
 
 
@@ -254,5 +256,12 @@ register_method(
         hooks="none: logistic regression on the frozen image features (text tower unused)",
         description="Linear probe: L2-regularised logistic regression, C chosen on the few-shot val subset.",
         class_specific=lambda parameters: True,
+        paper=Paper("Radford et al.", "Learning Transferable Visual Models From Natural Language Supervision", "ICML 2021",
+                  "https://arxiv.org/abs/2103.00020"),
+        hook_points=("feature space",),
+        verification=tested_property(
+            "Its class probabilities equal scikit-learn's logistic regression fitted at the chosen C, and that C is "
+            "the best on the val subset among the values tried.",
+            "tests/prompting/test_linear_probe.py::test_probabilities_equal_sklearn_predict_proba_at_the_chosen_c"),
     )
 )

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from models.prompting.deep_prompts import PromptedVisionTower
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
+from models.prompting.methods.registry import (
+    ClassifierContext, MethodSpec, Paper, PromptedClassifier, matches_authors_code, register_method,
+)
 from models.prompting.prompt_assembly import ContextPromptTokens, tokenize_context_prompts
 from models.prompting.text_passes import TextPassParameters, encode_context_prompts
 
@@ -149,5 +151,13 @@ register_method(
         frozen_image_encoder=False,
         hooks="both towers: text context + deep text prompts, projected to vision prompts appended to the image tokens",
         description="MaPLe: coupled multi-modal deep prompts (vision prompts = Linear(text prompts)), cross-entropy.",
+        paper=Paper("Khattak et al.", "MaPLe: Multi-modal Prompt Learning", "CVPR 2023",
+                    "https://arxiv.org/abs/2210.03117"),
+        hook_points=("text input", "text layers", "image input", "image layers"),
+        verification=matches_authors_code(
+            "tests/prompting/test_maple_reference.py::test_maple_matches_reference",
+            "muzairkhattak/multimodal-prompt-learning at 69bce21",
+            "Text features, image features, logits and loss within 1e-5 and the gradients of every prompt "
+            "parameter within rounding."),
     )
 )

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from models.prompting.methods.coop import CoOpClassifier, CoOpParameters
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, register_method
+from models.prompting.methods.registry import ClassifierContext, MethodSpec, Paper, register_method, tested_property
 
 ENCODER_TYPES = ("lstm", "mlp")
 MLP_HIDDEN_SIZE = 64  # the authors' bottleneck
@@ -119,5 +119,11 @@ register_method(
         frozen_image_encoder=True,
         hooks="text tower input: context tokens = inputs + prompt encoder(inputs), around the class name",
         description="PRE: CoOp's unified context reparameterised by a residual bi-LSTM or MLP prompt encoder.",
+        paper=Paper("Pham et al.", "PRE: Vision-Language Prompt Learning with Reparameterization Encoder",
+                    "arXiv 2023", "https://arxiv.org/abs/2309.07760"),
+        hook_points=("text input",),
+        verification=tested_property(
+            "With a zero output layer the encoder adds nothing and PRE is CoOp with the same context.",
+            "tests/prompting/test_pre.py::test_zero_output_layer_gives_coop_with_the_same_context"),
     )
 )

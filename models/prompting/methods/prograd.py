@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from models.prompting.methods.coop import CoOpClassifier, CoOpParameters
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, register_method
+from models.prompting.methods.registry import ClassifierContext, MethodSpec, Paper, register_method, tested_property
 
 
 @dataclass(frozen=True)
@@ -111,5 +111,11 @@ register_method(
         frozen_image_encoder=True,
         hooks="text tower input: learned context tokens around the class name (as CoOp); gradient projection",
         description="ProGrad: CoOp; on conflict the cross-entropy gradient is projected off the zero-shot KL gradient.",
+        paper=Paper("Zhu et al.", "Prompt-aligned Gradient for Prompt Tuning", "ICCV 2023",
+                    "https://arxiv.org/abs/2205.14865"),
+        hook_points=("text input", "gradient"),
+        verification=tested_property(
+            "The applied gradient never opposes the gradient of KL(zero-shot || model): no gradient conflict.",
+            "tests/prompting/test_prograd.py::test_applied_gradient_never_opposes_the_knowledge_gradient"),
     )
 )

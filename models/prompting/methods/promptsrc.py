@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from models.prompting.methods.ivlp import IVLPClassifier, IVLPParameters
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, register_method
+from models.prompting.methods.registry import ClassifierContext, MethodSpec, Paper, register_method, tested_property
 
 
 @dataclass(frozen=True)
@@ -143,5 +143,11 @@ register_method(
         frozen_image_encoder=False,
         hooks="both towers, independent deep prompts (as IVLP); Gaussian aggregation of the prompts over epochs",
         description="PromptSRC: IVLP prompts + L1 to frozen text/image features + KL to zero-shot logits.",
+        paper=Paper("Khattak et al.", "Self-regulating Prompts: Foundational Model Adaptation without Forgetting",
+                    "ICCV 2023", "https://arxiv.org/abs/2307.06948"),
+        hook_points=("text input", "text layers", "image input", "image layers"),
+        verification=tested_property(
+            "The Gaussian weights of the epochs' prompts sum to one and peak at the mean epoch.",
+            "tests/prompting/test_vision_prompt_methods.py::test_gaussian_weights_sum_to_one_and_peak_at_the_mean"),
     )
 )

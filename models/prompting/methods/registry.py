@@ -114,6 +114,53 @@ class PromptedClassifier(nn.Module):
 
 
 @dataclass(frozen=True)
+class Paper:
+    """A method's paper, as the methods page cites it (models/methods_page.py)."""
+
+    authors: str  # "Zhou et al."
+    title: str
+    venue: str  # "IJCV 2022", "arXiv 2023"
+    link: str | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How a method is checked: against the authors' code on the reference set, or on a property of the method.
+
+    `test` is a pytest node (tests/...py::test_name) that performs the check; the methods page names it and a test
+    (tests/prompting/test_method_page.py) makes sure it exists.
+    """
+
+    kind: str  # "reference" | "property"
+    statement: str  # what the test shows, one sentence
+    test: str
+    authors_code: str | None = None  # reference: the repository and commit the reference outputs came from
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("reference", "property"):
+            raise ValueError(f"a verification is 'reference' or 'property', got {self.kind!r}")
+        if self.kind == "reference" and not self.authors_code:
+            raise ValueError("a reference verification names the authors' code it was compared with")
+
+    @property
+    def test_file(self) -> str:
+        return self.test.split("::")[0]
+
+
+def matches_authors_code(test: str, authors_code: str, what: str) -> Verification:
+    """Reproduces the authors' code on the reference tiny CLIP (tests/data/*_reference.*)."""
+    return Verification("reference", what, test, authors_code)
+
+
+def tested_property(statement: str, test: str) -> Verification:
+    return Verification("property", statement, test)
+
+
+# Where a method acts, from the frozen backbone's input to its output; the page lists them in this order.
+HOOK_POINTS = ("text input", "text layers", "image input", "image layers", "feature space", "gradient")
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     parameters_type: type  # a dataclass whose field defaults are the published defaults
@@ -128,6 +175,16 @@ class MethodSpec:
     # Whether the method adapts from the unlabelled pool itself, without labels or a pseudolabel strategy (TFUP: it
     # selects its own pseudolabels from TrainingSet.unlabelled); such a method runs in the ul setting on its own.
     adapts_from_pool: bool = False
+    # For the methods page (`promptlab methods`, docs/methods.md): the paper, where in HOOK_POINTS the method acts
+    # (empty: nowhere, zero-shot CLIP) and how the method is verified.
+    paper: Paper | None = None
+    hook_points: tuple[str, ...] = ()
+    verification: Verification | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [point for point in self.hook_points if point not in HOOK_POINTS]
+        if unknown:
+            raise ValueError(f"method {self.name!r}: hook points {unknown} are not among {HOOK_POINTS}")
 
     def transfers_to_other_classes(self, overrides: dict[str, Any] | None = None) -> bool:
         return not self.class_specific(parse_method_parameters(self.name, overrides))

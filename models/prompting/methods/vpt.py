@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from models.prompting.deep_prompts import IndependentLayerPrompts, PromptedVisionTower, check_prompt_depth
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
+from models.prompting.methods.registry import (
+    ClassifierContext, MethodSpec, Paper, PromptedClassifier, register_method, tested_property,
+)
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,11 @@ class VPTClassifier(PromptedClassifier):
         return self.logits_from(self.image_features(images), self.text_features())
 
 
-for _name, _parameters, _hooks in (
-    ("vpt_deep", VPTParameters, "vision tower: learned tokens appended to the image tokens, fresh ones per layer"),
-    ("vpt_shallow", VPTShallowParameters, "vision tower input: learned tokens appended to the image tokens"),
+for _name, _parameters, _hooks, _hook_points in (
+    ("vpt_deep", VPTParameters, "vision tower: learned tokens appended to the image tokens, fresh ones per layer",
+     ("image input", "image layers")),
+    ("vpt_shallow", VPTShallowParameters, "vision tower input: learned tokens appended to the image tokens",
+     ("image input",)),
 ):
     register_method(
         MethodSpec(
@@ -78,5 +82,10 @@ for _name, _parameters, _hooks in (
             frozen_image_encoder=False,
             hooks=_hooks,
             description=f"VPT ({_name.split('_')[1]}): visual prompt tokens, hand-crafted text prompts, cross-entropy.",
+            paper=Paper("Jia et al.", "Visual Prompt Tuning", "ECCV 2022", "https://arxiv.org/abs/2203.12119"),
+            hook_points=_hook_points,
+            verification=tested_property(
+                "With zero prompt tokens its logits equal zero-shot CLIP's.",
+                "tests/prompting/test_vision_prompt_methods.py::test_zero_tokens_is_zero_shot_clip"),
         )
     )

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, PromptedClassifier, register_method
+from models.prompting.methods.registry import (
+    ClassifierContext, MethodSpec, Paper, PromptedClassifier, register_method, tested_property,
+)
 
 
 @dataclass(frozen=True)
@@ -35,5 +37,12 @@ register_method(
         frozen_image_encoder=True,
         hooks="none: hand-crafted text prompts",
         description="Zero-shot CLIP with the dataset's template(s); several templates are ensembled.",
+        paper=Paper("Radford et al.", "Learning Transferable Visual Models From Natural Language Supervision", "ICML 2021",
+                  "https://arxiv.org/abs/2103.00020"),
+        hook_points=(),
+        verification=tested_property(
+            "With several templates, each class's text feature is the mean of its templates' normalised features "
+            "(prompt ensembling).",
+            "tests/prompting/test_training.py::test_zero_shot_ensemble_is_the_mean_of_normalized_template_features"),
     )
 )
