@@ -449,7 +449,14 @@ def _run_command(argv: list[str] | None, signals) -> int:
     check.add_argument("--json", action="store_true", help="print the checks as JSON")
     add_warehouse_parser(commands)
     add_plan_parser(commands)
+    commands.add_parser("methods", help="print the methods page (docs/methods.md): each method's paper, where it "
+                                        "hooks, its parameters and how it is verified")
     arguments = parser.parse_args(argv)
+    if arguments.command == "methods":
+        from models.methods_page import methods_page
+
+        print(methods_page(catalog_dir), end="")
+        return 0
     if arguments.command == "plan":
         return run_plan_command(arguments)
     if arguments.command == "data":
