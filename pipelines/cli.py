@@ -258,31 +258,27 @@ def _materialize_partitions(execute, execute_all, resource, catalog, datasets, p
     return summary
 
 
-def print_accuracy_table(log=print) -> None:
-    """Test top-1 per dataset, method and shots, read from the warehouse's snapshot with its pending runs: a reader
-    holding the database file (a notebook, `duckdb -readonly`) changes nothing here."""
+def print_accuracy_table(log=print, fmt: str = "text") -> None:
+    """Test top-1 per dataset and configuration (in words), mean ± std over seeds with the number of seeds, and
+    base / new / HM for base-to-new configurations (models/evaluation/results_table.py), read from the warehouse's
+    snapshot with its pending runs: a reader holding the database file (a notebook, `duckdb -readonly`) changes
+    nothing here. `fmt`: text, csv, json or markdown."""
     import polars as pl
 
+    from models.evaluation.results_table import RESULTS_SQL, format_results, results_rows
     from pipelines.warehouse_commands import workspace_warehouse
 
     warehouse = workspace_warehouse()
     try:
-        table = warehouse.query(
-            """
-            SELECT dataset, method, shots, round(avg(value) * 100, 2) AS top1, count(*) AS runs
-            FROM current_results
-            WHERE stage = 'evaluation' AND split = 'test' AND metric = 'top1_accuracy'
-              AND experiment_key NOT LIKE '%-aug' AND experiment_key NOT LIKE '%-fpl'
-            GROUP BY ALL ORDER BY dataset, method, shots
-            """
-        )
-    except FileNotFoundError:
+        rows = results_rows(warehouse.query(RESULTS_SQL))
+    except FileNotFoundError:  # no warehouse yet
+        rows = results_rows(pl.DataFrame())
+    if rows.is_empty() and fmt == "text":
         log(f"No results yet in {warehouse.address} (run `promptlab run` first).")
         return
-    with pl.Config(tbl_rows=200, tbl_cols=10):
-        log(str(table))
+    log(format_results(rows, fmt).rstrip("\n"))
     pending = warehouse.pending_batches()
-    if pending:
+    if pending and fmt == "text":
         log(f"({len(pending)} run(s) above are not merged into {warehouse.name} yet: another process "
             "holds it; `promptlab warehouse status` says more)")
 
@@ -438,7 +434,11 @@ def _run_command(argv: list[str] | None, signals) -> int:
     run.add_argument("--dry-run", action="store_true",
                      help="print what the run would do and how long it would take on this device (`promptlab plan`) "
                           "and stop")
-    commands.add_parser("results", help="print test top-1 per dataset, method and shots from the warehouse")
+    results = commands.add_parser("results", help="print test top-1 per dataset and configuration (mean ± std over "
+                                                  "seeds, shots, seeds) from the warehouse")
+    results.add_argument("--format", choices=["text", "csv", "json", "markdown"], default="text",
+                         help="text (default: aligned columns), csv or json (one row per dataset, configuration, "
+                              "shots and split), or a Markdown table")
     data = commands.add_parser("data", help="the datasets on disk")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     check = data_commands.add_parser(
@@ -462,7 +462,7 @@ def _run_command(argv: list[str] | None, signals) -> int:
     if arguments.command == "data":
         return run_data_check(arguments.suite, arguments.dataset, arguments.json)
     if arguments.command == "results":
-        print_accuracy_table()
+        print_accuracy_table(fmt=arguments.format)
         return 0
     if arguments.command == "warehouse":
         return run_warehouse_command(arguments)
