@@ -21,7 +21,7 @@ The subsets store relative paths only, so they stay valid when the dataset root 
 from __future__ import annotations
 
 import random
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -177,6 +177,46 @@ def _dassl_shortfall(index: pl.DataFrame, label: int, subset: str, available: in
                    f"{shots}-shot run)" if available else "Dassl would have given it no image")
     return (f"class {label} {classnames}: {available} {subset} images, {quota} needed for {shots}-shot sampling; "
             f"{dassl_would}")
+
+
+def servable_shots(index: pl.DataFrame, shots_list: Sequence[int], *, val_is_test: bool = False, dataset: str,
+                   requested: Mapping[int, Sequence[str]] | None = None) -> tuple[int, ...]:
+    """The shot counts of ``shots_list`` whose subsets every training class can fill: K train images and, unless
+    val is test, min(K, 4) val images (a class with no val image has 0). A count no experiment asks for is left
+    out (a dataset of 5 images per class has no 16-shot subset); one that ``requested`` names (K -> the
+    experiments that train on it) is refused here, naming the dataset, K, the class and its images, instead of the
+    experiment failing later for want of a subset. Both samplers need the same counts (``sample_few_shot_dassl``
+    refuses a short class too)."""
+    counts = {split: dict(index.filter(pl.col("split") == split).group_by("label").len().iter_rows())
+              for split in ("train", "val")}
+    labels = sorted(counts["train"])
+    names = dict(index.select("label", "classname").unique("label").iter_rows())
+
+    def shortfall(shots: int) -> str | None:
+        quotas = {"train": shots} if val_is_test else {"train": shots, "val": min(shots, MAX_VAL_SHOTS)}
+        for subset, quota in quotas.items():
+            short = sorted((counts[subset].get(label, 0), label) for label in labels
+                           if counts[subset].get(label, 0) < quota)
+            if short:
+                available, label = short[0]
+                return (f"class {label} ({names.get(label)!r}) has {available} {subset} image"
+                        f"{'' if available == 1 else 's'} ({len(short)} of {len(labels)} classes have fewer than "
+                        f"{quota})")
+        return None
+
+    shortfalls = {shots: shortfall(shots) for shots in shots_list}
+    for shots, experiments in sorted((requested or {}).items()):
+        if shots in shortfalls and shortfalls[shots] is not None:
+            needs = f"{shots} train" + ("" if val_is_test else f" and {min(shots, MAX_VAL_SHOTS)} val")
+            raise FewShotSamplingError(
+                f"{dataset}: {shots}-shot experiments ({', '.join(sorted(experiments))}) need {needs} images per "
+                f"class, but {shortfalls[shots]}; leave {shots} shots out of the grid for {dataset} (grids.yaml: "
+                f"shots) or give every class enough images")
+    servable = tuple(shots for shots in shots_list if shortfalls[shots] is None)
+    if shots_list and not servable:
+        raise FewShotSamplingError(f"{dataset}: too few images per class for any few-shot subset: "
+                                   f"{shots_list[0]}-shot: {shortfalls[shots_list[0]]}")
+    return servable
 
 
 def all_few_shot_subsets(

@@ -147,10 +147,8 @@ def fewshot_subsets(context: dg.AssetExecutionContext, promptlab: PromptLabResou
     """Deterministic K-shot subsets (K in 1,2,4,8,16; seeds 1-3), stored as relative paths; drawn as the dataset's
     catalog entry says (few_shot_sampling: per_class, or dassl: the images the papers' code draws). A test-only
     dataset has none (an empty table); where val is test (ImageNet) only training images are drawn."""
-    import polars as pl
-
     from models.data.curation import read_listing_record
-    from models.data.fewshot import all_few_shot_subsets
+    from models.data.fewshot import all_few_shot_subsets, servable_shots
     from models.data.validated_index import read_validated_index
 
     catalog, workspace = promptlab.catalog(), promptlab.workspace()
@@ -159,21 +157,19 @@ def fewshot_subsets(context: dg.AssetExecutionContext, promptlab: PromptLabResou
     index = read_validated_index(workspace, context.partition_key, listed_rows=True)
     path = workspace.fewshot_path(context.partition_key)
 
-    def fewest_per_class(split: str) -> int:
-        return int(index.filter(pl.col("split") == split).group_by("label").len()["len"].min() or 0)
-
     if structure.test_only:
         subsets = all_few_shot_subsets(index, shots_list=(), seeds=FEW_SHOT_SEEDS)
         shots: tuple[int, ...] = ()
         context.log.info(f"{entry.name}: test-only, no few-shot subsets")
     else:
-        # CoOp's protocol: K per class from train and min(K, 4) from val; larger K than the data allows are left out.
-        train_available = fewest_per_class("train")
-        val_available = FEW_SHOT_SHOTS[-1] if structure.val_is_test else fewest_per_class("val")
-        shots = tuple(k for k in FEW_SHOT_SHOTS if k <= train_available and min(k, 4) <= val_available)
-        if not shots:
-            raise ValueError(f"{context.partition_key}: too few images per class for any few-shot subset "
-                             f"(train {train_available}, val {val_available})")
+        # CoOp's protocol: K per class from train and min(K, 4) from val. A K the data cannot serve is left out,
+        # unless an experiment of the grid trains on it: then curation is refused, saying which class falls short.
+        requested: dict[int, list[str]] = {}
+        for key, experiment in catalog.experiments.items():
+            if experiment.shots and experiment.setting is None and catalog.runs_on(entry.name, key):
+                requested.setdefault(experiment.shots, []).append(key)
+        shots = servable_shots(index, FEW_SHOT_SHOTS, val_is_test=structure.val_is_test, dataset=entry.name,
+                               requested=requested)
         subsets = all_few_shot_subsets(index, shots_list=shots, seeds=FEW_SHOT_SEEDS,
                                        sampling=entry.few_shot_sampling, val_is_test=structure.val_is_test)
     subsets.write_parquet(path.with_suffix(".tmp"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from models.data.fewshot import FewShotSamplingError, all_few_shot_subsets, sample_few_shot
+from models.data.fewshot import FewShotSamplingError, all_few_shot_subsets, sample_few_shot, servable_shots
 
 CLASSNAMES = ("cat", "dog", "owl")
 
@@ -81,3 +81,21 @@ def test_all_subsets_stack_every_shots_and_seed():
     assert sizes == {(1, 1): 6, (1, 2): 6, (4, 1): 24, (4, 2): 24}
     one_shot_seed_2 = subsets.filter((pl.col("shots") == 1) & (pl.col("seed") == 2)).drop("shots", "seed")
     assert one_shot_seed_2.equals(sample_few_shot(index, shots=1, seed=2))
+
+
+def test_a_requested_k_the_val_split_cannot_serve_is_refused_naming_dataset_k_class_and_its_val_images():
+    index = hand_made_index(train_per_class=16, val_per_class=4).filter(
+        ~pl.col("relative_path").is_in(["dog/val_2.png", "dog/val_3.png"]))  # dog keeps 2 val images
+    protocol = (1, 2, 4, 8, 16)
+    # nothing asks for 4 shots or more: those are left out, the rest drawn
+    assert servable_shots(index, protocol, dataset="Pets") == (1, 2)
+    with pytest.raises(FewShotSamplingError) as refused:
+        servable_shots(index, protocol, dataset="Pets", requested={2: ["coop-k2-s1"], 8: ["coop-k8-s1"]})
+    message = str(refused.value)
+    assert message.startswith("Pets: 8-shot") and "coop-k8-s1" in message and "4 val" in message
+    assert "class 1 ('dog') has 2 val images" in message
+    # where val is test (ImageNet) only train counts; a class with no val image at all is short of every K
+    assert servable_shots(index, protocol, dataset="Pets", val_is_test=True, requested={16: ["x"]}) == protocol
+    no_val_for_owl = index.filter(~((pl.col("classname") == "owl") & (pl.col("split") == "val")))
+    with pytest.raises(FewShotSamplingError, match=r"Pets: 1-shot .*class 2 \('owl'\) has 0 val images"):
+        servable_shots(no_val_for_owl, protocol, dataset="Pets", requested={1: ["linearprobe-k1-s1"]})
