@@ -1,5 +1,8 @@
 """What keeps `promptlab run` honest about its workspace and its Dagster instance: one run at a time (a lock that
-names its holder), runs left unfinished by a killed process marked failed, and SIGINT / SIGTERM that stop it."""
+names its holder), runs left unfinished by a killed process marked failed, and SIGINT / SIGTERM that stop it.
+
+A run's lock is a flock on an open file that its worker processes share (pipelines/parallel.py): the kernel releases
+it when the last process holding that open file is gone, so the parent never unlocks it explicitly, it closes it."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 LOCK_FILE_NAME = ".promptlab_run.lock"
+_held_locks: list = []  # the open lock files of the run locks this process holds now
 # Tags on every run the CLI starts: which process ran it, so a later start can tell a dead run from a live one.
 PID_TAG, HOST_TAG, COMMAND_TAG = "promptlab/pid", "promptlab/host", "promptlab/command"
 
@@ -48,8 +52,16 @@ def _describe_holder(path: Path) -> str:
         holder = {}
     if not holder:
         return f"another process holds {path}"
+    pid = int(holder.get("pid") or 0)
+    gone = (" (that process is gone: a worker it started still holds the lock)"
+            if pid > 0 and holder.get("host") == socket.gethostname() and _process_is_gone(pid) else "")
     return (f"pid {holder.get('pid')} on {holder.get('host')} (`{holder.get('command')}`, started "
-            f"{holder.get('started_at')}) holds {path}")
+            f"{holder.get('started_at')}) holds {path}{gone}")
+
+
+def held_lock_descriptors() -> tuple[int, ...]:
+    """The file descriptors of the run locks this process holds: a worker spawned with them holds the run too."""
+    return tuple(handle.fileno() for handle in _held_locks)
 
 
 @contextmanager
@@ -72,12 +84,15 @@ def _exclusive_lock(path: Path, wait: bool, log) -> Iterator[None]:
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(_command()),
                                  "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
         handle.flush()
+        _held_locks.append(handle)
         try:
             yield
         finally:
+            _held_locks.remove(handle)
             handle.seek(0)
-            handle.truncate()  # an empty file: nobody holds it (the flock is what counts)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.truncate()  # an empty file: this process lets go (the flock is what counts)
+            # no LOCK_UN, which would unlock the file for the workers sharing it: closing it below releases the
+            # lock only once no worker holds it any more
     finally:
         handle.close()
 
