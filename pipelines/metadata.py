@@ -1,7 +1,7 @@
 """Materialization metadata the Dagster UI shows well: training curves as a plot (a PNG inside markdown, which the
 UI renders inline) beside a per-epoch table, counts as tables, and paths a person can open.
 
-Every piece of data written into Markdown (a class name, a path, a dataset name) goes through `markdown_text`: the
+Every piece of data written into Markdown (a class name, a path, a dataset name) goes through models.markdown: the
 UI renders Markdown with its HTML, so a class named `<svg onload=...>` would be an element, and a `|` in a path
 would shift a table's columns."""
 
@@ -9,32 +9,12 @@ from __future__ import annotations
 
 import base64
 import io
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import dagster as dg
 
-
-_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]()#!|~{}$])")
-_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
-
-
-def markdown_text(value) -> str:
-    """A value as literal text inside Markdown (a table cell, an image's alt text): Markdown's punctuation
-    backslash-escaped, HTML's `& < > "` as entities, line breaks as spaces (a table row is one line); None is empty."""
-    if value is None:
-        return ""
-    text = _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(value).splitlines()))
-    return "".join(_HTML_ENTITIES.get(character, character) for character in text)
-
-
-def markdown_table(frame) -> str:
-    """A polars DataFrame as a Markdown table, every header and cell escaped (markdown_text)."""
-    header = [markdown_text(name) for name in frame.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(markdown_text(value) for value in row) + " |" for row in frame.iter_rows()]
-    return "\n".join(lines)
+from models.markdown import markdown_text
 
 
 def curve_plot(title: str, curves: Mapping[str, Sequence[float]], x_label: str = "epoch") -> dg.MetadataValue:

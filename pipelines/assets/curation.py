@@ -9,12 +9,12 @@ from pathlib import Path
 import dagster as dg
 
 from models.catalog import DatasetEntry
+from models.markdown import markdown_table
 from models.provenance import source_version, stable_hash
 from models.workspace import Workspace
 from pipelines.assets import sync as folders
 from pipelines.assets.sync import synced
 from pipelines.assets.world import is_current, mark_current
-from pipelines.metadata import markdown_table
 from pipelines.partitions import dataset_partitions
 from pipelines.resources import PromptLabResource
 

@@ -12,11 +12,11 @@ import time
 import dagster as dg
 
 from models.provenance import library_code_version
+from models.markdown import markdown_table
 from pipelines.assets import sync as folders
 from pipelines.assets.curation import dataset_index, image_root
 from pipelines.assets.sync import synced
 from pipelines.assets.world import tiny_clip_backbone
-from pipelines.metadata import markdown_table
 from pipelines.partitions import dataset_partitions
 from pipelines.resources import PromptLabResource
 

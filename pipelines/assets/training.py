@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 
 from models.provenance import library_code_version
+from models.markdown import markdown_table
 from models.storage import read_parquet_file
 from pipelines.assets import sync as folders
 from pipelines.assets.augmentation import augmented_images
@@ -18,7 +19,7 @@ from pipelines.assets.features import image_features
 from pipelines.assets.pseudolabels import pseudolabels
 from pipelines.assets.sync import synced
 from pipelines.assets.world import tiny_clip_backbone
-from pipelines.metadata import counts_table, markdown_table, path_value, training_curves
+from pipelines.metadata import counts_table, path_value, training_curves
 from pipelines.partitions import dataset_and_experiment, dataset_experiment_partitions, from_dataset
 from pipelines.resources import PromptLabResource
 

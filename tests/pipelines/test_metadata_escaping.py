@@ -5,7 +5,7 @@ import polars as pl
 from markdown_it import MarkdownIt
 
 from pipelines.assets.curation import index_preview
-from pipelines.metadata import markdown_table
+from models.markdown import markdown_table
 
 HOSTILE = ["<script>alert(1)</script>", "<svg onload=alert(1)>", "a|b", "cat_*dog*", "[x](javascript:y)", "&lt;"]
 
