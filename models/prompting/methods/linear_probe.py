@@ -33,8 +33,9 @@ from torch import nn
 
 from models.prompting.methods.cocoop import joint_embedding_dim
 from models.prompting.methods.registry import (
-    ClassifierContext, MethodSpec, Paper, PromptedClassifier, register_method, tested_property,
+    ClassifierContext, MethodSpec, PromptedClassifier, register_method, tested_property,
 )
+from models.prompting.methods.zero_shot import CLIP_PAPER
 from models.prompting.training import TrainingHistory
 
 
@@ -256,8 +257,7 @@ register_method(
         hooks="none: logistic regression on the frozen image features (text tower unused)",
         description="Linear probe: L2-regularised logistic regression, C chosen on the few-shot val subset.",
         class_specific=lambda parameters: True,
-        paper=Paper("Radford et al.", "Learning Transferable Visual Models From Natural Language Supervision", "ICML 2021",
-                  "https://arxiv.org/abs/2103.00020"),
+        paper=CLIP_PAPER,  # its linear-probe evaluation
         hook_points=("feature space",),
         verification=tested_property(
             "Its class probabilities equal scikit-learn's logistic regression fitted at the chosen C, and that C is "

@@ -10,6 +10,9 @@ from models.prompting.methods.registry import (
     ClassifierContext, MethodSpec, Paper, PromptedClassifier, register_method, tested_property,
 )
 
+CLIP_PAPER = Paper("Radford et al.", "Learning Transferable Visual Models From Natural Language Supervision",
+                   "ICML 2021", "https://arxiv.org/abs/2103.00020")
+
 
 @dataclass(frozen=True)
 class ZeroShotParameters:
@@ -37,8 +40,7 @@ register_method(
         frozen_image_encoder=True,
         hooks="none: hand-crafted text prompts",
         description="Zero-shot CLIP with the dataset's template(s); several templates are ensembled.",
-        paper=Paper("Radford et al.", "Learning Transferable Visual Models From Natural Language Supervision", "ICML 2021",
-                  "https://arxiv.org/abs/2103.00020"),
+        paper=CLIP_PAPER,
         hook_points=(),
         verification=tested_property(
             "With several templates, each class's text feature is the mean of its templates' normalised features "
