@@ -22,6 +22,9 @@ from models.provenance import PACKAGE_ROOT
 DAGSTER_HOME_TEMPLATE = Path(__file__).with_name("dagster_home_template.yaml")
 TELEMETRY_ONLY_CONFIG = "telemetry:\n  enabled: false\n"  # what earlier versions wrote; replaced by the template
 LOCK_HELD_EXIT_CODE = 3
+# Jobs run by the CLI and its workers log through pipelines/terminal.py's console logger (quiet unless --verbose);
+# Dagster instantiates only the loggers a run's config names, so runs launched from the UI keep Dagster's own.
+CONSOLE_RUN_CONFIG = {"loggers": {"console": {}}}
 
 
 def ensure_dagster_home() -> Path:
@@ -80,15 +83,19 @@ def run_job(instance, job_name: str, partition_key=None, log=print):
     a failure is followed by what failed (failure_details)."""
     from pipelines.definitions import defs
     from pipelines.run_guard import run_tags
+    from pipelines.terminal import EVENT_LOG_ENV
 
     started = time.perf_counter()
     result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, partition_key=partition_key,
-                                                               raise_on_error=False, tags=run_tags())
+                                                               raise_on_error=False, tags=run_tags(),
+                                                               run_config=CONSOLE_RUN_CONFIG)
     label = f"{job_name}[{partition_key}]" if partition_key else job_name
     if result.success:
         log(f"ok     {label} ({time.perf_counter() - started:.1f}s)")
     else:
-        log(f"FAILED {label} (run {result.run_id}); see `dagster dev` for its logs")
+        event_log = os.environ.get(EVENT_LOG_ENV)
+        log(f"FAILED {label} (run {result.run_id}); its events: "
+            + (f"{event_log} or " if event_log else "") + "`dagster dev`")
         for line in failure_details(result):
             log(f"       {line}")
     return result
@@ -126,6 +133,7 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
     from models.plan.selection import run_selection
     from pipelines.resources import PromptLabResource
     from pipelines.run_guard import StopRequested
+    from pipelines.terminal import stage_progress
 
     resource = PromptLabResource()
     catalog = resource.catalog()
@@ -136,9 +144,13 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
     failures: list[str] = []
     skipped: list[str] = []
 
-    def execute(job_name: str, stage: str, partition_key=None) -> bool:
+    def execute(job_name: str, stage: str, partition_key=None, progress=None) -> bool:
+        """One job; its line is logged, or with a progress line (a quiet run) said only when it failed."""
         started = time.perf_counter()
-        result = run_job(instance, job_name, partition_key, log)
+        lines: list[str] = []
+        result = run_job(instance, job_name, partition_key, log if progress is None else lines.append)
+        if progress is not None and not result.success:
+            progress.say(*lines)
         stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - started
         label = f"{job_name}[{partition_key}]" if partition_key else job_name
         try:
@@ -155,28 +167,51 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
     def execute_all(job_names: tuple[str, ...], stage: str, partition_keys: list) -> set:
         """Each partition's chain of jobs (stopping at its first failure), on the worker pool when there is one;
         the partitions whose every job succeeded."""
-        if pool is None:
-            return {key for key in partition_keys if all(execute(job, stage, key) for job in job_names)}
-        started, outcomes = time.perf_counter(), {}
+        with stage_progress(stage, len(partition_keys)) as progress:
+            if pool is None:
+                succeeded = set()
+                for key in partition_keys:
+                    success = all(execute(job, stage, key, progress) for job in job_names)
+                    if progress is not None:
+                        progress.advance(success)
+                    if success:
+                        succeeded.add(key)
+                return succeeded
+            started, outcomes = time.perf_counter(), {}
 
-        def on_outcome(outcome) -> None:
-            for line in outcome.lines:
-                log(line)
-            outcomes.setdefault(outcome.partition_key, []).append(outcome.success)
-            if not outcome.success:
-                failures.append(f"{outcome.job_name}[{outcome.partition_key}]")
+            def on_outcome(outcome) -> None:
+                results = outcomes.setdefault(outcome.partition_key, [])
+                results.append(outcome.success)
+                if not outcome.success:
+                    failures.append(f"{outcome.job_name}[{outcome.partition_key}]")
+                if progress is None:
+                    for line in outcome.lines:
+                        log(line)
+                    return
+                if not outcome.success:
+                    progress.say(*outcome.lines)
+                if not outcome.success or len(results) == len(job_names):  # the partition's chain ended
+                    progress.advance(outcome.success)
 
-        try:
-            pool.map_chains([(job_names, key) for key in partition_keys], on_outcome, stop_check)
-        except StopRequested as stop:
-            stop.during = f"{stage} on {pool.workers} workers (their runs in progress)"
-            raise
-        finally:
-            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - started
-        return {key for key, results in outcomes.items() if len(results) == len(job_names) and all(results)}
+            try:
+                pool.map_chains([(job_names, key) for key in partition_keys], on_outcome, stop_check)
+            except StopRequested as stop:
+                stop.during = f"{stage} on {pool.workers} workers (their runs in progress)"
+                raise
+            finally:
+                stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - started
+            return {key for key, results in outcomes.items() if len(results) == len(job_names) and all(results)}
+
+    def execute_one(job_name: str, stage: str) -> bool:
+        """An unpartitioned job (the world, the report) as a stage of its own."""
+        with stage_progress(stage, 1) as progress:
+            success = execute(job_name, stage, None, progress)
+            if progress is not None:
+                progress.advance(success)
+            return success
 
     started = time.perf_counter()
-    if not execute("embedded_world_job", "world: corpus + tiny-clip + diffusion"):
+    if not execute_one("embedded_world_job", "world: corpus + tiny-clip + diffusion"):
         return {"failures": failures, "stage_seconds": stage_seconds}
     if workers > 1:
         from pipelines.parallel import THREADS_ENV, WorkerPool
@@ -185,8 +220,8 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
         log(f"{workers} workers, {os.environ.get(THREADS_ENV, 'default')} torch threads each"
             + (f", {gpu_slots} GPU slot(s)" if gpu_slots else ""))
     try:
-        return _materialize_partitions(execute, execute_all, resource, catalog, datasets, partitions, transfers,
-                                       test_time, stage_seconds, failures, skipped, started, log)
+        return _materialize_partitions(execute_one, execute_all, resource, catalog, datasets, partitions,
+                                       transfers, test_time, stage_seconds, failures, skipped, started, log)
     except BaseException:
         if pool is not None:
             pool.close(kill=True)
@@ -197,7 +232,7 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
             pool.close()
 
 
-def _materialize_partitions(execute, execute_all, resource, catalog, datasets, partitions, transfers, test_time,
+def _materialize_partitions(execute_one, execute_all, resource, catalog, datasets, partitions, transfers, test_time,
                             stage_seconds, failures, skipped, started, log) -> dict:
     """Curation (+ features) per dataset, then the experiment partitions, the transfer and test-time partitions
     whose inputs succeeded, then the report; each stage's partitions through `execute_all`."""
@@ -244,7 +279,7 @@ def _materialize_partitions(execute, execute_all, resource, catalog, datasets, p
             continue
         ready.append(multi_partition_key(source, key))
     execute_all(("test_time_job",), "test-time tuning: TPT + DiffTPT", ready)
-    execute("report_job", "report")
+    execute_one("report_job", "report")
     summary = {
         "wall_seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
@@ -256,6 +291,22 @@ def _materialize_partitions(execute, execute_all, resource, catalog, datasets, p
     }
     (workspace.root / "last_run_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def run_summary_line(summary: dict, event_log) -> str:
+    """The end of a quiet run in a few lines: wall time, each stage's time, what failed or was skipped (the whole
+    summary is workspace/last_run_summary.json)."""
+    from pipelines.terminal import format_seconds
+
+    stages = ", ".join(f"{stage.split(':')[0]} {format_seconds(seconds)}"
+                       for stage, seconds in summary.get("stage_seconds", {}).items())
+    lines = [f"done   in {format_seconds(summary.get('wall_seconds', 0.0))} ({stages})"]
+    if summary.get("failures"):
+        lines.append(f"failed {len(summary['failures'])}: {', '.join(summary['failures'][:10])}"
+                     + (" ..." if len(summary["failures"]) > 10 else "") + f" (events: {event_log})")
+    if summary.get("skipped"):
+        lines.append(f"skipped {len(summary['skipped'])} (their inputs failed; see last_run_summary.json)")
+    return "\n".join(lines)
 
 
 def print_accuracy_table(log=print, fmt: str = "text") -> None:
@@ -431,6 +482,9 @@ def _run_command(argv: list[str] | None, signals) -> int:
                           "its datasets are checked first (`promptlab data check`)")
     run.add_argument("--backbone", help="the backbone to run with (backbones.yaml; default: the suite's, else the "
                                         "catalog's default)")
+    run.add_argument("--verbose", action="store_true",
+                     help="print Dagster's event lines (RUN_START, STEP_OUTPUT, ...) and every job's line instead of "
+                          "one progress line per stage (they go to workspace/logs/run-*.log otherwise)")
     run.add_argument("--dry-run", action="store_true",
                      help="print what the run would do and how long it would take on this device (`promptlab plan`) "
                           "and stop")
@@ -505,11 +559,16 @@ def _run_command(argv: list[str] | None, signals) -> int:
     if arguments.dry_run:
         return 0 if plan is not None else 2
     from models.catalog import CatalogError
+    from models.workspace import default_workspace_root
+    from pipelines.terminal import quiet_terminal
 
     try:
-        summary = run_graph(arguments.dataset, arguments.experiment, protocol=arguments.protocol,
-                            wait=arguments.wait, stop_check=signals.check, workers=arguments.workers,
-                            gpu_slots=gpu_slots)
+        with quiet_terminal(default_workspace_root(), arguments.verbose) as event_log:
+            if event_log is not None:
+                print(f"events {event_log} (`--verbose` prints them here)")
+            summary = run_graph(arguments.dataset, arguments.experiment, protocol=arguments.protocol,
+                                wait=arguments.wait, stop_check=signals.check, workers=arguments.workers,
+                                gpu_slots=gpu_slots)
     except CatalogError as error:  # a bad --dataset / --experiment or catalog file: say so, no traceback
         print(f"promptlab run: error: {error}", file=sys.stderr)
         return 2
@@ -517,7 +576,10 @@ def _run_command(argv: list[str] | None, signals) -> int:
         from pipelines.plan_command import record_actual
 
         summary["plan"] = str(record_actual(plan, summary))
-    print(json.dumps(summary, indent=2))
+    if arguments.verbose:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(run_summary_line(summary, event_log))
     merge_after_run()  # rows its stages left pending while a reader held the warehouse
     if "report" in summary:
         print_accuracy_table()

@@ -12,6 +12,7 @@ from pipelines.jobs import (EXECUTOR, base_to_new_job, curation_job, embedded_wo
 from pipelines.resources import PromptLabResource
 from pipelines.schedules import weekly_reevaluation
 from pipelines.sensors import checkpoint_evaluation_sensor
+from pipelines.terminal import console_logger
 from pipelines.warehouse_sensors import warehouse_merge_sensor
 
 ALL_ASSETS = dg.load_assets_from_modules([world, curation, features, augmentation, pseudolabels, training, evaluation,
@@ -25,6 +26,8 @@ defs = dg.Definitions(
     schedules=[weekly_reevaluation],
     sensors=[checkpoint_evaluation_sensor, warehouse_merge_sensor],
     resources={"promptlab": PromptLabResource()},
+    # Dagster's console output, or progress lines and an event log file in a quiet `promptlab run`
+    loggers={"console": console_logger},
     # materializing from the asset graph uses the jobs' executor ($PROMPTLAB_EXECUTOR, pipelines/executors.py)
     executor=EXECUTOR,
 )
