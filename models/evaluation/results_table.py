@@ -13,6 +13,8 @@ from typing import Any
 
 import polars as pl
 
+from models.markdown import markdown_rows
+
 FORMATS = ("text", "csv", "json", "markdown")
 
 # Test top-1 of every in-domain evaluation (the split is `test` for all-class and limited-label configurations,
@@ -118,10 +120,6 @@ def _readable(rows: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
     return [headers[i] for i in used], [[row[i] for i in used] for row in body]
 
 
-def _markdown_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def format_results(rows: pl.DataFrame, fmt: str = "text") -> str:
     """`rows` (results_rows) as `text` (aligned columns), `markdown`, `csv` or `json` (one object per row, the
     long form: split, mean, std in percent and seeds)."""
@@ -133,9 +131,7 @@ def format_results(rows: pl.DataFrame, fmt: str = "text") -> str:
         return json.dumps(rows.to_dicts(), indent=2)
     headers, body = _readable(rows)
     if fmt == "markdown":
-        out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-        out += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in body]
-        return "\n".join(out) + "\n"
+        return markdown_rows(headers, body) + "\n"
     widths = [max(len(headers[i]), *(len(row[i]) for row in body)) if body else len(headers[i])
               for i in range(len(headers))]
     numeric = {i for i, name in enumerate(headers) if name not in ("dataset", "configuration")}

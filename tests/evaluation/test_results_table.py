@@ -68,7 +68,7 @@ def test_text_markdown_csv_and_json():
     assert "95.00 ± 1.00" in line and "60.00 ± 3.00" in line and "73.55" in line and line.rstrip().endswith("3")
     assert "85.00 ± 1.00" in text
     markdown = format_results(rows, "markdown").splitlines()
-    assert markdown[0].startswith("| dataset | configuration | shots | test top-1 (%)")
+    assert markdown[0].startswith("| dataset | configuration | shots | test top-1 \\(%\\)")
     assert len({line.count("|") for line in markdown}) == 1
     parsed = list(csv.DictReader(io.StringIO(format_results(rows, "csv"))))
     assert len(parsed) == rows.height and parsed[0].keys() >= {"dataset", "configuration", "split", "mean", "std"}
