@@ -440,10 +440,11 @@ def _save_traceback() -> Path | None:
     return path
 
 
-def _run_command(argv: list[str] | None, signals) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """`promptlab`'s commands and options (grids and suites are the catalog's: $PROMPTLAB_CATALOG)."""
     from models.catalog import DEFAULT_CATALOG_DIR, DEFAULT_GRID, EVALUATION_PROTOCOLS, grid_subset_names, suite_names
-    from pipelines.plan_command import add_plan_parser, run_plan_command
-    from pipelines.warehouse_commands import add_warehouse_parser, merge_after_run, run_warehouse_command
+    from pipelines.plan_command import add_plan_parser
+    from pipelines.warehouse_commands import add_warehouse_parser
 
     catalog_dir = Path(os.environ.get("PROMPTLAB_CATALOG", DEFAULT_CATALOG_DIR))
     parser = argparse.ArgumentParser(prog="promptlab", description=__doc__)
@@ -505,11 +506,19 @@ def _run_command(argv: list[str] | None, signals) -> int:
     add_plan_parser(commands)
     commands.add_parser("methods", help="print the methods page (docs/methods.md): each method's paper, where it "
                                         "hooks, its parameters and how it is verified")
-    arguments = parser.parse_args(argv)
+    return parser
+
+
+def _run_command(argv: list[str] | None, signals) -> int:
+    from pipelines.plan_command import run_plan_command
+    from pipelines.warehouse_commands import merge_after_run, run_warehouse_command
+
+    arguments = build_parser().parse_args(argv)
     if arguments.command == "methods":
+        from models.catalog import DEFAULT_CATALOG_DIR
         from models.methods_page import methods_page
 
-        print(methods_page(catalog_dir), end="")
+        print(methods_page(Path(os.environ.get("PROMPTLAB_CATALOG", DEFAULT_CATALOG_DIR))), end="")
         return 0
     if arguments.command == "plan":
         return run_plan_command(arguments)
