@@ -161,7 +161,7 @@ def published_pattern_checks(averages: pl.DataFrame, seed_averages: pl.DataFrame
 
 
 # CoOp's few-shot claims (Zhou et al., IJCV 2022, Figure 3, 11 datasets): 16-shot CoOp gains about 15 points over
-# zero-shot CLIP with ViT-B/16 (issue 8 asks the embedded world for at least 8); the linear probe falls below zero-shot
+# zero-shot CLIP with ViT-B/16 (the report checks for at least 8); the linear probe falls below zero-shot
 # at 1 shot and overtakes it by 16 shots; CoOp stays above the linear probe at 16 shots.
 COOP_FEW_SHOT_GAIN = 0.08
 FEW_SHOT_COLUMNS = {"dataset", "method", "shots", "seed", "value"}
