@@ -13,8 +13,14 @@ import yaml
 from models.catalog import DEFAULT_CATALOG_DIR
 
 MICRO_ROOT = Path(tempfile.mkdtemp(prefix="promptlab-micro-"))
-MICRO_CATALOG = MICRO_ROOT / "catalog"
-BROKEN_DATASET = MICRO_ROOT / "broken_dataset"
+# The catalog, the datasets and the workspace live in a folder whose name holds glob characters, so that the whole
+# run proves it reads each file by its literal path (a user's `proj [v2]`). No `?`: DuckDB (1.5) cannot write a
+# database under a folder named with one (it puts the write-ahead log at `<folder up to the ?>.wal?...`); curation
+# alone, which writes no database, is run under a `?` in test_fewshot_curation. Dagster's own home stays outside:
+# its SQLite URL cannot hold a `?` either.
+GLOB_FOLDER = MICRO_ROOT / "we'ird [x]{a,b} *"
+MICRO_CATALOG = GLOB_FOLDER / "catalog"
+BROKEN_DATASET = GLOB_FOLDER / "broken_dataset"
 
 
 def _write_micro_catalog() -> None:
@@ -110,6 +116,6 @@ def _write_broken_dataset() -> None:
 _write_micro_catalog()
 _write_broken_dataset()
 os.environ["PROMPTLAB_CATALOG"] = str(MICRO_CATALOG)
-os.environ["PROMPTLAB_WORKSPACE"] = str(MICRO_ROOT / "workspace")
+os.environ["PROMPTLAB_WORKSPACE"] = str(GLOB_FOLDER / "workspace")
 os.environ["DAGSTER_HOME"] = str(MICRO_ROOT / "dagster_home")
 (MICRO_ROOT / "dagster_home").mkdir()

@@ -7,6 +7,7 @@ import duckdb
 import dagster as dg
 import pytest
 
+from models.storage import read_parquet_file
 from pipelines.cli import run_graph
 from pipelines.definitions import defs
 from pipelines.partitions import multi_partition_key
@@ -96,10 +97,10 @@ def test_learning_setting_splits_are_curated_and_checked(graph_run):
 
     _, workspace = graph_run
     for dataset in HEALTHY:
-        splits = pl.read_parquet(workspace.setting_splits_path(dataset))
+        splits = read_parquet_file(workspace.setting_splits_path(dataset))
         assert {(s, seed) for s, seed in splits.select("setting", "seed").unique().iter_rows()} == {
             ("ssl", 1), ("trzsl", 1), ("ul", 1)}
-        test_paths = pl.read_parquet(workspace.index_path(dataset)).filter(pl.col("split") != "train")
+        test_paths = read_parquet_file(workspace.index_path(dataset)).filter(pl.col("split") != "train")
         assert splits.join(test_paths, on="relative_path", how="semi").height == 0
     instance = dg.DagsterInstance.get()
     records = instance.event_log_storage.get_latest_asset_check_execution_by_key(
