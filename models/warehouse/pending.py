@@ -155,7 +155,7 @@ def write_batch(pending_dir: Path, run: RunRecord, metrics: pl.DataFrame, per_cl
 
 def _read_frame(folder: Path, name: str, schema: pl.Schema, run_id: str) -> pl.DataFrame:
     try:
-        frame = pl.read_parquet(folder / name)
+        frame = pl.read_parquet(folder / name, glob=False)  # a workspace may be named `proj [v2]`
     except FileNotFoundError:
         raise
     except Exception as error:  # polars says what is wrong with the bytes, not which file
