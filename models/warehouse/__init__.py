@@ -7,7 +7,7 @@ provenance, so reports and dashboards are SQL over these tables and never parse 
 - `records`: what a run records (RunRecord, MetricRow, PerClassRow, predictions) and its validation.
 - `schema`: the tables, views and macros (the schema is described there).
 - `pending`: each run's rows as a durable batch folder, written before the database is touched.
-- `database`: the Warehouse: merging batches, the snapshot readers open, queries.
+- `database`: the Warehouse: merging batches, the snapshot readers open, queries, recovering a damaged file.
 - `writes`: the SQL that records one run, shared by both backends.
 - `lake`: the LakeWarehouse, on DuckLake (Parquet files + a PostgreSQL or SQLite catalog): many writers.
 - `backend`: which one a workspace uses ($PROMPTLAB_WAREHOUSE).
@@ -25,8 +25,8 @@ from models.warehouse.backend import (
     workspace_warehouse_of,
 )
 from models.warehouse.benchmark import BENCHMARK_VARIANTS, BENCHMARKS, BenchmarkRow, BenchmarkRun
-from models.warehouse.database import (MergeOutcome, RecordOutcome, Warehouse, WarehouseLockedError,
-                                       WarehouseStatus)
+from models.warehouse.database import (MergeOutcome, RecordOutcome, RecoveryOutcome, Warehouse,
+                                       WarehouseDamagedError, WarehouseLockedError, WarehouseStatus)
 from models.warehouse.lake import LakeLocation, LakeStatus, LakeWarehouse
 from models.warehouse.pending import PendingBatchError, RejectedBatch
 from models.warehouse.records import (EMPTY_PREDICTIONS_FILE, PREDICTION_SCHEMA, MetricRow, PerClassRow, RunRecord,
@@ -47,11 +47,13 @@ __all__ = [
     "PerClassRow",
     "PREDICTION_SCHEMA",
     "RecordOutcome",
+    "RecoveryOutcome",
     "RejectedBatch",
     "ResultsWarehouse",
     "RunRecord",
     "WAREHOUSE_ENV",
     "Warehouse",
+    "WarehouseDamagedError",
     "WarehouseLockedError",
     "WarehouseStatus",
     "metric_rows",

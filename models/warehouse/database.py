@@ -10,17 +10,25 @@ an flock on `<pending>/.merge.lock`, and every merged batch is noted in `merged_
 so two mergers or a crash between a commit and the deletion of a batch never insert a run twice.
 
 Reads. After each merge the merger copies the closed, checkpointed file to `<name>-snapshot.duckdb` (temporary
-file + rename), still under the flock. Readers open the snapshot, never the main file, so a reader can neither
-block a writer nor see half a merge. `query()` also applies the pending batches to a private copy of the snapshot
-(rebuilt only when the snapshot or the set of batches changed), so its answers include every recorded run.
+file + rename), still under the flock, and only then deletes the merged batches: until the snapshot holds a run,
+its batch stays. Readers open the snapshot, never the main file, so a reader can neither block a writer nor see
+half a merge. `query()` also applies the pending batches to a private copy of the snapshot (rebuilt only when the
+snapshot or the set of batches changed), so its answers include every recorded run.
+
+Failures. The batch is written first and is small, so a full disk or a damaged database file never loses a run's
+rows: they stay pending (the outcome says why) until the disk has room or `recover()` (`promptlab warehouse
+recover`) has rebuilt the file from the snapshot and the batches. Readers never need to write beside the database:
+a snapshot that cannot be caught up, or a database that cannot be opened, leaves them reading the snapshot there is.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -54,6 +62,15 @@ class WarehouseLockedError(RuntimeError):
     """The database file stayed locked by another process through every retry."""
 
 
+class WarehouseDamagedError(RuntimeError):
+    """A database or snapshot file DuckDB cannot open or read (truncated, overwritten, not a DuckDB file); the
+    message names the file and what to do."""
+
+
+RECOVER_HINT = ("`promptlab warehouse recover` rebuilds it from the snapshot and the pending batches (the damaged "
+                "file is kept beside it)")
+
+
 @dataclass(frozen=True)
 class MergeOutcome:
     """What one merge did: run ids merged (oldest first), batches still waiting, batches set aside, and why it
@@ -81,7 +98,7 @@ class RecordOutcome:
         else:
             text = (f"run {self.run_id}: rows are pending in {self.batch_path} ({self.merge.blocked_by}); they are "
                     f"merged into {self.database_path} by the next run, `promptlab warehouse merge` or the "
-                    "warehouse_merge_sensor once the file is free, and Warehouse.query / the report include them now")
+                    "warehouse_merge_sensor once that is resolved, and Warehouse.query / the report include them now")
         if self.merge.rejected:
             text += "; REJECTED batches (never merged, see reason.txt): " + ", ".join(
                 str(rejected.path) for rejected in self.merge.rejected)
@@ -96,12 +113,67 @@ class WarehouseStatus:
     rejected: tuple[RejectedBatch, ...]
     snapshot_age_seconds: float | None  # None: no snapshot yet
     snapshot_behind_database: bool  # the database file changed after the snapshot was taken
+    database_damage: str | None = None  # why DuckDB cannot open or read the database file; None: it can, or it is held
+    snapshot_damage: str | None = None  # the same for the snapshot
+
+
+@dataclass(frozen=True)
+class RecoveryOutcome:
+    """What `Warehouse.recover()` did: where the damaged file went, which runs the snapshot gave back, the merge of
+    the pending batches, and the prediction files of runs nothing could restore."""
+
+    database_path: Path
+    damage: str | None  # why the database could not be used; None: it was intact and nothing was done
+    damaged_copy: Path | None = None
+    snapshot_runs: int = 0  # runs restored from the snapshot
+    snapshot_problem: str | None = None  # why the snapshot could not be used (missing, damaged)
+    merge: MergeOutcome = MergeOutcome()
+    unrestored_predictions: tuple[Path, ...] = ()  # prediction files of runs neither the snapshot nor a batch holds
+
+    @property
+    def complete(self) -> bool:
+        """Everything recorded is back: nothing left pending, rejected or unrestored."""
+        return (self.snapshot_problem is None and not self.merge.pending and not self.merge.rejected
+                and not self.unrestored_predictions)
+
+    def describe(self) -> list[str]:
+        if self.damage is None:
+            return [f"{self.database_path} opens and reads: nothing to recover"]
+        lines = [f"{self.database_path} could not be used: {self.damage}"]
+        if self.damaged_copy is not None:
+            lines.append(f"moved it aside to {self.damaged_copy} (kept, never deleted)")
+        if self.snapshot_problem is None:
+            lines.append(f"restored {self.snapshot_runs} run(s) from the snapshot")
+        else:
+            lines.append(f"NOT restored from the snapshot ({self.snapshot_problem}): the database was rebuilt from the "
+                         "pending batches alone; runs merged before are lost unless listed below")
+        lines.append(f"merged {len(self.merge.merged)} pending batch(es)"
+                     + (f": {', '.join(self.merge.merged)}" if self.merge.merged else ""))
+        lines += [f"REJECTED {rejected.path}: {rejected.reason}" for rejected in self.merge.rejected]
+        if self.merge.pending:
+            lines.append(f"{len(self.merge.pending)} batch(es) still pending ({self.merge.blocked_by})")
+        if self.unrestored_predictions:
+            lines.append(f"NOT restored: {len(self.unrestored_predictions)} run(s) whose prediction file remains but "
+                         "whose run record and metrics were in the damaged file only (re-run their partitions; the "
+                         "files stay where they are):")
+            lines += [f"  {path}" for path in self.unrestored_predictions]
+        return lines
 
 
 def _is_lock_conflict(error: duckdb.Error) -> bool:
     message = str(error)
     # Another process holds the file lock, or this process holds it with the other access mode.
     return "Could not set lock" in message or "different configuration" in message
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+
+
+def _glob_literal(path: str) -> str:
+    """`path` as a DuckDB glob pattern that matches itself only: each glob character becomes a one-character class
+    (a workspace named `proj [v2]` or `*?`). DuckDB has no escape for a backslash: `?` matches it."""
+    return re.sub(r"([\[\]*?])", r"[\1]", path).replace("\\", "?")
 
 
 def _file_identity(file: Path | Any) -> tuple[int, int, int] | None:
@@ -144,6 +216,43 @@ class _ReadCopies:
 
 
 _read_copies = _ReadCopies()
+
+
+class _CopyConnection:
+    """A writable connection to a copy of a database in this process's temporary folder, moved in whole over the
+    database when closed (what was committed; readers keep the file they opened). DuckDB (1.5) cannot keep a
+    write-ahead log in a folder whose path holds `?` (it names it `<path up to ?>.wal?<rest>`), so a warehouse there
+    writes this way, under the merge lock like every writer."""
+
+    def __init__(self, target: Path) -> None:
+        self._target = target
+        self._work = _read_copies.folder() / f"write-{uuid.uuid4().hex}.duckdb"
+        try:
+            if target.exists():
+                shutil.copyfile(target, self._work)
+            self._connection: duckdb.DuckDBPyConnection | None = duckdb.connect(str(self._work))
+        except BaseException:
+            self._work.unlink(missing_ok=True)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    def __enter__(self) -> _CopyConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._connection is None:
+            return
+        self._connection.close()
+        self._connection = None
+        try:
+            _replace_with_copy(self._work, self._target)
+        finally:
+            self._work.unlink(missing_ok=True)
 
 
 class Queries:
@@ -231,10 +340,14 @@ class Warehouse(Queries):
         last_error: duckdb.Error | None = None
         for attempt in range(retries + 1):
             try:
+                if not read_only and "?" in str(path):
+                    return _CopyConnection(path)
                 return duckdb.connect(str(path), read_only=read_only)
-            except (duckdb.IOException, duckdb.ConnectionException) as error:
-                if not _is_lock_conflict(error):
+            except duckdb.Error as error:
+                if _is_disk_full(error):
                     raise
+                if not _is_lock_conflict(error):
+                    raise WarehouseDamagedError(self._damage_message(path, error)) from error
                 last_error = error
                 if attempt < retries:
                     time.sleep(self.lock_backoff_seconds * 2**attempt)
@@ -242,6 +355,30 @@ class Warehouse(Queries):
             f"warehouse database {path} is locked by another connection (tried {retries + 1} times; "
             f"close read-only sessions such as the DuckDB CLI, or read {self.snapshot_path.name}): {last_error}"
         )
+
+    def _damage_message(self, path: Path, error: BaseException) -> str:
+        if path == self.database_path:
+            return f"warehouse database {path} cannot be opened (damaged, or not a DuckDB file): {error}; {RECOVER_HINT}"
+        return (f"{path} cannot be opened (damaged, or not a DuckDB file): {error}; `promptlab warehouse merge` "
+                "takes a new snapshot once the database opens, or `promptlab warehouse recover` rebuilds it")
+
+    def _damage_of(self, path: Path) -> str | None:
+        """Why DuckDB cannot open or read `path`; None when it can, when it is missing, or when another process
+        holds it (a holder opened it, so it opens)."""
+        if not path.exists():
+            return None
+        try:
+            connection = duckdb.connect(str(path), read_only=True)
+        except duckdb.Error as error:
+            return None if _is_lock_conflict(error) else str(error)
+        with connection:
+            try:
+                connection.execute("SELECT count(*) FROM runs").fetchone()
+            except duckdb.CatalogException:
+                pass  # a file without the schema yet is not damaged
+            except duckdb.Error as error:
+                return str(error)
+        return None
 
     # ---------------------------------------------------------------------------------------------- schema
     def _ensure_empty_predictions_file(self) -> None:
@@ -254,7 +391,7 @@ class Warehouse(Queries):
         os.replace(temporary, empty_file)
 
     def _predictions_source_sql(self) -> str:
-        files = sql_string(str(self.predictions_dir / f"{PREDICTIONS_FILE_PREFIX}*.parquet"))
+        files = sql_string(f"{_glob_literal(str(self.predictions_dir))}/{PREDICTIONS_FILE_PREFIX}*.parquet")
         return f"SELECT {', '.join(PREDICTION_SCHEMA)} FROM read_parquet({files}, hive_partitioning = false)"
 
     def _create_schema(self, connection: duckdb.DuckDBPyConnection) -> None:
@@ -271,20 +408,24 @@ class Warehouse(Queries):
 
     def ensure_schema(self) -> bool:
         """Create the tables, views, predictions directory and snapshot if missing; safe to call any number of
-        times. Returns False, without raising, when another process holds the database (the next merge creates
-        the schema then)."""
-        self._ensure_empty_predictions_file()
-        with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
-            if not acquired:
-                return False
-            try:  # one attempt: every merge creates the schema too, so waiting here would only slow the run
-                connection = self._connect(read_only=False, retries=0)
-            except WarehouseLockedError as error:
-                logger.info("schema not ensured now: %s", error)
-                return False
-            with connection, transaction(connection):
-                self._create_schema(connection)
-            self._refresh_snapshot()
+        times. Returns False, without raising, when another process holds the database, the disk is full or the
+        file is damaged (logged; the next merge creates the schema, and a run's rows wait pending meanwhile)."""
+        try:
+            self._ensure_empty_predictions_file()
+            with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
+                if not acquired:
+                    return False
+                try:  # one attempt: every merge creates the schema too, so waiting here would only slow the run
+                    connection = self._connect(read_only=False, retries=0)
+                except WarehouseLockedError as error:
+                    logger.info("schema not ensured now: %s", error)
+                    return False
+                with connection, transaction(connection):
+                    self._create_schema(connection)
+                self._refresh_snapshot_or_log()
+        except (OSError, duckdb.Error, WarehouseDamagedError) as error:
+            logger.error("schema of %s not ensured now: %s", self.database_path, error)
+            return False
         return True
 
     # ---------------------------------------------------------------------------------------------- writes
@@ -300,9 +441,10 @@ class Warehouse(Queries):
 
         Inputs are validated before anything is written (ValueError naming the field; a run id recorded already
         fails too). The run is written as a durable pending batch, then merged with every earlier pending batch,
-        each in one transaction. A database held by another process never fails the call: the rows stay pending
-        and the outcome says where. Any other failure while merging this run removes its batch and raises, so
-        a failed call leaves nothing behind.
+        each in one transaction. A database held by another process, a full disk or a damaged database file never
+        fails the call once the batch is written: the rows stay pending and the outcome says where and why. Rows
+        that can never go in (a run id recorded already) remove the batch and raise, so that call leaves nothing
+        behind.
         """
         validate_run(run)
         metric_rows_frame = metric_frame(run, list(metrics))
@@ -310,7 +452,7 @@ class Warehouse(Queries):
         predictions_frame = None if predictions is None else prediction_frame(run, predictions)
         self._refuse_pending_run_id(run.run_id)
 
-        self._ensure_empty_predictions_file()
+        # First, before anything large is written (the database, its snapshot): the batch is a few small files.
         batch_path = batches.write_batch(self.pending_dir, run, metric_rows_frame, per_class_rows_frame,
                                          predictions_frame)
         try:
@@ -348,7 +490,7 @@ class Warehouse(Queries):
     def _refuse_recorded_run_id(self, run_id: str) -> None:
         try:
             connection = self._connect(read_only=True, path=self.snapshot_path)
-        except (FileNotFoundError, WarehouseLockedError):
+        except (FileNotFoundError, WarehouseLockedError, WarehouseDamagedError, duckdb.Error):
             return  # nothing to check against now: the merge rejects a duplicate, naming its batch
         with connection:
             if connection.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]:
@@ -357,6 +499,7 @@ class Warehouse(Queries):
     def _merge(self, own_batch: Path | None) -> MergeOutcome:
         merged: list[str] = []
         rejected: list[RejectedBatch] = []
+        committed: list[Path] = []  # batches whose rows are in the database: deleted once the snapshot holds them
         with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
             if not acquired:
                 return MergeOutcome(pending=tuple(self.pending_batches()),
@@ -366,15 +509,25 @@ class Warehouse(Queries):
             blocked_by = None
             if folders or own_batch is None:
                 try:
+                    self._ensure_empty_predictions_file()
                     connection = self._connect(read_only=False)
                 except WarehouseLockedError as error:
                     logger.debug("merge postponed: %s", error)
                     return MergeOutcome(pending=tuple(folders), blocked_by=f"{self.database_path.name} is held by "
                                         "another process, e.g. a read-only DuckDB session")
+                except (WarehouseDamagedError, OSError, duckdb.Error) as error:  # damaged, or a full disk
+                    logger.error("merge postponed: %s", error)
+                    return MergeOutcome(pending=tuple(folders), blocked_by=str(error))
                 try:
                     with connection:
-                        with transaction(connection):
-                            self._create_schema(connection)
+                        try:
+                            with transaction(connection):
+                                self._create_schema(connection)
+                        except (OSError, duckdb.Error) as error:
+                            if own_batch is None:
+                                raise
+                            folders, blocked_by = [], f"the schema of {self.database_path.name} failed: {error}"
+                            logger.error(blocked_by)
                         for folder in folders:
                             try:
                                 run_id = self._merge_batch(connection, folder)
@@ -387,41 +540,40 @@ class Warehouse(Queries):
                                 logger.error("pending batch %s rejected: %s", folder, error)
                                 continue
                             except Exception as error:
-                                if folder == own_batch:
-                                    raise
                                 if own_batch is None:
                                     raise RuntimeError(f"merging pending batch {folder} failed: {error}") from error
+                                # e.g. a full disk: this run's rows and every later batch wait, whole, on disk
                                 blocked_by = f"merging pending batch {folder} failed: {error}"
                                 logger.error(blocked_by)
                                 break
+                            committed.append(folder)
                             if run_id is not None:
                                 merged.append(run_id)
                 finally:
-                    # Whatever was committed is in the file: the snapshot must show it. A failed copy leaves the
-                    # previous snapshot (`status` says it is behind); it never undoes a merge.
-                    try:
-                        self._refresh_snapshot()
-                    except OSError as error:
-                        logger.error("snapshot %s not refreshed: %s", self.snapshot_path, error)
+                    # Whatever was committed is in the file: the snapshot must show it before its batches go. A
+                    # failed copy leaves the previous snapshot and keeps those batches, so every read still has
+                    # their rows; it never undoes a merge.
+                    if self._refresh_snapshot_or_log():
+                        self._finish_batches(committed)
+                    elif committed:
+                        blocked_by = blocked_by or (
+                            f"{self.snapshot_path.name} could not be refreshed (see the log); the merged batches stay "
+                            "until it is, so every read still has their rows")
             return MergeOutcome(tuple(merged), tuple(self.pending_batches()), tuple(rejected), blocked_by)
 
     def _merge_batch(self, connection: duckdb.DuckDBPyConnection, folder: Path) -> str | None:
-        """Merge one batch in one transaction, then move its predictions into place and delete it. Returns the
-        run id, or None for a batch merged before (a crash between its commit and its deletion)."""
+        """Merge one batch in one transaction. Returns the run id, or None for a batch merged before (the snapshot
+        was not refreshed then, or a crash came between a commit and the deletion of the batch)."""
         already = connection.execute("SELECT count(*) FROM merged_batches WHERE batch = ?", [folder.name]).fetchone()
-        if already[0]:  # its files may be half deleted: only finish moving and deleting them
-            predictions = folder / batches.PREDICTIONS_FILE
-            if predictions.exists():
-                os.replace(predictions, self.prediction_file(batches.batch_run_id(folder)))
-            shutil.rmtree(folder)
+        if already[0]:
             return None
         batch = batches.read_batch(folder)
         with transaction(connection):
             self._write_batch(connection, batch)
-        try:
-            self._finish_batch(batch)
-        except OSError as error:  # the rows are in: the next merge finishes moving and deleting the files
-            logger.warning("run %s merged, but its batch %s is not cleared yet: %s", batch.run.run_id, folder, error)
+        try:  # the rows are in: their predictions join the others now (a rename, needing no room)
+            self._place_predictions(folder)
+        except OSError as error:  # moved when the batch is cleared
+            logger.warning("predictions of run %s not moved yet: %s", batch.run.run_id, error)
         return batch.run.run_id
 
     def _write_batch(self, connection: duckdb.DuckDBPyConnection, batch: PendingBatch) -> None:
@@ -429,25 +581,54 @@ class Warehouse(Queries):
         connection.execute("INSERT INTO merged_batches VALUES (?, ?, ?)",
                            [batch.name, batch.run.run_id, datetime.now(UTC).replace(tzinfo=None)])
 
-    def _finish_batch(self, batch: PendingBatch) -> None:
-        if batch.predictions is not None:
-            os.replace(batch.path / batches.PREDICTIONS_FILE, self.prediction_file(batch.run.run_id))
-        shutil.rmtree(batch.path)
+    def _finish_batches(self, folders: Sequence[Path]) -> None:
+        for folder in folders:
+            try:
+                self._finish_batch(folder)
+            except OSError as error:  # the rows are in: the next merge finishes moving and deleting the files
+                logger.warning("batch %s merged, but not cleared yet: %s", folder, error)
+
+    def _place_predictions(self, folder: Path) -> None:
+        predictions = folder / batches.PREDICTIONS_FILE
+        if predictions.exists():
+            os.replace(predictions, self.prediction_file(batches.batch_run_id(folder)))
+
+    def _finish_batch(self, folder: Path) -> None:
+        """Delete a merged batch once the snapshot holds it (its predictions may still be in it)."""
+        self._place_predictions(folder)
+        shutil.rmtree(folder)
+
+    @property
+    def _wal_path(self) -> Path:
+        return self.database_path.with_name(self.database_path.name + ".wal")
 
     def _refresh_snapshot(self) -> bool:
-        """Copy the database to the snapshot; call under the merge lock with no connection open in this process."""
+        """Copy the database to the snapshot; call under the merge lock with no connection open in this process.
+        False when the file is missing or cannot be checkpointed now; OSError when the copy fails (a full disk)."""
         if not self.database_path.exists():
             return False
-        wal = self.database_path.with_name(self.database_path.name + ".wal")
+        wal = self._wal_path
         if wal.exists() and wal.stat().st_size:
-            # A writer died before checkpointing: the main file alone is incomplete until a clean close.
+            # A writer died before checkpointing, or a full disk stopped the checkpoint: the main file alone is
+            # incomplete until a clean close.
             try:
                 self._connect(read_only=False).close()
             except WarehouseLockedError as error:
                 logger.warning("snapshot not refreshed: %s", error)
                 return False
+            if wal.exists() and wal.stat().st_size:
+                logger.error("snapshot %s not refreshed: %s could not be checkpointed (is the disk full?)",
+                             self.snapshot_path, self.database_path)
+                return False
         _replace_with_copy(self.database_path, self.snapshot_path)
         return True
+
+    def _refresh_snapshot_or_log(self) -> bool:
+        try:
+            return self._refresh_snapshot()
+        except (OSError, duckdb.Error, WarehouseDamagedError) as error:
+            logger.error("snapshot %s not refreshed: %s", self.snapshot_path, error)
+            return False
 
     def record_benchmark(self, run: BenchmarkRun, rows: Sequence[BenchmarkRow]) -> None:
         """Record every measurement of one benchmark run in one transaction, all or nothing (record_benchmarks)."""
@@ -471,7 +652,7 @@ class Warehouse(Queries):
             with self._connect(read_only=False) as connection, transaction(connection):
                 self._create_schema(connection)
                 insert_benchmarks(connection, frames, run_ids, str(self.database_path))
-            self._refresh_snapshot()
+            self._refresh_snapshot_or_log()
 
     # ----------------------------------------------------------------------------------------------- reads
     # query(): from Queries, on the read copy (every recorded run, merged or still pending)
@@ -490,12 +671,18 @@ class Warehouse(Queries):
 
         The read copy is the snapshot, or a private copy of it with the pending batches applied when there are
         any. The database file itself is opened only to take the first snapshot of a warehouse written before
-        snapshots existed, so a reader never blocks a writer.
+        snapshots existed, so a reader never blocks a writer. Nothing is written beside the database: a snapshot
+        that cannot be caught up (a full disk, a damaged database) is read as it is. WarehouseDamagedError when
+        the file to read cannot be opened, naming it and what to do.
         """
         try:
             connection = self._connect(read_only=True, path=self._read_copy_path())
         except FileNotFoundError:  # another thread replaced the read copy between building and opening it
             connection = self._connect(read_only=True, path=self._read_copy_path())
+        except duckdb.Error as error:  # the snapshot could not be copied into a read copy with the pending batches
+            if _is_lock_conflict(error) or _is_disk_full(error):
+                raise
+            raise WarehouseDamagedError(self._damage_message(self.snapshot_path, error)) from error
         try:
             yield connection
         finally:
@@ -540,6 +727,14 @@ class Warehouse(Queries):
             return True
 
     def _catch_up_snapshot(self) -> None:
+        try:
+            self._copy_database_to_snapshot()
+        except (OSError, duckdb.Error, WarehouseDamagedError) as error:  # a full disk, a damaged file: read the
+            # snapshot there is
+            logger.warning("snapshot %s not caught up with %s, reading it as it is: %s", self.snapshot_path.name,
+                           self.database_path.name, error)
+
+    def _copy_database_to_snapshot(self) -> None:
         with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
             if not acquired or not self._snapshot_is_behind():
                 return  # a merge kept the lock (use the snapshot there is), or refreshed it meanwhile
@@ -551,6 +746,12 @@ class Warehouse(Queries):
             with guard:
                 if wal.exists() and wal.stat().st_size:
                     return  # not checkpointed: only the next merge (a clean close) makes the file whole
+                try:  # opening reads the catalog only: a truncated file may still open
+                    guard.execute("SELECT count(*) FROM runs").fetchone()
+                except duckdb.CatalogException:
+                    pass
+                except duckdb.Error as error:
+                    raise WarehouseDamagedError(self._damage_message(self.database_path, error)) from error
                 _replace_with_copy(self.database_path, self.snapshot_path)
 
     def _pending_read_copy(self, loaded: list[PendingBatch], base: Path | None) -> Path:
@@ -608,4 +809,63 @@ class Warehouse(Queries):
             snapshot_age = max(0.0, time.time() - snapshot_mtime / 1e9)
             behind = self.database_path.exists() and self.database_path.stat().st_mtime_ns > snapshot_mtime
         return WarehouseStatus(self.database_path, self.snapshot_path, tuple(self.pending_batches()),
-                               tuple(batches.rejected_batches(self.rejected_dir)), snapshot_age, bool(behind))
+                               tuple(batches.rejected_batches(self.rejected_dir)), snapshot_age, bool(behind),
+                               self._damage_of(self.database_path), self._damage_of(self.snapshot_path))
+
+    # --------------------------------------------------------------------------------------------- recovery
+    def recover(self) -> RecoveryOutcome:
+        """Rebuild a database file DuckDB cannot open or read (or a missing one): the damaged file (and its WAL) is
+        moved aside, never deleted; the snapshot, when intact, becomes the database; the pending batches are merged
+        into it; prediction files of runs that neither holds are named (their records were in the damaged file
+        only). A database that opens and reads is left alone. WarehouseLockedError when a merge keeps the lock."""
+        with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
+            if not acquired:
+                raise WarehouseLockedError(f"warehouse database {self.database_path}: another process kept merging "
+                                           f"for {self.merge_lock_wait_seconds:g} s; try again once it is done")
+            wal = self._wal_path
+            if self.database_path.exists():
+                damage = self._damage_of(self.database_path)
+            elif self.snapshot_path.exists() or self.pending_batches() or wal.exists():
+                damage = "the file is missing"
+            else:
+                damage = None
+            if damage is None:
+                return RecoveryOutcome(self.database_path, None)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            snapshot_problem = self._damage_of(self.snapshot_path) if self.snapshot_path.exists() else "there is none"
+            restored = self.database_path.with_name(f".{self.database_path.name}.recovering-{uuid.uuid4().hex}")
+            snapshot_runs = 0
+            try:
+                if snapshot_problem is None:
+                    shutil.copyfile(self.snapshot_path, restored)  # first: a full disk stops here, nothing moved
+                    with duckdb.connect(str(restored), read_only=True) as connection:
+                        snapshot_runs = connection.execute("SELECT count(*) FROM runs").fetchone()[0]
+                elif self.snapshot_path.exists():  # kept for a person; the merge below takes a new snapshot
+                    os.replace(self.snapshot_path, self.snapshot_path.with_name(
+                        f"{self.snapshot_path.stem}-damaged-{stamp}.duckdb"))
+                damaged_copy = self.database_path.with_name(f"{self.database_path.stem}-damaged-{stamp}.duckdb")
+                if self.database_path.exists():
+                    os.replace(self.database_path, damaged_copy)
+                if wal.exists():  # never replayed into the rebuilt file
+                    os.replace(wal, damaged_copy.with_name(damaged_copy.name + ".wal"))
+                if snapshot_problem is None:
+                    os.replace(restored, self.database_path)
+            finally:
+                restored.unlink(missing_ok=True)
+        merge = self._merge(own_batch=None)
+        return RecoveryOutcome(self.database_path, damage, damaged_copy if damaged_copy.exists() else None,
+                               snapshot_runs, snapshot_problem, merge, self._unrestored_predictions())
+
+    def _unrestored_predictions(self) -> tuple[Path, ...]:
+        """Prediction files of runs the database does not hold."""
+        if not self.predictions_dir.is_dir():
+            return ()
+        files = {path.name[len(PREDICTIONS_FILE_PREFIX):-len(".parquet")]: path
+                 for path in self.predictions_dir.glob(f"{PREDICTIONS_FILE_PREFIX}*.parquet")
+                 if path.name != EMPTY_PREDICTIONS_FILE}
+        try:
+            with self._connect(read_only=True, retries=0) as connection:
+                recorded = {row[0] for row in connection.execute("SELECT run_id FROM runs").fetchall()}
+        except (FileNotFoundError, WarehouseLockedError, WarehouseDamagedError, duckdb.Error):
+            recorded = set()
+        return tuple(sorted(path for run_id, path in files.items() if run_id not in recorded))

@@ -90,7 +90,8 @@ def evaluation_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     # the quality of each round's pseudolabels (the checkpoint's record), so SQL can plot it by round
     metric_rows += pseudolabel_round_rows(checkpoint)
     warehouse = workspace_warehouse_of(workspace)
-    warehouse.ensure_schema()
+    # record_run writes the rows to disk before it opens the database (it creates the schema itself): a full disk
+    # or a damaged file leaves them pending, never lost
     warehouse.record_run(record, metric_rows, per_class_rows, pl.concat(predictions))
     context.log.info(f"{dataset}/{experiment_key}: top-1 {top1['test']:.4f}")
     return dg.MaterializeResult(

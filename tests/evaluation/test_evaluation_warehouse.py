@@ -1,3 +1,4 @@
+import errno
 import math
 import subprocess
 import sys
@@ -142,29 +143,33 @@ def test_runs_of_retrained_backbone_weights_become_history(warehouse):
     assert _count(warehouse, "SELECT count(*) FROM runs WHERE is_current") == 4
 
 
-def test_failure_midway_writes_nothing_and_keeps_the_previous_run(warehouse, monkeypatch):
+def test_failure_midway_leaves_the_database_as_it_was_and_keeps_the_run_pending(warehouse, monkeypatch):
     warehouse.record_run(make_run("good"), _metrics(0.5), make_per_class(), make_predictions())
     original_insert = writes.insert_rows
 
     def insert_then_fail(connection, table, frame):
         original_insert(connection, table, frame)
         if table == "per_class_metrics":  # the metric and per-class rows are in the transaction now
-            raise RuntimeError("disk full")
+            raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(writes, "insert_rows", insert_then_fail)
-    with pytest.raises(RuntimeError, match="disk full"):
-        warehouse.record_run(make_run("bad", start_minute=3), _metrics(0.9), make_per_class(), make_predictions())
+    outcome = warehouse.record_run(make_run("bad", start_minute=3), _metrics(0.9), make_per_class(),
+                                   make_predictions())
     monkeypatch.undo()
 
-    assert warehouse.query("SELECT run_id, is_current FROM runs").rows() == [("good", True)]
-    assert set(warehouse.query("SELECT run_id FROM metrics")["run_id"]) == {"good"}
-    assert _count(warehouse, "SELECT count(*) FROM metrics_history") == 0
-    assert _count(warehouse, "SELECT count(*) FROM per_class_metrics WHERE run_id = 'bad'") == 0
+    assert not outcome.merged and "No space left on device" in outcome.merge.blocked_by
+    with duckdb.connect(str(warehouse.database_path), read_only=True) as database:  # the file itself
+        assert database.execute("SELECT run_id, is_current FROM runs").fetchall() == [("good", True)]
+        assert database.execute("SELECT count(*) FROM metrics_history").fetchone() == (0,)
+        assert database.execute("SELECT count(*) FROM per_class_metrics WHERE run_id = 'bad'").fetchone() == (0,)
     assert _files(warehouse.predictions_dir) == {EMPTY_PREDICTIONS_FILE, "run_id=good.parquet"}
-    assert set(warehouse.query("SELECT DISTINCT run_id FROM predictions")["run_id"]) == {"good"}
-    # The same run can be recorded once the fault is gone.
-    warehouse.record_run(make_run("bad", start_minute=3), _metrics(0.9))
+    # The rows wait whole on disk, and reads include them already.
+    assert warehouse.pending_batches() == [outcome.batch_path]
     assert warehouse.query("SELECT run_id FROM runs WHERE is_current").rows() == [("bad",)]
+    # They land once the fault is gone.
+    assert warehouse.merge_pending().merged == ("bad",)
+    assert _files(warehouse.predictions_dir) == {EMPTY_PREDICTIONS_FILE, "run_id=good.parquet", "run_id=bad.parquet"}
+    assert warehouse.query("SELECT count(*) FROM metrics_history WHERE run_id = 'good'").item() == 2
 
 
 @pytest.mark.parametrize(
