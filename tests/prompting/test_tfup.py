@@ -12,7 +12,7 @@ import yaml
 from models.experiments import (TrainingSet, build_classifier, load_prompt_checkpoint, save_prompt_checkpoint,
                                 train_prompts)
 from models.prompting.methods import get_method, parse_method_parameters
-from models.prompting.methods.tfup import cache_size, select_representatives, semantic_similarity
+from models.prompting.tfup_cache import cache_size, select_representatives, semantic_similarity
 from models.prompting.training import OptimizationConfig
 
 CATALOG = Path(__file__).resolve().parents[2] / "assets_catalog"
