@@ -8,14 +8,14 @@ with `create_model_and_transforms("local-dir:<folder>")`:
     <folder>/training_summary.json      config, per-epoch losses, seconds, weights hash
 
 `install_shipped_weights` copies such a folder (the weights shipped in the repository) into place after checking
-the weights' SHA-256 against the catalog, so the default graph need not spend the pretraining budget.
+the weights' SHA-256 against the catalog (models/backbones/shipped_weights.py, shared with the diffusion model), so
+the default graph need not spend the pretraining budget.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,6 +28,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
 from models.atomic import atomic_directory
+from models.backbones.shipped_weights import (  # noqa: F401 (ShippedWeightsError: part of this module's interface)
+    ShippedLayout, ShippedWeightsError, install_shipped_folder, read_json_field)
 from models.backbones.training_support import (
     ProgressReport, TrainingProgress, count_parameters, reproducible_torch, warmup_cosine_learning_rate)
 from models.provenance import sha256_file
@@ -187,8 +189,8 @@ def pretrain_tiny_clip(
     return PretrainedBackbone(Path(output_dir), epoch_losses, weights_sha256, seconds)
 
 
-class ShippedWeightsError(ValueError):
-    """Shipped weights that are missing, altered or not made from the catalog's architecture."""
+TINY_CLIP_FOLDER = ShippedLayout(model="tiny-clip", catalog_field="tiny_clip_weights", weights=WEIGHTS_FILENAME,
+                                 files=(CONFIG_FILENAME, WEIGHTS_FILENAME, SUMMARY_FILENAME))
 
 
 def install_shipped_weights(source_dir: Path, expected_sha256: str, output_dir: Path,
@@ -199,36 +201,16 @@ def install_shipped_weights(source_dir: Path, expected_sha256: str, output_dir: 
     ``expected_sha256`` (altered, truncated or a Git LFS pointer) or the folder's architecture is not the catalog's
     ``model_name`` config; ``output_dir`` is then left as it was.
     """
-    source_dir = Path(source_dir)
-    for filename in (CONFIG_FILENAME, WEIGHTS_FILENAME, SUMMARY_FILENAME):
-        if not (source_dir / filename).is_file():
-            raise ShippedWeightsError(f"shipped tiny-clip file missing: {source_dir / filename}")
-    found = sha256_file(source_dir / WEIGHTS_FILENAME)
-    if found != expected_sha256:
-        raise ShippedWeightsError(
-            f"{source_dir / WEIGHTS_FILENAME} has SHA-256 {found}, but the catalog expects {expected_sha256} "
-            "(world.yaml tiny_clip_weights.weights_sha256): the file was altered or not fetched (Git LFS?); "
-            "restore it, or pretrain with `promptlab run --retrain-world`")
-    register_embedded_model_configs()
-    shipped_cfg = _read_json_field(source_dir / CONFIG_FILENAME, "model_cfg")
-    if shipped_cfg != open_clip.get_model_config(model_name):
-        raise ShippedWeightsError(
-            f"{source_dir / CONFIG_FILENAME} describes another architecture than the catalog's {model_name!r} "
-            f"({EMBEDDED_MODEL_CONFIG_DIR / (model_name + '.json')}); the shipped weights do not fit it")
-    epoch_losses = _read_json_field(source_dir / SUMMARY_FILENAME, "epoch_losses")
-    seconds = _read_json_field(source_dir / SUMMARY_FILENAME, "seconds")
-    with atomic_directory(output_dir) as staging:
-        for filename in (CONFIG_FILENAME, WEIGHTS_FILENAME, SUMMARY_FILENAME):
-            shutil.copyfile(source_dir / filename, staging / filename)
-    return PretrainedBackbone(Path(output_dir), list(epoch_losses), found, float(seconds))
+    def check_architecture(folder: Path) -> None:
+        register_embedded_model_configs()
+        if read_json_field(folder / CONFIG_FILENAME, "model_cfg") != open_clip.get_model_config(model_name):
+            raise ShippedWeightsError(
+                f"{folder / CONFIG_FILENAME} describes another architecture than the catalog's {model_name!r} "
+                f"({EMBEDDED_MODEL_CONFIG_DIR / (model_name + '.json')}); the shipped weights do not fit it")
 
-
-def _read_json_field(path: Path, field_name: str):
-    """One field of a shipped JSON file; a file that is not JSON or lacks the field is refused by name."""
-    try:
-        return json.loads(path.read_text())[field_name]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ShippedWeightsError(f"{path}: not a JSON object with a {field_name!r} field ({error})") from error
+    summary = install_shipped_folder(source_dir, TINY_CLIP_FOLDER, expected_sha256, output_dir, check_architecture)
+    return PretrainedBackbone(Path(output_dir), list(summary["epoch_losses"]), expected_sha256,
+                              float(summary["seconds"]))
 
 
 def _family_rows(families: np.ndarray | None, num_pairs: int) -> list[torch.Tensor]:
