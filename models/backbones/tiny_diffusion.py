@@ -6,7 +6,11 @@
     <folder>/unet/config.json
     <folder>/unet/diffusion_pytorch_model.safetensors
     <folder>/scheduler/scheduler_config.json
-    <folder>/training_summary.json      config, per-epoch losses, seconds, weights hash
+    <folder>/training_summary.json      config, per-epoch losses, seconds, date, threads, versions, weights hash
+
+`install_shipped_diffusion` copies such a folder (the weights shipped in the catalog) into place after checking the
+weights' SHA-256 and that the folder's UNet is the recipe's architecture (models/backbones/shipped_weights.py, shared
+with tiny-clip), so the default graph need not spend minutes pretraining.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from models.atomic import atomic_directory
+from models.backbones.shipped_weights import ShippedLayout, ShippedWeightsError, install_shipped_folder, read_json_field
 from models.backbones.training_support import (
     ProgressReport, TrainingProgress, count_parameters, reproducible_torch, warmup_cosine_learning_rate)
 from models.provenance import sha256_file
@@ -31,6 +38,12 @@ UNET_FOLDER = "unet"
 SCHEDULER_FOLDER = "scheduler"
 UNET_WEIGHTS_FILENAME = "diffusion_pytorch_model.safetensors"
 SUMMARY_FILENAME = "training_summary.json"
+UNET_CONFIG = f"{UNET_FOLDER}/config.json"
+SCHEDULER_CONFIG = f"{SCHEDULER_FOLDER}/scheduler_config.json"
+DIFFUSION_FOLDER = ShippedLayout(
+    model="tiny diffusion model", catalog_field="diffusion_weights", weights=f"{UNET_FOLDER}/{UNET_WEIGHTS_FILENAME}",
+    files=("model_index.json", UNET_CONFIG, f"{UNET_FOLDER}/{UNET_WEIGHTS_FILENAME}", SCHEDULER_CONFIG,
+           SUMMARY_FILENAME))
 
 
 @dataclass
@@ -109,18 +122,9 @@ def pretrain_diffusion(
         raise ValueError(f"DiffusionPretrainConfig: epochs and batch_size must be at least 1, got {config}")
 
     with reproducible_torch(config.num_threads):
+        threads_used = torch.get_num_threads()  # the recipe's count, capped by the cores: the bits depend on it
         torch.manual_seed(config.seed)
-        unet = UNet2DModel(
-            sample_size=config.sample_size,
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=config.block_out_channels,
-            layers_per_block=config.layers_per_block,
-            down_block_types=config.down_block_types,
-            up_block_types=config.up_block_types,
-            norm_num_groups=config.norm_num_groups,
-            attention_head_dim=config.attention_head_dim,
-        )
+        unet = UNet2DModel(**unet_architecture(config))
         scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps)
         unet.train()
         optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
@@ -172,12 +176,49 @@ def pretrain_diffusion(
             "config": asdict(config),
             "epoch_losses": epoch_losses,
             "seconds": seconds,
+            # how the bits were made, for whoever retrains and compares: float sums depend on all three
+            "date": datetime.now(timezone.utc).date().isoformat(),
+            "torch_threads": threads_used,
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
             "num_images": num_images,
             "num_parameters": count_parameters(unet),
             "weights_sha256": weights_sha256,
         }
         (staging / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return PretrainedDiffusion(Path(output_dir), epoch_losses, weights_sha256, seconds)
+
+
+def unet_architecture(config: DiffusionPretrainConfig) -> dict:
+    """The UNet2DModel arguments a recipe builds (and that its saved unet/config.json repeats)."""
+    return {"sample_size": config.sample_size, "in_channels": 3, "out_channels": 3,
+            "block_out_channels": config.block_out_channels, "layers_per_block": config.layers_per_block,
+            "down_block_types": config.down_block_types, "up_block_types": config.up_block_types,
+            "norm_num_groups": config.norm_num_groups, "attention_head_dim": config.attention_head_dim}
+
+
+def install_shipped_diffusion(source_dir: Path, expected_sha256: str, output_dir: Path,
+                              config: DiffusionPretrainConfig) -> PretrainedDiffusion:
+    """Copy a shipped diffusion folder to `output_dir` (atomically) once its weights hash is `expected_sha256` and
+    its UNet and noise schedule are the ones `config` builds.
+
+    Raises ShippedWeightsError naming the file when a file is missing, the weights' SHA-256 differs (altered,
+    truncated or a Git LFS pointer) or the architecture is another; `output_dir` is then left as it was.
+    """
+    def check_architecture(folder: Path) -> None:
+        shipped = {key: read_json_field(folder / UNET_CONFIG, key) for key in unet_architecture(config)}
+        expected = {key: list(value) if isinstance(value, tuple) else value
+                    for key, value in unet_architecture(config).items()}
+        timesteps = read_json_field(folder / SCHEDULER_CONFIG, "num_train_timesteps")
+        if shipped != expected or timesteps != config.num_train_timesteps:
+            differing = sorted(key for key in expected if shipped[key] != expected[key])
+            differing += ["num_train_timesteps"] * (timesteps != config.num_train_timesteps)
+            raise ShippedWeightsError(
+                f"{folder / UNET_FOLDER} describes another architecture than the catalog's diffusion recipe "
+                f"(world.yaml diffusion; differing: {differing}); the shipped weights do not fit it")
+
+    summary = install_shipped_folder(source_dir, DIFFUSION_FOLDER, expected_sha256, output_dir, check_architecture)
+    return PretrainedDiffusion(Path(output_dir), list(summary["epoch_losses"]), expected_sha256,
+                               float(summary["seconds"]))
 
 
 def load_diffusion(directory: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:

@@ -9,8 +9,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, UNet2DModel
 
 from backbone_toys import coloured_squares
+from models.backbones.shipped_weights import ShippedWeightsError
 from models.backbones.tiny_diffusion import (
-    DiffusionPretrainConfig, generate_variations, load_diffusion, pretrain_diffusion)
+    DiffusionPretrainConfig, generate_variations, install_shipped_diffusion, load_diffusion, pretrain_diffusion)
 from models.provenance import sha256_file
 
 MICRO_DIFFUSION = DiffusionPretrainConfig(
@@ -58,6 +59,9 @@ def test_saved_folder_is_a_diffusers_pipeline(trained_diffusion):
     assert result.weights_sha256 == sha256_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
     summary = json.loads((folder / "training_summary.json").read_text())
     assert summary["epoch_losses"] == result.epoch_losses
+    # how the bits were made, for whoever retrains shipped weights and compares
+    assert summary["torch_threads"] == 1 and summary["date"][:2] == "20"
+    assert set(summary["versions"]) == {"torch", "diffusers"}
 
     pipeline = DDPMPipeline.from_pretrained(folder)
     unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
@@ -128,3 +132,46 @@ def test_inconsistent_configs_are_rejected():
         DiffusionPretrainConfig(block_out_channels=(12, 16, 16), norm_num_groups=8)
     with pytest.raises(ValueError, match="down_block_types"):
         DiffusionPretrainConfig(block_out_channels=(16, 32))
+
+
+def _shipped_copy(trained_diffusion, tmp_path):
+    shipped = tmp_path / "shipped"
+    shutil.copytree(trained_diffusion[0].directory, shipped)
+    return shipped, trained_diffusion[0].weights_sha256
+
+
+def test_shipped_diffusion_installs_when_its_hash_matches_and_loads_as_trained(trained_diffusion, tmp_path):
+    shipped, sha256 = _shipped_copy(trained_diffusion, tmp_path)
+    installed = install_shipped_diffusion(shipped, sha256, tmp_path / "workspace" / "diffusion", MICRO_DIFFUSION)
+    assert installed.weights_sha256 == sha256 and installed.epoch_losses == trained_diffusion[0].epoch_losses
+    assert load_diffusion(installed.directory).weights_sha256 == sha256
+    assert DDPMPipeline.from_pretrained(installed.directory).unet.config.block_out_channels == [8, 16]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flip_byte", "diffusion_pytorch_model.safetensors has SHA-256"),
+    ("lfs_pointer", "diffusion_pytorch_model.safetensors has SHA-256"),
+    ("drop_scheduler", "file missing: .*scheduler_config.json"),
+    ("other_recipe", r"another architecture .*\['block_out_channels', 'norm_num_groups'\]"),
+])
+def test_damaged_shipped_diffusion_is_refused_and_leaves_the_installed_one(trained_diffusion, tmp_path, damage,
+                                                                            message):
+    shipped, sha256 = _shipped_copy(trained_diffusion, tmp_path)
+    target = tmp_path / "workspace" / "diffusion"
+    install_shipped_diffusion(shipped, sha256, target, MICRO_DIFFUSION)
+    weights = shipped / "unet" / "diffusion_pytorch_model.safetensors"
+    recipe = MICRO_DIFFUSION
+    if damage == "flip_byte":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "lfs_pointer":
+        weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + sha256 + "\nsize 1\n")
+    elif damage == "drop_scheduler":
+        (shipped / "scheduler" / "scheduler_config.json").unlink()
+    else:  # the catalog's recipe changed its widths after the weights were shipped
+        recipe = dataclasses.replace(MICRO_DIFFUSION, block_out_channels=(16, 16), norm_num_groups=8)
+    with pytest.raises(ShippedWeightsError, match=message) as error:
+        install_shipped_diffusion(shipped, sha256, target, recipe)
+    assert str(shipped) in str(error.value)
+    assert sha256_file(target / "unet" / "diffusion_pytorch_model.safetensors") == sha256
