@@ -1,4 +1,5 @@
-"""The embedded offline world: the procedural corpus and the two tiny models the pipeline pretrains on it."""
+"""The embedded offline world: the procedural corpus and the two tiny models trained on it (shipped in the catalog,
+or pretrained here with `--retrain-world`)."""
 
 
 import json
@@ -96,39 +97,25 @@ def pretrain_on_corpus(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     )
 
 
-# pool "gpu": the torch-heavy assets (dagster_home_template.yaml limits each pool to one run at a time)
-@dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=TINY_CLIP_CODE, kinds={"pytorch"},
-          pool="gpu")
-@synced(reads=(folders.corpus,), writes=(folders.backbone,))
-def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
-    """tiny-clip: open_clip's native CLIP architecture pretrained contrastively (ClipLoss) on the corpus.
+def shipped_or_pretrained(context: dg.AssetExecutionContext, promptlab: PromptLabResource, model: str,
+                          weights_key: str, settings_key: str, code_version: str, directory: Path, install,
+                          train) -> dg.MaterializeResult:
+    """The weights shipped in the catalog (world.yaml `<weights_key>`), installed after their hash is checked; with
+    `retrain_world` (launchpad) or `promptlab run --retrain-world`, or with none shipped, the `<settings_key>` recipe
+    pretrained here and the result compared with the shipped hash.
 
-    By default the weights shipped in the catalog (world.yaml `tiny_clip_weights`) are installed after their hash is
-    checked; with `retrain_world` (launchpad) or `promptlab run --retrain-world`, or with no shipped weights in the
-    catalog, the `tiny_clip` recipe is pretrained here and the result compared with the shipped hash.
+    install(source, weights_sha256, directory, settings) checks and copies a shipped folder; train as in
+    pretrain_on_corpus.
     """
-    from models.backbones.tiny_clip import ClipPretrainConfig, pretrain_tiny_clip
-    from models.embedded.corpus import load_corpus_families, load_subject_captions
-
-    workspace, catalog = promptlab.workspace(), promptlab.catalog()
-    shipped = catalog.world.get("tiny_clip_weights")
+    shipped = promptlab.catalog().world.get(weights_key)
     if shipped and not promptlab.retrain_world_requested():
-        return install_shipped_tiny_clip(context, promptlab, shipped)
-    corpus_dir = workspace.corpus_dir
-
-    def train(images, captions, directory, settings, on_progress):
-        # families keep each batch's in-batch negatives within a family; subject captions feed the curriculum
-        return pretrain_tiny_clip(images, captions, directory, ClipPretrainConfig(**settings),
-                                  on_progress=on_progress, families=load_corpus_families(corpus_dir),
-                                  subject_captions=load_subject_captions(corpus_dir))
-
-    result = pretrain_on_corpus(context, promptlab, "tiny-clip", "tiny_clip", TINY_CLIP_CODE,
-                                workspace.tiny_clip_dir, train)
+        return install_shipped(context, promptlab, model, settings_key, shipped, code_version, directory, install)
+    result = pretrain_on_corpus(context, promptlab, model, settings_key, code_version, directory, train)
     if shipped:
         found = result.metadata["weights_sha256"]
         same = found == shipped["weights_sha256"]
-        message = ("tiny-clip retrained: the same weights as the shipped ones, bit for bit" if same else
-                   f"tiny-clip retrained: weights {found} differ from the shipped {shipped['weights_sha256']} "
+        message = (f"{model} retrained: the same weights as the shipped ones, bit for bit" if same else
+                   f"{model} retrained: weights {found} differ from the shipped {shipped['weights_sha256']} "
                    "(other hardware, thread count or library versions change the floating-point sums)")
         (context.log.info if same else context.log.warning)(message)
         result = dg.MaterializeResult(metadata={**result.metadata, "source": "retrained",
@@ -136,36 +123,64 @@ def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     return result
 
 
-def install_shipped_tiny_clip(context: dg.AssetExecutionContext, promptlab: PromptLabResource,
-                              shipped: dict) -> dg.MaterializeResult:
-    """Install the catalog's shipped tiny-clip into the workspace (hash checked), unless it is already there."""
-    from models.backbones.tiny_clip import install_shipped_weights
-
-    source = promptlab.catalog().directory / shipped["folder"]
-    directory = promptlab.workspace().tiny_clip_dir
-    fingerprint = stable_hash({"code": TINY_CLIP_CODE, "shipped_weights_sha256": shipped["weights_sha256"]})
+def install_shipped(context: dg.AssetExecutionContext, promptlab: PromptLabResource, model: str, settings_key: str,
+                    shipped: dict, code_version: str, directory: Path, install) -> dg.MaterializeResult:
+    """Install a shipped folder of the catalog into the workspace (hash checked), unless it is already there."""
+    catalog = promptlab.catalog()
+    source, settings = catalog.directory / shipped["folder"], catalog.world[settings_key]
+    fingerprint = stable_hash({"code": code_version, "settings": settings,
+                               "shipped_weights_sha256": shipped["weights_sha256"]})
     reused = is_current(directory, fingerprint)
     if not reused:
-        install_shipped_weights(source, shipped["weights_sha256"], directory)
+        install(source, shipped["weights_sha256"], directory, settings)
         mark_current(directory, fingerprint)
-    context.log.info(f"tiny-clip: shipped weights {source} (SHA-256 {shipped['weights_sha256']} verified) "
+    context.log.info(f"{model}: shipped weights {source} (SHA-256 {shipped['weights_sha256']} verified) "
                      f"{'already installed' if reused else 'installed'} at {directory}")
     summary = json.loads((directory / "training_summary.json").read_text())
     return dg.MaterializeResult(metadata={
         "path": path_value(directory), "source": "shipped", "shipped_from": path_value(source), "reused": reused,
         "fingerprint": fingerprint, "weights_sha256": shipped["weights_sha256"],
-        **training_curves("tiny-clip pretraining loss (shipped weights)", {"loss": summary.get("epoch_losses") or []})})
+        **training_curves(f"{model} pretraining loss (shipped weights)", {"loss": summary.get("epoch_losses") or []})})
+
+
+# pool "gpu": the torch-heavy assets (dagster_home_template.yaml limits each pool to one run at a time)
+@dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=TINY_CLIP_CODE, kinds={"pytorch"},
+          pool="gpu")
+@synced(reads=(folders.corpus,), writes=(folders.backbone,))
+def tiny_clip_backbone(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
+    """tiny-clip: open_clip's native CLIP architecture pretrained contrastively (ClipLoss) on the corpus: the shipped
+    weights (world.yaml `tiny_clip_weights`, hash checked), or the `tiny_clip` recipe with `--retrain-world`."""
+    from models.backbones.tiny_clip import ClipPretrainConfig, install_shipped_weights, pretrain_tiny_clip
+    from models.embedded.corpus import load_corpus_families, load_subject_captions
+
+    corpus_dir = promptlab.workspace().corpus_dir
+
+    def install(source, weights_sha256, directory, settings):
+        return install_shipped_weights(source, weights_sha256, directory)
+
+    def train(images, captions, directory, settings, on_progress):
+        # families keep each batch's in-batch negatives within a family; subject captions feed the curriculum
+        return pretrain_tiny_clip(images, captions, directory, ClipPretrainConfig(**settings),
+                                  on_progress=on_progress, families=load_corpus_families(corpus_dir),
+                                  subject_captions=load_subject_captions(corpus_dir))
+
+    return shipped_or_pretrained(context, promptlab, "tiny-clip", "tiny_clip_weights", "tiny_clip", TINY_CLIP_CODE,
+                                 promptlab.workspace().tiny_clip_dir, install, train)
 
 
 @dg.asset(group_name="embedded_world", deps=[pretraining_corpus], code_version=DIFFUSION_CODE, kinds={"pytorch"},
           pool="gpu")
 @synced(reads=(folders.corpus,), writes=(folders.diffusion_model,))
 def tiny_diffusion_model(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
-    """A small diffusers UNet2DModel + DDPM scheduler pretrained on the corpus images (save_pretrained folder)."""
-    from models.backbones.tiny_diffusion import DiffusionPretrainConfig, pretrain_diffusion
+    """A small diffusers UNet2DModel + DDPM scheduler trained on the corpus images (a save_pretrained folder): the
+    shipped weights (world.yaml `diffusion_weights`, hash checked), or the `diffusion` recipe with `--retrain-world`."""
+    from models.backbones.tiny_diffusion import DiffusionPretrainConfig, install_shipped_diffusion, pretrain_diffusion
+
+    def install(source, weights_sha256, directory, settings):
+        return install_shipped_diffusion(source, weights_sha256, directory, DiffusionPretrainConfig(**settings))
 
     def train(images, captions, directory, settings, on_progress):
         return pretrain_diffusion(images, directory, DiffusionPretrainConfig(**settings), on_progress=on_progress)
 
-    return pretrain_on_corpus(context, promptlab, "tiny diffusion model", "diffusion", DIFFUSION_CODE,
-                              promptlab.workspace().diffusion_dir, train)
+    return shipped_or_pretrained(context, promptlab, "tiny diffusion model", "diffusion_weights", "diffusion",
+                                 DIFFUSION_CODE, promptlab.workspace().diffusion_dir, install, train)
