@@ -7,7 +7,6 @@ import dagster as dg
 import polars as pl
 
 from models.provenance import source_version
-from models.storage import read_parquet_file
 from pipelines.assets import sync as folders
 from pipelines.assets.common import partition_inputs, refuse_inapplicable_method, refuse_training_on_test_only
 from pipelines.assets.curation import fewshot_subsets
@@ -23,7 +22,8 @@ from pipelines.resources import PromptLabResource
     partitions_def=dataset_experiment_partitions,
     deps=[dg.AssetDep(fewshot_subsets, partition_mapping=from_dataset), tiny_diffusion_model, tiny_clip_backbone],
     code_version=source_version("models/augmentation/dataset_augmentation.py", "models/augmentation/generators.py",
-                                "models/augmentation/filtering.py", "models/backbones/tiny_diffusion.py"),
+                                "models/augmentation/filtering.py", "models/backbones/tiny_diffusion.py",
+                                "models/experiments.py"),
     kinds={"diffusers", "parquet"},
     pool="gpu",
 )
@@ -32,8 +32,8 @@ from pipelines.resources import PromptLabResource
 def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """N diffusion variations per few-shot image (the resource's diffusion backbone), kept when CLIP cosine
     similarity to the source passes the threshold."""
-    from models.augmentation import AugmentationSettings, augment_with_diffusion, generation_overrides
-    from models.data.index import load_images
+    from models.augmentation import generation_overrides
+    from models.experiments import augment_fewshot_images
 
     dataset, experiment = dataset_and_experiment(context)
     refuse_training_on_test_only(promptlab.catalog(), dataset, experiment)
@@ -47,42 +47,29 @@ def augmented_images(context: dg.AssetExecutionContext, promptlab: PromptLabReso
         return dg.MaterializeResult(metadata={"applies": False, "reason": f"{experiment} requests no augmentation"})
     backbone = promptlab.load_backbone()
     refuse_inapplicable_method(inputs, backbone)
-    rows = inputs.fewshot_train(read_parquet_file(workspace.fewshot_path(dataset)))
-    paths = rows["relative_path"].to_list()
-    staging = output_dir.with_name(output_dir.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
     diffusion = promptlab.diffusion_backbone_entry()
     generator = promptlab.load_variation_generator(diffusion.name, generation_overrides(diffusion.kind, options),
                                                    where=f"{inputs.experiment.where}: augmentation")
-    table = augment_with_diffusion(
-        generator,
-        backbone.model,
-        backbone.preprocess_eval,
-        load_images(inputs.image_dir, paths),
-        paths,
-        rows["label"].to_list(),
-        rows["content_sha256"].to_list(),
-        AugmentationSettings(options.variations_per_image, options.similarity_threshold, inputs.experiment.seed or 0),
-        staging,
-        device=backbone.device,
-    )
-    table.write_parquet(staging / "augmented.parquet")
-    staging.rename(output_dir)
+    table = augment_fewshot_images(inputs, workspace, backbone, generator)
     kept = int(table["kept"].sum())
     context.log.info(f"{kept} of {table.height} variations kept (threshold {options.similarity_threshold})")
-    by_class = (table.group_by("label").agg(generated=pl.len(), kept=pl.col("kept").sum(),
-                                            mean_similarity=pl.col("similarity").mean().round(4))
-                .sort("label").with_columns(classname=pl.col("label").replace_strict(
-                    dict(enumerate(inputs.classnames)), return_dtype=pl.String))
-                .select("label", "classname", "generated", "kept", "mean_similarity"))
     return dg.MaterializeResult(
         metadata={
             "applies": True,
             "path": path_value(output_dir),
             "generated": table.height,
             "kept": kept,
-            "variations_by_class": frame_table(by_class),
+            "variations_by_class": frame_table(variations_by_class(table, inputs.classnames)),
             "mean_similarity": float(table["similarity"].mean()),
             "generator": dg.MetadataValue.json(generator.provenance.as_dict()),
         }
     )
+
+
+def variations_by_class(table: pl.DataFrame, classnames: list[str]) -> pl.DataFrame:
+    """How many variations each class got and kept, and their mean similarity to their source."""
+    return (table.group_by("label").agg(generated=pl.len(), kept=pl.col("kept").sum(),
+                                        mean_similarity=pl.col("similarity").mean().round(4))
+            .sort("label").with_columns(classname=pl.col("label").replace_strict(
+                dict(enumerate(classnames)), return_dtype=pl.String))
+            .select("label", "classname", "generated", "kept", "mean_similarity"))

@@ -1,52 +1,11 @@
-"""Small helpers the experiment-stage assets share: reading curation outputs of a partition."""
+"""Small helpers the experiment-stage assets share: a partition's curated inputs, its lineage record, and the
+refusals that come before any work."""
 
 
 import json
-from dataclasses import dataclass
-from functools import cached_property
 
-import polars as pl
-
-from models.catalog import DatasetEntry, ExperimentConfig
-from models.storage import read_parquet_file
 from pipelines.assets.curation import image_root
 from pipelines.resources import PromptLabResource
-
-
-@dataclass
-class PartitionInputs:
-    dataset: DatasetEntry
-    experiment: ExperimentConfig
-    index: pl.DataFrame
-    classnames: list[str]
-    image_dir: object  # Path
-
-    @cached_property
-    def image_set(self):
-        """The dataset's images as one ImageSet, batched within each split: the features of any subset are computed
-        in its canonical batches, so every experiment reads the same bits (models.prompting.features)."""
-        from models.prompting.features import ImageSet
-
-        return ImageSet.of_index(self.image_dir, self.index)
-
-    def fewshot_train(self, fewshot: pl.DataFrame, subset: str = "train") -> pl.DataFrame:
-        """The labelled few-shot rows (subset train, or val: min(K, 4) per class) of this experiment, joined
-        with the index (content hashes)."""
-        from models.data.fewshot import fewshot_rows
-
-        return fewshot_rows(fewshot, self.index, self.experiment.shots, self.experiment.seed, subset,
-                            self.dataset.name)
-
-    def experiment_rows(self, workspace):
-        """The labelled, validation and pool rows of this experiment (models.limited_labels.experiment_rows), from
-        its learning setting's curated split or its few-shot subset."""
-        from models.limited_labels import experiment_rows
-
-        fewshot = (read_parquet_file(workspace.fewshot_path(self.dataset.name)) if self.experiment.setting is None
-                   else None)
-        splits = (read_parquet_file(workspace.setting_splits_path(self.dataset.name))
-                  if self.experiment.setting is not None else None)
-        return experiment_rows(self.experiment, self.index, len(self.classnames), fewshot, splits)
 
 
 def refuse_training_on_test_only(catalog, dataset: str, experiment: str) -> None:
@@ -58,19 +17,20 @@ def refuse_training_on_test_only(catalog, dataset: str, experiment: str) -> None
                          f"{entry.domain_shift_of or 'its source'}")
 
 
-def partition_inputs(promptlab: PromptLabResource, dataset: str, experiment: str) -> PartitionInputs:
-    """The curated inputs of a partition; refused (naming the failed check) when the dataset's latest curation did
-    not pass its checks."""
+def partition_inputs(promptlab: PromptLabResource, dataset: str, experiment: str):
+    """The curated inputs of a partition (models.experiments.ExperimentInputs); refused (naming the failed check)
+    when the dataset's latest curation did not pass its checks."""
     from models.data.validated_index import read_validated_index
+    from models.experiments import ExperimentInputs
 
     catalog, workspace = promptlab.catalog(), promptlab.workspace()
     entry = catalog.dataset(dataset)
     index = read_validated_index(workspace, dataset)
     classnames = json.loads(workspace.class_split_path(dataset).read_text())["classnames"]
-    return PartitionInputs(entry, catalog.experiment(experiment), index, classnames, image_root(entry, workspace))
+    return ExperimentInputs(entry, catalog.experiment(experiment), index, classnames, image_root(entry, workspace))
 
 
-def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: PartitionInputs, backbone,
+def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs, backbone,
                    templates, data_hash: str, started_at, config_extra: dict | None = None):
     """The warehouse run record: what this result depends on (code, config, data, backbone, commit, Dagster run)."""
     import uuid
@@ -108,7 +68,7 @@ def lineage_record(context, promptlab: PromptLabResource, stage: str, inputs: Pa
     )
 
 
-def refuse_inapplicable_method(inputs: PartitionInputs, backbone) -> None:
+def refuse_inapplicable_method(inputs, backbone) -> None:
     """Fail now, naming why, if the experiment's method cannot run on this backbone: called by the stages that do
     work before training (augmentation, pseudolabels), so none of it is spent on an experiment that cannot train."""
     from models.experiments import check_method_applies

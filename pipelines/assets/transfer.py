@@ -11,8 +11,6 @@ Zero-shot needs no transfer run: the views take its evaluation on each target as
 from datetime import datetime, timezone
 
 import dagster as dg
-import numpy as np
-import polars as pl
 
 from models.provenance import library_code_version
 from pipelines.assets import sync as folders
@@ -41,54 +39,27 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
     from dataclasses import replace
 
     from models.data.index import dataset_fingerprint
-    from models.evaluation.metrics import classification_metrics
-    from models.experiments import (evaluation_splits, load_prompt_checkpoint, method_inputs_for_images,
-                                    predict_log_probabilities, predictions_frame)
+    from models.experiments import predictions_frame, transferred_prompt_scores
     from models.warehouse import metric_rows, per_class_rows, workspace_warehouse_of
 
     source, experiment_key = dataset_and_experiment(context)
-    catalog, workspace = promptlab.catalog(), promptlab.workspace()
-    targets = catalog.transfer.targets_of(source)
-    if experiment_key not in catalog.transfer.experiments or not targets:
-        raise ValueError(f"{source}/{experiment_key} is not a transfer partition of {catalog.directory}/"
-                         f"experiments.yaml (transfer: experiments {list(catalog.transfer.experiments)}, "
-                         f"sources {list(catalog.transfer.sources)})")
+    workspace, targets = promptlab.workspace(), transfer_targets(promptlab.catalog(), source, experiment_key)
     backbone = promptlab.load_backbone()
     # every target is scored before anything is written, so a failing target leaves no rows of the partition
     scored = []
-    for protocol, names in targets.items():
-        for target in names:
-            if not workspace.class_split_path(target).exists():
-                raise FileNotFoundError(f"transfer {source} -> {target}: the target is not curated yet "
-                                        f"({workspace.class_split_path(target)} is missing); run curation_job for it")
-            started_at = datetime.now(timezone.utc)
-            inputs = partition_inputs(promptlab, target, experiment_key)
-            # The learned prompt on the target's class names (and, where a method uses hand-crafted templates at
-            # prediction time, the target's templates); a class-specific state fails here, clearly.
-            classifier, checkpoint = load_prompt_checkpoint(workspace.checkpoint_dir(source, experiment_key),
-                                                            backbone.model, backbone.tokenizer,
-                                                            classnames=inputs.classnames,
-                                                            templates=inputs.experiment.templates_for(inputs.dataset),
-                                                            backbone_weights_sha256=backbone.weights_sha256,
-                                                            text_cache=promptlab.text_cache(backbone))
-            test = inputs.index.filter(pl.col("split") == "test").sort("relative_path")
-            # cached features for frozen-image-tower methods, preprocessed images for vision-prompt methods
-            image_inputs = method_inputs_for_images(checkpoint["method"], backbone, inputs.image_set,
-                                                    test["relative_path"].to_list(),
-                                                    test["content_sha256"].to_list(), workspace.feature_cache_dir)
-            (split,) = evaluation_splits(predict_log_probabilities(classifier, image_inputs),
-                                         np.asarray(test["label"].to_list()), test["relative_path"].to_list(),
-                                         inputs.classnames, None, None)
-            result = classification_metrics(split.probabilities, split.labels, split.classnames)
-            record = replace(
-                lineage_record(context, promptlab, protocol, inputs, backbone, checkpoint["templates"],
-                               dataset_fingerprint(inputs.index), started_at,
-                               config_extra={"checkpoint_config_hash": checkpoint["config_hash"],
-                                             "source_dataset": source, "classnames": inputs.classnames}),
-                source_dataset=source)
-            scored.append((target, record, split, result))
-            context.log.info(f"{protocol}: {source} -> {target} ({len(inputs.classnames)} classes), "
-                             f"{experiment_key}: top-1 {result.top1_accuracy:.4f}")
+    for protocol, target in ((protocol, target) for protocol, names in targets.items() for target in names):
+        started_at = datetime.now(timezone.utc)
+        inputs = target_inputs(promptlab, source, target, experiment_key)
+        checkpoint, split, result = transferred_prompt_scores(
+            workspace.checkpoint_dir(source, experiment_key), inputs, workspace, backbone,
+            text_cache=promptlab.text_cache(backbone))
+        record = lineage_record(context, promptlab, protocol, inputs, backbone, checkpoint["templates"],
+                                dataset_fingerprint(inputs.index), started_at,
+                                config_extra={"checkpoint_config_hash": checkpoint["config_hash"],
+                                              "source_dataset": source, "classnames": inputs.classnames})
+        scored.append((target, replace(record, source_dataset=source), split, result))
+        context.log.info(f"{protocol}: {source} -> {target} ({len(inputs.classnames)} classes), "
+                         f"{experiment_key}: top-1 {result.top1_accuracy:.4f}")
     warehouse = workspace_warehouse_of(workspace)
     warehouse.ensure_schema()
     for target, record, split, result in scored:
@@ -104,3 +75,22 @@ def transfer_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabReso
         "run_ids": dg.MetadataValue.json(run_ids),
         "warehouse": warehouse.address,
     })
+
+
+def transfer_targets(catalog, source: str, experiment_key: str) -> dict[str, list[str]]:
+    """The catalog's targets of a transfer partition, by protocol; a partition the catalog does not name is refused."""
+    targets = catalog.transfer.targets_of(source)
+    if experiment_key not in catalog.transfer.experiments or not targets:
+        raise ValueError(f"{source}/{experiment_key} is not a transfer partition of {catalog.directory}/"
+                         f"experiments.yaml (transfer: experiments {list(catalog.transfer.experiments)}, "
+                         f"sources {list(catalog.transfer.sources)})")
+    return targets
+
+
+def target_inputs(promptlab: PromptLabResource, source: str, target: str, experiment_key: str):
+    """The curated inputs of a transfer target; refused, saying what to run, while the target is not curated."""
+    workspace = promptlab.workspace()
+    if not workspace.class_split_path(target).exists():
+        raise FileNotFoundError(f"transfer {source} -> {target}: the target is not curated yet "
+                                f"({workspace.class_split_path(target)} is missing); run curation_job for it")
+    return partition_inputs(promptlab, target, experiment_key)
