@@ -10,6 +10,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
+
 from models.provenance import PACKAGE_ROOT
 from pipelines.parallel import WorkerPool
 from pipelines.run_guard import LockHeld, run_locks
@@ -53,18 +55,20 @@ def _new_run_starts(home: Path, workspace: Path) -> bool:
         return False
 
 
-def test_a_parent_killed_with_9_takes_its_workers_with_it_and_its_run_stays_locked_until_they_are_gone(tmp_path):
+# spawned by the main thread, the workers die by the kernel's parent-death signal; by another thread, by their
+# watchdog on the parent's pid (the signal would fire when that thread ends, so it is not armed)
+@pytest.mark.parametrize("spawner", ["main thread", "another thread"])
+def test_a_parent_killed_with_9_takes_its_workers_with_it_and_its_run_stays_locked_until_they_are_gone(
+        tmp_path, spawner):
     home, workspace, folder = tmp_path / "dagster_home", tmp_path / "workspace", tmp_path / "partitions"
     (folder / "workers").mkdir(parents=True)
     (folder / "rows").mkdir()
-    parent_code = (f"import sys\nsys.path.insert(0, {str(HERE)!r})\n"
-                   "from pipelines.parallel import WorkerPool\nfrom pipelines.run_guard import run_locks\n"
-                   "from worker_workloads import record_partition\n"
-                   f"with run_locks({str(home)!r}, {str(workspace)!r}):\n"
-                   "    with WorkerPool(2) as pool:\n"
-                   f"        for future in [pool.submit(record_partition, {str(folder)!r}, f'p{{i:02d}}', 0.3)\n"
-                   "                       for i in range(40)]:\n"
-                   "            future.result()\n")
+    arguments = (str(home), str(workspace), str(folder), 40, 0.3)
+    parent_code = (f"import sys, threading\nsys.path.insert(0, {str(HERE)!r})\n"
+                   "from worker_workloads import run_partitions\n"
+                   + (f"run_partitions(*{arguments!r})\n" if spawner == "main thread" else
+                      f"spawner = threading.Thread(target=run_partitions, args={arguments!r})\n"
+                      "spawner.start()\nspawner.join()\n"))
     parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=PACKAGE_ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     processes: dict[int, str] = {}

@@ -7,6 +7,17 @@ import time
 from pathlib import Path
 
 
+def run_partitions(home: str, workspace: str, folder: str, partitions: int, seconds: float) -> None:
+    """What a `promptlab run --workers 2` parent does, with micro partitions: hold the run locks, hand the partitions
+    to two workers, wait for them all."""
+    from pipelines.parallel import WorkerPool
+    from pipelines.run_guard import run_locks
+
+    with run_locks(home, workspace), WorkerPool(2) as pool:
+        for future in [pool.submit(record_partition, folder, f"p{index:02d}", seconds) for index in range(partitions)]:
+            future.result()
+
+
 def record_partition(folder: str, key: str, seconds: float) -> str:
     """Say which worker took the partition, compute for `seconds`, then record its rows: a file that appears whole,
     holding the time it was recorded."""
