@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 from evaluation_synthetic import make_run
+from report_numbers import numbers_before, numbers_by_section
 from test_protocol_report import section, table_rows
 
 from models.report import build_report
@@ -31,10 +32,9 @@ def round_accuracy(round_index: int, seed: int) -> float:
     return 0.60 + 0.02 * round_index + 0.01 * seed
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("limited_label_report")
-    warehouse = Warehouse(root / "promptlab.duckdb", root / "predictions")
+def fill_limited_label_warehouse(warehouse: Warehouse) -> Warehouse:
+    """Zero-shot and CoOp in every learning setting x strategy on two datasets, two seeds, with per-round pseudolabel
+    accuracies for GRIP in SSL, and one few-shot FPL run (no setting)."""
     minute = 0
     for dataset_index, dataset in enumerate(DATASETS):
         warehouse.record_run(make_run(f"{dataset}-zs", dataset=dataset, method="zero_shot", shots=0,
@@ -64,6 +64,13 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> str:
                                           options={"pseudolabels": {"strategy": "fpl"}}, start_minute=minute + 1),
                                  experiment_key="coop-k16-s1-fpl", partition_key="Shapes|coop-k16-s1-fpl"),
                          [MetricRow("test", "top1_accuracy", 0.7), MetricRow("round_00", "pseudolabel_accuracy", 0.9)])
+    return warehouse
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("limited_label_report")
+    warehouse = fill_limited_label_warehouse(Warehouse(root / "promptlab.duckdb", root / "predictions"))
     html_path = root / "report.html"
     build_report(warehouse, html_path)
     return html_path.read_text(encoding="utf-8")
@@ -121,3 +128,10 @@ def test_pseudolabel_accuracy_per_round_is_plotted_and_tabulated(page):
     for r, row in enumerate(rows):
         # both datasets carry the same round accuracies: the dataset average is the per-seed value
         assert row[4] == f"{pm([round_accuracy(r, seed) for seed in SEEDS])} (2 seeds)" and row[5] == "2"
+
+
+def test_every_table_number_but_the_headline_is_the_single_file_reports(page):
+    """Numbers unchanged (report_numbers.py), except the headline's: here SSL beats every few-shot row, and the
+    single-file report named that 0-shot setting the best trained configuration next to few-shot rows."""
+    after, before = numbers_by_section(page), numbers_before("limited_label")
+    assert {k: v for k, v in after.items() if k != "Headline"} == {k: v for k, v in before.items() if k != "Headline"}

@@ -7,8 +7,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 from evaluation_synthetic import make_run
+from report_numbers import numbers_before, numbers_by_section
 
 from models.evaluation.test_time_table import tpt_tables
+from models.report import build_report
 from models.warehouse import MetricRow, Warehouse
 
 IMAGES = [f"shape/test_{i}.png" for i in range(4)]
@@ -33,7 +35,9 @@ def _record(warehouse, run_id, correct, images=IMAGES, **fields):
                          predictions=predictions)
 
 
-def test_tuned_runs_come_with_zero_shot_and_their_starting_checkpoint_on_the_same_images(warehouse):
+def fill_test_time_warehouse(warehouse: Warehouse) -> Warehouse:
+    """Zero-shot on three datasets, a CoOp checkpoint in domain and transferred to ShapesNoisy, and TPT from zero-shot
+    and from that checkpoint on Shapes and ShapesNoisy (the first two images only)."""
     for dataset in ("Shapes", "ShapesNoisy", "Digits"):
         _record(warehouse, f"zs-{dataset}", [True, False, True, True], dataset=dataset, method="zero_shot", shots=0,
                 seed=0, experiment_key="zeroshot", partition_key=f"{dataset}|zeroshot")
@@ -51,6 +55,11 @@ def test_tuned_runs_come_with_zero_shot_and_their_starting_checkpoint_on_the_sam
                     method=method, shots=0 if method == "zero_shot" else 16, seed=1, experiment_key=start,
                     partition_key=f"Shapes|{key}", source_dataset=source,
                     options={"test_time": {"mode": "tpt", "run": key}})
+    return warehouse
+
+
+def test_tuned_runs_come_with_zero_shot_and_their_starting_checkpoint_on_the_same_images(warehouse):
+    fill_test_time_warehouse(warehouse)
     rows = warehouse.query("SELECT source_dataset, dataset, mode, start, seed, value FROM test_time_seed_results "
                            "ORDER BY dataset, mode NULLS FIRST, start").rows()
     assert rows == [
@@ -63,3 +72,11 @@ def test_tuned_runs_come_with_zero_shot_and_their_starting_checkpoint_on_the_sam
     assert table.datasets == ["Shapes", "ShapesNoisy"]
     assert table.rows["TPT + coop-k16"]["shifts"].mean == pytest.approx(1.0)
     assert table.rows["coop-k16"]["average"].mean == pytest.approx(0.75)
+
+
+def test_the_reports_numbers_are_the_single_file_reports(warehouse, tmp_path):
+    """The report over this warehouse (test-time, domain generalization, few-shot checks): numbers unchanged since the
+    report became a package (report_numbers.py)."""
+    fill_test_time_warehouse(warehouse)
+    build_report(warehouse, tmp_path / "report.html")
+    assert numbers_by_section((tmp_path / "report.html").read_text(encoding="utf-8")) == numbers_before("test_time")
