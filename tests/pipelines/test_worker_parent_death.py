@@ -2,6 +2,7 @@
 it, and hold the run's locks while they live: a new run cannot start beside a worker of a killed one. The pool
 runs micro workloads (tests/pipelines/worker_workloads.py) instead of Dagster jobs: a few seconds each."""
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from models.provenance import PACKAGE_ROOT
 from pipelines.parallel import WorkerPool
-from pipelines.run_guard import LockHeld, run_locks
+from pipelines.run_guard import LOCK_FILE_NAME, LockHeld, run_locks
 from worker_workloads import wait_for_file
 
 HERE = Path(__file__).parent
@@ -84,15 +85,15 @@ def test_a_parent_killed_with_9_takes_its_workers_with_it_and_its_run_stays_lock
         parent.wait()
         died = time.time()
 
-        living, started_beside = _living(processes), []
+        living, started_beside = _living(processes), None
         deadline = time.monotonic() + 5
         while living and time.monotonic() < deadline:
-            if not started_beside and _new_run_starts(home, workspace):
+            if started_beside is None and _new_run_starts(home, workspace):
                 time.sleep(0.5)  # a worker that was killed meanwhile may still be exiting (its files closed first)
-                started_beside = _living(processes) or [0]
+                started_beside = _living(processes)
             time.sleep(0.05)
             living = _living(processes)
-        assert started_beside in ([], [0]), f"a new run started while {started_beside} of the killed run lived"
+        assert not started_beside, f"a new run started while {started_beside} of the killed run lived"
         assert living == [], f"{living} outlived their killed parent by 5 s"
         assert _new_run_starts(home, workspace)  # the last of them is gone: so is the lock
         recorded = {path.name: float(path.read_text()) for path in (folder / "rows").iterdir()
@@ -129,3 +130,18 @@ def test_a_worker_holds_the_run_locks_while_it_lives_even_once_its_parent_let_go
         parents_hold.close()
     assert _process_start(worker) is None  # closed with the pool: the last holder is gone, so is the lock
     assert _new_run_starts(home, workspace)
+
+
+def test_a_run_refused_by_a_lock_whose_recorded_holder_is_gone_is_told_a_worker_holds_it(tmp_path):
+    home, workspace = tmp_path / "dagster_home", tmp_path / "workspace"
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    with run_locks(home, workspace, log=lambda line: None):
+        lock = home / LOCK_FILE_NAME
+        lock.write_text(json.dumps({**json.loads(lock.read_text()), "pid": gone}))  # as if its holder were killed
+        try:
+            with run_locks(home, workspace, log=lambda line: None):
+                refusal = ""
+        except LockHeld as error:
+            refusal = str(error)
+    assert f"pid {gone} " in refusal and "that process is gone: a worker it started still holds the lock" in refusal
