@@ -1,9 +1,7 @@
 """The results table `promptlab results` prints: each configuration in words, its test top-1 as mean ± std over
 seeds with the number of seeds, per dataset; base-to-new configurations with base, new and their harmonic mean.
 
-A configuration is named by what distinguishes it (`describe_configuration`): the method, the protocol, the
-learning setting, the pseudolabel strategy, diffusion augmentation and a grid entry's variant name; the short
-settings hash is added only where two different configurations would otherwise read the same.
+A configuration is named by what distinguishes it (models/evaluation/configurations.py, shared with the report).
 """
 
 from __future__ import annotations
@@ -13,7 +11,10 @@ from typing import Any
 
 import polars as pl
 
+from models.evaluation.configurations import configuration_labels, describe_configuration, options_of
 from models.markdown import markdown_rows
+
+__all__ = ["FORMATS", "RESULTS_SQL", "describe_configuration", "format_results", "results_rows"]
 
 FORMATS = ("text", "csv", "json", "markdown")
 
@@ -28,43 +29,10 @@ ORDER BY dataset, method <> 'zero_shot', method, shots, options, split
 """
 
 
-def _options(options: Any) -> dict[str, Any]:
-    if isinstance(options, dict):
-        return options
-    return json.loads(options) if options else {}
-
-
-def describe_configuration(method: str, options: Any) -> str:
-    """A configuration in words: `coop`, `coop, base-to-new`, `coop, SSL, GRIP pseudolabels`, `coop (csc)`,
-    `zero_shot (ensemble)`, `coop, diffusion augmentation`."""
-    options = _options(options)
-    words = [method + (f" ({options['variant']})" if options.get("variant") else "")]
-    if options.get("protocol") == "base_to_new":
-        words.append("base-to-new")
-    if options.get("setting"):
-        words.append(str(options["setting"]).upper())
-    pseudolabels = options.get("pseudolabels")
-    if isinstance(pseudolabels, dict) and pseudolabels.get("strategy"):
-        words.append(f"{str(pseudolabels['strategy']).upper()} pseudolabels")
-    if options.get("augmentation"):
-        words.append("diffusion augmentation")
-    return ", ".join(words)
-
-
 def _labelled(frame: pl.DataFrame) -> pl.DataFrame:
-    """Adds `configuration`; where two option sets read the same, their settings hashes tell them apart."""
-    labels = frame.select("backbone", "method", "options").unique(maintain_order=True)
-    labels = labels.with_columns(pl.struct("method", "options").map_elements(
-        lambda row: describe_configuration(row["method"], row["options"]), return_dtype=pl.String)
-        .alias("configuration"))
-    if labels["backbone"].n_unique() > 1:
-        labels = labels.with_columns((pl.col("backbone") + " / " + pl.col("configuration")).alias("configuration"))
-    clashing = pl.col("configuration").is_duplicated()
-    labels = labels.with_columns(pl.when(clashing).then(
-        pl.col("configuration") + " [" + pl.col("options").map_elements(
-            lambda options: str(_options(options).get("settings_hash", "")), return_dtype=pl.String) + "]")
-        .otherwise(pl.col("configuration")).alias("configuration"))
-    return frame.join(labels, on=["backbone", "method", "options"], how="left", maintain_order="left")
+    """Adds `configuration` (in words) to every row."""
+    return frame.join(configuration_labels(frame), on=["backbone", "method", "options"], how="left",
+                      maintain_order="left")
 
 
 def results_rows(frame: pl.DataFrame) -> pl.DataFrame:
@@ -75,7 +43,7 @@ def results_rows(frame: pl.DataFrame) -> pl.DataFrame:
                                     "shots": pl.Int64, "split": pl.String, "mean": pl.Float64, "std": pl.Float64,
                                     "seeds": pl.Int64})
     frame = _labelled(frame)
-    protocol = pl.col("options").map_elements(lambda options: _options(options).get("protocol") or "",
+    protocol = pl.col("options").map_elements(lambda options: options_of(options).get("protocol") or "",
                                               return_dtype=pl.String)
     frame = frame.with_columns(protocol.alias("protocol"))
     # a base-to-new configuration keeps its base / new splits; every other one its test split (zero-shot's base
