@@ -23,7 +23,7 @@ from pipelines.resources import PromptLabResource
     deps=[dg.AssetDep(fewshot_subsets, partition_mapping=from_dataset), tiny_diffusion_model, tiny_clip_backbone],
     code_version=source_version("models/augmentation/dataset_augmentation.py", "models/augmentation/generators.py",
                                 "models/augmentation/filtering.py", "models/backbones/tiny_diffusion.py",
-                                "models/experiments.py"),
+                                "models/experiments/preparation.py"),
     kinds={"diffusers", "parquet"},
     pool="gpu",
 )

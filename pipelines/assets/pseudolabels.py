@@ -28,8 +28,8 @@ from pipelines.resources import PromptLabResource
           dg.AssetDep(image_features, partition_mapping=from_dataset),
           dg.AssetDep(fewshot_subsets, partition_mapping=from_dataset),
           dg.AssetDep(learning_setting_splits, partition_mapping=from_dataset), tiny_clip_backbone],
-    code_version=source_version("models/pseudolabels.py", "models/limited_labels.py", "models/experiments.py",
-                                "models/prompting/methods/zero_shot.py"),
+    code_version=source_version("models/pseudolabels.py", "models/limited_labels.py",
+                                "models/experiments/preparation.py", "models/prompting/methods/zero_shot.py"),
     kinds={"pytorch", "parquet", "duckdb"},
     pool="gpu",
 )

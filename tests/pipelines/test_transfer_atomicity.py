@@ -26,7 +26,7 @@ class _StandInBackbone:
 
 @pytest.fixture
 def curated_workspace(tmp_path, monkeypatch):
-    import models.experiments as experiments
+    import models.experiments.scoring as experiments  # where the transfer's scoring looks these up
 
     monkeypatch.setenv("PROMPTLAB_WORKSPACE", str(tmp_path / "workspace"))
     instance = dg.DagsterInstance.ephemeral()
