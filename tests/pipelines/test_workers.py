@@ -4,6 +4,7 @@ records its thread count; bad values are refused by name."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -140,7 +141,8 @@ def test_sigterm_stops_every_worker_and_leaves_no_run_started(tmp_path, two_runs
         process = subprocess.Popen(command, cwd=PACKAGE_ROOT, env=environment, stdout=output, stderr=output)
     try:
         deadline = time.time() + 300
-        while "experiment_job" not in log.read_text():
+        # the experiment stage's progress line once a partition is done (the quiet terminal's plain lines)
+        while not re.search(r"^experiments: .*: [1-9]\d*/", log.read_text(), flags=re.MULTILINE):
             assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
