@@ -4,6 +4,7 @@ diffusion variations of its few-shot images (`augment_fewshot_images`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -23,6 +24,19 @@ class RoundZeroPseudolabels:
     pool: pl.DataFrame  # the unlabelled pool's rows, with their true labels (for the quality only)
     quality: dict[str, float]  # models.pseudolabels.pseudolabel_quality
     strategy: PseudolabelStrategy
+
+    def write(self, path: Path) -> None:
+        """The selected pseudolabels to `path` (Parquet), all or nothing: the training reads them as round 0."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.selected.write_parquet(path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+
+    def metric_rows(self) -> list:
+        """The warehouse rows of round 0 (split train_pool): the pseudolabels' quality and the pool's size."""
+        from models.warehouse import MetricRow, metric_rows
+
+        return metric_rows("train_pool", self.quality) + [MetricRow("train_pool", "pool_size",
+                                                                    float(self.pool.height))]
 
 
 def round_zero_pseudolabels(inputs: ExperimentInputs, workspace: Workspace, backbone,

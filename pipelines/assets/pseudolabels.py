@@ -39,7 +39,7 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
     """Pseudolabels of the unlabeled pool (train images outside the labelled few-shot subset), with their accuracy."""
     from models.data.index import dataset_fingerprint
     from models.experiments import round_zero_pseudolabels
-    from models.warehouse import MetricRow, metric_rows, workspace_warehouse_of
+    from models.warehouse import workspace_warehouse_of
 
     dataset, experiment = dataset_and_experiment(context)
     refuse_training_on_test_only(promptlab.catalog(), dataset, experiment)
@@ -53,17 +53,12 @@ def pseudolabels(context: dg.AssetExecutionContext, promptlab: PromptLabResource
     refuse_inapplicable_method(inputs, backbone)
     started_at = datetime.now(timezone.utc)
     round_zero = round_zero_pseudolabels(inputs, workspace, backbone, text_cache=promptlab.text_cache(backbone))
-    selected, pool, quality = round_zero.selected, round_zero.pool, round_zero.quality
-    path.parent.mkdir(parents=True, exist_ok=True)
-    selected.write_parquet(path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    round_zero.write(path)
     warehouse = workspace_warehouse_of(workspace)
     warehouse.ensure_schema()
-    warehouse.record_run(
-        lineage_record(context, promptlab, "pseudolabels", inputs, backbone, inputs.templates,
-                       dataset_fingerprint(inputs.index), started_at),
-        metric_rows("train_pool", quality) + [MetricRow("train_pool", "pool_size", float(pool.height))],
-    )
+    warehouse.record_run(lineage_record(context, promptlab, "pseudolabels", inputs, backbone, inputs.templates,
+                                        dataset_fingerprint(inputs.index), started_at), round_zero.metric_rows())
+    selected, pool, quality = round_zero.selected, round_zero.pool, round_zero.quality
     context.log.info(f"round 0 ({round_zero.strategy.name}): {selected.height} zero-shot pseudolabels from a pool "
                      f"of {pool.height}; accuracy {quality['pseudolabel_accuracy']:.3f}")
     return dg.MaterializeResult(
