@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import functools
 import math
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import yaml
 
 from models.augmentation.generation import (DIFFUSION_DTYPES, DIFFUSION_SOURCES, GENERATOR_KINDS, GENERATOR_SETTINGS,
                                             SD_SIZE_MULTIPLE)
+from models.catalog_limits import CatalogLimitError, load_bounded_yaml
 from models.data.near_duplicates import NearDuplicatePolicy
 from models.prompting.methods import METHODS, parse_method_parameters
 from models.prompting.training import OptimizationConfig
@@ -61,6 +64,18 @@ EXPERIMENTS_SECTIONS = ("grid", "transfer", "test_time", "learning_settings")
 
 class CatalogError(ValueError):
     pass
+
+
+# Values in messages are shortened: a long list shows its first items, a long string its two ends (a message that
+# repr()s a whole value can be as large as the value).
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 3, 10, 10
+_SHORT_REPR.maxstring, _SHORT_REPR.maxother = 160, 160
+
+
+def _shown(value: Any) -> str:
+    """repr() of a catalog value for a message, shortened."""
+    return _SHORT_REPR.repr(value)
 
 
 @dataclass(frozen=True)
@@ -142,7 +157,7 @@ class DiffusionBackboneEntry:
         changeable = ("dtype", *sorted({name for settings in GENERATOR_SETTINGS.values() for name in settings}))
         unknown = sorted(set(overrides) - set(changeable))
         if unknown:
-            raise CatalogError(f"{where}: {unknown} cannot be overridden on diffusion backbone {self.name!r}; "
+            raise CatalogError(f"{where}: {unknown} cannot be overridden on diffusion backbone {_shown(self.name)}; "
                                f"known: {list(changeable)}")
         raw = {key: value for key, value in self.__dict__.items() if value is not None}
         return diffusion_backbone_entry(f"{where} (diffusion backbone {self.name})", {**raw, **overrides},
@@ -303,13 +318,13 @@ class Catalog:
 
     def dataset(self, name: str) -> DatasetEntry:
         if name not in self.datasets:
-            raise CatalogError(f"unknown dataset {name!r}; the catalog has {sorted(self.datasets)}")
+            raise CatalogError(f"unknown dataset {_shown(name)}; the catalog has {sorted(self.datasets)}")
         return self.datasets[name]
 
     def backbone(self, name: str | None = None) -> BackboneEntry:
         name = name or self.default_backbone
         if name not in self.backbones:
-            raise CatalogError(f"unknown backbone {name!r}; the catalog has {sorted(self.backbones)}")
+            raise CatalogError(f"unknown backbone {_shown(name)}; the catalog has {sorted(self.backbones)}")
         return self.backbones[name]
 
     def diffusion_backbone(self, name: str | None = None) -> DiffusionBackboneEntry:
@@ -317,7 +332,7 @@ class Catalog:
         if name is None:
             raise CatalogError(f"{self.directory / 'backbones.yaml'}: lists no diffusion_backbones")
         if name not in self.diffusion_backbones:
-            raise CatalogError(f"unknown diffusion backbone {name!r}; the catalog has "
+            raise CatalogError(f"unknown diffusion backbone {_shown(name)}; the catalog has "
                                f"{sorted(self.diffusion_backbones)}")
         return self.diffusion_backbones[name]
 
@@ -328,7 +343,7 @@ class Catalog:
 
     def experiment(self, key: str) -> ExperimentConfig:
         if key not in self.experiments:
-            raise CatalogError(f"unknown experiment {key!r}; the grid ({self.grid}) has {sorted(self.experiments)}")
+            raise CatalogError(f"unknown experiment {_shown(key)}; the grid ({self.grid}) has {sorted(self.experiments)}")
         return self.experiments[key]
 
 
@@ -339,10 +354,14 @@ def _expand_env(value: Any) -> Any:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """A catalog file's top-level mapping, refused before any validation when it is malformed or larger than a
+    catalog file can sensibly be (models/catalog_limits.py: an alias bomb is refused in milliseconds)."""
     if not path.exists():
         raise CatalogError(f"catalog file missing: {path}")
     try:
-        content = yaml.safe_load(path.read_text())
+        content = load_bounded_yaml(path)
+    except CatalogLimitError as error:
+        raise CatalogError(str(error)) from None
     except yaml.YAMLError as error:
         raise CatalogError(f"{path}: invalid YAML: {error}") from error
     if not isinstance(content, dict):
@@ -365,7 +384,7 @@ def _backbone_entry(path: Path, index: int, raw: Any) -> BackboneEntry:
         raise _field_error(where, "source", f"one of {BACKBONE_SOURCES}", raw["source"])
     missing = [key for key in BACKBONE_REQUIRED[raw["source"]] if not raw.get(key)]
     if missing:
-        raise CatalogError(f"{where}: source {raw['source']!r} needs {missing}")
+        raise CatalogError(f"{where}: source {_shown(raw['source'])} needs {missing}")
     return BackboneEntry(**{key: _expand_env(value) for key, value in raw.items()})
 
 
@@ -375,20 +394,20 @@ def _near_duplicate_policy(where: str, raw: Any) -> NearDuplicatePolicy:
         return NearDuplicatePolicy()
     place = f"{where}: near_duplicates"
     if not isinstance(raw, dict):
-        raise CatalogError(f"{place}: expected a mapping with 'max_distance' and/or 'allow', got {raw!r}")
+        raise CatalogError(f"{place}: expected a mapping with 'max_distance' and/or 'allow', got {_shown(raw)}")
     unknown = sorted(set(raw) - {"max_distance", "allow"})
     if unknown:
         raise CatalogError(f"{place}: unknown field(s) {unknown}; known: ['allow', 'max_distance']")
     max_distance = raw.get("max_distance", NearDuplicatePolicy().max_distance)
     if isinstance(max_distance, bool) or not isinstance(max_distance, (int, float)) or not 0 <= max_distance < 256:
-        raise CatalogError(f"{place}.max_distance: expected a number of grey levels in [0, 256), got {max_distance!r}")
+        raise CatalogError(f"{place}.max_distance: expected a number of grey levels in [0, 256), got {_shown(max_distance)}")
     pairs = raw.get("allow") or []
     if not isinstance(pairs, list):
-        raise CatalogError(f"{place}.allow: expected a list of [path, path] pairs, got {pairs!r}")
+        raise CatalogError(f"{place}.allow: expected a list of [path, path] pairs, got {_shown(pairs)}")
     for position, pair in enumerate(pairs):
         if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(p, str) and p for p in pair)
                 or pair[0] == pair[1]):
-            raise CatalogError(f"{place}.allow[{position}]: expected two different relative image paths, got {pair!r}")
+            raise CatalogError(f"{place}.allow[{position}]: expected two different relative image paths, got {_shown(pair)}")
     return NearDuplicatePolicy.allowing(float(max_distance), [tuple(pair) for pair in pairs])
 
 
@@ -396,10 +415,10 @@ def _dataset_entry(path: Path, index: int, raw: dict[str, Any]) -> DatasetEntry:
     where = f"{path.name}: datasets[{index}]"
     name = raw.get("name")
     if not name or not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
-        raise CatalogError(f"{where}: 'name' must be letters, digits or underscores, got {name!r}")
+        raise CatalogError(f"{where}: 'name' must be letters, digits or underscores, got {_shown(name)}")
     source = raw.get("source")
     if source not in DATASET_SOURCES:
-        raise CatalogError(f"{where} ({name}): 'source' must be one of {DATASET_SOURCES}, got {source!r}")
+        raise CatalogError(f"{where} ({name}): 'source' must be one of {DATASET_SOURCES}, got {_shown(source)}")
     templates = raw.get("templates") or ([raw["template"]] if raw.get("template") else [])
     if not isinstance(templates, list) or not templates or any(not isinstance(t, str) or "{}" not in t
                                                                for t in templates):
@@ -460,17 +479,17 @@ def experiment_key(method: str, shots: int | None, seed: int | None, suffixes: l
 def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[str, Any]]) -> dict[str, ExperimentConfig]:
     experiments: dict[str, ExperimentConfig] = {}
     if not isinstance(grid, list):
-        raise CatalogError(f"{path.name}: grid: expected a list of entries, got {grid!r}")
+        raise CatalogError(f"{path.name}: grid: expected a list of entries, got {_shown(grid)}")
     for index, entry in enumerate(grid):
         where = f"{path.name}: grid[{index}]"
         if not isinstance(entry, dict):
-            raise CatalogError(f"{where}: expected a mapping with fields {list(GRID_ENTRY_FIELDS)}, got {entry!r}")
+            raise CatalogError(f"{where}: expected a mapping with fields {list(GRID_ENTRY_FIELDS)}, got {_shown(entry)}")
         method = entry.get("method")
         if method not in METHODS:
-            raise CatalogError(f"{where}: unknown method {method!r}{_nearest(method, METHODS)}; registered: "
+            raise CatalogError(f"{where}: unknown method {_shown(method)}{_nearest(method, METHODS)}; registered: "
                                f"{sorted(METHODS)}")
         if method not in methods:
-            raise CatalogError(f"{where}: method {method!r} is not listed in methods.yaml")
+            raise CatalogError(f"{where}: method {_shown(method)} is not listed in methods.yaml")
         method_defaults = methods[method]
         _check_grid_entry(f"{where}{_grid_entry_label(entry)}", entry, method_defaults)
         parameters = {**(method_defaults.get("parameters") or {}), **(entry.get("parameters") or {})}
@@ -490,11 +509,11 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
                 from models.pseudolabels import LABELLED_WEIGHTINGS, STRATEGIES
 
                 if pseudolabels.strategy not in STRATEGIES:
-                    raise CatalogError(f"{where}.pseudolabels.strategy: unknown strategy {pseudolabels.strategy!r}; "
+                    raise CatalogError(f"{where}.pseudolabels.strategy: unknown strategy {_shown(pseudolabels.strategy)}; "
                                        f"known: {sorted(STRATEGIES)}")
                 weighting = pseudolabels.labelled_weighting
                 if weighting is not None and weighting not in LABELLED_WEIGHTINGS:
-                    raise CatalogError(f"{where}.pseudolabels.labelled_weighting: unknown weighting {weighting!r}; "
+                    raise CatalogError(f"{where}.pseudolabels.labelled_weighting: unknown weighting {_shown(weighting)}; "
                                        f"known: {sorted(LABELLED_WEIGHTINGS)}")
         except TypeError as error:
             raise CatalogError(f"{where}: {error}") from error
@@ -506,7 +525,7 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
                                "take no augmented images; make them separate grid entries")
         protocol = entry.get("protocol", "all_classes")
         if protocol not in PROTOCOLS:
-            raise CatalogError(f"{where}: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+            raise CatalogError(f"{where}: protocol must be one of {PROTOCOLS}, got {_shown(protocol)}")
         if protocol == "base_to_new" and (augmentation or pseudolabels or not trains):
             raise CatalogError(f"{where}: base_to_new needs a method that trains prompts, without augmentation or "
                                "pseudolabels (zero-shot is scored on base and new in every run anyway)")
@@ -527,7 +546,7 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
             for seed in seeds:
                 key = experiment_key(method, shots, seed, suffixes, setting)
                 if key in experiments:
-                    raise CatalogError(f"{where}: experiment key {key!r} appears twice; add a distinct 'name'")
+                    raise CatalogError(f"{where}: experiment key {_shown(key)} appears twice; add a distinct 'name'")
                 experiments[key] = ExperimentConfig(
                     key=key,
                     method=method,
@@ -636,7 +655,7 @@ def _check_setting(where: str, entry: dict[str, Any], setting: Any, method: str,
     from models.data.learning_settings import LEARNING_SETTINGS
 
     if setting not in LEARNING_SETTINGS:
-        raise CatalogError(f"{where}.setting: unknown learning setting {setting!r}; known: {list(LEARNING_SETTINGS)}")
+        raise CatalogError(f"{where}.setting: unknown learning setting {_shown(setting)}; known: {list(LEARNING_SETTINGS)}")
     if entry.get("shots"):
         raise CatalogError(f"{where}.shots: an experiment in setting {setting} takes its labels from the setting "
                            "(learning_settings), not from shots; remove 'shots'")
@@ -665,12 +684,12 @@ def default_transfer_targets(protocol: str, source: str, datasets: dict[str, Dat
         return [name for name, entry in datasets.items() if not entry.domain_shift_of and name != family]
     if protocol == "domain_generalization":
         return [name for name, entry in datasets.items() if entry.domain_shift_of == source]
-    raise CatalogError(f"unknown transfer protocol {protocol!r}; known: {TRANSFER_PROTOCOLS}")
+    raise CatalogError(f"unknown transfer protocol {_shown(protocol)}; known: {TRANSFER_PROTOCOLS}")
 
 
 def _dataset_names(where: str, value: Any, datasets: dict[str, DatasetEntry]) -> list[str]:
     if not isinstance(value, list) or not value or any(not isinstance(name, str) for name in value):
-        raise CatalogError(f"{where}: expected a non-empty list of dataset names, got {value!r}")
+        raise CatalogError(f"{where}: expected a non-empty list of dataset names, got {_shown(value)}")
     unknown = [name for name in value if name not in datasets]
     if unknown:
         raise CatalogError(f"{where}: unknown dataset(s) {unknown}; datasets.yaml has {list(datasets)}")
@@ -689,7 +708,7 @@ def _check_fields(where: str, raw: Any, known: tuple[str, ...], required: tuple[
     """A catalog section must be a mapping whose keys are all known (a typo is told its nearest known key) and which
     sets every required key; errors name the section and the fields."""
     if not isinstance(raw, dict):
-        raise CatalogError(f"{where}: expected a mapping with fields {list(known)}, got {raw!r}")
+        raise CatalogError(f"{where}: expected a mapping with fields {list(known)}, got {_shown(raw)}")
     unknown = sorted((key for key in raw if key not in known), key=str)
     if unknown:
         hints = "".join(_nearest(key, known) for key in unknown[:1])
@@ -716,7 +735,7 @@ def _field_error(where: str, name: str, expected: str, value: Any) -> CatalogErr
     hint = ""
     if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
         hint = f" (YAML reads {value} as a string: write it with a dot and a signed exponent, e.g. 1.0e-5)"
-    return CatalogError(f"{where}: '{name}' must be {expected}, got {value!r}{hint}")
+    return CatalogError(f"{where}: '{name}' must be {expected}, got {_shown(value)}{hint}")
 
 
 def _is_integer(value: Any) -> bool:
@@ -750,8 +769,8 @@ def _number_value(where: str, name: str, value: Any) -> float:
 def _integer_list(where: str, name: str, value: Any, minimum: int) -> list[int]:
     """A non-empty list of distinct integers >= minimum (one experiment per value: a scalar is refused)."""
     expected = f"a non-empty list of distinct integers >= {minimum}, e.g. [{max(minimum, 1)}]"
-    if not isinstance(value, list) or not value or len(set(map(repr, value))) != len(value) or any(
-            not _is_integer(item) or item < minimum for item in value):
+    if not isinstance(value, list) or not value or any(not _is_integer(item) or item < minimum for item in value) \
+            or len(set(value)) != len(value):
         raise _field_error(where, name, expected, value)
     return value
 
@@ -784,11 +803,14 @@ def _value_of_type(where: str, name: str, value: Any, annotation: Any) -> None:
             _value_of_type(where, f"{name}[{index}]", item, options[0])
 
 
+_type_hints = functools.cache(typing.get_type_hints)  # of a few dataclasses, asked for once per checked mapping
+
+
 def _check_dataclass_fields(where: str, raw: Any, recipe: type, prefix: str = "", exclude: tuple[str, ...] = (),
                             extra: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
     """A catalog mapping read into a dataclass (`recipe`): only its fields (less `exclude`, plus `extra`, which the
     caller checks), each of the field's type and in the range its name has."""
-    hints = typing.get_type_hints(recipe)
+    hints = _type_hints(recipe)
     known = tuple(f.name for f in dataclasses.fields(recipe) if f.name not in exclude) + extra
     _check_fields(f"{where}{' ' + prefix.rstrip('.') if prefix else ''}", raw, known, required)
     for name, value in raw.items():
@@ -808,24 +830,24 @@ def parse_transfer(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
     patterns = raw.get("experiments")
     if not isinstance(patterns, list) or not patterns or any(not isinstance(p, str) for p in patterns):
         raise CatalogError(f"{where}.experiments: expected a non-empty list of experiment keys or patterns "
-                           f"(e.g. coop-k16-s?), got {patterns!r}")
+                           f"(e.g. coop-k16-s?), got {_shown(patterns)}")
     keys: list[str] = []
     for pattern in patterns:
         matched = [key for key in experiments if fnmatch.fnmatchcase(key, pattern)]
         if not matched:
-            raise CatalogError(f"{where}.experiments: {pattern!r} matches no experiment of the grid "
+            raise CatalogError(f"{where}.experiments: {_shown(pattern)} matches no experiment of the grid "
                                f"({sorted(experiments)})")
         keys += [key for key in matched if key not in keys]
     for key in keys:
         experiment, spec = experiments[key], METHODS[experiments[key].method]
         if not spec.trains_prompts:
-            raise CatalogError(f"{where}.experiments: {key!r} ({experiment.method}) learns nothing to transfer; the "
+            raise CatalogError(f"{where}.experiments: {_shown(key)} ({experiment.method}) learns nothing to transfer; the "
                                "transfer views show its own evaluation on each target as the reference row")
         if experiment.protocol != "all_classes":
-            raise CatalogError(f"{where}.experiments: {key!r} was trained with protocol {experiment.protocol}; "
+            raise CatalogError(f"{where}.experiments: {_shown(key)} was trained with protocol {experiment.protocol}; "
                                "transfer evaluates prompts trained on all classes of the source (all_classes)")
         if not spec.transfers_to_other_classes(experiment.parameters):
-            raise CatalogError(f"{where}.experiments: {key!r}: {experiment.method} with these parameters learns one "
+            raise CatalogError(f"{where}.experiments: {_shown(key)}: {experiment.method} with these parameters learns one "
                                "state per class (e.g. class-specific context, a linear probe's weights), which cannot "
                                "be applied to another dataset's classes")
     targets: dict[str, dict[str, tuple[str, ...]]] = {}
@@ -862,7 +884,7 @@ def _grid_subsets(directory: Path) -> dict[str, Any]:
     path = directory / "grids.yaml"
     subsets = (_read_yaml(path).get("grids") or {}) if path.exists() else {}
     if not isinstance(subsets, dict):
-        raise CatalogError(f"{path}: grids: expected a mapping of grid names to filters, got {subsets!r}")
+        raise CatalogError(f"{path}: grids: expected a mapping of grid names to filters, got {_shown(subsets)}")
     return subsets
 
 
@@ -875,7 +897,7 @@ def _check_grid_subset(where: str, subset: Any, experiments: dict[str, Experimen
     for field_name in GRID_SUBSET_FILTERS:
         values = subset.get(field_name)
         if values is not None and (not isinstance(values, list) or not values):
-            raise CatalogError(f"{where}.{field_name}: expected a non-empty list, got {values!r}")
+            raise CatalogError(f"{where}.{field_name}: expected a non-empty list, got {_shown(values)}")
     for field_name, minimum in (("shots", 0), ("seeds", 0)):
         if subset.get(field_name) is not None:
             _integer_list(where, field_name, subset[field_name], minimum)
@@ -896,7 +918,7 @@ def _check_grid_subset(where: str, subset: Any, experiments: dict[str, Experimen
                            f"{[NO_PSEUDOLABELS, *sorted(STRATEGIES)]}")
     for pattern in (subset.get("experiments") or []) if require_matches else []:
         if not any(fnmatch.fnmatchcase(key, str(pattern)) for key in experiments):
-            raise CatalogError(f"{where}.experiments: {pattern!r} matches no experiment key of the grid")
+            raise CatalogError(f"{where}.experiments: {_shown(pattern)} matches no experiment key of the grid")
 
 
 def grid_subset_names(directory: Path) -> list[str]:
@@ -912,7 +934,7 @@ def select_grid_subset(directory: Path, name: str, experiments: dict[str, Experi
         return experiments, transfer
     subsets = _grid_subsets(directory)
     if name not in subsets:
-        raise CatalogError(f"{directory / 'grids.yaml'}: no grid named {name!r}; known: {[DEFAULT_GRID, *subsets]}")
+        raise CatalogError(f"{directory / 'grids.yaml'}: no grid named {_shown(name)}; known: {[DEFAULT_GRID, *subsets]}")
     subset = subsets[name]
     where = f"grids.yaml: grids.{name}"
     _check_grid_subset(where, subset, experiments)
@@ -962,7 +984,7 @@ def suite_directory(directory: Path, suite: str) -> Path:
     folder = directory / SUITES_DIR_NAME / suite
     if not (folder / "datasets.yaml").is_file():
         known = suite_names(directory)
-        raise CatalogError(f"unknown suite {suite!r}{_nearest(suite, known)}; the catalog has {known} "
+        raise CatalogError(f"unknown suite {_shown(suite)}{_nearest(suite, known)}; the catalog has {known} "
                            f"(folders of {directory / SUITES_DIR_NAME} with a datasets.yaml)")
     return folder
 
@@ -995,7 +1017,7 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
         raise CatalogError(f"{datasets_file}: duplicate dataset names {names}")
     for entry in datasets:
         if entry.domain_shift_of and entry.domain_shift_of not in names:
-            raise CatalogError(f"{datasets_file}: {entry.name}: domain_shift_of names unknown {entry.domain_shift_of!r}")
+            raise CatalogError(f"{datasets_file}: {entry.name}: domain_shift_of names unknown {_shown(entry.domain_shift_of)}")
 
     backbones_file = directory / "backbones.yaml"
     backbones_raw = _read_yaml(backbones_file)
@@ -1007,12 +1029,12 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
     for index, raw in enumerate(backbones_raw["backbones"]):
         entry = _backbone_entry(backbones_file, index, raw)
         if entry.name in backbones:
-            raise CatalogError(f"{backbones_file.name}: backbones[{index}]: the name {entry.name!r} appears twice")
+            raise CatalogError(f"{backbones_file.name}: backbones[{index}]: the name {_shown(entry.name)} appears twice")
         backbones[entry.name] = entry
     default_backbone = (suite_info.backbone if suite_info and suite_info.backbone else None) \
         or backbones_raw.get("default")
     if default_backbone not in backbones:
-        raise CatalogError(f"{backbones_file.name}: default backbone {default_backbone!r} is not listed"
+        raise CatalogError(f"{backbones_file.name}: default backbone {_shown(default_backbone)} is not listed"
                            f"{_nearest(default_backbone, backbones)}; listed: {list(backbones)}")
     diffusion_backbones, default_diffusion_backbone = parse_diffusion_backbones(backbones_file, backbones_raw)
 
@@ -1024,14 +1046,14 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
         raise CatalogError(f"{methods_file.name}: methods: expected a mapping of method name to its defaults")
     for name in methods:
         if name not in METHODS:
-            raise CatalogError(f"{methods_file.name}: method {name!r} is not registered{_nearest(name, METHODS)}; "
+            raise CatalogError(f"{methods_file.name}: method {_shown(name)} is not registered{_nearest(name, METHODS)}; "
                                f"known: {sorted(METHODS)}")
         _check_method_entry(methods_file, name, methods[name] or {})
     experiments_file = suite_folder / "experiments.yaml"
     experiments_raw = _read_yaml(experiments_file)
     for key in experiments_raw:
         if key not in EXPERIMENTS_SECTIONS and _nearest(key, EXPERIMENTS_SECTIONS):
-            raise CatalogError(f"{experiments_file.name}: unknown section {key!r}{_nearest(key, EXPERIMENTS_SECTIONS)}"
+            raise CatalogError(f"{experiments_file.name}: unknown section {_shown(key)}{_nearest(key, EXPERIMENTS_SECTIONS)}"
                                f"; sections: {list(EXPERIMENTS_SECTIONS)} (other top-level keys only hold YAML "
                                "anchors)")
     experiments = expand_grid(experiments_file, experiments_raw.get("grid") or [], methods)
@@ -1072,17 +1094,17 @@ def parse_diffusion_backbones(path: Path, raw: dict[str, Any]) -> tuple[dict[str
     """backbones.yaml's `diffusion_backbones:` list and `diffusion_default` (both optional; a list needs a default)."""
     listed = raw.get("diffusion_backbones") or []
     if not isinstance(listed, list):
-        raise CatalogError(f"{path.name}: diffusion_backbones: expected a list of entries, got {listed!r}")
+        raise CatalogError(f"{path.name}: diffusion_backbones: expected a list of entries, got {_shown(listed)}")
     entries: dict[str, DiffusionBackboneEntry] = {}
     for index, entry_raw in enumerate(listed):
         name = entry_raw.get("name") if isinstance(entry_raw, dict) else None
         entry = diffusion_backbone_entry(f"{path.name}: diffusion_backbones[{index}] ({name})", entry_raw)
         if entry.name in entries:
-            raise CatalogError(f"{path.name}: diffusion_backbones[{index}]: the name {entry.name!r} appears twice")
+            raise CatalogError(f"{path.name}: diffusion_backbones[{index}]: the name {_shown(entry.name)} appears twice")
         entries[entry.name] = entry
     default = raw.get("diffusion_default")
     if (entries or default is not None) and default not in entries:
-        raise CatalogError(f"{path.name}: diffusion_default {default!r} is not one of the diffusion_backbones "
+        raise CatalogError(f"{path.name}: diffusion_default {_shown(default)} is not one of the diffusion_backbones "
                            f"{list(entries)}")
     return entries, default
 
@@ -1092,28 +1114,28 @@ def diffusion_backbone_entry(where: str, raw: Any, expand_env: bool = True) -> D
     _check_fields(where, raw, DIFFUSION_ENTRY_FIELDS)
     name = raw.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise CatalogError(f"{where}: 'name' must be letters, digits, '.', '_' or '-', got {name!r}")
+        raise CatalogError(f"{where}: 'name' must be letters, digits, '.', '_' or '-', got {_shown(name)}")
     source, kind = raw.get("source"), raw.get("kind")
     if source not in DIFFUSION_SOURCES:
-        raise CatalogError(f"{where}: 'source' must be one of {DIFFUSION_SOURCES}, got {source!r}")
+        raise CatalogError(f"{where}: 'source' must be one of {DIFFUSION_SOURCES}, got {_shown(source)}")
     if kind not in GENERATOR_KINDS:
-        raise CatalogError(f"{where}: 'kind' must be one of {GENERATOR_KINDS}, got {kind!r}")
+        raise CatalogError(f"{where}: 'kind' must be one of {GENERATOR_KINDS}, got {_shown(kind)}")
     needed = {"embedded": (), "hub": ("model_id",), "local_dir": ("path",)}[source]
     allowed = {"embedded": (), "hub": ("model_id", "revision", "cache_dir"), "local_dir": ("path",)}[source]
     for location in ("model_id", "revision", "path", "cache_dir"):
         value = raw.get(location)
         if location in needed and (not isinstance(value, str) or not value):
-            raise CatalogError(f"{where}: source {source!r} needs '{location}' (a string), got {value!r}")
+            raise CatalogError(f"{where}: source {_shown(source)} needs '{location}' (a string), got {_shown(value)}")
         if location not in allowed and value is not None:
-            raise CatalogError(f"{where}: '{location}' does not apply to source {source!r} (it takes {list(allowed)})")
+            raise CatalogError(f"{where}: '{location}' does not apply to source {_shown(source)} (it takes {list(allowed)})")
     if source == "embedded" and kind != "embedded_img2img":
         raise CatalogError(f"{where}: source 'embedded' is the workspace's pretrained DDPM, which only runs as kind "
-                           f"'embedded_img2img', not {kind!r}")
+                           f"'embedded_img2img', not {_shown(kind)}")
     defaults = GENERATOR_SETTINGS[kind]
     all_settings = sorted({setting for settings in GENERATOR_SETTINGS.values() for setting in settings})
     stray = [setting for setting in all_settings if setting not in defaults and raw.get(setting) is not None]
     if stray:
-        raise CatalogError(f"{where}: {stray} do not apply to kind {kind!r} (it takes {list(defaults)})")
+        raise CatalogError(f"{where}: {stray} do not apply to kind {_shown(kind)} (it takes {list(defaults)})")
     settings = {setting: default if raw.get(setting) is None else raw[setting] for setting, default in defaults.items()}
     _check_generation_settings(where, kind, settings)
     for setting in ("strength", "guidance_scale"):  # 3 and 3.0 are one setting (and one provenance hash)
@@ -1121,7 +1143,7 @@ def diffusion_backbone_entry(where: str, raw: Any, expand_env: bool = True) -> D
             settings[setting] = float(settings[setting])
     dtype = raw.get("dtype", "float32")
     if dtype not in DIFFUSION_DTYPES:
-        raise CatalogError(f"{where}: 'dtype' must be one of {DIFFUSION_DTYPES}, got {dtype!r}")
+        raise CatalogError(f"{where}: 'dtype' must be one of {DIFFUSION_DTYPES}, got {_shown(dtype)}")
     location = {key: (_expand_env(raw.get(key)) if expand_env else raw.get(key))
                 for key in ("model_id", "revision", "path", "cache_dir")}
     return DiffusionBackboneEntry(name=name, source=source, kind=kind, dtype=dtype, **location, **settings)
@@ -1175,26 +1197,26 @@ def _check_generation_settings(where: str, kind: str, settings: dict[str, Any]) 
 
     steps = settings["num_inference_steps"]
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise CatalogError(f"{where}: 'num_inference_steps' must be an integer >= 1, got {steps!r}")
+        raise CatalogError(f"{where}: 'num_inference_steps' must be an integer >= 1, got {_shown(steps)}")
     strength = settings.get("strength")
     if "strength" in settings and (not is_number(strength) or not 0.0 <= strength <= 1.0):
-        raise CatalogError(f"{where}: 'strength' must be a number in [0, 1], got {strength!r}")
+        raise CatalogError(f"{where}: 'strength' must be a number in [0, 1], got {_shown(strength)}")
     if kind == "sd_img2img" and int(steps * strength) < 1:
         raise CatalogError(f"{where}: strength {strength} x num_inference_steps {steps} leaves no denoising step "
                            "(the pipeline runs int(steps x strength) of them); raise either")
     guidance = settings.get("guidance_scale")
     if "guidance_scale" in settings and (not is_number(guidance) or guidance < 0):
         raise CatalogError(f"{where}: 'guidance_scale' must be a number >= 0 (above 1 turns on classifier-free "
-                           f"guidance), got {guidance!r}")
+                           f"guidance), got {_shown(guidance)}")
     size = settings.get("output_size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-        raise CatalogError(f"{where}: 'output_size' must be a positive integer (pixels), got {size!r}")
+        raise CatalogError(f"{where}: 'output_size' must be a positive integer (pixels), got {_shown(size)}")
     if kind != "embedded_img2img" and size % SD_SIZE_MULTIPLE:
         raise CatalogError(f"{where}: 'output_size' {size} is not a multiple of {SD_SIZE_MULTIPLE}, the downsampling "
                            f"factor of the Stable Diffusion VAE (e.g. {max(SD_SIZE_MULTIPLE, size // 8 * 8)} or 512)")
     prompt = settings.get("prompt")
     if "prompt" in settings and not isinstance(prompt, str):
-        raise CatalogError(f"{where}: 'prompt' must be a string (may be empty), got {prompt!r}")
+        raise CatalogError(f"{where}: 'prompt' must be a string (may be empty), got {_shown(prompt)}")
 
 
 def parse_learning_settings(path: Path, raw: Any, experiments: dict[str, ExperimentConfig]) -> LearningSettingsPlan:
@@ -1202,20 +1224,20 @@ def parse_learning_settings(path: Path, raw: Any, experiments: dict[str, Experim
     where = f"{path.name}: learning_settings"
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise CatalogError(f"{where}: expected a mapping, got {raw!r}")
+        raise CatalogError(f"{where}: expected a mapping, got {_shown(raw)}")
     _check_fields(where, raw, ("labels_per_class", "trzsl_split_seeds"))
     defaults = LearningSettingsPlan()
     labels_per_class = raw.get("labels_per_class", defaults.labels_per_class)
     if not isinstance(labels_per_class, int) or isinstance(labels_per_class, bool) or labels_per_class < 1:
-        raise CatalogError(f"{where}.labels_per_class: expected an integer >= 1, got {labels_per_class!r}")
+        raise CatalogError(f"{where}.labels_per_class: expected an integer >= 1, got {_shown(labels_per_class)}")
     split_seeds = raw.get("trzsl_split_seeds", defaults.trzsl_split_seeds)
     if not isinstance(split_seeds, dict) or not all(
             _is_integer(k) and _is_integer(v) and k >= 0 and v >= 0 for k, v in split_seeds.items()):
         raise CatalogError(f"{where}.trzsl_split_seeds: expected a mapping of experiment seed to split seed "
-                           f"(integers), got {split_seeds!r}")
+                           f"(integers), got {_shown(split_seeds)}")
     plan = LearningSettingsPlan(labels_per_class, dict(split_seeds))
     for key, experiment in experiments.items():
         if experiment.setting == "trzsl" and experiment.seed not in plan.trzsl_split_seeds:
-            raise CatalogError(f"{where}.trzsl_split_seeds: experiment {key!r} has seed {experiment.seed}, which "
+            raise CatalogError(f"{where}.trzsl_split_seeds: experiment {_shown(key)} has seed {experiment.seed}, which "
                                f"has no split seed (have {sorted(plan.trzsl_split_seeds)})")
     return plan
