@@ -411,10 +411,17 @@ def _near_duplicate_policy(where: str, raw: Any) -> NearDuplicatePolicy:
     return NearDuplicatePolicy.allowing(float(max_distance), [tuple(pair) for pair in pairs])
 
 
-def _dataset_entry(path: Path, index: int, raw: dict[str, Any]) -> DatasetEntry:
+DATASET_ENTRY_FIELDS = ("name", "source", "template", "templates", "root", "image_dir", "split_file",
+                        "domain_shift_of", "split_seed", "near_duplicates", "options", "few_shot_sampling", "published")
+
+
+def _dataset_entry(path: Path, index: int, raw: Any) -> DatasetEntry:
     where = f"{path.name}: datasets[{index}]"
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: expected a mapping of the dataset's fields (`- name: ...` with `source: ...`, "
+                           f"`root: ...` under it; fields: {', '.join(DATASET_ENTRY_FIELDS)}), got {_shown(raw)}")
     name = raw.get("name")
-    if not name or not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
         raise CatalogError(f"{where}: 'name' must be letters, digits or underscores, got {_shown(name)}")
     source = raw.get("source")
     if source not in DATASET_SOURCES:
@@ -425,12 +432,10 @@ def _dataset_entry(path: Path, index: int, raw: dict[str, Any]) -> DatasetEntry:
         raise CatalogError(f"{where} ({name}): needs 'template' or 'templates', each with one '{{}}'")
     if source != "embedded" and not raw.get("root"):
         raise CatalogError(f"{where} ({name}): a {source} dataset needs 'root'")
-    unknown = set(raw) - {"name", "source", "template", "templates", "root", "image_dir", "split_file",
-                          "domain_shift_of", "split_seed", "near_duplicates", "options", "few_shot_sampling",
-                          "published"}
+    unknown = sorted(set(raw) - set(DATASET_ENTRY_FIELDS), key=str)
     if unknown:
-        known = ("template", *(entry_field.name for entry_field in dataclasses.fields(DatasetEntry)))
-        raise CatalogError(f"{where} ({name}): unknown field(s) {sorted(unknown)}{_nearest(min(unknown), known)}")
+        raise CatalogError(f"{where} ({name}): unknown field(s) {_shown(unknown)}"
+                           f"{_nearest(unknown[0], DATASET_ENTRY_FIELDS)}")
     for text_field in ("template", "root", "image_dir", "split_file", "domain_shift_of"):
         if raw.get(text_field) is not None and not isinstance(raw[text_field], str):
             raise _field_error(f"{where} ({name})", text_field, "a string", raw[text_field])
@@ -485,6 +490,8 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
         if not isinstance(entry, dict):
             raise CatalogError(f"{where}: expected a mapping with fields {list(GRID_ENTRY_FIELDS)}, got {_shown(entry)}")
         method = entry.get("method")
+        if not isinstance(method, str):
+            raise _field_error(where, "method", f"a method name, one of {sorted(METHODS)}", method)
         if method not in METHODS:
             raise CatalogError(f"{where}: unknown method {_shown(method)}{_nearest(method, METHODS)}; registered: "
                                f"{sorted(METHODS)}")
@@ -898,6 +905,10 @@ def _check_grid_subset(where: str, subset: Any, experiments: dict[str, Experimen
         values = subset.get(field_name)
         if values is not None and (not isinstance(values, list) or not values):
             raise CatalogError(f"{where}.{field_name}: expected a non-empty list, got {_shown(values)}")
+        if field_name not in ("shots", "seeds"):  # names and patterns (shots and seeds: integers, below)
+            for position, value in enumerate(values or []):
+                if not isinstance(value, str):
+                    raise _field_error(where, f"{field_name}[{position}]", "a string", value)
     for field_name, minimum in (("shots", 0), ("seeds", 0)):
         if subset.get(field_name) is not None:
             _integer_list(where, field_name, subset[field_name], minimum)
@@ -922,8 +933,12 @@ def _check_grid_subset(where: str, subset: Any, experiments: dict[str, Experimen
 
 
 def grid_subset_names(directory: Path) -> list[str]:
-    """The subsets grids.yaml defines (besides `default`, the whole grid)."""
-    return list(_grid_subsets(directory))
+    """The subsets grids.yaml defines (besides `default`, the whole grid): the CLI's choices, read before any
+    catalog is loaded. A grids.yaml that cannot be read gives none here; load_catalog refuses it, naming the file."""
+    try:
+        return [name for name in _grid_subsets(directory) if isinstance(name, str)]
+    except CatalogError:
+        return []
 
 
 def select_grid_subset(directory: Path, name: str, experiments: dict[str, ExperimentConfig],
@@ -993,6 +1008,12 @@ def parse_suite_info(folder: Path) -> SuiteInfo:
     path = folder / "suite.yaml"
     raw = _read_yaml(path) if path.exists() else {}
     _check_fields(path.name, raw, ("description", "backbone", "data_variable"))
+    for text_field in ("description", "backbone"):
+        if raw.get(text_field) is not None and not isinstance(raw[text_field], str):
+            raise _field_error(path.name, text_field, "a string", raw[text_field])
+    variable = raw.get("data_variable", "PROMPTLAB_DATA")
+    if not isinstance(variable, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", variable):
+        raise _field_error(path.name, "data_variable", "an environment variable's name", variable)
     return SuiteInfo(name=folder.name, description=str(raw.get("description", "")).strip(),
                      backbone=raw.get("backbone"), data_variable=raw.get("data_variable", "PROMPTLAB_DATA"))
 
@@ -1009,9 +1030,11 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
     suite_info = parse_suite_info(suite_folder) if suite else None
     world = parse_world(directory / "world.yaml")  # first: the embedded world is the first stage to run
     datasets_file = suite_folder / "datasets.yaml"
-    datasets = [
-        _dataset_entry(datasets_file, i, raw) for i, raw in enumerate(_read_yaml(datasets_file).get("datasets") or [])
-    ]
+    listed = _read_yaml(datasets_file).get("datasets") or []
+    if not isinstance(listed, list):
+        raise CatalogError(f"{datasets_file.name}: datasets: expected a list of dataset entries (`- name: ...`), got "
+                           f"{_shown(listed)}")
+    datasets = [_dataset_entry(datasets_file, i, raw) for i, raw in enumerate(listed)]
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise CatalogError(f"{datasets_file}: duplicate dataset names {names}")
@@ -1033,6 +1056,8 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
         backbones[entry.name] = entry
     default_backbone = (suite_info.backbone if suite_info and suite_info.backbone else None) \
         or backbones_raw.get("default")
+    if not isinstance(default_backbone, str):
+        raise _field_error(backbones_file.name, "default", "the name of a listed backbone", default_backbone)
     if default_backbone not in backbones:
         raise CatalogError(f"{backbones_file.name}: default backbone {_shown(default_backbone)} is not listed"
                            f"{_nearest(default_backbone, backbones)}; listed: {list(backbones)}")
@@ -1061,6 +1086,7 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
     transfer = parse_transfer(experiments_file, experiments_raw.get("transfer"), dataset_entries, experiments)
     learning_settings = parse_learning_settings(experiments_file, experiments_raw.get("learning_settings"),
                                                 experiments)
+    _check_test_time_shapes(experiments_file, experiments_raw.get("test_time"))
     test_time = parse_test_time(experiments_file, experiments_raw.get("test_time"), dataset_entries, experiments,
                                 diffusion_backbones, default_diffusion_backbone)
     for name, subset in _grid_subsets(suite_folder).items():
@@ -1086,6 +1112,28 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
     )
 
 
+def _check_test_time_shapes(path: Path, raw: Any) -> None:
+    """The shapes parse_test_time (models/testtime/plan.py) reads without checking: each mode's settings a mapping
+    and its diffusion_backbone a name; each run's mode and start strings. A list or a string there is refused naming
+    the field, not met later as a TypeError."""
+    if not isinstance(raw, dict):
+        return  # parse_test_time refuses it, naming the section
+    where = f"{path.name}: test_time"
+    modes = raw.get("modes")
+    for mode, settings in (modes.items() if isinstance(modes, dict) else ()):
+        if settings is not None and not isinstance(settings, dict):
+            raise _field_error(f"{where}.modes", str(mode), "a mapping of the mode's settings", settings)
+        backbone = (settings or {}).get("diffusion_backbone")
+        if backbone is not None and not isinstance(backbone, str):
+            raise _field_error(f"{where}.modes.{mode}", "diffusion_backbone", "a diffusion backbone's name", backbone)
+    runs = raw.get("runs")
+    for index, entry in enumerate(runs if isinstance(runs, list) else ()):
+        for text_field in ("mode", "start"):
+            value = entry.get(text_field) if isinstance(entry, dict) else None
+            if value is not None and not isinstance(value, str):
+                raise _field_error(f"{where}.runs[{index}]", text_field, "a string", value)
+
+
 DIFFUSION_ENTRY_FIELDS = ("name", "source", "kind", "model_id", "revision", "path", "cache_dir", "dtype",
                           "num_inference_steps", "strength", "guidance_scale", "output_size", "prompt")
 
@@ -1103,6 +1151,8 @@ def parse_diffusion_backbones(path: Path, raw: dict[str, Any]) -> tuple[dict[str
             raise CatalogError(f"{path.name}: diffusion_backbones[{index}]: the name {_shown(entry.name)} appears twice")
         entries[entry.name] = entry
     default = raw.get("diffusion_default")
+    if default is not None and not isinstance(default, str):
+        raise _field_error(path.name, "diffusion_default", "the name of a listed diffusion backbone", default)
     if (entries or default is not None) and default not in entries:
         raise CatalogError(f"{path.name}: diffusion_default {_shown(default)} is not one of the diffusion_backbones "
                            f"{list(entries)}")
