@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from models.provenance import source_version
+from models.provenance import PACKAGE_ROOT, source_version
 from pipelines.assets import sync as folders
 from pipelines.assets.evaluation import evaluation_metrics
 from pipelines.assets.pseudolabels import pseudolabels
@@ -11,9 +11,14 @@ from pipelines.assets.sync import synced
 from pipelines.assets.transfer import transfer_metrics
 from pipelines.resources import PromptLabResource
 
+# The report package (queries, sections, charts, templates) and what names its configurations.
+REPORT_SOURCES = (*sorted(str(path.relative_to(PACKAGE_ROOT)) for path in (PACKAGE_ROOT / "models/report").rglob("*")
+                          if path.suffix in (".py", ".j2")),
+                  "models/evaluation/configurations.py", "models/warehouse/schema.py")
+
 
 @dg.asset(group_name="report", deps=[evaluation_metrics, transfer_metrics, pseudolabels],
-          code_version=source_version("models/report.py", "models/warehouse/schema.py"), kinds={"duckdb", "html"})
+          code_version=source_version(*REPORT_SOURCES), kinds={"duckdb", "html"})
 @synced(writes=(folders.reports,))
 def cross_dataset_report(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Dataset x method x shots (mean ± std over seeds), plots, base/new/HM and provenance, as HTML."""

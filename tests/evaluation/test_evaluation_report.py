@@ -58,7 +58,7 @@ def test_report_summary_numbers(synthetic_results, report):
     zero_shot = [synthetic_results.test_top1[(dataset, "zero_shot", 0)][1] for dataset in DATASETS]
     assert summary.mean_zero_shot_top1 == pytest.approx(statistics.mean(zero_shot))
     coop_4 = [statistics.mean(synthetic_results.test_top1[(d, "coop", 4)].values()) for d in DATASETS]
-    assert summary.mean_top1_by_method["coop (4 shots)"] == pytest.approx(statistics.mean(coop_4))
+    assert summary.mean_top1_by_method["coop, 4 shots"] == pytest.approx(statistics.mean(coop_4))
     # Coop with 4 shots is the best trained configuration on both datasets in the synthetic grid.
     assert summary.mean_best_trained_top1 == pytest.approx(statistics.mean(coop_4))
     assert summary.datasets == DATASETS and not summary.is_empty
@@ -86,7 +86,7 @@ def _row_cells(table: str, first_cell: str) -> list[str]:
 def test_report_base_to_new_harmonic_mean(synthetic_results, report):
     summary, page = report
     section = _section_html(page, "Base-to-new generalization")
-    labels = {"coop": "coop + base_to_new (16 shots)", "zero_shot": "zero_shot"}
+    labels = {"coop": "coop, base-to-new, 16 shots", "zero_shot": "zero_shot"}
     for (dataset, method), (base, new) in synthetic_results.base_new.items():
         base_cell, new_cell, hm_cell, seeds = _row_cells(_table_after(section, dataset), labels[method])
         assert base_cell.startswith(f"{100 * statistics.mean(base):.2f} ± ")
@@ -94,20 +94,20 @@ def test_report_base_to_new_harmonic_mean(synthetic_results, report):
         assert hm_cell == f"{100 * harmonic_mean(statistics.mean(base), statistics.mean(new)):.2f}"
         assert seeds == str(len(base))
     # only base_to_new training leaves the new classes unseen: all-classes CoOp is not in this section
-    assert "coop (4 shots)" not in section and "coop (1 shots)" not in section
+    assert "coop, 4 shots" not in section and "coop, 1 shot" not in section
     coop_base = statistics.mean(statistics.mean(synthetic_results.base_new[(d, "coop")][0]) for d in DATASETS)
     coop_new = statistics.mean(statistics.mean(synthetic_results.base_new[(d, "coop")][1]) for d in DATASETS)
     average = _row_cells(_table_after(section, f"Average over {len(DATASETS)} datasets"), labels["coop"])
     # the average row is the HM of the averages (not the average of the per-dataset HMs), as the papers report it
     assert average == [f"{100 * coop_base:.2f}", f"{100 * coop_new:.2f}",
                        f"{100 * harmonic_mean(coop_base, coop_new):.2f}", str(len(DATASETS))]
-    assert summary.harmonic_mean_by_method["coop + base_to_new (16 shots)"] == pytest.approx(
+    assert summary.harmonic_mean_by_method["coop, base-to-new, 16 shots"] == pytest.approx(
         harmonic_mean(coop_base, coop_new))
 
 
 def test_report_sections_and_self_containment(report):
     _, page = report
-    for heading in ("Headline", "Results per dataset", "Charts", "Few-shot learning", "Base-to-new generalization",
+    for heading in ("Headline", "Results per dataset", "Few-shot learning", "Base-to-new generalization",
                     "Cross-dataset transfer", "Domain generalization", "Pseudolabel quality", "Provenance"):
         assert f"<h2>{heading}" in page
     assert "81.25 ± 0.00 (1 seed)" in page  # pseudolabel accuracy in percent
@@ -119,7 +119,10 @@ def test_report_sections_and_self_containment(report):
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert sources and all(source.startswith("data:image/png;base64,") for source in sources)
     images = [base64.b64decode(source.split(",", 1)[1]) for source in sources]
-    assert len(images) == 2  # the bar chart and the accuracy-vs-shots curves
+    # one chart per question: the few-shot curves, the base-to-new bars, a transfer heat map per protocol and source
+    assert len(images) == 4
+    assert [alt.split(":")[0] for alt in re.findall(r'<img alt="([^"]*)"', page)] == [
+        "few-shot curves", "base-to-new bars", "transfer heat map", "transfer heat map"]
     assert all(image.startswith(PNG_SIGNATURE) for image in images)
 
 
@@ -162,7 +165,7 @@ def test_report_with_only_pseudolabels_and_single_shot_count(tmp_path: Path):
                          [MetricRow("train", "final_loss", 0.123)])
     summary = build_report(warehouse, tmp_path / "one_shot_count.html")
     page = (tmp_path / "one_shot_count.html").read_text(encoding="utf-8")
-    assert page.count("data:image/png") == 1  # bar chart only: no shot axis to draw
+    assert "data:image/png" not in page  # no shot axis to draw, no base-to-new, no transfer
     assert "+20.00" in page
     assert "<h2>Other evaluation splits" in page and "<td>sketch</td>" in page and "30.00 ± 0.00 (1 seed)" in page
     assert "<h2>Other stages" in page and "0.123 ± 0 (1 seed)" in page
@@ -198,10 +201,10 @@ def test_report_checks_the_published_pattern_on_its_own_numbers(synthetic_result
                          f"{100 * (coop_base - zero_base):+.2f}", f"{100 * statistics.stdev(margins):.2f}",
                          str(n_seeds), _expected_verdict(coop_base - zero_base, margins)]
     margins = [zero_new - value for value in coop_new_by_seed]
-    cells = _row_cells(section, "CoOp&#x27;s new-class accuracy falls below zero-shot")
+    cells = _row_cells(section, "CoOp&#39;s new-class accuracy falls below zero-shot")
     assert cells[4:8] == [f"{100 * (zero_new - coop_new):+.2f}", f"{100 * statistics.stdev(margins):.2f}",
                           str(n_seeds), _expected_verdict(zero_new - coop_new, margins)]
-    cells = _row_cells(section, "CoOp&#x27;s new-class accuracy at least 3 points below zero-shot&#x27;s")
+    cells = _row_cells(section, "CoOp&#39;s new-class accuracy at least 3 points below zero-shot&#39;s")
     assert cells[4] == f"{100 * (zero_new - coop_new):+.2f}"
     assert cells[7] == _expected_verdict(zero_new - coop_new, margins, threshold=0.03)
     # the synthetic CoOp is clearly better on base and clearly worse on new than zero-shot, over 2 seeds
@@ -223,7 +226,7 @@ def test_report_pattern_verdicts_follow_the_seed_spread(tmp_path: Path):
                             "Does the published base-to-new pattern appear?")
     cells = _row_cells(section, "tuning beats zero-shot on base classes")
     assert cells[4:8] == ["+1.00", f"{100 * statistics.stdev([-0.02, 0.04]):.2f}", "2", "not shown"]
-    assert _row_cells(section, "CoOp&#x27;s new-class accuracy falls below zero-shot")[4:8] == [
+    assert _row_cells(section, "CoOp&#39;s new-class accuracy falls below zero-shot")[4:8] == [
         "+10.00", "0.00", "2", "shown"]
 
     # a third seed scored on one dataset only does not enter the spread (its average would cover other datasets)

@@ -130,8 +130,28 @@ def test_pseudolabel_accuracy_per_round_is_plotted_and_tabulated(page):
         assert row[4] == f"{pm([round_accuracy(r, seed) for seed in SEEDS])} (2 seeds)" and row[5] == "2"
 
 
-def test_every_table_number_but_the_headline_is_the_single_file_reports(page):
-    """Numbers unchanged (report_numbers.py), except the headline's: here SSL beats every few-shot row, and the
-    single-file report named that 0-shot setting the best trained configuration next to few-shot rows."""
+def test_every_table_number_but_the_mixed_ones_is_the_single_file_reports(page):
+    """Numbers unchanged (report_numbers.py) but where the single-file report mixed configurations: its headline named
+    a 0-shot SSL setting the best trained configuration next to few-shot rows, and its per-dataset and per-configuration
+    tables merged every setting x strategy of CoOp under one label ('coop + pseudolabels + setting [0a1b2c3d]')."""
     after, before = numbers_by_section(page), numbers_before("limited_label")
-    assert {k: v for k, v in after.items() if k != "Headline"} == {k: v for k, v in before.items() if k != "Headline"}
+    mixed = ("Headline", "Results per dataset (test split)")
+    assert {k: v for k, v in after.items() if k not in mixed} == {k: v for k, v in before.items() if k not in mixed}
+
+
+def test_tables_compare_like_with_like(page):
+    headline = section(page, "Headline")
+    header, rows = table_rows(tables(headline)[0])
+    assert header[2] == "Best few-shot configuration"
+    best = {row[0]: row[2:4] for row in rows}
+    # the few-shot FPL run (16 shots, 70 %) is Shapes' best few-shot configuration, though SSL GRIP scored higher
+    assert best["Shapes"] == ["coop, FPL pseudolabels, 16 shots", "70.00 ± 0.00 (1 seed)"]
+    assert best["Digits"] == ["–", "–"]  # no few-shot training there
+    per_dataset = section(page, "Results per dataset (test split)")
+    titles = re.findall(r"<h3>([^<]*)</h3><table>", per_dataset)
+    assert titles == ["Few-shot (all classes)", "SSL setting", "UL setting"]  # TRZSL scores no test split
+    _, ssl_rows = table_rows(tables(per_dataset)[1])
+    assert {(row[0], row[1]): row[3] for row in ssl_rows if row[1] != "zero_shot"} == {
+        (dataset, configuration): f"{pm([score(strategy, 'ssl', index, seed) for seed in SEEDS])} (2 seeds)"
+        for index, dataset in enumerate(DATASETS)
+        for strategy, configuration in (("none", "coop, SSL"), ("grip", "coop, SSL, GRIP pseudolabels"))}

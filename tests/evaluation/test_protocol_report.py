@@ -45,12 +45,12 @@ def test_transfer_tables_are_shaped_like_the_papers(synthetic_results, page, hea
     header, rows = table_rows(html_text)
     assert header == ["Configuration", f"Source: {source}", target, "Average", "Seeds"]
     by_configuration = {row[0]: row[1:] for row in rows}
-    assert list(by_configuration) == ["zero_shot", f"{method} ({shots} shots)"]  # the reference row first
+    assert list(by_configuration) == ["zero_shot", f"{method}, {shots} shots"]  # the reference row first
     seeds = sorted(by_seed)
     on_source = [synthetic_results.test_top1[(source, method, shots)][seed] for seed in seeds]
     transferred = [by_seed[seed] for seed in seeds]
     # one target: the average over targets equals it
-    assert by_configuration[f"{method} ({shots} shots)"] == [pm(on_source), pm(transferred), pm(transferred),
+    assert by_configuration[f"{method}, {shots} shots"] == [pm(on_source), pm(transferred), pm(transferred),
                                                              str(len(seeds))]
     zero_shot = [synthetic_results.test_top1[(dataset, "zero_shot", 0)][1] for dataset in (source, target)]
     assert by_configuration["zero_shot"] == [pm([zero_shot[0]]), pm([zero_shot[1]]), pm([zero_shot[1]]), "1"]

@@ -1,0 +1,308 @@
+"""Every number of the report is one of these queries over the warehouse's views; Python only formats and plots.
+
+Result queries name a configuration by its (backbone, method, options), which the report puts in words
+(models/evaluation/configurations.py). The published-pattern queries pick the plain configuration of each method
+(no variant, no setting) through _PATTERN_LABELS, as they always have.
+"""
+
+
+# The plain configuration of each method for the pattern checks: the label a method gets when it ran with one option
+# set, or with options that only name a protocol or a variant ('coop + base_to_new'); any other configuration's
+# label carries its option keys or its settings hash and is never plain.
+_PATTERN_LABELS = """
+WITH evaluation AS (
+    SELECT * FROM results_by_config WHERE stage = 'evaluation'
+),
+option_variety AS (
+    SELECT method, count(DISTINCT options) AS n_options,
+           count(DISTINCT json_extract_string(options, '$.settings_hash')) AS n_settings
+    FROM evaluation GROUP BY method
+),
+backbone_variety AS (
+    SELECT count(DISTINCT backbone) AS n_backbones FROM evaluation
+),
+base_labels AS (
+    SELECT DISTINCT e.backbone, e.method, e.options,
+        CASE WHEN b.n_backbones > 1 THEN e.backbone || ' / ' ELSE '' END
+        || e.method
+        || CASE
+             WHEN v.n_options <= 1 THEN ''
+             WHEN json_extract_string(e.options, '$.settings_hash') IS NULL THEN ' ' || e.options
+             ELSE coalesce(' + ' || nullif(array_to_string(
+                      list_transform(
+                          list_sort(list_filter(json_keys(e.options), k -> k <> 'settings_hash')),
+                          k -> CASE WHEN k IN ('protocol', 'variant') THEN json_extract_string(e.options, '$.' || k)
+                                    ELSE k END),
+                      ' + '), ''), '')
+           END AS base_label
+    FROM evaluation AS e JOIN option_variety AS v USING (method) CROSS JOIN backbone_variety AS b
+),
+labels AS (
+    SELECT backbone, method, options,
+        base_label || CASE WHEN count(*) OVER (PARTITION BY backbone, method, base_label) > 1
+                           THEN ' [' || json_extract_string(options, '$.settings_hash') || ']' ELSE '' END
+            AS configuration
+    FROM base_labels
+),
+labelled AS (
+    SELECT e.*, l.configuration FROM evaluation AS e JOIN labels AS l USING (backbone, method, options)
+)
+"""
+
+
+RUN_COUNTS_SQL = """
+SELECT count(*) AS runs,
+       count(*) FILTER (WHERE is_current) AS current_runs,
+       max(finished_at) AS latest_finished_at
+FROM runs
+"""
+
+
+DATASETS_SQL = "SELECT DISTINCT dataset FROM runs WHERE is_current ORDER BY dataset"
+
+
+# The headline compares like with like: the few-shot protocol (all classes, labelled shots; view few_shot_results),
+# zero-shot against the best trained configuration of each dataset.
+HEADLINE_SQL = """
+WITH zero_shot AS (
+    SELECT dataset, max(mean) AS zero_shot_top1 FROM few_shot_results WHERE method = $zero_shot GROUP BY dataset
+),
+best_trained AS (
+    SELECT dataset, backbone, method, options, shots, mean, std, n_seeds FROM few_shot_results
+    WHERE method <> $zero_shot
+    QUALIFY row_number() OVER (PARTITION BY dataset ORDER BY mean DESC, method, options, shots) = 1
+)
+SELECT d.dataset, z.zero_shot_top1, b.backbone, b.method, b.options, b.shots AS best_shots,
+       b.mean AS best_top1, b.std AS best_std, b.n_seeds AS best_n_seeds, b.mean - z.zero_shot_top1 AS gain
+FROM (SELECT DISTINCT dataset FROM few_shot_results) AS d
+LEFT JOIN zero_shot AS z USING (dataset)
+LEFT JOIN best_trained AS b USING (dataset)
+ORDER BY d.dataset
+"""
+
+HEADLINE_AVERAGE_SQL = f"""
+SELECT avg(zero_shot_top1) AS mean_zero_shot_top1,
+       count(zero_shot_top1) AS n_zero_shot_datasets,
+       avg(best_top1) AS mean_best_top1,
+       count(best_top1) AS n_best_datasets,
+       avg(gain) AS mean_gain,
+       count(gain) AS n_gain_datasets
+FROM ({HEADLINE_SQL})
+"""
+
+_TEST_TOP1 = "stage = 'evaluation' AND split = 'test' AND metric = 'top1_accuracy'"
+
+CONFIGURATION_AVERAGES_SQL = f"""
+SELECT backbone, method, options, shots, avg(mean) AS mean_top1, count(DISTINCT dataset) AS n_datasets
+FROM results_by_config WHERE {_TEST_TOP1}
+GROUP BY backbone, method, options, shots
+ORDER BY method <> $zero_shot, method, options, shots
+"""
+
+CROSS_DATASET_SQL = """
+SELECT dataset, backbone, method, options, shots,
+       max(mean) FILTER (WHERE metric = 'top1_accuracy') AS top1_mean,
+       max(std) FILTER (WHERE metric = 'top1_accuracy') AS top1_std,
+       max(n_seeds) FILTER (WHERE metric = 'top1_accuracy') AS top1_seeds,
+       max(mean) FILTER (WHERE metric = 'macro_f1') AS macro_f1_mean,
+       max(std) FILTER (WHERE metric = 'macro_f1') AS macro_f1_std,
+       max(n_seeds) FILTER (WHERE metric = 'macro_f1') AS macro_f1_seeds,
+       max(mean) FILTER (WHERE metric = 'expected_calibration_error') AS ece_mean,
+       max(std) FILTER (WHERE metric = 'expected_calibration_error') AS ece_std,
+       max(n_seeds) FILTER (WHERE metric = 'expected_calibration_error') AS ece_seeds
+FROM results_by_config WHERE stage = 'evaluation' AND split = 'test'
+GROUP BY dataset, backbone, method, options, shots
+HAVING top1_mean IS NOT NULL
+ORDER BY dataset, method <> $zero_shot, method, options, shots
+"""
+
+# Few-shot protocol (view few_shot_results), with CoOp's first panel: the average over datasets of the points that
+# were measured on every dataset (std left out: it is not a mean over seeds).
+FEW_SHOT_SQL = """
+WITH few_shot AS (
+    SELECT dataset, backbone, method, options, method = $zero_shot OR shots = 0 AS is_zero_shot, shots, mean, std,
+           n_seeds
+    FROM few_shot_results
+),
+dataset_count AS (SELECT count(DISTINCT dataset) AS n FROM few_shot)
+SELECT 0 AS panel, 'Average over ' || n || ' datasets' AS dataset, backbone, method, options, is_zero_shot, shots,
+       avg(mean) AS mean, NULL::DOUBLE AS std, NULL::BIGINT AS n_seeds
+FROM few_shot CROSS JOIN dataset_count
+GROUP BY backbone, method, options, is_zero_shot, shots, n
+HAVING count(DISTINCT dataset) = n AND n > 1
+UNION ALL
+SELECT 1, dataset, backbone, method, options, is_zero_shot, shots, mean, std, n_seeds FROM few_shot
+ORDER BY panel, dataset, is_zero_shot DESC, method, options, shots
+"""
+
+# Transfer protocols (views cross_dataset_results / domain_generalization_results): one row per configuration,
+# source and role ('source', 'target', 'average').
+_TRANSFER_SQL = """
+SELECT source_dataset, role, dataset, backbone, method, options, shots, mean, std, n_seeds, n_targets
+FROM transfer_view
+ORDER BY source_dataset, method <> $zero_shot, method, options, shots, role, dataset
+"""
+CROSS_DATASET_TRANSFER_SQL = _TRANSFER_SQL.replace("transfer_view", "cross_dataset_results")
+DOMAIN_GENERALIZATION_SQL = _TRANSFER_SQL.replace("transfer_view", "domain_generalization_results")
+
+BASE_TO_NEW_SQL = """
+SELECT dataset, backbone, method, options, shots, base_accuracy, base_std, new_accuracy, new_std, harmonic_mean,
+       n_seeds
+FROM base_to_new_results
+ORDER BY dataset, method <> $zero_shot, method, options, shots
+"""
+
+BASE_TO_NEW_AVERAGES_SQL = """
+SELECT backbone, method, options, shots, base_accuracy, new_accuracy, harmonic_mean, n_datasets
+FROM base_to_new_averages
+ORDER BY method <> $zero_shot, method, options, shots
+"""
+
+
+# One base-to-new configuration per method for the published-pattern checks: the plain one (zero-shot with the
+# dataset's template, each tuned method's base_to_new run without further variants).
+PATTERN_AVERAGES_SQL = _PATTERN_LABELS + """
+SELECT a.method, l.configuration, a.base_accuracy, a.new_accuracy, a.harmonic_mean, a.n_datasets
+FROM base_to_new_averages AS a JOIN labels AS l USING (backbone, method, options)
+WHERE l.configuration IN (a.method, a.method || ' + base_to_new')
+ORDER BY a.method
+"""
+
+
+# The same configurations per seed, for the seed spread of each margin; a seed enters only where it was scored on
+# every dataset of its configuration's average.
+PATTERN_SEED_AVERAGES_SQL = _PATTERN_LABELS + """
+SELECT s.method, s.seed, s.base_accuracy, s.new_accuracy, s.harmonic_mean
+FROM base_to_new_seed_averages AS s
+JOIN labels AS l USING (backbone, method, options)
+JOIN base_to_new_averages AS a USING (backbone, method, shots, options)
+WHERE l.configuration IN (s.method, s.method || ' + base_to_new') AND s.n_datasets = a.n_datasets
+ORDER BY s.method, s.seed
+"""
+
+
+# Per-seed test top-1 of the plain few-shot configurations (zero-shot with the dataset's template, each method without
+# variants), for CoOp's few-shot claims.
+FEW_SHOT_PATTERN_SQL = _PATTERN_LABELS + """
+SELECT r.dataset, r.method, r.shots, r.seed, avg(r.value) AS value
+FROM current_results AS r JOIN labels AS l USING (backbone, method, options)
+WHERE r.stage = 'evaluation' AND r.source_dataset IS NULL AND r.split = 'test' AND r.metric = 'top1_accuracy'
+  AND json_extract_string(r.options, '$.protocol') IS NULL AND l.configuration = r.method
+GROUP BY r.dataset, r.method, r.shots, r.seed
+ORDER BY r.dataset, r.method, r.shots, r.seed
+"""
+
+
+OTHER_EVALUATION_SPLITS_SQL = """
+SELECT dataset, split, backbone, method, options, shots, mean, std, n_seeds
+FROM results_by_config
+WHERE stage = 'evaluation' AND metric = 'top1_accuracy' AND split NOT IN ('test', 'base', 'new')
+ORDER BY dataset, split, method <> $zero_shot, method, options, shots
+"""
+
+# Every configuration the report names, so that a name clash is seen across sections.
+CONFIGURATIONS_SQL = """
+SELECT DISTINCT backbone, method, options FROM results_by_config
+WHERE stage IN ('evaluation', 'cross_dataset', 'domain_generalization')
+ORDER BY method, options, backbone
+"""
+
+
+STAGE_RESULTS_SQL = """
+SELECT stage, dataset, method, shots, options, split, metric, mean, std, n_seeds
+FROM results_by_config WHERE stage = $stage
+ORDER BY dataset, method, shots, options, split, metric
+"""
+
+
+OTHER_STAGES_SQL = """
+SELECT DISTINCT stage FROM runs
+WHERE is_current AND stage NOT IN ('evaluation', 'pseudolabels', 'cross_dataset', 'domain_generalization',
+                                   'test_time')
+ORDER BY stage
+"""
+
+
+RUNS_BY_STAGE_SQL = """
+SELECT stage, count(*) AS runs, count(*) FILTER (WHERE is_current) AS current_runs,
+       count(DISTINCT dataset) AS datasets, min(started_at) AS first_started_at, max(finished_at) AS last_finished_at
+FROM runs GROUP BY stage ORDER BY stage
+"""
+
+
+PROVENANCE_SQL = """
+WITH facts AS (
+    SELECT 'code version' AS field, coalesce(code_version, '(none)') AS value, is_current FROM runs
+    UNION ALL SELECT 'git commit', coalesce(git_commit, '(none)'), is_current FROM runs
+    UNION ALL SELECT 'backbone (weights sha256)',
+                     backbone || ' (' || coalesce(backbone_weights_sha256, 'unknown') || ')', is_current FROM runs
+    UNION ALL SELECT 'config hash', config_hash, is_current FROM runs
+    UNION ALL SELECT 'data hash (' || dataset || ')', coalesce(data_hash, '(none)'), is_current FROM runs
+    UNION ALL SELECT 'computed on', coalesce(compute, '(not recorded)'), is_current FROM runs
+)
+SELECT field, value, count(*) AS runs, count(*) FILTER (WHERE is_current) AS current_runs
+FROM facts GROUP BY field, value ORDER BY field, current_runs DESC, value
+"""
+
+
+CURRENT_CODE_VERSIONS_SQL = """
+SELECT count(DISTINCT coalesce(code_version, '(none)')) AS n_code_versions FROM runs WHERE is_current
+"""
+
+
+LIMITED_LABEL_SEED_SQL = """
+SELECT dataset, method, strategy, setting, seed, score FROM limited_label_seed_results WHERE score IS NOT NULL
+ORDER BY dataset, method, strategy, setting, seed
+"""
+
+
+LIMITED_LABEL_SQL = """
+SELECT * FROM (
+    SELECT dataset, method, strategy, setting, mean, std, n_seeds FROM limited_label_results
+    UNION ALL
+    SELECT NULL, method, strategy, setting, mean, std, n_seeds FROM limited_label_averages
+)
+ORDER BY method <> 'zero_shot', method, strategy, setting, dataset
+"""
+
+
+# Pseudolabel accuracy per round (against the hidden labels) of the learning settings' runs (a few-shot FPL run has
+# one round and no setting), averaged over datasets per seed, then over seeds.
+PSEUDOLABEL_ROUNDS_SQL = """
+WITH per_seed AS (
+    SELECT method, strategy, setting, round, seed, avg(value) AS value, count(DISTINCT dataset) AS n_datasets
+    FROM pseudolabel_rounds WHERE metric = 'pseudolabel_accuracy' AND setting IS NOT NULL
+    GROUP BY ALL
+)
+SELECT method, strategy, setting, round, avg(value) AS mean, stddev_samp(value) AS std, count(*) AS n_seeds,
+       max(n_datasets) AS n_datasets
+FROM per_seed GROUP BY ALL
+ORDER BY setting, method, strategy, round
+"""
+
+
+TEST_TIME_SEED_SQL = "SELECT * FROM test_time_seed_results"
+TEST_TIME_DETAILS_SQL = """
+SELECT coalesce(source_dataset, dataset) AS source_dataset, dataset, experiment_key,
+       json_extract_string(options, '$.test_time.mode') AS mode, method, seed,
+       max(value) FILTER (WHERE split = 'test' AND metric = 'top1_accuracy') AS top1,
+       max(value) FILTER (WHERE split = 'before_tuning' AND metric = 'top1_accuracy') AS before_tuning,
+       max(value) FILTER (WHERE metric = 'mean_views_kept') AS views_kept,
+       max(value) FILTER (WHERE metric = 'mean_entropy_before') AS entropy_before,
+       max(value) FILTER (WHERE metric = 'mean_entropy_after') AS entropy_after,
+       max(value) FILTER (WHERE metric = 'images_per_second') AS images_per_second
+FROM current_results WHERE stage = 'test_time'
+GROUP BY ALL ORDER BY source_dataset, mode, experiment_key, dataset, seed
+"""
+
+
+BENCHMARK_VIEW_EXISTS_SQL = """
+SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'latest_benchmark'
+"""
+THROUGHPUT_SQL = """
+SELECT benchmark, method, variant, batch_size, images_per_second, baseline_variant, speedup, target_speedup,
+       meets_target, peak_rss_mb, rss_delta_mb, peak_cuda_mb, bench_run_id, finished_at, device, torch_version,
+       backbone, backbone_weights_sha256, weights_source, dataset, git_commit, load_average
+FROM latest_benchmark
+ORDER BY benchmark = 'training' DESC, benchmark, backbone, device, dataset, bench_run_id, method, variant
+"""
