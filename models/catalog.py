@@ -94,6 +94,8 @@ class DatasetEntry:
     few_shot_sampling: str = "per_class"
     # the published size (classes, train, val, test), which `promptlab data check` compares with what it finds
     published: tuple[tuple[str, int], ...] = ()
+    # read images through symlinks that lead outside the dataset's root (refused by default: models/data/layouts)
+    follow_symlinks: bool = False
 
     @property
     def split_file_name(self) -> str:
@@ -112,7 +114,8 @@ class DatasetEntry:
 
     @property
     def layout_options(self) -> dict[str, Any]:
-        return dict(self.options)
+        """The keyword options of models.data.layouts.read_listing: the reader's, and follow_symlinks when set."""
+        return {**dict(self.options), **({"follow_symlinks": True} if self.follow_symlinks else {})}
 
     @property
     def published_counts(self) -> dict[str, int]:
@@ -412,7 +415,8 @@ def _near_duplicate_policy(where: str, raw: Any) -> NearDuplicatePolicy:
 
 
 DATASET_ENTRY_FIELDS = ("name", "source", "template", "templates", "root", "image_dir", "split_file",
-                        "domain_shift_of", "split_seed", "near_duplicates", "options", "few_shot_sampling", "published")
+                        "domain_shift_of", "split_seed", "near_duplicates", "options", "few_shot_sampling", "published",
+                        "follow_symlinks")
 
 
 def _dataset_entry(path: Path, index: int, raw: Any) -> DatasetEntry:
@@ -441,6 +445,11 @@ def _dataset_entry(path: Path, index: int, raw: Any) -> DatasetEntry:
             raise _field_error(f"{where} ({name})", text_field, "a string", raw[text_field])
     if "split_seed" in raw:
         _integer_value(f"{where} ({name})", "split_seed", raw["split_seed"])
+    follow_symlinks = raw.get("follow_symlinks", False)
+    if not isinstance(follow_symlinks, bool):
+        raise _field_error(f"{where} ({name})", "follow_symlinks", "true or false", follow_symlinks)
+    if "follow_symlinks" in (raw.get("options") or {}):
+        raise CatalogError(f"{where} ({name}): 'follow_symlinks' is a field of the dataset entry, not of its options")
     options = raw.get("options") or {}
     if not isinstance(options, dict) or any(not isinstance(key, str) for key in options):
         raise _field_error(f"{where} ({name})", "options", "a mapping of the layout reader's options", options)
@@ -466,6 +475,7 @@ def _dataset_entry(path: Path, index: int, raw: Any) -> DatasetEntry:
         options=tuple(sorted((key, _expand_env(value)) for key, value in options.items())),
         few_shot_sampling=sampling,
         published=tuple((key, int(published[key])) for key in PUBLISHED_COUNTS if key in published),
+        follow_symlinks=follow_symlinks,
     )
 
 

@@ -60,6 +60,9 @@ CASES = [
      r"backbones.yaml: backbones\[0\] \(tiny-clip\): missing required field\(s\) \['source'\]"),
     ("split-seed-text", "datasets.yaml", lambda c: c["datasets"][0].update(split_seed="abc"),
      r"datasets.yaml: datasets\[0\] \(Shapes\): 'split_seed' must be an integer >= 0, got 'abc'"),
+    # a dataset that reads images through links leading outside its folder says so (models/data/layouts)
+    ("follow-symlinks-text", "datasets.yaml", lambda c: c["datasets"][0].update(follow_symlinks="yes"),
+     r"datasets.yaml: datasets\[0\] \(Shapes\): 'follow_symlinks' must be true or false, got 'yes'"),
     ("world-field-typo", "world.yaml", lambda c: _rename(c["tiny_clip"], "epochs", "epochz"),
      r"world.yaml: tiny_clip: unknown field\(s\) \['epochz'\] \(did you mean 'epochs'\?\)"),
     ("world-section-typo", "world.yaml", lambda c: _rename(c, "corpus", "corpuss"),

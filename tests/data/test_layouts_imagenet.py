@@ -115,7 +115,8 @@ def family(tmp_path_factory) -> Path:
         (base / folder / subset / "README.txt").write_text("readme")
     for folder in ("imagenetv2", "imagenet-sketch", "imagenet-adversarial", "imagenet-rendition"):
         (base / folder / "classnames.txt").write_text(classnames_text)
-    # ImageNet without classnames.txt: the same images through a link.
+    # ImageNet without classnames.txt: the same images through a link (leading outside that dataset's folder, so
+    # read with follow_symlinks=True, as a dataset laid out with links on purpose is).
     (base / "imagenet_no_names").mkdir()
     (base / "imagenet_no_names" / "images").symlink_to(base / "imagenet" / "images")
     return base
@@ -140,7 +141,7 @@ def test_imagenet_labels_and_names_match_coop(family):
 
 
 def test_imagenet_without_classnames_uses_open_clip_names_with_a_note(family):
-    listing = read_listing("imagenet", family / "imagenet_no_names")
+    listing = read_listing("imagenet", family / "imagenet_no_names", follow_symlinks=True)
     assert listing.classnames == clip_names()
     counts = Counter(clip_names())
     assert listing.structure.duplicate_classnames == tuple(name for name in dict.fromkeys(clip_names())
@@ -187,7 +188,7 @@ def test_a_and_r_without_classnames_take_open_clip_names_by_wnid(family, tmp_pat
     root = tmp_path / "imagenet-rendition"
     root.mkdir()
     (root / "imagenet-r").symlink_to(family / "imagenet-rendition" / "imagenet-r")
-    listing = read_listing("imagenet_r", root)
+    listing = read_listing("imagenet_r", root, follow_symlinks=True)  # the images are linked from the family's copy
     index_of = {wnid: index for index, wnid in enumerate(wnid_list())}
     assert listing.classnames == tuple(clip_names()[index_of[wnid]] for wnid in wnid_list("imagenet_r_wnids.txt"))
     assert "open_clip" in listing.notes[0]

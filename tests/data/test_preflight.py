@@ -10,6 +10,7 @@ import pytest
 
 from models.catalog import load_catalog
 from models.data.preflight import EMBEDDED, FOUND, MISSING, UNREADABLE, check_catalog, check_dataset, format_checks
+from tests.catalog.catalog_editing import catalog_copy, edit  # noqa: F401 (fixture)
 
 
 def _entry(catalog_dir: Path, monkeypatch, name: str):
@@ -83,3 +84,29 @@ def test_class_names_under_two_labels_are_an_error_unless_the_layout_declares_th
 def test_embedded_datasets_are_generated_not_checked():
     checks = check_catalog(load_catalog(), ["Shapes"])
     assert checks[0].status == EMBEDDED and not checks[0].has_problem
+
+
+def test_a_symlink_leading_outside_the_dataset_is_reported_with_the_readers_message(tmp_path, monkeypatch,
+                                                                                     catalog_copy):
+    """An image linked from outside the dataset folder: unreadable, with the message read_listing refuses it with
+    (the link and its target); a datasets.yaml entry with `follow_symlinks: true` reads it."""
+    from models.data.curation import dataset_listing
+    from models.data.layouts import DatasetLayoutError
+
+    monkeypatch.setenv("PROMPTLAB_DATA", str(tmp_path / "data"))
+    root = tmp_path / "data" / "caltech-101"
+    _write_caltech(root)
+    image = root / "101_ObjectCategories" / "accordion" / "image_0001.jpg"
+    outside = tmp_path / "elsewhere.jpg"
+    image.rename(outside)
+    image.symlink_to(outside)
+    entry = load_catalog(catalog_copy, suite="coop").dataset("Caltech101")
+    with pytest.raises(DatasetLayoutError) as refused:
+        dataset_listing(entry, root)
+    check = check_dataset(entry)
+    assert check.status == UNREADABLE and check.errors == [" ".join(str(refused.value).split())]
+    assert f"{image}: symlink to {outside}" in check.errors[0]
+    edit(catalog_copy / "suites" / "coop" / "datasets.yaml",
+         lambda content: next(d for d in content["datasets"] if d["name"] == "Caltech101").update(follow_symlinks=True))
+    followed = check_dataset(load_catalog(catalog_copy, suite="coop").dataset("Caltech101"))
+    assert followed.status == FOUND and not followed.has_problem

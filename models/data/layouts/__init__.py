@@ -4,7 +4,8 @@
 root they are relative to, the complete class-name list by label, structural facts (test-only, val-is-test,
 duplicate names, generated split) and notes a user must read. Each reader follows the reference code of its
 layout (Dassl/CoOp, DomainBed; shared/DATASETS.md §1-§5) and refuses, with a ``DatasetLayoutError`` naming the
-file, folder or line and the fix, a layout that would silently give wrong labels, names or splits.
+file, folder or line and the fix, a layout that would silently give wrong labels, names or splits. ``read_listing``
+also refuses an image reached through a symlink leading outside the dataset's root (``follow_symlinks`` allows it).
 
 Layouts (key: reader module): ``split_zhou`` and ``fgvc_aircraft`` (CoOp's fine-grained sets), ``imagenet``,
 ``imagenet_v2``, ``imagenet_sketch``, ``imagenet_a``, ``imagenet_r`` (ImageNet and its shifted test sets),
@@ -26,7 +27,8 @@ from models.data.layouts.imagenet_shifts import (
     read_imagenet_sketch,
     read_imagenet_v2,
 )
-from models.data.layouts.listing import DatasetLayoutError, DatasetListing, DatasetStructure
+from models.data.layouts.listing import (DatasetLayoutError, DatasetListing, DatasetStructure,
+                                         refuse_links_leaving_root)
 from models.data.layouts.recognise import recognise_layout, refuse_misdeclared
 from models.data.layouts.split_zhou import COOP_DATASETS, read_split_zhou
 
@@ -43,11 +45,13 @@ LAYOUTS: dict[str, Callable[..., DatasetListing]] = {
 }
 
 
-def read_listing(layout: str, root: Path, **options) -> DatasetListing:
+def read_listing(layout: str, root: Path, follow_symlinks: bool = False, **options) -> DatasetListing:
     """Read the dataset at ``root`` in ``layout`` (a key of ``LAYOUTS``) with that reader's keyword options.
 
     A root that is recognisably another layout, or inside a dataset of this layout whose root is elsewhere, is
-    refused first (``refuse_misdeclared``).
+    refused first (``refuse_misdeclared``). A listed image reached through a symlink that leads outside the
+    (resolved) root is refused, naming the link and its target, unless ``follow_symlinks`` (the catalog entry's
+    ``follow_symlinks: true``): otherwise a file outside the dataset would be indexed and trained on unnoticed.
     """
     if layout not in LAYOUTS:
         raise DatasetLayoutError(layout, "unknown layout", f"use one of {', '.join(LAYOUTS)}")
@@ -58,7 +62,10 @@ def read_listing(layout: str, root: Path, **options) -> DatasetListing:
             "pass the dataset's folder (each reader's docstring in models/data/layouts/ says which)",
         )
     refuse_misdeclared(layout, root)
-    return LAYOUTS[layout](root, **options)
+    listing = LAYOUTS[layout](root, **options)
+    if not follow_symlinks:
+        refuse_links_leaving_root(root, listing)
+    return listing
 
 
 __all__ = [

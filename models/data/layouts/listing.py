@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import polars as pl
 
@@ -144,6 +145,78 @@ def list_class_images(class_folder: Path, sort: bool = True) -> list[str]:
     return sorted(names) if sort else names
 
 
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _leaving_link(root: Path, path: Path, real_root: str) -> Path:
+    """The first symlink on the way from root down to path whose target is outside real_root (path itself when
+    none is found, e.g. a link replaced while being looked at)."""
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        if current.is_symlink() and not _inside(os.path.realpath(current), real_root):
+            return current
+    return path
+
+
+def links_leaving_root(root: Path, image_root: Path, relative_paths: Iterable[str]) -> dict[Path, str]:
+    """The symlinks through which listed images lead outside the dataset's root: link -> where it resolves to.
+
+    The root is the resolved dataset folder (a root that is itself a link is fine); links that stay inside it are
+    fine. A linked folder (the image folder, a class folder) is found by resolving each folder that holds listed
+    images, once; a linked image by the folder's listing (os.scandir: the entry's type, no stat per image), so that
+    ImageNet's 1.28 M images cost one more listing of their 1,000 folders, not a stat each. Paths that leave the root
+    without a link ('..') are not this check's concern.
+    """
+    root = Path(os.path.abspath(root))
+    image_root = Path(os.path.abspath(image_root))
+    real_root = os.path.realpath(root)
+    names_by_folder: dict[str, set[str]] = {}
+    for relative_path in relative_paths:
+        folder, _, name = relative_path.rpartition("/")
+        names_by_folder.setdefault(folder, set()).add(name)
+    leaving: dict[Path, str] = {}
+    for folder, names in names_by_folder.items():
+        directory = Path(os.path.normpath(image_root / folder))
+        base = next((Path(top) for top in (root, real_root) if _inside(str(directory), str(top))), None)
+        if base is None:
+            continue
+        real_directory = os.path.realpath(directory)
+        if not _inside(real_directory, real_root):
+            link = _leaving_link(base, directory, real_root)
+            leaving[link] = os.path.realpath(link)
+            continue
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_symlink() and entry.name in names:
+                        target = os.path.realpath(entry.path)
+                        if not _inside(target, real_root):
+                            leaving[Path(entry.path)] = target
+        except OSError:  # a folder that cannot be listed: its images are reported missing by the index
+            continue
+    return dict(sorted(leaving.items()))
+
+
+def refuse_links_leaving_root(root: Path, listing: "DatasetListing") -> None:
+    """DatasetLayoutError naming the first symlink that leads a listed image outside the dataset's root, its target
+    and how many such links there are; the default of every reader (``read_listing(..., follow_symlinks=False)``)."""
+    leaving = links_leaving_root(root, listing.image_root, listing.records.get_column("relative_path").to_list())
+    if not leaving:
+        return
+    link, target = next(iter(leaving.items()))
+    others = [str(other) for other in list(leaving)[1:]]
+    raise DatasetLayoutError(
+        link,
+        f"symlink to {target}, outside the dataset root {os.path.realpath(root)}: the images it leads to would be "
+        f"indexed and trained on from another folder" + (f" ({len(others)} more such link(s): {preview(others, 3)})"
+                                                         if others else ""),
+        "copy the images into the dataset folder (the dataset folder itself may be a link), or, for a dataset laid "
+        "out with links on purpose, set `follow_symlinks: true` on its entry in datasets.yaml",
+    )
+
+
 def records_frame(rows: list[tuple[str, int, str, str]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=RECORD_SCHEMA, orient="row")
 
@@ -169,6 +242,6 @@ def prompt_name(raw_name: str) -> str:
 
 __all__ = [
     "SPLITS", "DatasetListing", "DatasetLayoutError", "DatasetStructure", "archive_beside", "class_folders_sorted",
-    "duplicate_names", "list_class_images", "listdir_nohidden", "preview", "prompt_name", "records_frame",
-    "refuse_single_class", "require_file", "require_folder",
+    "duplicate_names", "links_leaving_root", "list_class_images", "listdir_nohidden", "preview", "prompt_name",
+    "records_frame", "refuse_links_leaving_root", "refuse_single_class", "require_file", "require_folder",
 ]
