@@ -444,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     """`promptlab`'s commands and options (grids and suites are the catalog's: $PROMPTLAB_CATALOG)."""
     from models.catalog import DEFAULT_CATALOG_DIR, DEFAULT_GRID, EVALUATION_PROTOCOLS, grid_subset_names, suite_names
     from pipelines.plan_command import add_plan_parser
+    from pipelines.report_command import add_report_parser
     from pipelines.warehouse_commands import add_warehouse_parser
 
     catalog_dir = Path(os.environ.get("PROMPTLAB_CATALOG", DEFAULT_CATALOG_DIR))
@@ -504,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the checks as JSON")
     add_warehouse_parser(commands)
     add_plan_parser(commands)
+    add_report_parser(commands)
     commands.add_parser("methods", help="print the methods page (docs/methods.md): each method's paper, where it "
                                         "hooks, its parameters and how it is verified")
     return parser
@@ -529,6 +531,10 @@ def _run_command(argv: list[str] | None, signals) -> int:
         return 0
     if arguments.command == "warehouse":
         return run_warehouse_command(arguments)
+    if arguments.command == "report":
+        from pipelines.report_command import run_report_command
+
+        return run_report_command(arguments)
     if getattr(arguments, "retrain_world", False):
         os.environ["PROMPTLAB_RETRAIN_WORLD"] = "1"
     if arguments.grid:  # before the definitions are imported: the partitions are read from the catalog then
