@@ -130,6 +130,7 @@ def pseudolabel_round_curves(rounds: pl.DataFrame) -> Image:
             drawn = axes.errorbar(line["round"].to_list(), (line["mean"] * 100).to_list(), yerr=errors, marker="o",
                                   markersize=3, capsize=2, **_style(index))
             handles.setdefault(f"{method}, {strategy.upper()}", drawn)
+        axes.set_xticks(sorted(set(of_setting["round"].to_list())))  # whole rounds, even for one
         axes.set_title(setting.upper(), fontsize="medium")
         axes.set_xlabel("round (0: zero-shot)")
         axes.set_ylabel("pseudolabel accuracy (%)")
