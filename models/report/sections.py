@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import polars as pl
 
 from models.evaluation.configurations import (PROTOCOL_ORDER, configuration_labels, describe_configuration,
@@ -21,9 +19,8 @@ class ConfigurationNames:
 
     def __init__(self, warehouse: Warehouse):
         frame = warehouse.query(queries.CONFIGURATIONS_SQL)
-        labels = configuration_labels(frame) if frame.height else frame
-        self._words = {(r["backbone"], r["method"], r["options"]): r["configuration"]
-                       for r in labels.iter_rows(named=True)} if frame.height else {}
+        labels = configuration_labels(frame).iter_rows(named=True) if frame.height else ()
+        self._words = {(r["backbone"], r["method"], r["options"]): r["configuration"] for r in labels}
 
     def __call__(self, row: dict) -> str:
         return (self._words.get((row["backbone"], row["method"], row["options"]))
@@ -332,7 +329,7 @@ def transfer(warehouse: Warehouse, params: dict, names: ConfigurationNames, sql:
 def test_time(warehouse: Warehouse) -> Section | None:
     """TPT's table (rows: zero-shot, ensemble, trained checkpoints, TPT, TPT + checkpoint, DiffTPT; columns: the
     source, its shifted variants, their averages), the published pattern checks, and per-run diagnostics."""
-    from models.evaluation.test_time_table import row_label, tpt_pattern_checks, tpt_tables
+    from models.evaluation.test_time_table import row_label, tpt_pattern_checks
 
     seed_results = warehouse.query(queries.TEST_TIME_SEED_SQL)
     if seed_results.height == 0:
@@ -344,7 +341,7 @@ def test_time(warehouse: Warehouse) -> Section | None:
         "zero-shot, the prompt ensemble, the trained checkpoint (on the shifted variants: transferred, as in domain "
         "generalization). Mean ± std over seeds (the views' seed; a checkpoint's own seed). Average: over all "
         "columns, Shifts: over the shifted variants, per seed then over seeds.", "muted")]
-    blocks += test_time_tables(seed_results, tpt_tables)
+    blocks += test_time_tables(seed_results)
     checks = tpt_pattern_checks(seed_results)
     if checks:
         blocks += [Paragraph("Published pattern (TPT: above zero-shot in domain and on the shifts, TPT + CoOp above "
@@ -367,7 +364,10 @@ def test_time(warehouse: Warehouse) -> Section | None:
     return Section("Test-time tuning (TPT, DiffTPT)", blocks)
 
 
-def test_time_tables(seed_results: pl.DataFrame, tpt_tables: Callable) -> list[Table]:
+def test_time_tables(seed_results: pl.DataFrame) -> list[Table]:
+    """Per source: the rows of models/evaluation/test_time_table.py against the source, its shifts and averages."""
+    from models.evaluation.test_time_table import tpt_tables
+
     tables = []
     for tpt in tpt_tables(seed_results):
         columns = [*tpt.datasets, "average", "shifts"]
