@@ -1,5 +1,5 @@
-"""The report's measured tables as Markdown (`promptlab report --markdown`, docs/results.md): few-shot,
-base-to-new, transfer and test-time, the same tables (and numbers) as the HTML report, under a line saying where
+"""The report's measured tables as Markdown (`promptlab report --markdown`, docs/results.md): few-shot, the
+limited-label settings, base-to-new, transfer and test-time, the same tables (and numbers) as the HTML report, under a line saying where
 they come from: the git commits, machines, backbones and weights of the runs, and the date of the latest one."""
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ def _section(section: Section, level: str = "##") -> str:
 
 def markdown_results(warehouse: Warehouse, title: str = "Results", preface: str = "",
                      zero_shot_method: str = "zero_shot") -> str:
-    """Few-shot, base-to-new, transfer and test-time tables (mean ± std over seeds, with the seeds) of the warehouse's
+    """Few-shot, limited-label, base-to-new, transfer and test-time tables (mean ± std over seeds, with the seeds) of the warehouse's
     current results, with their provenance; charts and pattern checks stay in the HTML report."""
     if not warehouse.exists() or warehouse.query(queries.RUN_COUNTS_SQL)["current_runs"][0] == 0:
         return f"# {title}\n\nNo runs recorded yet in {warehouse.name}.\n"
     params = {"zero_shot": zero_shot_method}
     names = sections.ConfigurationNames(warehouse)
-    found = [sections.results_per_dataset(warehouse, params, names), sections.few_shot(warehouse, params, names),
+    found = [sections.few_shot(warehouse, params, names),
              sections.limited_labels(warehouse), sections.base_to_new(warehouse, params, names)[0],
              *(sections.transfer(warehouse, params, names, sql, name, targets)
                for _, sql, name, targets in sections.TRANSFERS),
