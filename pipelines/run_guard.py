@@ -197,6 +197,10 @@ class SignalWatch:
 
     def __exit__(self, *exc) -> None:
         self._closing.set()
+        try:  # wake the watcher's select now (a 0 byte is no signal) instead of at its next timeout
+            self._writer.send(b"\0")
+        except OSError:
+            pass
         self._watcher.join(timeout=self.redeliver_seconds + 1)
         for number, handler in self._previous.items():
             signal.signal(number, handler)
