@@ -17,14 +17,12 @@ import time
 from pathlib import Path
 
 from models.provenance import PACKAGE_ROOT
+from pipelines.job_runner import CONSOLE_RUN_CONFIG, failure_details, run_job  # noqa: F401 (the CLI's own names)
 
 
 DAGSTER_HOME_TEMPLATE = Path(__file__).with_name("dagster_home_template.yaml")
 TELEMETRY_ONLY_CONFIG = "telemetry:\n  enabled: false\n"  # what earlier versions wrote; replaced by the template
 LOCK_HELD_EXIT_CODE = 3
-# Jobs run by the CLI and its workers log through pipelines/terminal.py's console logger (quiet unless --verbose);
-# Dagster instantiates only the loggers a run's config names, so runs launched from the UI keep Dagster's own.
-CONSOLE_RUN_CONFIG = {"loggers": {"console": {}}}
 
 
 def ensure_dagster_home() -> Path:
@@ -60,45 +58,6 @@ def prepared_instance(home: Path, log=print):
         migrated.write_text(dg.__version__)
     fail_abandoned_runs(instance, log)
     return instance
-
-
-def failure_details(result, limit: int = 600) -> list[str]:
-    """Why a run failed, from its own events: each failed check with its details (the offending rows, as the
-    expectation suite wrote them) and each failed step's error message."""
-    lines = [f"check {evaluation.check_name} failed: {evaluation.metadata['details'].value}"[:limit]
-             for evaluation in result.get_asset_check_evaluations()
-             if not evaluation.passed and "details" in evaluation.metadata]
-    for event in result.get_step_failure_events():
-        error = event.step_failure_data.error if event.step_failure_data else None
-        if error is None or error.cls_name == "DagsterAssetCheckFailedError":  # its checks are listed above
-            continue
-        cause = error.cause or error  # Dagster wraps user errors: the cause names what went wrong
-        message = " ".join(cause.message.split())
-        lines.append(f"step {event.step_key}: {message}"[:limit])
-    return lines
-
-
-def run_job(instance, job_name: str, partition_key=None, log=print):
-    """Execute one job in this process, tagged with this process (run_guard.run_tags), and log one line for it;
-    a failure is followed by what failed (failure_details)."""
-    from pipelines.definitions import defs
-    from pipelines.run_guard import run_tags
-    from pipelines.terminal import EVENT_LOG_ENV
-
-    started = time.perf_counter()
-    result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, partition_key=partition_key,
-                                                               raise_on_error=False, tags=run_tags(),
-                                                               run_config=CONSOLE_RUN_CONFIG)
-    label = f"{job_name}[{partition_key}]" if partition_key else job_name
-    if result.success:
-        log(f"ok     {label} ({time.perf_counter() - started:.1f}s)")
-    else:
-        event_log = os.environ.get(EVENT_LOG_ENV)
-        log(f"FAILED {label} (run {result.run_id}); its events: "
-            + (f"{event_log} or " if event_log else "") + "`dagster dev`")
-        for line in failure_details(result):
-            log(f"       {line}")
-    return result
 
 
 def run_graph(datasets: list[str] | None, experiments: list[str] | None, log=print,
@@ -214,7 +173,8 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
     if not execute_one("embedded_world_job", "world: corpus + tiny-clip + diffusion"):
         return {"failures": failures, "stage_seconds": stage_seconds}
     if workers > 1:
-        from pipelines.parallel import THREADS_ENV, WorkerPool
+        from pipelines.job_runner import THREADS_ENV
+        from pipelines.parallel import WorkerPool
 
         pool = WorkerPool(workers, gpu_slots)
         log(f"{workers} workers, {os.environ.get(THREADS_ENV, 'default')} torch threads each"
@@ -555,7 +515,8 @@ def _run_command(argv: list[str] | None, signals) -> int:
         if value is not None and value < 1:
             print(f"promptlab run: error: --{name.replace('_', '-')} must be at least 1, got {value}", file=sys.stderr)
             return 2
-    from pipelines.parallel import THREADS_ENV, default_threads, gpu_slot_count
+    from pipelines.job_runner import THREADS_ENV
+    from pipelines.parallel import default_threads, gpu_slot_count
 
     threads = arguments.threads or (default_threads(arguments.workers) if arguments.workers > 1 else None)
     if threads:  # read by every job, here and in the workers (PromptLabResource.load_backbone)

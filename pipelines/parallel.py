@@ -6,7 +6,7 @@ the parent: its runs are tagged with its own pid, so a worker killed mid-run is 
 any other abandoned run (pipelines/run_guard.py). Results reach the warehouse through pending batches merged under
 its file lock (models/warehouse), so workers never block one another.
 
-- Torch threads: every worker (and the parent) computes with $PROMPTLAB_TORCH_THREADS threads, set by `promptlab
+- Torch threads: every worker (and the parent) computes with $PROMPTLAB_TORCH_THREADS threads (job_runner.THREADS_ENV), set by `promptlab
   run --threads` (default with N workers: the cores divided by N, at least 1), so N workers do not oversubscribe
   the cores. Float results depend on the thread count in their last bits (a reduction split over more threads adds
   in another order), so it is part of every run's recorded `compute` ("cpu fp32, 1 thread"): runs with the same
@@ -32,8 +32,6 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
-
-THREADS_ENV = "PROMPTLAB_TORCH_THREADS"
 
 _instance = None
 _gpu_slots = None
@@ -120,7 +118,7 @@ def run_chain(job_names: tuple[str, ...], partition_key: str | None) -> list[Job
     global _instance
     import dagster as dg
 
-    from pipelines.cli import run_job
+    from pipelines.job_runner import run_job
 
     if _instance is None:
         _instance = dg.DagsterInstance.get()

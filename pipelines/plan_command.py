@@ -87,7 +87,7 @@ def record_actual(plan_json_path: Path | str | dict[str, Any], summary: dict[str
 def _apply_torch_threads() -> None:
     """$PROMPTLAB_TORCH_THREADS, as the run's jobs apply it (pipelines/resources.py): costs are cached per thread
     count, so the plan is priced at the threads the run will use."""
-    from pipelines.parallel import THREADS_ENV
+    from pipelines.job_runner import THREADS_ENV
 
     value = os.environ.get(THREADS_ENV, "").strip()
     if value.isdigit() and int(value) >= 1:

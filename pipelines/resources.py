@@ -12,7 +12,7 @@ from pydantic import Field
 
 from models.catalog import Catalog, load_catalog
 from models.workspace import Workspace, default_workspace
-from pipelines.parallel import THREADS_ENV
+from pipelines.job_runner import THREADS_ENV
 
 
 @lru_cache(maxsize=4)
