@@ -155,3 +155,24 @@ def fill_synthetic_warehouse(warehouse: Warehouse) -> SyntheticResults:
     record(rerun, [MetricRow("test", "top1_accuracy", top1), MetricRow("test", "macro_f1", top1 - 0.03),
                    MetricRow("test", "expected_calibration_error", 0.06)], make_per_class(accuracy=0.25))
     return results
+
+
+def top1_metrics(top1: float) -> list[MetricRow]:
+    """A run's test top-1 and macro-F1 rows."""
+    return [MetricRow("test", "top1_accuracy", top1), MetricRow("test", "macro_f1", top1 - 0.05)]
+
+
+def warehouse_command(*words: str) -> tuple[int, str]:
+    """`promptlab results` or `promptlab warehouse <command>`: its exit code and output (the command's function,
+    without the CLI's signal guard)."""
+    import argparse
+
+    from pipelines.cli import print_accuracy_table
+    from pipelines.warehouse_commands import run_warehouse_command
+
+    lines: list[str] = []
+    if words == ("results",):
+        print_accuracy_table(log=lines.append)
+        return 0, "\n".join(lines)
+    code = run_warehouse_command(argparse.Namespace(warehouse_command=words[1]), log=lines.append)
+    return code, "\n".join(lines)

@@ -8,7 +8,6 @@ still fit, as on a real disk with a little room left.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import shutil
@@ -16,11 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from evaluation_synthetic import make_per_class, make_predictions, make_run
+from evaluation_synthetic import make_per_class, make_predictions, make_run, top1_metrics, warehouse_command
 
-from models.warehouse import MetricRow
-from pipelines.cli import print_accuracy_table
-from pipelines.warehouse_commands import run_warehouse_command, workspace_warehouse
+from pipelines.warehouse_commands import workspace_warehouse
 
 ROOM_LEFT = 1 << 20  # room for a batch and a commit, not for a copy of the database
 
@@ -66,48 +63,34 @@ def small_disk(tmp_path, monkeypatch):
             subprocess.run(["umount", "--lazy", str(root)], check=False)
 
 
-def _command(*words: str) -> tuple[int, str]:
-    """`promptlab <words>`: its exit code and output (the command's function, without the CLI's signal guard)."""
-    lines: list[str] = []
-    if words == ("results",):
-        print_accuracy_table(log=lines.append)
-        return 0, "\n".join(lines)
-    code = run_warehouse_command(argparse.Namespace(warehouse_command=words[1]), log=lines.append)
-    return code, "\n".join(lines)
-
-
-def _metrics(top1: float) -> list[MetricRow]:
-    return [MetricRow("test", "top1_accuracy", top1), MetricRow("test", "macro_f1", top1 - 0.05)]
-
-
 def test_a_full_disk_keeps_the_runs_rows_pending_and_results_still_read(small_disk, monkeypatch):
     monkeypatch.setenv("PROMPTLAB_WORKSPACE", str(small_disk.root / "workspace"))
     monkeypatch.delenv("PROMPTLAB_WAREHOUSE", raising=False)
     warehouse = workspace_warehouse()
-    warehouse.record_run(make_run("before", method="zero_shot", shots=0), _metrics(0.4))
+    warehouse.record_run(make_run("before", method="zero_shot", shots=0), top1_metrics(0.4))
     assert warehouse.database_path.stat().st_size > ROOM_LEFT  # the premise: less room than the database takes
     small_disk.fill()
 
     # What a stage does (some open the schema first): neither call may fail once the rows are computed.
     warehouse.ensure_schema()
-    outcome = warehouse.record_run(make_run("during"), _metrics(0.625), make_per_class(), make_predictions(5))
+    outcome = warehouse.record_run(make_run("during"), top1_metrics(0.625), make_per_class(), make_predictions(5))
     # Merged into the database or not (whether DuckDB found room for its log), the snapshot could not take the run,
     # so its batch stays whole on disk until it can.
     assert outcome.merged or outcome.batch_path.is_dir()
     [batch] = warehouse.pending_batches()
     assert batch.name.endswith("-during") and (batch / "metrics.parquet").exists()
 
-    code, printed = _command("results")  # reads write nothing beside the database
+    code, printed = warehouse_command("results")  # reads write nothing beside the database
     assert "62.5" in printed and "40.0" in printed
     assert warehouse.query("SELECT count(*) FROM predictions WHERE run_id = 'during'").item() == 5
-    code, said = _command("warehouse", "status")
+    code, said = warehouse_command("warehouse", "status")
     assert code == 0 and "pending:  1 batch(es)" in said
 
     small_disk.free()
-    assert _command("warehouse", "merge")[0] == 0
+    assert warehouse_command("warehouse", "merge")[0] == 0
     assert warehouse.pending_batches() == []
     assert warehouse.prediction_file("during").exists()
-    code, said = _command("warehouse", "status")
+    code, said = warehouse_command("warehouse", "status")
     assert code == 0 and "up to date with the database" in said
     assert warehouse.query("SELECT run_id FROM runs ORDER BY run_id").rows() == [("before",), ("during",)]
     assert warehouse.query("SELECT count(*) FROM predictions WHERE run_id = 'during'").item() == 5

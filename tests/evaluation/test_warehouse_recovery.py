@@ -4,15 +4,12 @@ pending batches, naming what it could not restore."""
 
 from __future__ import annotations
 
-import argparse
 import duckdb
 import polars as pl
 import pytest
-from evaluation_synthetic import make_per_class, make_predictions, make_run
+from evaluation_synthetic import make_per_class, make_predictions, make_run, top1_metrics, warehouse_command
 
-from models.warehouse import MetricRow
-from pipelines.cli import print_accuracy_table
-from pipelines.warehouse_commands import EXIT_DAMAGED, EXIT_NOT_RESTORED, run_warehouse_command, workspace_warehouse
+from pipelines.warehouse_commands import EXIT_DAMAGED, EXIT_NOT_RESTORED, workspace_warehouse
 
 DAMAGE = {
     "truncated": lambda data: data[: len(data) // 2],
@@ -21,27 +18,13 @@ DAMAGE = {
 }
 
 
-def _command(*words: str) -> tuple[int, str]:
-    """`promptlab <words>`: its exit code and output (the command's function, without the CLI's signal guard)."""
-    lines: list[str] = []
-    if words == ("results",):
-        print_accuracy_table(log=lines.append)
-        return 0, "\n".join(lines)
-    code = run_warehouse_command(argparse.Namespace(warehouse_command=words[1]), log=lines.append)
-    return code, "\n".join(lines)
-
-
-def _metrics(top1: float) -> list[MetricRow]:
-    return [MetricRow("test", "top1_accuracy", top1), MetricRow("test", "macro_f1", top1 - 0.05)]
-
-
 @pytest.fixture
 def warehouse(tmp_path, monkeypatch):
     """The CLI's warehouse, holding one merged run with predictions."""
     monkeypatch.setenv("PROMPTLAB_WORKSPACE", str(tmp_path / "workspace"))
     monkeypatch.delenv("PROMPTLAB_WAREHOUSE", raising=False)
     warehouse = workspace_warehouse()
-    warehouse.record_run(make_run("kept", method="zero_shot", shots=0), _metrics(0.4), predictions=make_predictions(3))
+    warehouse.record_run(make_run("kept", method="zero_shot", shots=0), top1_metrics(0.4), predictions=make_predictions(3))
     return warehouse
 
 
@@ -56,38 +39,38 @@ def test_a_damaged_database_is_reported_read_around_and_rebuilt(warehouse, damag
     damaged = DAMAGE[damage](warehouse.database_path.read_bytes())
     warehouse.database_path.write_bytes(damaged)
 
-    code, said = _command("warehouse", "status")
+    code, said = warehouse_command("warehouse", "status")
     assert code == EXIT_DAMAGED and "DAMAGED" in said and "promptlab warehouse recover" in said
     assert "up to date" not in said and "OLDER than the database" not in said
 
-    outcome = warehouse.record_run(make_run("during"), _metrics(0.625), make_per_class(), make_predictions(5))
+    outcome = warehouse.record_run(make_run("during"), top1_metrics(0.625), make_per_class(), make_predictions(5))
     assert not outcome.merged and outcome.batch_path.is_dir() and "cannot be opened" in outcome.merge.blocked_by
 
-    code, printed = _command("results")  # the intact snapshot, with the pending run
+    code, printed = warehouse_command("results")  # the intact snapshot, with the pending run
     assert "40.0" in printed and "62.5" in printed
 
-    code, said = _command("warehouse", "recover")
+    code, said = warehouse_command("warehouse", "recover")
     assert code == EXIT_NOT_RESTORED  # the lost run's record is gone
     assert "restored 1 run(s) from the snapshot" in said and "merged 1 pending batch(es): during" in said
     assert "NOT restored: 1 run(s)" in said and str(unrestorable) in said
     [kept_aside] = warehouse.database_path.parent.glob("promptlab-damaged-*.duckdb")
     assert kept_aside.read_bytes() == damaged
 
-    code, said = _command("warehouse", "status")
+    code, said = warehouse_command("warehouse", "status")
     assert code == 0 and "up to date with the database" in said
     with duckdb.connect(str(warehouse.database_path), read_only=True) as database:
         assert database.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall() == [("during",), ("kept",)]
         assert database.execute("SELECT run_id, count(*) FROM predictions GROUP BY ALL ORDER BY 1").fetchall() == [
             ("during", 5), ("kept", 3)]
     assert warehouse.pending_batches() == []
-    assert _command("warehouse", "recover") == (0, f"{warehouse.database_path} opens and reads: nothing to recover")
+    assert warehouse_command("warehouse", "recover") == (0, f"{warehouse.database_path} opens and reads: nothing to recover")
 
 
 def test_without_an_intact_snapshot_recover_rebuilds_from_the_pending_batches_and_says_so(warehouse):
     warehouse.database_path.write_bytes(b"")
     warehouse.snapshot_path.write_bytes(b"not a database")
     assert warehouse.status().snapshot_damage
-    warehouse.record_run(make_run("during"), _metrics(0.625))
+    warehouse.record_run(make_run("during"), top1_metrics(0.625))
     with pytest.raises(Exception, match="promptlab-snapshot.duckdb cannot be opened"):
         warehouse.query("SELECT count(*) FROM runs")
 
