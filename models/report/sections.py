@@ -320,7 +320,7 @@ def transfer(warehouse: Warehouse, params: dict, names: ConfigurationNames, sql:
         "dataset. The heat map shows the means.", "muted")]
     for frame, means in tables:
         heat_map = figures.transfer_heat_map([row[0] for row in frame.rows], list(frame.headers[1:-1]), means,
-                                             f"{title}, {frame.title.lower()}")
+                                             f"{title} from {frame.title.removeprefix('Source: ')}")
         blocks += [heat_map, frame]
     return Section(title, blocks)
 
