@@ -1209,7 +1209,8 @@ def diffusion_backbone_entry(where: str, raw: Any, expand_env: bool = True) -> D
     return DiffusionBackboneEntry(name=name, source=source, kind=kind, dtype=dtype, **location, **settings)
 
 
-WORLD_SECTIONS = ("corpus", "tiny_clip", "tiny_clip_weights", "diffusion", "benchmark")
+WORLD_SECTIONS = ("corpus", "tiny_clip", "tiny_clip_weights", "diffusion", "diffusion_weights", "benchmark")
+SHIPPED_WEIGHTS_SECTIONS = ("tiny_clip_weights", "diffusion_weights")  # models/backbones/shipped_weights.py
 BENCHMARK_SPLITS = ("train", "val", "test")
 
 
@@ -1240,9 +1241,11 @@ def parse_world(path: Path) -> dict[str, Any]:
     _check_fields(f"{where}: images_per_class", benchmark["images_per_class"], BENCHMARK_SPLITS, BENCHMARK_SPLITS)
     for split, count in benchmark["images_per_class"].items():
         _integer_value(where, f"images_per_class.{split}", count, 1)
-    if world.get("tiny_clip_weights") is not None:
-        where = f"{path.name}: tiny_clip_weights"
-        shipped = world["tiny_clip_weights"]
+    for section in SHIPPED_WEIGHTS_SECTIONS:
+        if world.get(section) is None:
+            continue
+        where = f"{path.name}: {section}"
+        shipped = world[section]
         _check_fields(where, shipped, ("folder", "weights_sha256"), required=("folder", "weights_sha256"))
         if not isinstance(shipped["folder"], str):
             raise _field_error(where, "folder", "a folder relative to the catalog", shipped["folder"])
