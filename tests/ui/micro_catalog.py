@@ -29,6 +29,7 @@ def write_micro_catalog(directory: Path) -> Path:
                                                                            if d["name"] == DATASET]}))
     world = yaml.safe_load((directory / "world.yaml").read_text())
     world["corpus"]["num_pairs"] = 256
+    world.pop("diffusion_weights", None)  # pretrain this short recipe, so that the UI shows its progress and curves
     world["diffusion"].update(epochs=2, batch_size=64)
     world["benchmark"]["images_per_class"] = {"train": 5, "val": 4, "test": 3}
     (directory / "world.yaml").write_text(yaml.safe_dump(world))
