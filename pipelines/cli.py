@@ -424,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a named subset of the experiment grid (assets_catalog/grids.yaml; default: $PROMPTLAB_GRID "
                           "or the whole grid)")
     run.add_argument("--retrain-world", action="store_true",
-                     help="pretrain tiny-clip from the catalog's recipe (world.yaml tiny_clip) instead of installing "
-                          "the shipped weights; about 33 minutes on 2 CPU cores")
+                     help="pretrain tiny-clip and the tiny diffusion model from the catalog's recipes (world.yaml "
+                          "tiny_clip, diffusion) instead of installing the shipped weights; about 33 + 6 minutes on 2 "
+                          "CPU cores")
     run.add_argument("--wait", action="store_true",
                      help="when another `promptlab run` holds the workspace or the Dagster instance, wait for it "
                           "instead of refusing at once")

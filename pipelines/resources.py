@@ -62,8 +62,8 @@ class PromptLabResource(dg.ConfigurableResource):
         default=AUTO, description="Torch device for training and inference: 'auto' (CUDA when available, else CPU), "
                                   "'cpu', 'cuda' or 'cuda:N'.")
     retrain_world: bool = Field(
-        default=False, description="Pretrain tiny-clip from the catalog's recipe instead of installing its shipped "
-                                   "weights (also $PROMPTLAB_RETRAIN_WORLD=1, set by `promptlab run "
+        default=False, description="Pretrain tiny-clip and the diffusion model from the catalog's recipes instead of "
+                                   "installing their shipped weights (also $PROMPTLAB_RETRAIN_WORLD=1, set by `promptlab run "
                                    "--retrain-world`). Minutes to hours on CPU.")
     report_url: str = Field(
         default=AUTO, description="URL under which a browser opens the workspace's reports/ folder, for the "
