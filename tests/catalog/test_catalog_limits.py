@@ -1,4 +1,4 @@
-"""A catalog file is bounded when it loads (models/catalog_limits.py): a YAML alias bomb, a list, string or nesting
+"""A catalog file is bounded when it loads (models/catalog/limits.py): a YAML alias bomb, a list, string or nesting
 beyond any sensible catalog is refused in milliseconds naming the file and the key path, and values in messages are
 shortened. Before: `shots: *a9` or `near_duplicates: {allow: *a9}` took 90-180 s and 4 GB before a MemoryError with
 an empty message (the validation repr()s the whole value), a 20,000-character template was accepted, and a bad list
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from models.catalog import DEFAULT_CATALOG_DIR, CatalogError, load_catalog
-from models.catalog_limits import MAX_DEPTH, MAX_ITEMS, MAX_STRING_LENGTH
+from models.catalog.limits import MAX_DEPTH, MAX_ITEMS, MAX_STRING_LENGTH
 from tests.catalog.catalog_editing import catalog_copy, edit  # noqa: F401 (fixture)
 
 # "lol" repeated 9**10 times once expanded: ten anchors, each a list of nine aliases of the one before.
