@@ -14,11 +14,11 @@ from models.catalog import DEFAULT_CATALOG_DIR
 
 MICRO_ROOT = Path(tempfile.mkdtemp(prefix="promptlab-micro-"))
 # The catalog, the datasets and the workspace live in a folder whose name holds glob characters, so that the whole
-# run proves it reads each file by its literal path (a user's `proj [v2]`). No `?`: DuckDB (1.5) cannot write a
-# database under a folder named with one (it puts the write-ahead log at `<folder up to the ?>.wal?...`); curation
-# alone, which writes no database, is run under a `?` in test_fewshot_curation. Dagster's own home stays outside:
-# its SQLite URL cannot hold a `?` either.
-GLOB_FOLDER = MICRO_ROOT / "we'ird [x]{a,b} *"
+# run proves it reads each file by its literal path (a user's `proj [v2]`). DuckDB (1.5) cannot write a database under
+# a folder named with a `?` (it puts the write-ahead log at `<folder up to the ?>.wal?...`): the warehouse writes
+# such a database through a temporary copy, which this folder exercises too. Dagster's own home stays outside: its
+# SQLite URL cannot hold a `?`.
+GLOB_FOLDER = MICRO_ROOT / "we'ird [x]{a,b} *?"
 MICRO_CATALOG = GLOB_FOLDER / "catalog"
 BROKEN_DATASET = GLOB_FOLDER / "broken_dataset"
 
