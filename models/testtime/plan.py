@@ -76,7 +76,8 @@ class TestTimePlan:
 def parse_test_time(path: Path, raw: Any, datasets: dict[str, "DatasetEntry"],
                     experiments: dict[str, "ExperimentConfig"], diffusion_backbones: dict[str, Any] | None = None,
                     default_diffusion_backbone: str | None = None) -> TestTimePlan:
-    from models.catalog import CatalogError, _check_fields, _dataset_names
+    from models.catalog.datasets import _dataset_names
+    from models.catalog.validation import CatalogError, _check_fields
     from models.testtime.settings import published_settings
 
     if raw is None:
