@@ -55,10 +55,10 @@ from PIL import Image
 from bench.inputs import BenchImages, resolve_backbone, resolve_images
 from bench.throughput import _write_json_atomically, describe_device, machine_load_warning
 from models.augmentation.generation import GenerationProvenance, VariationGenerator, per_image_seed
+from models.catalog.testtime_settings import TEST_TIME_MODES, TestTimeSettings, published_settings
 from models.precision import precision_for
 from models.provenance import PACKAGE_ROOT, git_commit, library_code_version
 from models.testtime.selection import average_entropy
-from models.testtime.settings import TEST_TIME_MODES, TestTimeSettings, published_settings
 from models.testtime.tuning import TestTimeResult, TestTimeTuner, TunedPrediction, tune_test_images
 from models.testtime.views import conventional_views, generated_views, input_size, view_generator
 from models.workspace import Workspace, default_workspace_root

@@ -2,9 +2,9 @@
 
 Prompt methods come from models.prompting.methods (each MethodSpec declares its paper, hook points and verification;
 its parameters and defaults are its parameter dataclass, with methods.yaml's published values where they differ),
-pseudolabel strategies from models.pseudolabels.STRATEGIES, test-time modes from models.testtime.settings. Nothing
-here is written by hand per method except the papers and checks of the strategies and test-time modes below, whose
-registries have no field for them yet.
+pseudolabel strategies from models.pseudolabels.STRATEGIES, test-time modes from
+models.catalog.testtime_settings. Nothing here is written by hand per method except the papers and checks of the
+strategies and test-time modes below, whose registries have no field for them yet.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from models.catalog import DEFAULT_CATALOG_DIR
+from models.catalog.testtime_settings import PUBLISHED_DEFAULTS, TestTimeSettings
 from models.prompting.methods import METHODS, MethodSpec
 from models.prompting.methods.registry import HOOK_POINTS, Paper, Verification, tested_property
 from models.pseudolabels import STRATEGIES
-from models.testtime.settings import PUBLISHED_DEFAULTS, TestTimeSettings
 
 REGENERATE = "`.venv/bin/promptlab methods > docs/methods.md`"
 
@@ -249,8 +249,8 @@ def _test_time_section() -> str:
               if field.name not in mode_keys | {"mode"}}
     lines = [
         "## Test-time modes\n",
-        f"From {_code('models/testtime/settings.py')} (`PUBLISHED_DEFAULTS`). For each test image the prompt of the "
-        "starting method (zero-shot CLIP or a trained checkpoint) is reset, tuned on that image's confident views "
+        f"From {_code('models/catalog/testtime_settings.py')} (`PUBLISHED_DEFAULTS`). For each test image the prompt "
+        "of the starting method (zero-shot CLIP or a trained checkpoint) is reset, tuned on that image's confident views "
         "by minimising the entropy of their averaged prediction, and the original view is predicted "
         f"({_code('models/testtime/tuning.py')}). Settings every mode shares (`TestTimeSettings`): "
         + _settings(shared) + ".\n",

@@ -17,12 +17,11 @@ from models.catalog.grid import ExperimentConfig, expand_grid, parse_methods
 from models.catalog.grid_subsets import DEFAULT_GRID, _check_grid_subset, _grid_subsets, select_grid_subset
 from models.catalog.learning_settings import LearningSettingsPlan, parse_learning_settings
 from models.catalog.suites import DEFAULT_CATALOG_DIR, SuiteInfo, parse_suite_info, suite_directory
-from models.catalog.testtime import _check_test_time_shapes
 from models.catalog.transfer import TransferPlan, parse_transfer
 from models.catalog.validation import CatalogError, _nearest, _read_yaml, _shown
 from models.catalog.world import parse_world
 from models.prompting.methods import METHODS
-from models.testtime.plan import TestTimePlan, parse_test_time
+from models.catalog.testtime import TestTimePlan, _check_test_time_shapes, parse_test_time
 
 
 # The evaluation protocols a run can be restricted to (`promptlab run --protocol`; pipelines/partitions.py).
@@ -43,7 +42,7 @@ class Catalog:
     transfer: TransferPlan = field(default_factory=TransferPlan)
     grid: str = DEFAULT_GRID
     learning_settings: LearningSettingsPlan = field(default_factory=LearningSettingsPlan)  # the subset of grids.yaml in use, or the whole of experiments.yaml
-    # the `test_time:` section (models/testtime/plan.py): TPT / DiffTPT runs, restricted to the grid subset in use
+    # the `test_time:` section (testtime.py): TPT / DiffTPT runs, restricted to the grid subset in use
     test_time: TestTimePlan = field(default_factory=TestTimePlan)
     # backbones.yaml's diffusion_backbones (image-variation generators) and diffusion_default
     diffusion_backbones: dict[str, DiffusionBackboneEntry] = field(default_factory=dict)

@@ -256,7 +256,7 @@ class _Pricer:
         self.add("transfer", "transfer", experiment.method, by_target, images=images, source=source)
 
     def test_time_partition(self, source: str, run_key: str, encoded_views: set[tuple]) -> None:
-        from models.testtime.settings import published_settings
+        from models.catalog.testtime_settings import published_settings
 
         run = self.catalog.test_time.run(run_key)
         settings = published_settings(run.mode, {**run.settings, "seed": run.seed})

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from models.testtime.settings import TestTimeSettings
+from models.catalog.testtime_settings import TestTimeSettings
 from models.testtime.tuning import TestTimeResult
 
 # The test images a run scores do not depend on the run's seed: every mode and start is compared on the same images.

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from models.augmentation.generation import VariationGenerator, per_image_seed
+from models.catalog.testtime_settings import TestTimeSettings, published_settings  # noqa: F401 (re-exported)
 from models.precision import precision_for
 from models.prompting.methods.registry import PromptedClassifier
 from models.testtime.selection import ViewLayout, average_entropy, difftpt_code_filter, difftpt_paper_filter, lowest_entropy
-from models.testtime.settings import TestTimeSettings, published_settings  # noqa: F401 (re-exported)
 from models.testtime.views import conventional_views, generated_views, input_size, view_generator
 
 

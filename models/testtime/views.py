@@ -20,37 +20,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from models.augmentation.generation import per_image_seed
+from models.catalog.testtime_settings import CROP_SCALE, ViewRecipe
 
-VIEW_AUGMENTATIONS = ("random_resized_crop", "augmix")
-CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 AUGMIX_CHAINS = 3
 AUGMIX_SEVERITY = 1
-
-
-@dataclass(frozen=True)
-class ViewRecipe:
-    """How the conventional views of one image are drawn (recorded in the lineage and the feature-cache key)."""
-
-    n_views: int = 64  # including the original v0
-    augmentation: str = "random_resized_crop"
-    crop_scale_min: float = CROP_SCALE[0]  # the smallest crop, as a fraction of the image area
-    horizontal_flip: bool = True
-
-    def __post_init__(self) -> None:
-        if self.augmentation not in VIEW_AUGMENTATIONS:
-            raise ValueError(f"view augmentation must be one of {VIEW_AUGMENTATIONS}, got {self.augmentation!r}")
-        if self.n_views < 1:
-            raise ValueError(f"n_views must be at least 1 (the original view), got {self.n_views}")
-        if not 0.0 < self.crop_scale_min <= 1.0:
-            raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
 
 
 def view_generator(seed: int, content_sha256: str) -> np.random.Generator:

@@ -42,11 +42,11 @@ from pipelines.resources import PromptLabResource
         writes=(folders.features, folders.variations))
 def test_time_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """Top-1, macro F1 and ECE of a checkpoint tuned at test time (TPT / DiffTPT), on the source and its shifts."""
+    from models.catalog.testtime_settings import published_settings
     from models.data.index import dataset_fingerprint
     from models.experiments import predictions_frame
     from models.provenance import stable_hash
     from models.testtime.evaluation import scored_test_rows, tune_and_score
-    from models.testtime.settings import published_settings
     from models.warehouse import per_class_rows, workspace_warehouse_of
 
     source, run_key = dataset_and_experiment(context)

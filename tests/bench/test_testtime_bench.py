@@ -8,8 +8,8 @@ import pytest
 
 from bench.inputs import resolve_images
 from bench.testtime import VARIANTS, RolledCopies, compare_predictions, main, reference_tune_test_images
+from models.catalog.testtime_settings import published_settings
 from models.experiments import build_classifier
-from models.testtime.settings import published_settings
 from models.testtime.tuning import TestTimeTuner, tune_test_images
 from models.workspace import Workspace
 

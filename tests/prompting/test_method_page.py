@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from models.catalog.testtime_settings import PUBLISHED_DEFAULTS
 from models.methods_page import PSEUDOLABEL_CHECKS, REGENERATE, TEST_TIME_CHECKS, TEST_TIME_PAPERS, methods_page
 from models.prompting.methods import METHODS
 from models.prompting.methods.registry import Verification
 from models.pseudolabels import STRATEGIES
-from models.testtime.settings import PUBLISHED_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,10 +14,10 @@ open_clip = pytest.importorskip("open_clip")
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from models.catalog.testtime_settings import published_settings  # noqa: E402
 from models.prompting.methods import get_method, parse_method_parameters  # noqa: E402
 from models.prompting.methods.registry import ClassifierContext  # noqa: E402
 from models.prompting.text_passes import encode_in_passes  # noqa: E402
-from models.testtime.settings import published_settings  # noqa: E402
 from models.testtime.tuning import TestTimeTuner  # noqa: E402
 from tests.prompting.reference_tolerance import assert_gradient_matches  # noqa: E402
 

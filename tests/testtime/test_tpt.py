@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 
 from models.augmentation.generation import GenerationProvenance
+from models.catalog.testtime_settings import ViewRecipe
 from models.experiments import build_classifier
 from models.testtime.selection import (ViewLayout, average_entropy, difftpt_code_filter, difftpt_paper_filter,
                                        lowest_entropy, view_entropy)
 from models.testtime.tuning import TestTimeTuner, published_settings, tune_test_images
-from models.testtime.views import ViewRecipe, conventional_views, input_size, view_generator
+from models.testtime.views import conventional_views, input_size, view_generator
 
 
 def coop_from_words(backbone, classnames, words="a photo of a"):

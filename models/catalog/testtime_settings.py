@@ -1,4 +1,9 @@
-"""Test-time tuning settings: the published defaults of TPT and DiffTPT, and the catalog's overrides."""
+"""Test-time tuning settings: the published defaults of TPT and DiffTPT, and the catalog's overrides.
+
+A mode's settings (`TestTimeSettings`) and the recipe of its conventional views (`ViewRecipe`) are plain data that
+validate themselves; they live in the catalog, which checks the `test_time:` section's modes with them, and
+models/testtime (views, selection, tuning) runs them.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,34 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from models.testtime.views import ViewRecipe
-
 TEST_TIME_MODES = ("tpt", "difftpt")
 DIFFTPT_FILTERS = ("code", "paper")
+VIEW_AUGMENTATIONS = ("random_resized_crop", "augmix")  # models/testtime/views.py draws them
+CROP_SCALE = (0.08, 1.0)
 
 
 def check_fraction(name: str, value: float) -> float:
     if not 0.0 < float(value) <= 1.0:
         raise ValueError(f"test-time setting {name} must be in (0, 1], got {value}")
     return float(value)
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """How the conventional views of one image are drawn (recorded in the lineage and the feature-cache key)."""
+
+    n_views: int = 64  # including the original v0
+    augmentation: str = "random_resized_crop"
+    crop_scale_min: float = CROP_SCALE[0]  # the smallest crop, as a fraction of the image area
+    horizontal_flip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.augmentation not in VIEW_AUGMENTATIONS:
+            raise ValueError(f"view augmentation must be one of {VIEW_AUGMENTATIONS}, got {self.augmentation!r}")
+        if self.n_views < 1:
+            raise ValueError(f"n_views must be at least 1 (the original view), got {self.n_views}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
 
 
 @dataclass(frozen=True)
@@ -26,7 +49,7 @@ class TestTimeSettings:
 
     mode: str
     n_views: int  # the original + conventional augmentations
-    view_augmentation: str  # random_resized_crop | augmix (views.py)
+    view_augmentation: str  # random_resized_crop | augmix (models/testtime/views.py)
     steps: int
     learning_rate: float = 5e-3
     weight_decay: float = 0.01  # torch AdamW's default, which the authors keep
