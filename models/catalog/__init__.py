@@ -3,9 +3,10 @@
 The catalog is data; this package only parses and validates it, and expands grids into experiment configurations
 with stable keys. Errors name the file and the entry. One module per part of the catalog: `datasets`, `backbones`,
 `world` (world.yaml), `grid` (methods.yaml and the grid of experiments.yaml), `grid_subsets` (grids.yaml),
-`transfer`, `testtime` and `learning_settings` (the other sections of experiments.yaml), `suites` (where a
-catalog's files are), `validation` and `limits` (how a file is read and a field checked), and `loader`, which
-assembles them into a `Catalog`. The names other modules use are re-exported here.
+`transfer`, `testtime` and `learning_settings` (the other sections of experiments.yaml; `testtime_settings` holds
+the test-time modes' settings and published defaults), `suites` (where a catalog's files are), `validation` and
+`limits` (how a file is read and a field checked), and `loader`, which assembles them into a `Catalog`. The names
+other modules use are re-exported here. The catalog imports nothing from models/testtime, which imports it.
 """
 
 from models.catalog.backbones import BackboneEntry, DiffusionBackboneEntry
