@@ -118,21 +118,19 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
                                 diffusion_backbones, default_diffusion_backbone)
     for name, subset in _grid_subsets(suite_folder).items():
         _check_grid_subset(f"grids.yaml: grids.{name}", subset, experiments, require_matches=False)
-    experiments, transfer = select_grid_subset(suite_folder, grid, experiments, transfer)
-    if grid != DEFAULT_GRID:
-        test_time = test_time.restricted_to(experiments, _grid_subsets(suite_folder)[grid].get("seeds"))
+    selection = select_grid_subset(suite_folder, grid, dataset_entries, experiments, transfer, test_time)
     return Catalog(
         directory=directory,
-        datasets={d.name: d for d in datasets},
+        datasets=selection.datasets,
         backbones=backbones,
         default_backbone=default_backbone,
         methods=methods,
-        experiments=experiments,
+        experiments=selection.experiments,
         world=world,
-        transfer=transfer,
+        transfer=selection.transfer,
         grid=grid,
         learning_settings=learning_settings,
-        test_time=test_time,
+        test_time=selection.test_time,
         diffusion_backbones=diffusion_backbones,
         default_diffusion_backbone=default_diffusion_backbone,
         suite=suite_info,

@@ -17,6 +17,7 @@ x run; it evaluates the source and each of its shifted variants, one warehouse r
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,37 @@ class TestTimePlan:
             raise CatalogError(f"unknown test-time run {key!r}; the catalog has {sorted(self.runs)}")
         return self.runs[key]
 
-    def restricted_to(self, experiments: dict[str, ExperimentConfig], seeds: list[int] | None) -> "TestTimePlan":
-        """The runs whose start survives a grid subset (and whose seed its `seeds` filter keeps)."""
+    def lineage(self, key: str) -> dict[str, Any]:
+        """What a run's results depend on in the catalog: the run and how many test images per dataset it scores
+        (a grid subset may score fewer than the section: its rows are another configuration, not the same one)."""
+        return {**self.run(key).lineage(), "max_test_images": self.max_test_images}
+
+    def restricted_to(self, experiments: dict[str, ExperimentConfig], seeds: list[int] | None,
+                      datasets: Collection[str] | None = None, modes: list[str] | None = None,
+                      starts: list[str] | None = None, max_test_images: int | None = None,
+                      where: str = "grids.yaml: test_time") -> "TestTimePlan":
+        """What a grid subset keeps: the runs whose start survives it and whose seed its `seeds` filter keeps; with
+        its `test_time:` block, only the runs of those `modes` and `starts` (keys or shell-style patterns), scoring
+        `max_test_images` (instead of the section's; part of each run's recorded configuration); with its `datasets`
+        filter, the sources and targets among them. A `starts` pattern matching no run's start, and a block that
+        keeps no run, are refused naming `where` (the block)."""
+        known_starts = sorted({run.start for run in self.runs.values()})
+        for pattern in starts or []:
+            if not any(fnmatch.fnmatchcase(start, pattern) for start in known_starts):
+                raise CatalogError(f"{where}.starts: {pattern!r} matches no start of a test-time run of "
+                                   f"experiments.yaml ({known_starts})")
         runs = {key: run for key, run in self.runs.items()
-                if run.start in experiments and (seeds is None or run.seed in seeds)}
-        return TestTimePlan(runs, self.targets if runs else {}, self.max_test_images)
+                if run.start in experiments and (seeds is None or run.seed in seeds)
+                and (modes is None or run.mode in modes)
+                and (starts is None or any(fnmatch.fnmatchcase(run.start, pattern) for pattern in starts))}
+        targets = {source: tuple(name for name in names if datasets is None or name in datasets)
+                   for source, names in self.targets.items() if datasets is None or source in datasets}
+        if (modes, starts, max_test_images) != (None, None, None) and not (runs and targets):
+            raise CatalogError(f"{where}: keeps no test-time run (experiments.yaml's runs {sorted(self.runs)} on "
+                               f"{list(self.sources)}, restricted to the subset's experiments, seeds and datasets)")
+        if not (runs and targets):
+            return TestTimePlan()
+        return TestTimePlan(runs, targets, max_test_images or self.max_test_images)
 
 
 def parse_test_time(path: Path, raw: Any, datasets: dict[str, DatasetEntry],

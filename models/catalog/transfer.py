@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,18 @@ class TransferPlan:
     def targets_of(self, source: str) -> dict[str, tuple[str, ...]]:
         """protocol -> the targets a checkpoint trained on `source` is evaluated on (empty if not a source)."""
         return {protocol: by_source[source] for protocol, by_source in self.targets.items() if source in by_source}
+
+    def on_datasets(self, datasets: Collection[str]) -> "TransferPlan":
+        """The plan a grid subset's `datasets` filter leaves: its sources among `datasets`, each with its targets
+        among them; a source left without a target, and a protocol without a source, drop out."""
+        targets = {}
+        for protocol, by_source in self.targets.items():
+            kept = {source: tuple(name for name in names if name in datasets)
+                    for source, names in by_source.items() if source in datasets}
+            kept = {source: names for source, names in kept.items() if names}
+            if kept:
+                targets[protocol] = kept
+        return TransferPlan(self.experiments, targets) if targets else TransferPlan()
 
 
 def default_transfer_targets(protocol: str, source: str, datasets: dict[str, DatasetEntry]) -> list[str]:

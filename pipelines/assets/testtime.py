@@ -3,9 +3,9 @@ dataset and its shifted variants (the catalog's `test_time:` section).
 
 One partition per source x test-time run; it writes one warehouse run per dataset (stage `test_time`, dataset = the
 dataset evaluated, source_dataset = the source for the shifted variants), as an evaluation of the checkpoint it
-starts from (experiment_key, method of that checkpoint; seed = the run's), with the mode and its settings in
-`options` and the configuration hash. Every dataset is tuned and scored before anything is written, so a failure
-leaves no rows of the partition.
+starts from (experiment_key, method of that checkpoint; seed = the run's), with the mode, the test images it may
+score (max_test_images) and its settings' hash in `options`, and the configuration hash. Every dataset is tuned and
+scored before anything is written, so a failure leaves no rows of the partition.
 """
 
 
@@ -57,9 +57,11 @@ def test_time_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRes
     generator = (promptlab.load_variation_generator(run.diffusion_backbone, run.diffusion,
                                                     f"test_time.modes.{run.mode}.diffusion")
                  if run.mode == "difftpt" else None)
-    lineage = {**run.lineage(), "settings": settings.as_dict(),
+    max_test_images = catalog.test_time.max_test_images  # a grid subset may score fewer (the demo grid)
+    lineage = {**catalog.test_time.lineage(run_key), "settings": settings.as_dict(),
                "generator": None if generator is None else generator.provenance.as_dict()}
-    options = {"test_time": {"mode": run.mode, "run": run_key, "settings_hash": stable_hash(lineage, length=16)}}
+    options = {"test_time": {"mode": run.mode, "run": run_key, "max_test_images": max_test_images,
+                             "settings_hash": stable_hash(lineage, length=16)}}
     scored = []
     for dataset in catalog.test_time.targets[source]:
         if not workspace.class_split_path(dataset).exists():
@@ -74,8 +76,7 @@ def test_time_metrics(context: dg.AssetExecutionContext, promptlab: PromptLabRes
 
         result = tune_and_score(backbone, workspace.checkpoint_dir(source, run.start), dataset, inputs.classnames,
                                 inputs.experiment.templates_for(inputs.dataset), inputs.image_dir,
-                                scored_test_rows(inputs.index.filter(pl.col("split") == "test"),
-                                                 catalog.test_time.max_test_images),
+                                scored_test_rows(inputs.index.filter(pl.col("split") == "test"), max_test_images),
                                 settings, generator, workspace.variation_cache_dir, workspace.feature_cache_dir,
                                 progress)
         record = lineage_record(context, promptlab, "test_time", inputs, backbone, result.templates,

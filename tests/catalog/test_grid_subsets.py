@@ -55,7 +55,7 @@ def test_the_grid_comes_from_the_environment(monkeypatch):
 
 
 def test_a_unknown_grid_is_named_with_the_known_ones():
-    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'quick', 'standard', 'targets', 'pseudolabels'\]"):
+    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'demo', 'quick', 'standard', 'targets', 'pseudolabels'\]"):
         load_catalog(DEFAULT_CATALOG_DIR, grid="fast")
 
 
@@ -67,6 +67,19 @@ def test_a_unknown_grid_is_named_with_the_known_ones():
     ({"experiments": ["coop-k16-s?", "copo-*"]}, r"grids.quick.experiments: 'copo-\*' matches no experiment key"),
     ({"strategies": ["none", "gripp"]}, r"grids.quick.strategies: \['gripp'\] are not pseudolabel strategies"),
     ({"experiments": "coop-k16-s1"}, r"grids.quick.experiments: expected a non-empty list"),
+    ({"datasets": ["Shapes", "Shapez"]},
+     r"grids.quick.datasets: \['Shapez'\] are not datasets of datasets.yaml \(did you mean 'Shapes'\?\); known: "),
+    ({"datasets": "Shapes"}, r"grids.quick.datasets: expected a non-empty list, got 'Shapes'"),
+    ({"test_time": {"mode": ["tpt"]}}, r"grids.quick.test_time: unknown field\(s\) \['mode'\] \(did you mean 'modes'"),
+    ({"test_time": ["tpt"]}, r"grids.quick.test_time: expected a mapping with fields \['modes', 'starts', "),
+    ({"test_time": {"modes": ["tpt", "tpx"]}},
+     r"grids.quick.test_time.modes: \['tpx'\] are not test-time modes \(did you mean 'tpt'\?\); known: "),
+    ({"test_time": {"starts": ["zeroshot", "cop-k16-s?"]}},
+     r"grids.quick.test_time.starts: 'cop-k16-s\?' matches no start of a test-time run"),
+    ({"test_time": {"max_test_images": 0}}, r"grids.quick.test_time: 'max_test_images' must be an integer >= 1, got 0"),
+    ({"test_time": {"max_test_images": "100"}}, r"grids.quick.test_time: 'max_test_images' must be an integer"),
+    ({"test_time": {"modes": ["difftpt"], "starts": ["coop-k16-s?"]}}, r"grids.quick.test_time: keeps no test-time run"),
+    ({"datasets": ["Colours"], "test_time": {"modes": ["tpt"]}}, r"grids.quick.test_time: keeps no test-time run"),
 ])
 def test_bad_subsets_are_named(catalog_copy, subset, message):
     edit(catalog_copy / "grids.yaml", lambda c: c["grids"].update(quick=subset))
@@ -134,3 +147,68 @@ def test_standard_grid_is_the_whole_grid_but_the_iterative_pseudolabel_strategie
     assert iterative and set(standard.experiments) == set(full.experiments) - iterative
     assert all(standard.experiments[k].config_hash == full.experiments[k].config_hash for k in standard.experiments)
     assert standard.transfer.experiments == full.transfer.experiments
+
+
+def test_the_demo_grid_runs_what_each_protocols_pattern_needs_at_three_seeds():
+    """`make run`'s grid: zero-shot and few-shot CoOp and the probe (few-shot gain), base-to-new CoOp and KgCoOp
+    (CoOp's new-class drop, KgCoOp's recovery), the 16-shot CoOp prompts transferred to the Shapes shifts, and TPT
+    from zero-shot on fewer test images; every trained configuration at seeds 1-3, with the full grid's hashes."""
+    full = load_catalog(DEFAULT_CATALOG_DIR, grid="default")
+    demo = load_catalog(DEFAULT_CATALOG_DIR, grid="demo")
+    assert list(demo.datasets) == ["Shapes", "ShapesSketch", "ShapesNoisy"]  # datasets.yaml's order
+    seeds = (1, 2, 3)
+    expected = {"zeroshot", *(f"{method}-k{shots}-s{seed}" for method in ("coop", "linearprobe") for shots in (1, 4, 16)
+                              for seed in seeds),
+                *(f"{method}-k16-s{seed}-b2n" for method in ("coop", "kgcoop") for seed in seeds)}
+    assert set(demo.experiments) == expected
+    for key, experiment in demo.experiments.items():
+        assert experiment.config_hash == full.experiments[key].config_hash
+    assert demo.transfer.experiments == ("coop-k16-s1", "coop-k16-s2", "coop-k16-s3")
+    assert demo.transfer.targets == {"domain_generalization": {"Shapes": ("ShapesSketch", "ShapesNoisy")}}
+    assert set(demo.test_time.runs) == {f"tpt-zeroshot-s{seed}" for seed in seeds}
+    assert demo.test_time.targets == {"Shapes": ("Shapes", "ShapesSketch", "ShapesNoisy")}
+    assert demo.test_time.max_test_images == 200 < full.test_time.max_test_images == 400
+    # the run's settings are the full grid's; the number of test images makes it another configuration
+    run = "tpt-zeroshot-s1"
+    assert demo.test_time.run(run) == full.test_time.run(run)
+    assert demo.test_time.lineage(run) != full.test_time.lineage(run)
+    assert demo.test_time.lineage(run)["max_test_images"] == 200
+
+
+def test_a_datasets_filter_keeps_those_datasets_and_the_transfer_and_test_time_plans_on_them(catalog_copy):
+    edit(catalog_copy / "grids.yaml", lambda c: c["grids"].update(
+        three={"datasets": ["Digits", "ColourShapes", "Shapes"]}, colours={"datasets": ["Colours"]}))
+    full = load_catalog(catalog_copy)
+    three = load_catalog(catalog_copy, grid="three")
+    assert list(three.datasets) == ["Shapes", "ColourShapes", "Digits"]
+    assert three.experiments.keys() == full.experiments.keys()  # no experiment filter: all of them
+    # cross-dataset keeps its source and the targets among the three; Shapes has no shifted variant left
+    assert three.transfer.targets == {"cross_dataset": {"ColourShapes": ("Shapes", "Digits")}}
+    assert three.transfer.experiments == full.transfer.experiments
+    assert three.test_time.targets == {"Shapes": ("Shapes",)} and three.test_time.runs == full.test_time.runs
+    colours = load_catalog(catalog_copy, grid="colours")
+    assert list(colours.datasets) == ["Colours"]
+    assert colours.transfer.sources == () and colours.transfer.experiments == ()
+    assert colours.test_time.runs == {} and colours.test_time.sources == ()
+
+
+def test_a_test_time_block_keeps_its_modes_and_starts_and_may_score_fewer_images(catalog_copy):
+    edit(catalog_copy / "grids.yaml", lambda c: c["grids"].update(
+        coop_tpt={"seeds": [1, 2], "test_time": {"modes": ["tpt"], "starts": ["coop-k16-s?"]}},
+        difftpt={"test_time": {"modes": ["difftpt"], "max_test_images": 20}}))
+    full = load_catalog(catalog_copy)
+    coop_tpt = load_catalog(catalog_copy, grid="coop_tpt")
+    assert set(coop_tpt.test_time.runs) == {"tpt-coop-k16-s1", "tpt-coop-k16-s2"}  # the seeds filter applies too
+    assert coop_tpt.test_time.max_test_images == full.test_time.max_test_images  # not set: the section's
+    difftpt = load_catalog(catalog_copy, grid="difftpt")
+    assert set(difftpt.test_time.runs) == {f"difftpt-zeroshot-s{seed}" for seed in (1, 2, 3)}
+    assert difftpt.test_time.max_test_images == 20 and difftpt.test_time.targets == full.test_time.targets
+    assert difftpt.experiments == full.experiments  # the block filters test-time runs only
+
+
+def test_subsets_not_being_run_are_type_checked_but_may_name_datasets_a_smaller_catalog_lacks(catalog_copy):
+    edit(catalog_copy / "grids.yaml", lambda c: c["grids"].update(other={"datasets": ["Caltech101"]}))
+    assert load_catalog(catalog_copy, grid="quick").grid == "quick"  # `other` is not run: its names are not checked
+    edit(catalog_copy / "grids.yaml", lambda c: c["grids"].update(other={"test_time": {"modes": ["tpx"]}}))
+    with pytest.raises(CatalogError, match=r"grids.other.test_time.modes: \['tpx'\] are not test-time modes"):
+        load_catalog(catalog_copy, grid="quick")

@@ -77,6 +77,22 @@ def test_a_slice_runs_what_it_names():
         selection.run_selection(catalog, experiments=["tpt-nothing"])
 
 
+def test_the_demo_grid_runs_its_three_datasets_and_no_other():
+    """`make run` (the demo grid): the three Shapes datasets curated, 25 experiments on each, the 16-shot CoOp
+    prompts of its 3 seeds transferred from Shapes, 3 TPT runs from zero-shot, and the plan prices 200 test images
+    per dataset for them, not the section's 400."""
+    catalog = load_catalog(grid="demo")
+    chosen = selection.run_selection(catalog)
+    shapes = ("Shapes", "ShapesSketch", "ShapesNoisy")
+    assert chosen.datasets == shapes
+    assert len(chosen.partitions) == 3 * 25 and {name for name, _ in chosen.partitions} == set(shapes)
+    assert chosen.transfers == tuple(("Shapes", f"coop-k16-s{seed}") for seed in (1, 2, 3))
+    assert chosen.test_time == tuple(("Shapes", f"tpt-zeroshot-s{seed}") for seed in (1, 2, 3))
+    plan = plan_run(catalog, made_up_costs())
+    (test_time,) = rows_of(plan, stage="test_time")
+    assert test_time.partitions == 3 and test_time.images == 3 * 3 * 200  # runs x datasets x test images
+
+
 def test_few_shot_draws_are_the_curation_assets(coop_catalog):
     from models.plan.sizes import FEW_SHOT_SEEDS, FEW_SHOT_SHOTS
     from pipelines.assets import curation
