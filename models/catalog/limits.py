@@ -9,15 +9,13 @@ over any bound is refused naming the key path, before the catalog's validation s
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
 try:  # libyaml parses the catalog about five times faster than the pure-Python parser; both give the same events
