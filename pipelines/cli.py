@@ -532,15 +532,17 @@ def _run_command(argv: list[str] | None, signals) -> int:
     except CatalogError as error:
         print(f"promptlab run: error: {error}", file=sys.stderr)
         return 2
-    plan = run_estimate(arguments, checked)
     if arguments.dry_run:
-        return 0 if plan is not None else 2
+        return 0 if run_estimate(arguments, checked) is not None else 2
     from models.catalog import CatalogError
     from models.workspace import default_workspace_root
     from pipelines.terminal import quiet_terminal
 
     try:
         with quiet_terminal(default_workspace_root(), arguments.verbose) as event_log:
+            # estimated inside the quiet terminal: a first calibration's library logging (open_clip's) would
+            # otherwise set up Python's default stderr handler, and GX's INFO lines would reach the terminal
+            plan = run_estimate(arguments, checked)
             if event_log is not None:
                 print(f"events {event_log} (`--verbose` prints them here)")
             summary = run_graph(arguments.dataset, arguments.experiment, protocol=arguments.protocol,

@@ -101,3 +101,29 @@ def test_loading_the_definitions_prints_no_beta_or_preview_warning():
                             cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Warning" not in result.stderr, result.stderr[-2000:]
+
+
+def test_the_runs_estimate_is_made_inside_the_quiet_terminal(tmp_path, monkeypatch, capfd):
+    """The run's plan may calibrate the backbone first, and open_clip logs through `logging.warning`, which on a
+    root logger without handlers installs Python's default stderr handler: made before the quiet terminal, every
+    later INFO line of a library (GX's, at each dataset's curation) reached the terminal of a fresh workspace."""
+    from pipelines import cli
+
+    def estimate(arguments, checked):
+        logging.warning("open_clip: no pretrained weights")  # the module-level call, as open_clip makes it
+        return None
+
+    def graph(*args, **kwargs):
+        logging.getLogger("great_expectations.chatty").info("GX chatter")
+        return {"failures": [], "stage_seconds": {}, "wall_seconds": 0.0}
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # a bare root, as in `promptlab run` (not pytest's)
+    logging.getLogger("great_expectations.chatty").setLevel(logging.INFO)  # GX sets its loggers to INFO
+    monkeypatch.setattr(cli, "run_estimate", estimate)
+    monkeypatch.setattr(cli, "run_graph", graph)
+    monkeypatch.setenv("PROMPTLAB_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    assert cli.main(["run"]) == 0
+    shown = "".join(capfd.readouterr())
+    assert "GX chatter" not in shown and "no pretrained weights" not in shown, shown
+    assert "done   in" in shown
