@@ -174,7 +174,7 @@ def limited_labels(warehouse: Warehouse) -> Section | None:
     from models.evaluation.phenomena import limited_label_pattern_checks
 
     results = warehouse.query(queries.LIMITED_LABEL_SQL)
-    if results.height == 0:
+    if results.filter(pl.col("method") != "zero_shot").height == 0:  # zero-shot alone is a reference to nothing
         return None
     settings = ("ssl", "ul", "trzsl")
     datasets = sorted({d for d in results["dataset"].to_list() if d is not None}) + [None]

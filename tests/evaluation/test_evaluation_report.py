@@ -273,4 +273,8 @@ def test_report_checks_the_few_shot_pattern_on_plain_configurations(tmp_path: Pa
 def test_every_table_number_is_the_single_file_reports(report):
     """Labels and charts changed by design when the report became a package; its numbers did not (report_numbers.py)."""
     _, page = report
-    assert numbers_by_section(page) == numbers_before("synthetic")
+    expected = numbers_before("synthetic")
+    # The single-file report showed a limited-label section holding zero-shot's reference rows alone; the synthetic
+    # warehouse has no learning setting, and that section is now left out (its numbers are the headline's).
+    del expected["Limited-label settings and pseudolabels"]
+    assert numbers_by_section(page) == expected

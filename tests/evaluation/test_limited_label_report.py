@@ -155,3 +155,19 @@ def test_tables_compare_like_with_like(page):
         (dataset, configuration): f"{pm([score(strategy, 'ssl', index, seed) for seed in SEEDS])} (2 seeds)"
         for index, dataset in enumerate(DATASETS)
         for strategy, configuration in (("none", "coop, SSL"), ("grip", "coop, SSL, GRIP pseudolabels"))}
+
+
+def test_no_settings_section_when_only_zero_shot_and_few_shot_ran(tmp_path):
+    """Zero-shot is the settings' reference row: alone (a grid without learning settings, such as `demo`) it makes
+    no section."""
+    warehouse = Warehouse(tmp_path / "promptlab.duckdb", tmp_path / "predictions")
+    for dataset in DATASETS:
+        warehouse.record_run(make_run(f"{dataset}-zs", dataset=dataset, method="zero_shot", shots=0, options={}),
+                             [MetricRow("test", "top1_accuracy", ZERO_SHOT)])
+        warehouse.record_run(replace(make_run(f"{dataset}-coop", dataset=dataset, method="coop", shots=16, options={}),
+                                     experiment_key="coop-k16-s1", partition_key=f"{dataset}|coop-k16-s1"),
+                             [MetricRow("test", "top1_accuracy", 0.7)])
+    build_report(warehouse, tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Headline" in page and "coop" in page
+    assert "Limited-label settings and pseudolabels" not in page
