@@ -115,7 +115,9 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
         try:
             stop_check()  # a signal during this job: it failed the run; start nothing more
         except StopRequested as stop:
-            stop.during = f"{label} (run {result.run_id})"
+            # the signal came while the job ran; its last step may still have finished it
+            stop.during = (f" after {label} (run {result.run_id}) finished" if result.success
+                           else f" during {label} (run {result.run_id}), which is marked failed")
             raise
         if not result.success:
             failures.append(label)
@@ -155,7 +157,8 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
             try:
                 pool.map_chains([(job_names, key) for key in partition_keys], on_outcome, stop_check)
             except StopRequested as stop:
-                stop.during = f"{stage} on {pool.workers} workers (their runs in progress)"
+                stop.during = (f" during {stage} on {pool.workers} workers (their runs in progress), which is "
+                               "marked failed")
                 raise
             finally:
                 stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - started
@@ -373,8 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         with SignalWatch() as signals:
             return _run_command(argv, signals)
     except StopRequested as stop:
-        during = f" during {stop.during}, which is marked failed" if stop.during else ""
-        print(f"{command}: stopped by {stop.signal_name}{during}; nothing after it ran", file=sys.stderr)
+        print(f"{command}: stopped by {stop.signal_name}{stop.during}; nothing after it ran", file=sys.stderr)
         return exit_code_for(stop.signal_name)
     except LockHeld as error:
         print(f"{command}: refused: {error}", file=sys.stderr)

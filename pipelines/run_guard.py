@@ -34,7 +34,7 @@ class StopRequested(BaseException):
     def __init__(self, signal_name: str):
         super().__init__(signal_name)
         self.signal_name = signal_name
-        self.during = ""  # the job it interrupted, when the CLI knows it
+        self.during = ""  # " during <job> (run <id>), which is marked failed", when the CLI knows it
 
 
 def run_tags() -> dict[str, str]:

@@ -126,10 +126,21 @@ def test_sigterm_stops_a_run_within_seconds_with_one_line_and_no_started_run(hom
             process.kill()
     lines = log.read_text().strip().splitlines()
     assert code == 128 + signal.SIGTERM and stopped_after < 20, lines[-20:]
-    assert re.fullmatch(r"promptlab run: stopped by SIGTERM during \w+_job(\[\S+\])? \(run [0-9a-f-]+\), which is "
-                        r"marked failed; nothing after it ran", lines[-1]), lines[-1]
+    # The signal reaches the run during a job (marked failed), or as a job's last step finishes it (a success: the
+    # world installs shipped weights in a second), or between two jobs; in each case nothing after it starts and no
+    # run is left STARTED.
+    job = r"\w+_job(\[\S+\])? \(run ([0-9a-f-]+)\)"
+    stopped = re.fullmatch(rf"promptlab run: stopped by SIGTERM( during {job}, which is marked failed| after {job} "
+                           r"finished)?; nothing after it ran", lines[-1])
+    assert stopped, lines[-1]
     runs = instance.get_runs()
-    assert runs and all(run.status == dg.DagsterRunStatus.FAILURE for run in runs)
+    failed = [run.run_id for run in runs if run.status == dg.DagsterRunStatus.FAILURE]
+    if stopped.group(1) is None:  # the signal as a job was starting: that run is marked failed, but not named
+        assert len(failed) <= 1, [(run.job_name, run.run_id, run.status) for run in runs]
+    else:
+        assert failed == ([stopped.group(3)] if stopped.group(3) else []), [
+            (run.job_name, run.run_id, run.status) for run in runs]
+    assert all(run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE) for run in runs)
     assert not [p for p in workspace.rglob("*") if ".partial-" in p.name]  # nothing half-written is left
     assert not (workspace / "last_run_summary.json").exists()
 

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from models.catalog import EVALUATION_PROTOCOLS, load_catalog
+from models.catalog import DEFAULT_CATALOG_DIR, EVALUATION_PROTOCOLS, load_catalog
 from models.plan import LinearCost, MeasuredCosts, calibrated_costs, calibration_path, plan_run, record_actual
 from models.plan import costs as costs_module
 from models.plan import selection
@@ -81,7 +81,7 @@ def test_the_demo_grid_runs_its_three_datasets_and_no_other():
     """`make run` (the demo grid): the three Shapes datasets curated, 25 experiments on each, the 16-shot CoOp
     prompts of its 3 seeds transferred from Shapes, 3 TPT runs from zero-shot, and the plan prices 200 test images
     per dataset for them, not the section's 400."""
-    catalog = load_catalog(grid="demo")
+    catalog = load_catalog(DEFAULT_CATALOG_DIR, grid="demo")  # not a micro catalog of PROMPTLAB_CATALOG
     chosen = selection.run_selection(catalog)
     shapes = ("Shapes", "ShapesSketch", "ShapesNoisy")
     assert chosen.datasets == shapes
