@@ -98,7 +98,8 @@ def test_a_parent_killed_with_9_takes_its_workers_with_it_and_its_run_stays_lock
         assert _new_run_starts(home, workspace)  # the last of them is gone: so is the lock
         recorded = {path.name: float(path.read_text()) for path in (folder / "rows").iterdir()
                     if not path.name.startswith(".")}
-        assert recorded and not [key for key, at in recorded.items() if at > died], (died, recorded)
+        # the watchdog polls the parent every 0.2 s: a partition ending inside that window may still finish
+        assert recorded and not [key for key, at in recorded.items() if at > died + 0.25], (died, recorded)
     finally:
         if parent.poll() is None:
             parent.kill()
