@@ -122,6 +122,18 @@ def _verified(verification: Verification | None, short: bool = False) -> str:
     return "property" if short else f"property: {verification.statement} {test}"
 
 
+SELECTION_WORDS = {
+    "last": "`last` (no validation: the defaults and the last epoch)",
+    "few_shot_val": "`few_shot_val` (the K-shot val subset, min(K, 4) per class)",
+    "full_val": "`full_val` (the dataset's whole val split)",
+}
+
+
+def _selection(spec: MethodSpec) -> str:
+    note = f" {spec.selection_note}" if spec.selection_note else ""
+    return f"{SELECTION_WORDS[spec.selection]}; a grid entry's `selection:` overrides it, test is never one.{note}"
+
+
 def _cached_features(spec: MethodSpec) -> str:
     closed_form = not getattr(spec.build, "trained_by_gradient", True)
     if not spec.trains_prompts:
@@ -154,6 +166,9 @@ def _method_section(spec: MethodSpec, published: dict[str, Any] | None) -> str:
         f"- Paper: {_cite(spec.paper)}",
         f"- Hooks: {_hooks(spec)} ({spec.hooks.removeprefix('none: ')})",
         f"- Trains on cached features: {_cached_features(spec)}",
+        *([f"- Training views: {spec.training_views.describe()} (a view recipe, cached per image and pass)"]
+          if spec.training_views is not None else []),
+        *([f"- Model selection: {_selection(spec)}"] if spec.trains_prompts else []),
         f"- Verified: {_verified(spec.verification)}",
         f"- Module: {_code(_module_path(spec))}",
         "",

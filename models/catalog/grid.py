@@ -18,7 +18,9 @@ from models.catalog.validation import (CatalogError, _check_dataclass_fields, _c
                                        _integer_list, _integer_value, _is_integer, _nearest, _read_yaml,
                                        _shown)
 from models.prompting.methods import METHODS, parse_method_parameters
-from models.prompting.training import OptimizationConfig
+from models.prompting.methods.registry import SELECTION_POLICIES
+from models.prompting.training import OPTIMIZERS, OptimizationConfig
+from models.prompting.view_recipes import ViewRecipe
 from models.provenance import stable_hash
 
 
@@ -71,6 +73,20 @@ class ExperimentConfig:
     setting: str | None = None
     # Where the experiment comes from, for error messages ("experiments.yaml: grid[3]"); not part of its hash.
     grid_entry: str = ""
+    # The grid entry's model-selection policy and view recipe, when it sets them (else the method's published ones:
+    # selection_policy, view_recipe).
+    selection: str | None = None
+    views: ViewRecipe | None = None
+
+    @property
+    def selection_policy(self) -> str:
+        """Which labelled images choose the epoch or hyperparameters (registry.SELECTION_POLICIES; never test)."""
+        return self.selection or METHODS[self.method].selection
+
+    @property
+    def view_recipe(self) -> ViewRecipe | None:
+        """The augmented views the method trains on (None: the original and mirrored views)."""
+        return self.views if self.views is not None else METHODS[self.method].training_views
 
     @property
     def where(self) -> str:
@@ -93,6 +109,10 @@ class ExperimentConfig:
             described["templates"] = list(self.templates)
         if self.setting is not None:  # likewise
             described["setting"] = self.setting
+        if self.selection is not None:  # likewise; the method's own policy is code, recorded with the commit
+            described["selection"] = self.selection
+        if self.views is not None:
+            described["views"] = self.views.as_dict()
         return described
 
     def templates_for(self, dataset: "DatasetEntry") -> list[str]:
@@ -120,6 +140,10 @@ class ExperimentConfig:
             options["setting"] = self.setting
         if self.name:
             options["variant"] = self.name
+        if self.selection is not None:
+            options["selection"] = self.selection
+        if self.views is not None:
+            options["views"] = self.views.as_dict()
         return options
 
 
@@ -195,6 +219,10 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
                                "be applied to the new classes of base_to_new")
         if setting is not None:
             _check_setting(where, entry, setting, method, trains, pseudolabels, augmentation, protocol)
+        selection = entry.get("selection")
+        views = _view_recipe(where, entry.get("views"))
+        if (selection is not None or views is not None) and not trains:
+            raise CatalogError(f"{where}: {method} learns nothing, so it has no 'selection' or 'views' to set")
         templates = entry.get("templates")
         if templates is not None and (not isinstance(templates, list) or not templates
                                       or any(not isinstance(t, str) or t.count("{}") != 1 for t in templates)):
@@ -222,12 +250,24 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
                     name=entry.get("name"),
                     setting=setting,
                     grid_entry=where,
+                    selection=selection,
+                    views=views,
                 )
     return experiments
 
 
 GRID_ENTRY_FIELDS = ("method", "shots", "seeds", "parameters", "optimization", "augmentation", "pseudolabels",
-                     "name", "protocol", "templates", "setting")
+                     "name", "protocol", "templates", "setting", "selection", "views")
+
+
+def _view_recipe(where: str, raw: Any) -> ViewRecipe | None:
+    """A grid entry's `views:` (models.prompting.view_recipes.ViewRecipe), refused naming the entry and field."""
+    if raw is None:
+        return None
+    try:
+        return ViewRecipe.from_mapping(raw)
+    except (TypeError, ValueError) as error:
+        raise CatalogError(f"{where}: {error}") from error
 
 
 def _trains_in_closed_form(method: str, method_defaults: dict[str, Any]) -> bool:
@@ -240,7 +280,16 @@ def _check_optimization(where: str, optimization: Any, closed_form: bool) -> Non
     """An `optimization:` mapping: OptimizationConfig's fields (the seed comes from the experiment) and
     epochs_by_shots; epochs >= 1 (0 for a method fitted in closed form)."""
     _check_dataclass_fields(where, optimization, OptimizationConfig, prefix="optimization.",
-                            exclude=("seed", "experiment", "epochs"), extra=("epochs", "epochs_by_shots"))
+                            exclude=("seed", "experiment", "epochs", "steps"),
+                            extra=("epochs", "epochs_by_shots", "iterations_per_shot"))
+    if optimization.get("optimizer") is not None and optimization["optimizer"] not in OPTIMIZERS:
+        raise _field_error(where, "optimization.optimizer", f"one of {list(OPTIMIZERS)}", optimization["optimizer"])
+    if optimization.get("iterations_per_shot") is not None:
+        _integer_value(where, "optimization.iterations_per_shot", optimization["iterations_per_shot"], 1)
+    betas = optimization.get("betas")
+    if betas is not None and (not isinstance(betas, list) or len(betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise _field_error(where, "optimization.betas", "[beta1, beta2], each in [0, 1)", betas)
     if optimization.get("epochs") is not None:
         _integer_value(where, "optimization.epochs", optimization["epochs"], 0 if closed_form else 1)
     by_shots = optimization.get("epochs_by_shots")
@@ -311,7 +360,10 @@ def _check_grid_entry(where: str, entry: dict[str, Any], method_defaults: dict[s
     if spec.trains_prompts:
         optimization = {**(method_defaults.get("optimization") or {}), **(entry.get("optimization") or {})}
         _check_optimization(where, optimization, _trains_in_closed_form(method, method_defaults))
-        if optimization.get("epochs") is None:
+        if optimization.get("iterations_per_shot") is not None and entry.get("setting") is not None:
+            raise CatalogError(f"{where}: {method}'s 'optimization.iterations_per_shot' needs shots; a learning "
+                               "setting has none: set 'optimization.epochs'")
+        if optimization.get("epochs") is None and optimization.get("iterations_per_shot") is None:
             by_shots = optimization.get("epochs_by_shots") or {}
             unscheduled = [shots for shots in entry.get("shots") or [16] if shots not in by_shots]
             if entry.get("setting") is not None or unscheduled:
@@ -319,6 +371,11 @@ def _check_grid_entry(where: str, entry: dict[str, Any], method_defaults: dict[s
                          if entry.get("setting") is not None else
                          f"'optimization.epochs', or epochs_by_shots entries for shots {unscheduled}")
                 raise CatalogError(f"{where}: {method} needs {needs}")
+    selection = entry.get("selection")
+    if selection is not None and selection not in SELECTION_POLICIES:
+        hint = (" (selecting on test is not a policy: choose on val)" if isinstance(selection, str)
+                and "test" in selection else "")
+        raise _field_error(where, "selection", f"one of {list(SELECTION_POLICIES)}{hint}", selection)
     if entry.get("augmentation"):
         _check_dataclass_fields(where, entry["augmentation"], AugmentationOptions, prefix="augmentation.")
     if entry.get("pseudolabels"):

@@ -92,8 +92,8 @@ INTEGER_MINIMUMS = {
     "random_shift_pixels": 0, "sample_size": 1, "layers_per_block": 1, "norm_num_groups": 1,
     "num_train_timesteps": 1, "per_class": 1, "variations_per_image": 1, "num_inference_steps": 1,
 }
-POSITIVE_NUMBERS = ("learning_rate", "warmup_learning_rate")
-NON_NEGATIVE_NUMBERS = ("momentum", "weight_decay")
+POSITIVE_NUMBERS = ("learning_rate", "warmup_learning_rate", "eps")
+NON_NEGATIVE_NUMBERS = ("momentum", "weight_decay", "min_learning_rate")
 FRACTIONS = ("strength", "similarity_threshold")  # in [0, 1]
 
 

@@ -30,6 +30,15 @@ def optimization_config(experiment: ExperimentConfig) -> OptimizationConfig:
     """The catalog's optimization settings for this experiment; epochs may depend on the number of shots."""
     settings = dict(experiment.optimization)
     epochs_by_shots = settings.pop("epochs_by_shots", None) or {}
+    iterations_per_shot = settings.pop("iterations_per_shot", None)
+    if iterations_per_shot is not None:
+        # a fixed number of steps (CLIP-LoRA: 500 per shot); the loop runs as many epochs as they take
+        if experiment.shots is None:
+            raise ValueError(f"{experiment.key}: iterations_per_shot needs shots")
+        settings["steps"] = int(iterations_per_shot) * experiment.shots
+        settings.setdefault("epochs", 0)
+    if "betas" in settings:
+        settings["betas"] = tuple(settings["betas"])
     if "epochs" not in settings and experiment.shots is not None:
         by_shots = {int(k): int(v) for k, v in epochs_by_shots.items()}
         if experiment.shots not in by_shots:
@@ -60,6 +69,8 @@ def train_prompts(
         sample_weights=training_set.sample_weights,
         on_epoch=on_epoch,
         device=device,
+        # the loop selects the epoch on it; with the `last` policy there is none
+        validation=training_set.validation if training_set.selection != "last" else None,
     )
 
 
@@ -80,6 +91,9 @@ def epoch_logger(epochs: int, log: Callable[[str], None]) -> Callable[[int, floa
     def log_epoch(epoch: int, loss: float, accuracy: float) -> None:
         nonlocal started
         elapsed = time.perf_counter() - started
+        if epochs <= 0:  # a run of a fixed number of steps: its epoch count is the loop's
+            log(f"epoch {epoch}: loss {loss:.4f}, train accuracy {accuracy:.3f}, {format_duration(elapsed)} elapsed")
+            return
         left = elapsed / epoch * (epochs - epoch)
         log(f"epoch {epoch}/{epochs}: loss {loss:.4f}, train accuracy {accuracy:.3f}, "
             f"{format_duration(elapsed)} elapsed, about {format_duration(left)} left")

@@ -19,6 +19,7 @@ from models.prompting.methods import get_method
 if TYPE_CHECKING:
     from models.limited_labels import ExperimentRows
     from models.prompting.features import ImageSet
+    from models.prompting.view_recipes import ViewRecipe
     from models.pseudolabels import PseudolabelStrategy
     from models.workspace import Workspace
 
@@ -36,6 +37,10 @@ class TrainingSet:
     # The unlabelled pool's inputs (same layout as view_inputs, without labels), for methods that adapt from the
     # pool itself (TFUP); None outside the limited-label settings.
     unlabelled: torch.Tensor | None = None
+    # The model-selection policy in force (registry.SELECTION_POLICIES) and the one asked for, which differ where a
+    # dataset has no val split (ImageNet: its val is its test set), so that `few_shot_val` falls back to `last`.
+    selection: str = "few_shot_val"
+    selection_asked: str = "few_shot_val"
 
 
 def combine_training_sets(
@@ -83,12 +88,16 @@ def assemble_training_set(
     cache_dir: Path | None,
     augmented_dir: Path | None = None,
     augmented_rows: pl.DataFrame | None = None,
+    recipe: ViewRecipe | None = None,
+    selection: str = "few_shot_val",
 ) -> TrainingSet:
     """The training set of one experiment, in the inputs its method takes (cached features or preprocessed images).
 
     labelled_rows / val_rows: the labelled images for training and for validation (relative_path, label,
     content_sha256), restricted to `trained_labels` and relabelled 0..len-1 in that order (base-to-new trains on the
     base classes only). augmented_rows: kept diffusion variations under `augmented_dir` (relative_path, label).
+    recipe: the augmented view passes the method trains on (else the original and mirrored views); the val images
+    keep their one original view. selection: the policy val_rows were chosen for (`last`: none are used).
     Pseudolabelled pool images join in the rounds of models/limited_labels.py.
     """
     from models.provenance import sha256_file
@@ -96,9 +105,10 @@ def assemble_training_set(
     relabel = {label: index for index, label in enumerate(trained_labels)}
 
     def labelled_part(directory: Path, rows: pl.DataFrame, hashes: list[str], label_column: str,
-                      with_mirror: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      with_mirror: bool = True, augmented: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = method_inputs_for_images(method, backbone, directory, rows["relative_path"].to_list(), hashes,
-                                          cache_dir, with_mirror)
+                                          cache_dir, with_mirror and recipe is None,
+                                          recipe if augmented else None)
         return inputs, torch.tensor(rows[label_column].to_list())
 
     def relabelled(rows: pl.DataFrame) -> pl.DataFrame:
@@ -114,8 +124,11 @@ def assemble_training_set(
     training_set = combine_training_sets(labelled, augmented)
     # the labelled val images (few-shot: min(K, 4) per class), for methods that select hyperparameters on them; none
     # where the dataset's val set is its test set (ImageNet)
+    training_set.selection_asked = selection
+    training_set.selection = selection if selection == "last" or val_rows.height else "last"
     training_set.validation = (labelled_part(image_dir, val_rows, val_rows["content_sha256"].to_list(), "label",
-                                             with_mirror=False) if val_rows.height else None)
+                                             with_mirror=False, augmented=False)
+                               if training_set.selection != "last" else None)
     return training_set
 
 
@@ -136,15 +149,30 @@ def augmented_rows(inputs: ExperimentInputs, workspace: Workspace) -> tuple[Path
     return augmented_dir, read_parquet_file(augmented_dir / "augmented.parquet").filter(pl.col("kept"))
 
 
+def validation_rows(inputs: ExperimentInputs, fewshot: pl.DataFrame) -> pl.DataFrame:
+    """The labelled images the experiment's selection policy chooses on: the few-shot val subset (min(K, 4) per
+    class), the dataset's whole val split, or none (`last`). Never test: a dataset whose val split is its test set
+    (ImageNet) has no val rows, and its experiments fall back to `last`."""
+    policy = inputs.experiment.selection_policy
+    if policy == "few_shot_val":
+        return inputs.fewshot_train(fewshot, subset="val")
+    if policy == "full_val":
+        return inputs.index.filter(pl.col("split") == "val").select(
+            "relative_path", "label", "content_sha256").sort("label", "relative_path")
+    return inputs.fewshot_train(fewshot, subset="val").head(0)
+
+
 def fewshot_training_set(inputs: ExperimentInputs, workspace: Workspace, backbone, labels: list[int]) -> TrainingSet:
-    """An experiment's few-shot train images and their kept augmented variations, with its few-shot val images as
-    validation, restricted to `labels` and relabelled (assemble_training_set)."""
+    """An experiment's few-shot train images (in the views its method trains on) and their kept augmented
+    variations, with the val images of its selection policy, restricted to `labels` and relabelled
+    (assemble_training_set)."""
     from models.storage import read_parquet_file
 
     fewshot = read_parquet_file(workspace.fewshot_path(inputs.dataset.name))
     return assemble_training_set(inputs.experiment.method, backbone, inputs.image_set, inputs.fewshot_train(fewshot),
-                                 inputs.fewshot_train(fewshot, subset="val"), labels, workspace.feature_cache_dir,
-                                 *augmented_rows(inputs, workspace))
+                                 validation_rows(inputs, fewshot), labels, workspace.feature_cache_dir,
+                                 *augmented_rows(inputs, workspace), recipe=inputs.experiment.view_recipe,
+                                 selection=inputs.experiment.selection_policy)
 
 
 def pool_validation_rows(inputs: ExperimentInputs, rows: ExperimentRows) -> pl.DataFrame | None:

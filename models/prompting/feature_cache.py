@@ -67,7 +67,9 @@ SHARD_FORMAT = "promptlab-feature-shard/1"
 SHARD_GLOB = "shard-*.safetensors"
 NAMESPACE_FILE = "namespace.json"
 COMPACT_LOCK_FILE = ".compact.lock"
-VIEWS = ("original", "mirrored", "test_time")  # test_time: views of models/testtime (per-view keys)
+# test_time: views of models/testtime (per-view keys); augmented: one pass of a view recipe
+# (models.prompting.view_recipes), named by FeatureNamespace.recipe
+VIEWS = ("original", "mirrored", "test_time", "augmented")
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _STALE_TEMPORARY_SECONDS = 3600.0
 _LOOKUP_ATTEMPTS = 5
@@ -93,25 +95,38 @@ class FeatureNamespace:
     # how the encoder was batched: canonical batches of an image set (models.prompting.features), or one image per
     # pass (test-time views)
     batching: str = "one-image-per-pass"
+    # the view recipe and pass of an "augmented" view (ViewRecipe.cache_view_name); empty for the other views
+    recipe: str = ""
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
             raise ValueError(f"feature cache view must be one of {VIEWS}, got {self.view!r}")
+        if (self.view == "augmented") != bool(self.recipe):
+            raise ValueError("an augmented view's namespace names its recipe and pass, and only it does "
+                             f"(view {self.view!r}, recipe {self.recipe!r})")
         for name in ("backbone", "weights_sha256", "transform", "precision", "batching"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"feature cache namespace {name} must be a non-empty string")
 
     @classmethod
-    def of(cls, backbone, view: str, batching: str = "one-image-per-pass") -> "FeatureNamespace":
+    def of(cls, backbone, view: str, batching: str = "one-image-per-pass", recipe: str = "") -> "FeatureNamespace":
         """The namespace of a loaded backbone (models.backbones.loader.LoadedBackbone), a view and how the features
         were batched (models.prompting.features.ImageSet.batching)."""
         precision = precision_for(backbone.device, training=False).name
         return cls(backbone.spec.name, backbone.weights_sha256, repr(backbone.preprocess_eval), view, precision,
-                   batching)
+                   batching, recipe)
+
+    def described(self) -> dict[str, str]:
+        """What the key hashes and namespace.json holds; without an empty recipe, so that the folders written before
+        recipes existed keep their keys."""
+        described = asdict(self)
+        if not self.recipe:
+            del described["recipe"]
+        return described
 
     @property
     def key(self) -> str:
-        return stable_hash(asdict(self), length=24)
+        return stable_hash(self.described(), length=24)
 
     @property
     def folder_name(self) -> str:
@@ -290,8 +305,8 @@ class FeatureCache:
             recorded = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             raise FeatureCacheError(f"{path}: unreadable namespace file ({error}); delete the folder") from error
-        if recorded != asdict(namespace):
-            raise FeatureCacheError(f"{path}: the folder holds features of {recorded}, not of {asdict(namespace)}; "
+        if recorded != namespace.described():
+            raise FeatureCacheError(f"{path}: the folder holds features of {recorded}, not of {namespace.described()}; "
                                     "it was copied or renamed by hand, delete it")
 
     def _write_namespace_file(self, directory: Path, namespace: FeatureNamespace) -> None:
@@ -299,7 +314,7 @@ class FeatureCache:
         if path.exists():
             self._check_namespace_file(directory, namespace)
             return
-        _write_atomically(path, json.dumps(asdict(namespace), indent=2, sort_keys=True).encode())
+        _write_atomically(path, json.dumps(namespace.described(), indent=2, sort_keys=True).encode())
 
     @staticmethod
     def _write_shard(directory: Path, digests: list[bytes], features: torch.Tensor) -> Path:

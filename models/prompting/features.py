@@ -140,9 +140,16 @@ class ImageFiles(torch.utils.data.Dataset):
     through the backbone's eval transform."""
 
     def __init__(self, image_dir: Path, relative_paths: Sequence[str],
-                 preprocess: Callable[[Image.Image], torch.Tensor], mirrored: bool = False):
+                 preprocess: Callable[[Image.Image], torch.Tensor], mirrored: bool = False,
+                 view: Callable[[Image.Image, str], Image.Image] | None = None,
+                 content_hashes: Sequence[str] | None = None):
+        """`view`: an augmented view (models.prompting.view_recipes.AugmentedView), applied before `preprocess`; it
+        is drawn from the image's content hash, so `content_hashes` are required with it."""
         self.image_dir, self.relative_paths = Path(image_dir), list(relative_paths)
         self.preprocess, self.mirrored = preprocess, mirrored
+        self.view, self.content_hashes = view, list(content_hashes) if content_hashes is not None else None
+        if view is not None and (self.content_hashes is None or len(self.content_hashes) != len(self.relative_paths)):
+            raise ValueError("an augmented view needs the content hash of every image")
 
     def __len__(self) -> int:
         return len(self.relative_paths)
@@ -153,6 +160,8 @@ class ImageFiles(torch.utils.data.Dataset):
         image = load_images(self.image_dir, [self.relative_paths[index]])[0]
         if self.mirrored:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.view is not None:
+            image = self.view(image, self.content_hashes[index])
         return self.preprocess(image)
 
 
@@ -169,7 +178,8 @@ def loader_workers(n_images: int, batch_size: int = CANONICAL_BATCH_SIZE) -> int
 @torch.no_grad()
 def encode_set_batches(clip_model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor],
                        image_set: ImageSet, batches: Iterable[int], device: str | torch.device = "cpu",
-                       mirrored: bool = False) -> tuple[list[str], torch.Tensor]:
+                       mirrored: bool = False, view: Callable[[Image.Image, str], Image.Image] | None = None
+                       ) -> tuple[list[str], torch.Tensor]:
     """Raw features of every image of these canonical batches of the set: (their content hashes, (N, E)). Each
     encoder pass is exactly one canonical batch (the images are decoded in a DataLoader meanwhile)."""
     selected = [image_set.batches[number] for number in sorted(set(batches))]
@@ -178,7 +188,8 @@ def encode_set_batches(clip_model: torch.nn.Module, preprocess: Callable[[Image.
         raise ValueError("no images to encode")
     device = torch.device(device)
     workers = loader_workers(len(positions), image_set.batch_size)
-    files = ImageFiles(image_set.image_dir, [image_set.relative_paths[p] for p in positions], preprocess, mirrored)
+    files = ImageFiles(image_set.image_dir, [image_set.relative_paths[p] for p in positions], preprocess, mirrored,
+                       view, [image_set.content_hashes[p] for p in positions])
     batch_sampler, start = [], 0
     for batch in selected:  # indices into `files`: one loader batch per canonical batch
         batch_sampler.append(list(range(start, start + len(batch))))

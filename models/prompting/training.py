@@ -3,7 +3,12 @@
 Methods whose image tower is frozen and unprompted train on cached image features (computed once per view, see
 `models.prompting.features`), so each step only runs the text tower; methods that prompt the image tower (VPT,
 IVLP, MaPLe, PromptSRC) train on preprocessed images, which go through the prompted image tower at every step. Schedule as the Dassl trainers configure it: SGD with momentum, one warm-up epoch at a constant small
-learning rate, then cosine decay over the remaining epochs.
+learning rate, then cosine decay over the remaining epochs. A method may ask for Adam or AdamW (TaskRes, Tip-Adapter-F,
+CLIP-LoRA) and for a fixed number of steps with a per-step cosine (CLIP-LoRA's 500 iterations per shot).
+
+Model selection. With a validation set (the experiment's selection policy: the few-shot val subset or the dataset's
+whole val split; never test), the loop scores it after every epoch, keeps the parameters of the best epoch (ties: the
+later epoch) and restores them at the end; without one (policy `last`) the last epoch is kept.
 """
 
 from __future__ import annotations
@@ -31,6 +36,16 @@ class OptimizationConfig:
     warmup_epochs: int = 1
     warmup_learning_rate: float = 1e-5
     seed: int = 1
+    # "sgd" (momentum, weight decay as L2), "adam" (weight decay as L2) or "adamw" (decoupled weight decay)
+    optimizer: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    # A fixed number of optimizer steps instead of `epochs` (the last epoch is cut short), with a per-step cosine from
+    # learning_rate to min_learning_rate after warmup_steps at warmup_learning_rate; the catalog writes it as
+    # `iterations_per_shot` (CLIP-LoRA: 500 x shots).
+    steps: int | None = None
+    warmup_steps: int = 0
+    min_learning_rate: float = 0.0
     # The experiment being trained, named by NonFiniteTrainingError; set from the experiment's key, not the catalog.
     experiment: str = ""
 
@@ -97,11 +112,43 @@ class TrainingHistory:
 EpochCallback = Callable[[int, float, float], None]  # (epoch, mean loss, train accuracy)
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
 def learning_rate_at(epoch: int, config: OptimizationConfig) -> float:
     """Constant warm-up for the first epochs, then cosine over the whole schedule (as Dassl's ConstantWarmup)."""
     if epoch < config.warmup_epochs:
         return config.warmup_learning_rate
     return 0.5 * config.learning_rate * (1 + math.cos(math.pi * epoch / config.epochs))
+
+
+def learning_rate_at_step(step: int, config: OptimizationConfig) -> float:
+    """For a run of `config.steps` steps (0-based step): constant warm-up, then cosine from learning_rate down to
+    min_learning_rate at the last step (as torch's CosineAnnealingLR with T_max = steps, eta_min)."""
+    if step < config.warmup_steps:
+        return config.warmup_learning_rate
+    low, high = config.min_learning_rate, config.learning_rate
+    return low + 0.5 * (high - low) * (1 + math.cos(math.pi * step / config.steps))
+
+
+def build_optimizer(parameters: list[torch.nn.Parameter], config: OptimizationConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    if config.optimizer in ("adam", "adamw"):
+        optimizer_type = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        return optimizer_type(parameters, lr=config.learning_rate, betas=tuple(config.betas), eps=config.eps,
+                              weight_decay=config.weight_decay)
+    raise ValueError(f"{config.experiment or 'training'}: unknown optimizer {config.optimizer!r}; known: "
+                     f"{list(OPTIMIZERS)}")
+
+
+def validation_accuracy(classifier: PromptedClassifier, validation: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Top-1 accuracy on the validation (inputs, labels), in eval mode; the classifier is left in train mode."""
+    inputs, labels = validation
+    logits = predict_logits(classifier, inputs)
+    classifier.train()
+    return float((logits.argmax(dim=1) == labels.cpu()).float().mean())
 
 
 def train_prompt_parameters(
@@ -112,12 +159,15 @@ def train_prompt_parameters(
     sample_weights: torch.Tensor | None = None,
     on_epoch: EpochCallback | None = None,
     device: str | torch.device = "cpu",
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainingHistory:
     """Train the classifier's prompt parameters.
 
-    view_inputs: V views of each of N training images (e.g. original and mirrored), as features (N, V, E) or
-    preprocessed images (N, V, 3, H, W); a single view may be given as (N, E) or (N, 3, H, W). Each epoch uses one
-    randomly chosen view per image, standing in for random augmentation.
+    view_inputs: V views of each of N training images (e.g. original and mirrored, or the passes of a view recipe),
+    as features (N, V, E) or preprocessed images (N, V, 3, H, W); a single view may be given as (N, E) or
+    (N, 3, H, W). Each epoch uses one randomly chosen view per image, standing in for random augmentation.
+    validation: (inputs (M, ...) of one view, labels (M,)) scored after every epoch; the best epoch's parameters
+    are kept (module docstring). The classifier also receives it (set_validation) before training.
     """
     if view_inputs.dim() in (2, 4):  # one view of features or of images
         view_inputs = view_inputs.unsqueeze(1)
@@ -131,9 +181,12 @@ def train_prompt_parameters(
     parameters = [p for p in classifier.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError(f"{type(classifier).__name__} has no trainable parameters")
-    optimizer = torch.optim.SGD(
-        parameters, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    optimizer = build_optimizer(parameters, config)
+    if validation is not None:
+        classifier.set_validation(*validation)
+    steps_per_epoch = math.ceil(n_samples / config.batch_size)
+    n_epochs = config.epochs if config.steps is None else math.ceil(config.steps / steps_per_epoch)
+    best_accuracy, best_state, best_epoch, validation_accuracies = -1.0, None, 0, []
     generator = torch.Generator().manual_seed(config.seed)
     precision = precision_for(device, training=True)  # fp32 on CPU, bf16 autocast on CUDA where supported
     view_inputs, labels = view_inputs.to(device), labels.to(device)
@@ -142,17 +195,25 @@ def train_prompt_parameters(
     history = TrainingHistory()
     divergence = DivergenceWatch(config, device)
     started = time.perf_counter()
-    for epoch in range(config.epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(epoch, config)
+    for epoch in range(n_epochs):
+        if config.steps is None:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(epoch, config)
         order = torch.randperm(n_samples, generator=generator)
         views = torch.randint(n_views, (n_samples,), generator=generator)
         # Accumulated on the device (float64, as Python floats would be) and read once per epoch: no device-to-host
         # sync per step on a GPU.
         total_loss = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
         for start in range(0, n_samples, config.batch_size):
+            if config.steps is not None:
+                if history.steps >= config.steps:
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate_at_step(history.steps, config)
             batch = order[start : start + config.batch_size].to(device)
+            seen += len(batch)
             inputs = view_inputs[batch, views[batch.cpu()].to(device)]
             weights = sample_weights[batch] if sample_weights is not None else None
             optimizer.zero_grad(set_to_none=True)
@@ -171,11 +232,23 @@ def train_prompt_parameters(
             if device.type == "cpu" and divergence.diverged:  # free to read on the CPU: stop at the step itself
                 break
         divergence.raise_if_diverged(epoch + 1)
-        history.epoch_losses.append(total_loss.item() / n_samples)
-        history.epoch_accuracies.append(correct.item() / n_samples)
-        classifier.on_epoch_end(epoch + 1, config.epochs)
+        history.epoch_losses.append(total_loss.item() / max(seen, 1))
+        history.epoch_accuracies.append(correct.item() / max(seen, 1))
+        classifier.on_epoch_end(epoch + 1, n_epochs)
+        if validation is not None:
+            accuracy = validation_accuracy(classifier, validation)
+            validation_accuracies.append(accuracy)
+            if accuracy >= best_accuracy:
+                best_accuracy, best_epoch = accuracy, epoch + 1
+                best_state = {name: p.detach().clone() for name, p in classifier.named_parameters() if p.requires_grad}
         if on_epoch is not None:
             on_epoch(epoch + 1, history.epoch_losses[-1], history.epoch_accuracies[-1])
+    if best_state is not None:
+        with torch.no_grad():
+            for name, parameter in classifier.named_parameters():
+                if name in best_state:
+                    parameter.copy_(best_state[name])
+        history.details.update(selected_epoch=best_epoch, validation_accuracies=validation_accuracies)
     classifier.on_training_end()
     history.seconds = time.perf_counter() - started
     classifier.eval()

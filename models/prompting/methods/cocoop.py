@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.prompting.methods.registry import (
+    DASSL_LAST_EPOCH,
     ClassifierContext, MethodSpec, Paper, PromptedClassifier, matches_authors_code, register_method,
 )
 from models.prompting.prompt_assembly import assemble_prompts, tokenize_context_prompts
@@ -136,6 +137,7 @@ register_method(
         paper=Paper("Zhou et al.", "Conditional Prompt Learning for Vision-Language Models", "CVPR 2022",
                     "https://arxiv.org/abs/2203.05557"),
         hook_points=("text input",),
+        selection_note=DASSL_LAST_EPOCH,
         verification=matches_authors_code(
             "tests/prompting/test_cocoop_reference.py::test_logits_and_gradients_match_reference",
             "KaiyangZhou/CoOp at ff61507",

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from models.prompting.methods.registry import (
+    DASSL_LAST_EPOCH,
     ClassifierContext, MethodSpec, Paper, PromptedClassifier, matches_authors_code, register_method,
 )
 from models.prompting.prompt_assembly import ClassTokenPosition, tokenize_context_prompts
@@ -73,6 +74,7 @@ register_method(
         paper=Paper("Zhou et al.", "Learning to Prompt for Vision-Language Models", "IJCV 2022",
                     "https://arxiv.org/abs/2109.01134"),
         hook_points=("text input",),
+        selection_note=DASSL_LAST_EPOCH,
         verification=matches_authors_code(
             "tests/prompting/test_coop_reference.py::test_coop_logits_and_context_gradient_match_reference",
             "KaiyangZhou/CoOp at ff61507",

@@ -23,6 +23,7 @@ from models.prompting.deep_prompts import (
 )
 from models.prompting.methods.maple import split_context_prompt
 from models.prompting.methods.registry import (
+    DASSL_LAST_EPOCH,
     ClassifierContext, MethodSpec, Paper, PromptedClassifier, register_method, tested_property,
 )
 from models.prompting.prompt_assembly import ContextPromptTokens
@@ -104,6 +105,7 @@ register_method(
         paper=Paper("Khattak et al.", "MaPLe: Multi-modal Prompt Learning (its IVLP baseline)", "CVPR 2023",
                     "https://arxiv.org/abs/2210.03117"),
         hook_points=("text input", "text layers", "image input", "image layers"),
+        selection_note=DASSL_LAST_EPOCH,
         verification=tested_property(
             "With zero text and vision prompt tokens its logits equal zero-shot CLIP's.",
             "tests/prompting/test_vision_prompt_methods.py::test_zero_tokens_is_zero_shot_clip"),

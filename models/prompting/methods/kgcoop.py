@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from models.prompting.methods.coop import CoOpClassifier, CoOpParameters
 from models.prompting.methods.registry import (
+    DASSL_LAST_EPOCH,
     ClassifierContext, MethodSpec, Paper, matches_authors_code, register_method,
 )
 
@@ -68,6 +69,7 @@ register_method(
         paper=Paper("Yao et al.", "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization",
                     "CVPR 2023", "https://arxiv.org/abs/2303.13283"),
         hook_points=("text input",),
+        selection_note=DASSL_LAST_EPOCH,
         verification=matches_authors_code(
             "tests/prompting/test_kgcoop_reference.py::test_logits_knowledge_score_loss_and_gradient_match_reference",
             "htyao89/KgCoOp at c43ccc3",

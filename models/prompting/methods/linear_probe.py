@@ -259,6 +259,9 @@ register_method(
         class_specific=lambda parameters: True,
         paper=CLIP_PAPER,  # its linear-probe evaluation
         hook_points=("feature space",),
+        selection="few_shot_val",
+        selection_note=("CoOp's lpclip searches C on the few-shot val subset; on ImageNet that val is the test set "
+                        "(selection on test), where PromptLab has no val rows and uses C = 1."),
         verification=tested_property(
             "Its class probabilities equal scikit-learn's logistic regression fitted at the chosen C, and that C is "
             "the best on the val subset among the values tried.",

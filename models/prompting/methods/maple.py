@@ -26,6 +26,7 @@ from torch import nn
 
 from models.prompting.deep_prompts import PromptedVisionTower
 from models.prompting.methods.registry import (
+    DASSL_LAST_EPOCH,
     ClassifierContext, MethodSpec, Paper, PromptedClassifier, matches_authors_code, register_method,
 )
 from models.prompting.prompt_assembly import ContextPromptTokens, tokenize_context_prompts
@@ -154,6 +155,7 @@ register_method(
         paper=Paper("Khattak et al.", "MaPLe: Multi-modal Prompt Learning", "CVPR 2023",
                     "https://arxiv.org/abs/2210.03117"),
         hook_points=("text input", "text layers", "image input", "image layers"),
+        selection_note=DASSL_LAST_EPOCH,
         verification=matches_authors_code(
             "tests/prompting/test_maple_reference.py::test_maple_matches_reference",
             "muzairkhattak/multimodal-prompt-learning at 69bce21",

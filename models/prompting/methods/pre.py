@@ -34,7 +34,9 @@ import torch
 from torch import nn
 
 from models.prompting.methods.coop import CoOpClassifier, CoOpParameters
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, Paper, register_method, tested_property
+from models.prompting.methods.registry import (
+    DASSL_LAST_EPOCH, ClassifierContext, MethodSpec, Paper, register_method, tested_property,
+)
 
 ENCODER_TYPES = ("lstm", "mlp")
 MLP_HIDDEN_SIZE = 64  # the authors' bottleneck
@@ -122,6 +124,7 @@ register_method(
         paper=Paper("Pham et al.", "PRE: Vision-Language Prompt Learning with Reparameterization Encoder",
                     "arXiv 2023", "https://arxiv.org/abs/2309.07760"),
         hook_points=("text input",),
+        selection_note=DASSL_LAST_EPOCH,
         verification=tested_property(
             "With a zero output layer the encoder adds nothing and PRE is CoOp with the same context.",
             "tests/prompting/test_pre.py::test_zero_output_layer_gives_coop_with_the_same_context"),

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from models.prompting.methods.coop import CoOpClassifier, CoOpParameters
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, Paper, register_method, tested_property
+from models.prompting.methods.registry import (
+    DASSL_LAST_EPOCH, ClassifierContext, MethodSpec, Paper, register_method, tested_property,
+)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ register_method(
         paper=Paper("Zhu et al.", "Prompt-aligned Gradient for Prompt Tuning", "ICCV 2023",
                     "https://arxiv.org/abs/2205.14865"),
         hook_points=("text input", "gradient"),
+        selection_note=DASSL_LAST_EPOCH,
         verification=tested_property(
             "The applied gradient never opposes the gradient of KL(zero-shot || model): no gradient conflict.",
             "tests/prompting/test_prograd.py::test_applied_gradient_never_opposes_the_knowledge_gradient"),

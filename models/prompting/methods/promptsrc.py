@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from models.prompting.methods.ivlp import IVLPClassifier, IVLPParameters
-from models.prompting.methods.registry import ClassifierContext, MethodSpec, Paper, register_method, tested_property
+from models.prompting.methods.registry import (
+    DASSL_LAST_EPOCH, ClassifierContext, MethodSpec, Paper, register_method, tested_property,
+)
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ register_method(
         paper=Paper("Khattak et al.", "Self-regulating Prompts: Foundational Model Adaptation without Forgetting",
                     "ICCV 2023", "https://arxiv.org/abs/2307.06948"),
         hook_points=("text input", "text layers", "image input", "image layers"),
+        selection_note=DASSL_LAST_EPOCH,
         verification=tested_property(
             "The Gaussian weights of the epochs' prompts sum to one and peak at the mean epoch.",
             "tests/prompting/test_vision_prompt_methods.py::test_gaussian_weights_sum_to_one_and_peak_at_the_mean"),

@@ -98,6 +98,10 @@ class PromptedClassifier(nn.Module):
         loss.backward()
         return loss, logits
 
+    def set_validation(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Called by the training loop before training when the experiment's selection policy gives a validation set
+        (e.g. Tip-Adapter-F re-searches alpha and beta on it after training); the loop itself selects the epoch."""
+
     def on_epoch_end(self, epoch: int, n_epochs: int) -> None:
         """Called by the training loop after each epoch (1-based); e.g. PromptSRC keeps each epoch's prompts."""
 
@@ -156,6 +160,12 @@ def tested_property(statement: str, test: str) -> Verification:
     return Verification("property", statement, test)
 
 
+# Model-selection policies (the experiment's `selection`, else the method's published one): which labelled images
+# choose a method's epoch or hyperparameters. "last": none (defaults, last epoch); "few_shot_val": the K-shot val
+# subset (min(K, 4) per class, CoOp's val); "full_val": the dataset's whole val split. Test is never one of them.
+SELECTION_POLICIES = ("last", "few_shot_val", "full_val")
+DASSL_LAST_EPOCH = "As the authors' Dassl scripts (TEST.FINAL_MODEL last_step): the last epoch is tested, no validation."
+
 # Where a method acts, from the frozen backbone's input to its output; the page lists them in this order.
 HOOK_POINTS = ("text input", "text layers", "image input", "image layers", "feature space", "gradient")
 
@@ -180,11 +190,20 @@ class MethodSpec:
     paper: Paper | None = None
     hook_points: tuple[str, ...] = ()
     verification: Verification | None = None
+    # The selection policy the method is published with (SELECTION_POLICIES), and one sentence on how the authors
+    # selected, naming the departure where they selected on test.
+    selection: str = "last"
+    selection_note: str = ""
+    # The augmented views it trains on (models.prompting.view_recipes.ViewRecipe: crop range, flip, passes), cached
+    # per image, recipe and pass; None: the original and mirrored views.
+    training_views: Any = None
 
     def __post_init__(self) -> None:
         unknown = [point for point in self.hook_points if point not in HOOK_POINTS]
         if unknown:
             raise ValueError(f"method {self.name!r}: hook points {unknown} are not among {HOOK_POINTS}")
+        if self.selection not in SELECTION_POLICIES:
+            raise ValueError(f"method {self.name!r}: selection {self.selection!r} is not among {SELECTION_POLICIES}")
 
     def transfers_to_other_classes(self, overrides: dict[str, Any] | None = None) -> bool:
         return not self.class_specific(parse_method_parameters(self.name, overrides))

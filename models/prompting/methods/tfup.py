@@ -422,6 +422,7 @@ register_method(
         adapts_from_pool=True,
         paper=TFUP_PAPER,
         hook_points=("feature space",),
+        selection_note="Training-free: its cache is built from the pool in one pass, with nothing to select.",
         verification=tested_property(
             "A cache of pseudolabelled pool images corrects a zero-shot classifier whose text features miss the "
             "pool's clusters (by at least 10 points), without seeing a label.",
@@ -442,6 +443,9 @@ register_method(
         adapts_from_pool=True,
         paper=TFUP_PAPER,
         hook_points=("feature space",),
+        selection="full_val",
+        selection_note=("It adapts from the unlabelled pool in a learning setting, whose labelled val rows (in UL the "
+                        "dataset's val split) choose the epoch; the authors keep the epoch best on the test labels."),
         verification=tested_property(
             "It trains on the published schedule (5 epochs on the refined set, then 25 pseudolabelling the pool), "
             "is deterministic for a seed, and ends at least as accurate as zero-shot CLIP.",

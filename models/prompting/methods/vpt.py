@@ -15,6 +15,7 @@ import torch
 
 from models.prompting.deep_prompts import IndependentLayerPrompts, PromptedVisionTower, check_prompt_depth
 from models.prompting.methods.registry import (
+    DASSL_LAST_EPOCH,
     ClassifierContext, MethodSpec, Paper, PromptedClassifier, register_method, tested_property,
 )
 
@@ -84,6 +85,7 @@ for _name, _parameters, _hooks, _hook_points in (
             description=f"VPT ({_name.split('_')[1]}): visual prompt tokens, hand-crafted text prompts, cross-entropy.",
             paper=Paper("Jia et al.", "Visual Prompt Tuning", "ECCV 2022", "https://arxiv.org/abs/2203.12119"),
             hook_points=_hook_points,
+            selection_note=DASSL_LAST_EPOCH,
             verification=tested_property(
                 "With zero prompt tokens its logits equal zero-shot CLIP's.",
                 "tests/prompting/test_vision_prompt_methods.py::test_zero_tokens_is_zero_shot_clip"),
