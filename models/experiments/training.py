@@ -74,6 +74,17 @@ def train_prompts(
     )
 
 
+def selection_record(training_set: TrainingSet, history: TrainingHistory) -> dict:
+    """How the experiment's epoch or hyperparameters were chosen, for its checkpoint config and lineage: the policy
+    asked for and the one in force (they differ where the dataset has no val split), the number of val images, and
+    the epoch kept by the loop (a closed-form method records its own choice in training_details)."""
+    record = {"policy": training_set.selection, "asked": training_set.selection_asked,
+              "validation_images": 0 if training_set.validation is None else int(training_set.validation[1].shape[0])}
+    if "selected_epoch" in history.details:
+        record["selected_epoch"] = history.details["selected_epoch"]
+    return record
+
+
 def trains_from_pool(experiment: ExperimentConfig) -> bool:
     """Whether the experiment trains through models.limited_labels (a learning setting, pseudolabel rounds, or a
     method that adapts from the unlabelled pool) rather than on its few-shot subset alone."""
@@ -197,10 +208,15 @@ def train_experiment(inputs: ExperimentInputs, workspace: Workspace, backbone, t
             config["pseudolabel_rounds"] = trained.pseudolabelling.quality_frame().to_dicts()
     else:
         training_set = fewshot_training_set(inputs, workspace, backbone, labels)
-        log(f"training {experiment.method} on {training_set.composition} for {optimization.epochs} epochs")
+        length = f"{optimization.steps} steps" if optimization.steps else f"{optimization.epochs} epochs"
+        log(f"training {experiment.method} on {training_set.composition} for {length}, selection "
+            f"{training_set.selection}")
         history = train_prompts(classifier, training_set, optimization, on_epoch=on_epoch, device=backbone.device)
         trained = TrainedPrompt(classifier, config, optimization, [history], training_set.composition,
                                 history.details)
+        config.update(model_selection=selection_record(training_set, history),
+                      training_views=(experiment.view_recipe.as_dict() if experiment.view_recipe is not None
+                                      else "original and mirrored"))
     config.update(optimization=optimization.__dict__, training_composition=trained.composition,
                   epoch_losses=trained.epoch_losses, training_seconds=trained.training_seconds,
                   training_details=trained.details)

@@ -62,6 +62,8 @@ def training_metadata(trained, title: str) -> dict:
         training_seconds=round(trained.training_seconds, 2),
         composition=counts_table(trained.composition),
         training_details=dg.MetadataValue.json(trained.details),
+        **({"model_selection": dg.MetadataValue.json(trained.config["model_selection"])}
+           if "model_selection" in trained.config else {}),
         **training_curves(title + (" (all rounds)" if len(trained.histories) > 1 else ""),
                           {"loss": losses, "train accuracy": trained.epoch_accuracies}),
     )
