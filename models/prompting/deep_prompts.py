@@ -14,11 +14,15 @@ backbone's own modules layer by layer, exactly as open_clip's `Transformer.forwa
 `layer_prompts[k]` is the prompt of layer k + 1; layers past len(layer_prompts) keep whatever the previous layer
 produced at those positions (as MaPLe's "prompt depth" does). A prompt is (n, D), shared by the batch, or
 (B, n, D), one per sequence.
+
+Both forwards also take `run_block`, which runs one block in place of `block(x, attn_mask=...)`: a method that
+changes the blocks' computation (CLIP-LoRA's low-rank attention updates, models/prompting/lora.py) hooks in there
+and keeps the rest of the tower's forward.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +30,10 @@ from torch.utils.checkpoint import checkpoint
 from open_clip.transformer import text_global_pool
 
 from models.prompting.text_tower import TextTower, UnsupportedBackboneError
+
+
+# (index of the block in its tower, the block, x in the transformer's layout, attn_mask) -> the block's output
+BlockRunner = Callable[[int, nn.Module, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 def _replace_tokens(x: torch.Tensor, prompt: torch.Tensor, start: int, sequence_dim: int) -> torch.Tensor:
@@ -48,8 +56,10 @@ def run_transformer_with_layer_prompts(
     layer_prompts: Sequence[torch.Tensor],
     prompt_start: int,
     attn_mask: torch.Tensor | None = None,
+    run_block: BlockRunner | None = None,
 ) -> torch.Tensor:
-    """open_clip `Transformer.forward` on x (B, L, D), replacing tokens [prompt_start, +n) before layers 1..len."""
+    """open_clip `Transformer.forward` on x (B, L, D), replacing tokens [prompt_start, +n) before layers 1..len;
+    `run_block` (module docstring) runs each block instead of its own forward."""
     blocks = transformer.resblocks
     if len(layer_prompts) > len(blocks) - 1:
         raise ValueError(
@@ -62,7 +72,11 @@ def run_transformer_with_layer_prompts(
     for index, block in enumerate(blocks):
         if 1 <= index <= len(layer_prompts):
             x = _replace_tokens(x, layer_prompts[index - 1], prompt_start, sequence_dim)
-        if getattr(transformer, "grad_checkpointing", False) and not torch.jit.is_scripting():
+        checkpointed = getattr(transformer, "grad_checkpointing", False) and not torch.jit.is_scripting()
+        if run_block is not None:
+            x = (checkpoint(run_block, index, block, x, attn_mask, use_reentrant=False) if checkpointed
+                 else run_block(index, block, x, attn_mask))
+        elif checkpointed:
             x = checkpoint(block, x, None, None, attn_mask, use_reentrant=False)
         else:
             x = block(x, attn_mask=attn_mask)
@@ -77,6 +91,7 @@ def encode_text_with_deep_prompts(
     token_ids: torch.Tensor,
     layer_prompts: Sequence[torch.Tensor],
     prompt_start: int = 1,
+    run_block: BlockRunner | None = None,
 ) -> torch.Tensor:
     """`TextTower.forward` with deep prompts: raw text features (P, E) of prompts given as embeddings (P, L, D)."""
     dtype = text_tower.dtype
@@ -85,7 +100,8 @@ def encode_text_with_deep_prompts(
     if attn_mask is not None:
         attn_mask = attn_mask.to(device=x.device)
     layer_prompts = [prompt.to(dtype) for prompt in layer_prompts]
-    x = run_transformer_with_layer_prompts(text_tower.transformer, x, layer_prompts, prompt_start, attn_mask)
+    x = run_transformer_with_layer_prompts(text_tower.transformer, x, layer_prompts, prompt_start, attn_mask,
+                                           run_block)
     x = text_tower.ln_final(x)
     x = text_global_pool(x, token_ids, text_tower.pool_type, eos_token_id=text_tower.eos_token_id)
     projection = text_tower.text_projection
@@ -129,6 +145,7 @@ class PromptedVisionTower(nn.Module):
         images: torch.Tensor,
         input_prompts: torch.Tensor,
         layer_prompts: Sequence[torch.Tensor] = (),
+        run_block: BlockRunner | None = None,
     ) -> torch.Tensor:
         """Raw image features (B, E); input_prompts (n, D) or (B, n, D), layer_prompts for layers 1..len."""
         visual = self.visual
@@ -147,7 +164,8 @@ class PromptedVisionTower(nn.Module):
         x = visual.ln_pre(x)
         prompt_start = x.shape[1] - n_prompt
         layer_prompts = [prompt.to(dtype) for prompt in layer_prompts]
-        x = run_transformer_with_layer_prompts(visual.transformer, x, layer_prompts, prompt_start)
+        x = run_transformer_with_layer_prompts(visual.transformer, x, layer_prompts, prompt_start,
+                                               run_block=run_block)
         x = x[:, :prompt_start]  # prompts are scratch tokens, not image content: pooling never sees them
         pooled, _ = visual._pool(x)
         if visual.proj is not None:
