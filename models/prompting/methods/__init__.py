@@ -12,5 +12,6 @@ from models.prompting.methods import vpt, ivlp, promptsrc  # noqa: F401,E402
 from models.prompting.methods import linear_probe  # noqa: F401,E402
 from models.prompting.methods import pre  # noqa: F401,E402
 from models.prompting.methods import tfup  # noqa: F401,E402
+from models.prompting.methods import clip_lora  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]
