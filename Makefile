@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.promptlab-installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install run check-data test ui ui-test bench bench-testtime clean-workspace
+.PHONY: install run check-data test ui ui-test bench bench-testtime bench-baselines clean-workspace
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: install
 # Test-time tuning (TPT) images/s: batched + cached against the authors' reference-style loop (bench/results/).
 bench-testtime: install
 	$(BIN)/python -m bench.testtime
+
+# Each few-shot baseline's training on its published 16-shot schedule beside CoOp's (Tip-Adapter's Table 1 anchor).
+bench-baselines: install
+	$(BIN)/python -m bench.baseline_training
 
 # The UI on http://127.0.0.1:3000, and the workspace's reports/ folder on http://127.0.0.1:$(REPORT_PORT)/ so that
 # the report asset's link opens (browsers do not follow file:// links from a web page).

@@ -31,6 +31,8 @@ BENCHMARKS = {
     "thousand-classes": ("chunked", "unchunked"),
     # bench/dataset_scale.py: the near-duplicate search against the exhaustive comparison, and the index build
     "dataset-scale": ("search", "exhaustive", "index-build"),
+    # bench/baseline_training.py: each few-shot baseline's training on its published schedule, beside CoOp's
+    "baseline-training": ("published-schedule",),
 }
 BENCHMARK_VARIANTS = tuple(dict.fromkeys(variant for variants in BENCHMARKS.values() for variant in variants))
 
