@@ -4,7 +4,8 @@ The catalog is data; this package only parses and validates it, and expands grid
 with stable keys. Errors name the file and the entry. One module per part of the catalog: `datasets`, `backbones`,
 `world` (world.yaml), `grid` (methods.yaml and the grid of experiments.yaml), `grid_subsets` (grids.yaml),
 `transfer`, `testtime` and `learning_settings` (the other sections of experiments.yaml; `testtime_settings` holds
-the test-time modes' settings and published defaults), `suites` (where a catalog's files are), `validation` and
+the test-time modes' settings and published defaults), `published` (published_results.yaml: the papers' numbers the
+report compares with), `suites` (where a catalog's files are), `validation` and
 `limits` (how a file is read and a field checked), and `loader`, which assembles them into a `Catalog`. The names
 other modules use are re-exported here. The catalog imports nothing from models/testtime, which imports it.
 """
