@@ -12,7 +12,7 @@ from models.prompting.methods import vpt, ivlp, promptsrc  # noqa: F401,E402
 from models.prompting.methods import linear_probe  # noqa: F401,E402
 from models.prompting.methods import pre  # noqa: F401,E402
 from models.prompting.methods import tfup  # noqa: F401,E402
-from models.prompting.methods import tip_adapter, tip_adapter_f  # noqa: F401,E402
+from models.prompting.methods import tip_adapter, tip_adapter_f, clip_adapter  # noqa: F401,E402
 from models.prompting.methods import clip_lora  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]
