@@ -83,14 +83,21 @@ def test_every_gradient_method_trains_under_autocast(monkeypatch, reference_clip
     before = {name: p.detach().clone() for name, p in classifier.named_parameters() if p.requires_grad}
 
     seen_dtypes: list[torch.dtype] = []
-    # The first MLP of each tower: every method runs one of them while training (VPT only the image tower).
+    # The first MLP of each tower: every method runs one of them while training (VPT only the image tower), except
+    # the feature-space methods (CLIP-Adapter, TaskRes), whose forward runs no tower: for those, autocast must be on.
     handles = [mlp.register_forward_hook(lambda module, args, output: seen_dtypes.append(output.dtype))
                for mlp in (model.transformer.resblocks[0].mlp.c_fc, model.visual.transformer.resblocks[0].mlp.c_fc)]
+    autocast_in_forward: list[bool] = []
+    handles.append(classifier.register_forward_pre_hook(
+        lambda module, args: autocast_in_forward.append(torch.is_autocast_enabled("cpu"))))
     monkeypatch.setattr(training, "precision_for", lambda device, training: Precision("cpu", torch.bfloat16))
     try:
         history = train_prompt_parameters(classifier, inputs, labels,
                                           OptimizationConfig(epochs=2, batch_size=6, learning_rate=0.01, seed=1))
-        assert torch.bfloat16 in seen_dtypes, "the training forward did not run under autocast"
+        if spec.hook_points == ("feature space",):
+            assert autocast_in_forward and all(autocast_in_forward), "the training forward did not run under autocast"
+        else:
+            assert torch.bfloat16 in seen_dtypes, "the training forward did not run under autocast"
         seen_dtypes.clear()
         probabilities = predict_probabilities(classifier, inputs)
     finally:

@@ -13,6 +13,7 @@ from models.prompting.methods import linear_probe  # noqa: F401,E402
 from models.prompting.methods import pre  # noqa: F401,E402
 from models.prompting.methods import tfup  # noqa: F401,E402
 from models.prompting.methods import tip_adapter, tip_adapter_f, clip_adapter  # noqa: F401,E402
+from models.prompting.methods import taskres, lp_plus_plus, clap  # noqa: F401,E402
 from models.prompting.methods import clip_lora  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]
