@@ -324,6 +324,10 @@ def _check_method_entry(path: Path, name: str, raw: Any) -> None:
         if raw.get(section) is not None and not isinstance(raw[section], dict):
             raise _field_error(where, section, "a mapping", raw[section])
     _check_dataclass_fields(where, raw.get("parameters") or {}, METHODS[name].parameters_type, prefix="parameters.")
+    try:  # the method's own checks (its parameters dataclass's __post_init__), named by this file and entry
+        parse_method_parameters(name, raw.get("parameters") or {})
+    except ValueError as error:
+        raise CatalogError(f"{where}: {error}") from error
     if METHODS[name].trains_prompts:
         _check_optimization(where, raw.get("optimization") or {}, _trains_in_closed_form(name, raw))
 

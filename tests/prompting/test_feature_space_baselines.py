@@ -378,3 +378,11 @@ def test_an_empty_or_non_positive_alpha_beta_grid_is_refused_when_the_catalog_lo
         load_catalog(catalog_copy)
     message = str(refused.value)
     assert "experiments.yaml: grid[" in message and "tip_adapter" in message and field in message
+
+
+@pytest.mark.parametrize("method", ["tip_adapter", "tip_adapter_f"])
+def test_a_non_positive_alpha_beta_grid_in_methods_yaml_is_refused_naming_its_entry(catalog_copy, method):
+    edit(catalog_copy / "methods.yaml",
+         lambda content: content["methods"][method]["parameters"].update(search_scale=[7.0, 0.0]))
+    with pytest.raises(CatalogError, match=rf"^methods.yaml: methods.{method}: {method}: search_scale must be"):
+        load_catalog(catalog_copy)
