@@ -192,6 +192,7 @@ def _parameters_table(spec: MethodSpec, published: dict[str, Any] | None) -> str
             "|---|---|---|"]
     for field in fields:
         default = _field_default(field)
+        default = list(default) if isinstance(default, tuple) else default  # YAML writes a tuple as a list
         shown = _code(_value(default))
         if field.name in catalog and catalog[field.name] != default:
             shown = f"{_code(_value(catalog[field.name]))} (methods.yaml; dataclass {_code(_value(default))})"
