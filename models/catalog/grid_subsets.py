@@ -28,7 +28,8 @@ from models.prompting.methods import METHODS
 # subset only removes experiments; the ones it keeps have the same keys and hashes as in the full grid.
 GRID_SUBSET_FILTERS = ("methods", "shots", "seeds", "settings", "strategies", "experiments", "datasets")
 # A subset's `test_time:` block: the test-time runs it keeps, by mode and by start (experiment keys or shell-style
-# patterns), and how many test images per dataset they score instead of the test_time section's max_test_images.
+# patterns), and how many test images per dataset they score instead of the test_time section's max_test_images;
+# `test_time: false` keeps none.
 TEST_TIME_FILTERS = ("modes", "starts", "max_test_images")
 NO_PSEUDOLABELS = "none"  # the `strategies` filter's name for experiments without a pseudolabel strategy
 DEFAULT_GRID = "default"
@@ -57,7 +58,7 @@ def _check_string_lists(where: str, raw: dict[str, Any], field_names: tuple[str,
 def _check_test_time_filter(where: str, block: Any) -> None:
     """A subset's `test_time:` block: known fields, modes among the test-time modes, starts strings, a positive
     max_test_images. Whether its starts match a run is checked when the subset is run (TestTimePlan.restricted_to)."""
-    if block is None:
+    if block is None or block is False:  # false: the subset keeps no test-time run
         return
     _check_fields(where, block, TEST_TIME_FILTERS)
     _check_string_lists(where, block, ("modes", "starts"))
@@ -169,9 +170,12 @@ def select_grid_subset(directory: Path, name: str, datasets: dict[str, DatasetEn
         transfer = transfer.on_datasets(datasets)
     transferred = tuple(key for key in transfer.experiments if key in selected)
     block = subset.get("test_time") or {}
-    test_time = test_time.restricted_to(selected, subset.get("seeds"),
-                                        datasets if subset.get("datasets") is not None else None,
-                                        block.get("modes"), block.get("starts"), block.get("max_test_images"),
-                                        where=f"{where}.test_time")
+    if subset.get("test_time") is False:
+        test_time = TestTimePlan()
+    else:
+        test_time = test_time.restricted_to(selected, subset.get("seeds"),
+                                            datasets if subset.get("datasets") is not None else None,
+                                            block.get("modes"), block.get("starts"), block.get("max_test_images"),
+                                            where=f"{where}.test_time")
     return GridSelection(datasets, selected,
                          TransferPlan(transferred, transfer.targets) if transferred else TransferPlan(), test_time)

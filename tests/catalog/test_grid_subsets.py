@@ -55,7 +55,7 @@ def test_the_grid_comes_from_the_environment(monkeypatch):
 
 
 def test_a_unknown_grid_is_named_with_the_known_ones():
-    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'demo', 'quick', 'standard', 'targets', 'pseudolabels'\]"):
+    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'demo', 'quick', 'standard', 'targets', 'baselines', 'pseudolabels'\]"):
         load_catalog(DEFAULT_CATALOG_DIR, grid="fast")
 
 
@@ -212,3 +212,18 @@ def test_subsets_not_being_run_are_type_checked_but_may_name_datasets_a_smaller_
     edit(catalog_copy / "grids.yaml", lambda c: c["grids"].update(other={"test_time": {"modes": ["tpx"]}}))
     with pytest.raises(CatalogError, match=r"grids.other.test_time.modes: \['tpx'\] are not test-time modes"):
         load_catalog(catalog_copy, grid="quick")
+
+
+def test_the_baselines_grid_is_the_few_shot_comparison_at_five_shot_counts_without_test_time():
+    grid = load_catalog(DEFAULT_CATALOG_DIR, grid="baselines")
+    methods = {e.method for e in grid.experiments.values()}
+    assert methods == {"zero_shot", "linear_probe", "coop", "tip_adapter", "tip_adapter_f", "clip_adapter", "taskres",
+                       "lp_plus_plus", "clap", "clip_lora"}
+    for method in methods - {"zero_shot"}:
+        cells = {(e.shots, e.seed) for e in grid.experiments.values() if e.method == method}
+        assert cells == {(k, s) for k in (1, 2, 4, 8, 16) for s in (1, 2, 3)}, method
+    assert all(e.name is None and e.protocol == "all_classes" and e.augmentation is None
+               for e in grid.experiments.values())  # the plain configurations only
+    assert not grid.test_time.runs  # test_time: false
+    full = load_catalog(DEFAULT_CATALOG_DIR)
+    assert all(full.experiments[key].config_hash == e.config_hash for key, e in grid.experiments.items())
