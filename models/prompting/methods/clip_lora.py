@@ -144,14 +144,11 @@ class CLIPLoRAClassifier(PromptedClassifier):
         return encode_in_passes(encode_classes, self.token_ids.shape[0], self.parameters_used.text_chunk_size)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        if self.vision_tower is None:
+        if self.vision_tower is None:  # encoder "text": the image tower runs as it is (any kind, ResNets too)
             with torch.no_grad():
-                return self.frozen_visual(images.to(self.frozen_visual_dtype()))
+                return self.frozen_visual(images.to(next(self.frozen_visual.parameters()).dtype))
         no_prompts = images.new_zeros(0, self.vision_tower.width)
         return self.vision_tower(images, no_prompts, run_block=self.lora.visual.transformer.run_block)
-
-    def frozen_visual_dtype(self) -> torch.dtype:
-        return next(self.frozen_visual.parameters()).dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) of images (B, 3, H, W) at the constant scale (100): both towers carry the LoRA updates."""
