@@ -164,6 +164,8 @@ def published_pattern_checks(averages: pl.DataFrame, seed_averages: pl.DataFrame
 # zero-shot CLIP with ViT-B/16 (the report checks for at least 8); the linear probe falls below zero-shot
 # at 1 shot and overtakes it by 16 shots; CoOp stays above the linear probe at 16 shots.
 COOP_FEW_SHOT_GAIN = 0.08
+# Tip-Adapter-F's fine-tuned keys beat the training-free cache from 4 shots on (Tip-Adapter's Figure 4).
+BASELINE_FINE_TUNING_SHOTS = (4, 8, 16)
 FEW_SHOT_COLUMNS = {"dataset", "method", "shots", "seed", "value"}
 
 
@@ -217,6 +219,14 @@ def few_shot_pattern_checks(results: pl.DataFrame) -> list[PatternCheck]:
         compare("the 1-shot linear probe falls below zero-shot", ("linear_probe", 1), zero_shot, -1, 0.0),
         compare("the linear probe overtakes zero-shot by 16 shots", ("linear_probe", 16), zero_shot, +1, 0.0),
         compare("CoOp stays above the linear probe at 16 shots", ("coop", 16), ("linear_probe", 16), +1, 0.0),
+        # The baselines' papers (Tip-Adapter's Figure 4, CLIP-LoRA's Table 1): the training-free cache already beats
+        # zero-shot, fine-tuning its keys helps from 4 shots on, and Tip-Adapter-F and CLIP-LoRA beat CoOp at 16.
+        compare("Tip-Adapter beats zero-shot at 1 shot", ("tip_adapter", 1), zero_shot, +1, 0.0),
+        compare("Tip-Adapter beats zero-shot at 16 shots", ("tip_adapter", 16), zero_shot, +1, 0.0),
+        *(compare(f"Tip-Adapter-F beats Tip-Adapter at {shots} shots", ("tip_adapter_f", shots),
+                  ("tip_adapter", shots), +1, 0.0) for shots in BASELINE_FINE_TUNING_SHOTS),
+        compare("Tip-Adapter-F beats CoOp at 16 shots", ("tip_adapter_f", 16), ("coop", 16), +1, 0.0),
+        compare("CLIP-LoRA beats CoOp at 16 shots", ("clip_lora", 16), ("coop", 16), +1, 0.0),
     ]
     return [check for check in checks if check is not None]
 

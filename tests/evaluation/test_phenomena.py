@@ -173,6 +173,29 @@ def test_few_shot_gain_inside_the_spread_is_not_shown_and_missing_methods_are_sk
     assert checks["CoOp at 16 shots beats zero-shot by at least 8 points"].verdict == NOT_SHOWN
 
 
+def test_the_baselines_claims_compare_tip_adapter_f_with_its_cache_and_coop_per_seed():
+    checks = few_shot_checks_of({
+        ("zero_shot", 0): {"a": {0: 0.50}},
+        ("tip_adapter", 1): {"a": {1: 0.53, 2: 0.54, 3: 0.535}},
+        ("tip_adapter", 4): {"a": {1: 0.60, 2: 0.61, 3: 0.62}},
+        ("tip_adapter_f", 4): {"a": {1: 0.60, 2: 0.63, 3: 0.61}},
+        ("tip_adapter", 16): {"a": {1: 0.62, 2: 0.62, 3: 0.62}},
+        ("tip_adapter_f", 16): {"a": {1: 0.70, 2: 0.71, 3: 0.72}},
+        ("coop", 16): {"a": {1: 0.69, 2: 0.73, 3: 0.66}},
+        ("clip_lora", 16): {"a": {1: 0.60, 2: 0.61, 3: 0.59}},
+    })
+    assert checks["Tip-Adapter beats zero-shot at 1 shot"].verdict == SHOWN
+    four = checks["Tip-Adapter-F beats Tip-Adapter at 4 shots"]
+    assert four.margin == pytest.approx(0.0033333, abs=1e-6)
+    assert four.seed_std == pytest.approx(statistics.stdev([0.0, 0.02, -0.01])) and four.verdict == NOT_SHOWN
+    assert checks["Tip-Adapter-F beats Tip-Adapter at 16 shots"].verdict == SHOWN
+    assert "Tip-Adapter-F beats Tip-Adapter at 8 shots" not in checks  # not run: skipped
+    against_coop = checks["Tip-Adapter-F beats CoOp at 16 shots"]
+    assert against_coop.seed_std == pytest.approx(statistics.stdev([0.01, -0.02, 0.06]))  # paired by seed
+    assert against_coop.verdict == NOT_SHOWN
+    assert checks["CLIP-LoRA beats CoOp at 16 shots"].verdict == CONTRADICTED
+
+
 def test_few_shot_rows_must_be_one_per_seed():
     rows = few_shot_rows({("coop", 16): {"a": {1: 0.5}}})
     with pytest.raises(ValueError, match="several rows"):
