@@ -140,7 +140,8 @@ def _cached_features(spec: MethodSpec) -> str:
         return "nothing to train; it scores cached image features"
     if not spec.frozen_image_encoder:
         return "no: its prompts change the image features, so it trains on images through the prompted image tower"
-    fitted = " (fitted by its own `fit`, not the SGD loop)" if closed_form else ""
+    fitted = (" (trained by its own `fit`: a closed form, or its own schedule through the shared loop)"
+              if closed_form else "")
     return f"yes: the image tower is frozen and unprompted{fitted}"
 
 

@@ -87,8 +87,11 @@ class ViewRecipe:
         return AugmentedView(self, pass_index, (int(size[0]), int(size[1])))
 
     def cache_view_name(self, pass_index: int) -> str:
-        """What distinguishes this pass's features in the feature cache (FeatureNamespace.recipe)."""
-        return f"{self.key}-pass{pass_index}"
+        """What distinguishes this pass's features in the feature cache (FeatureNamespace.recipe): the crop range,
+        flip and seed, not the number of passes, so that a recipe of 10 passes shares its first pass with the same
+        recipe of 1 (a view depends only on those, the image and the pass index)."""
+        view = {key: value for key, value in self.as_dict().items() if key != "passes"}
+        return f"{stable_hash(view, length=12)}-pass{pass_index}"
 
 
 @dataclass(frozen=True)

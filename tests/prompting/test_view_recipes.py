@@ -99,9 +99,13 @@ def test_passes_are_encoded_once_and_shared_by_every_request(tmp_path, backbone,
     # another workspace computing only a subset gets the same bits (canonical batches)
     alone = features_for_images(backbone, image_set, paths[5:9], hashes[5:9], tmp_path / "other", recipe=recipe)
     assert torch.equal(alone, whole[5:9])
-    # another recipe is another namespace: encoded anew
+    # fewer passes of the same crops share the cached passes; another seed is another namespace, encoded anew
+    before = backbone.model.encoded_images
+    first_two = features_for_images(backbone, image_set, paths, hashes, cache,
+                                    recipe=ViewRecipe(passes=2, crop_scale=(0.5, 1.0)))
+    assert backbone.model.encoded_images == before and torch.equal(first_two, whole[:, :2])
     features_for_images(backbone, image_set, paths[:2], hashes[:2], cache, recipe=ViewRecipe(passes=1, seed=2))
-    assert backbone.model.encoded_images > 36 + 12 + 8
+    assert backbone.model.encoded_images > before
 
 
 def test_namespaces_without_a_recipe_keep_their_keys():
