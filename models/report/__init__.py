@@ -12,6 +12,9 @@ pseudolabels, augmentation; models/evaluation/configurations.py), prefixed by it
 several, with its shots where rows of several shot counts share a table. Tables are grouped by protocol: the
 headline compares few-shot configurations with zero-shot; learning settings and base-to-new have their own tables.
 Zero-shot results are the evaluation runs whose method is `zero_shot_method`; every other method counts as trained.
+Where the catalog's published results (assets_catalog/published_results.yaml, loaded into the warehouse before the
+report reads it) have a number for a row's method, backbone, shots and datasets, the few-shot and base-to-new tables
+show it and the difference beside the measured one; without such a number they have no such columns.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def build_report(
         write_atomically(html_path, html_page(title, [], [empty]))
         return ReportSummary(html_path, True, 0, 0, (), None, None)
 
+    sections.sync_published_results(warehouse)
     params = {"zero_shot": zero_shot_method}
     names = sections.ConfigurationNames(warehouse)
     datasets = tuple(warehouse.query(queries.DATASETS_SQL)["dataset"].to_list())
@@ -78,6 +82,7 @@ def build_report(
         sections.results_per_dataset(warehouse, params, names),
         sections.few_shot(warehouse, params, names),
         sections.few_shot_pattern(warehouse),
+        sections.few_shot_averages(warehouse, params, names),
         sections.limited_labels(warehouse),
         base_to_new,
         sections.base_to_new_pattern(warehouse),

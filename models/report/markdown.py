@@ -52,9 +52,10 @@ def markdown_results(warehouse: Warehouse, title: str = "Results", preface: str 
     current results, with their provenance; charts and pattern checks stay in the HTML report."""
     if not warehouse.exists() or warehouse.query(queries.RUN_COUNTS_SQL)["current_runs"][0] == 0:
         return f"# {title}\n\nNo runs recorded yet in {warehouse.name}.\n"
+    sections.sync_published_results(warehouse)
     params = {"zero_shot": zero_shot_method}
     names = sections.ConfigurationNames(warehouse)
-    found = [sections.few_shot(warehouse, params, names),
+    found = [sections.few_shot(warehouse, params, names), sections.few_shot_averages(warehouse, params, names),
              sections.limited_labels(warehouse), sections.base_to_new(warehouse, params, names)[0],
              *(sections.transfer(warehouse, params, names, sql, name, targets)
                for _, sql, name, targets in sections.TRANSFERS),

@@ -116,23 +116,59 @@ HAVING top1_mean IS NOT NULL
 ORDER BY dataset, method <> $zero_shot, method, options, shots
 """
 
+# The datasets an average over few-shot results is over: those a trained configuration ran on. Zero-shot also runs
+# on test-only datasets (ImageNet's shifts, the targets of transfer), which no trained configuration can; without
+# any trained configuration, every dataset.
+_AVERAGED_FEW_SHOT_DATASETS = """
+averaged_datasets AS (
+    SELECT DISTINCT dataset FROM few_shot_results
+    WHERE NOT (method = $zero_shot OR shots = 0)
+       OR NOT EXISTS (SELECT 1 FROM few_shot_results WHERE NOT (method = $zero_shot OR shots = 0))
+),
+dataset_count AS (SELECT count(*) AS n FROM averaged_datasets)"""
+
 # Few-shot protocol (view few_shot_results), with CoOp's first panel: the average over datasets of the points that
-# were measured on every dataset (std left out: it is not a mean over seeds).
-FEW_SHOT_SQL = """
+# were measured on every averaged dataset (std left out: it is not a mean over seeds). `datasets`: those a row is
+# over, sorted (one for a dataset's row).
+FEW_SHOT_SQL = f"""
 WITH few_shot AS (
     SELECT dataset, backbone, method, options, method = $zero_shot OR shots = 0 AS is_zero_shot, shots, mean, std,
            n_seeds
     FROM few_shot_results
 ),
-dataset_count AS (SELECT count(DISTINCT dataset) AS n FROM few_shot)
+{_AVERAGED_FEW_SHOT_DATASETS}
 SELECT 0 AS panel, 'Average over ' || n || ' datasets' AS dataset, backbone, method, options, is_zero_shot, shots,
-       avg(mean) AS mean, NULL::DOUBLE AS std, NULL::BIGINT AS n_seeds
+       avg(mean) AS mean, NULL::DOUBLE AS std, NULL::BIGINT AS n_seeds, list(dataset ORDER BY dataset) AS datasets
 FROM few_shot CROSS JOIN dataset_count
+WHERE dataset IN (SELECT dataset FROM averaged_datasets)
 GROUP BY backbone, method, options, is_zero_shot, shots, n
 HAVING count(DISTINCT dataset) = n AND n > 1
 UNION ALL
-SELECT 1, dataset, backbone, method, options, is_zero_shot, shots, mean, std, n_seeds FROM few_shot
+SELECT 1, dataset, backbone, method, options, is_zero_shot, shots, mean, std, n_seeds, [dataset] FROM few_shot
 ORDER BY panel, dataset, is_zero_shot DESC, method, options, shots
+"""
+
+# The same average per seed, laid out as CLIP-LoRA's Table 1 (methods x shots): per configuration, shots and seed the
+# test top-1 averaged over the averaged datasets (a seed enters only where it ran on every one of them), then mean and
+# sample std over seeds of those averages.
+FEW_SHOT_AVERAGES_SQL = f"""
+WITH {_AVERAGED_FEW_SHOT_DATASETS},
+per_dataset AS (
+    SELECT dataset, backbone, method, options, shots, seed, avg(value) AS value
+    FROM few_shot_seed_results WHERE dataset IN (SELECT dataset FROM averaged_datasets)
+    GROUP BY dataset, backbone, method, options, shots, seed
+),
+per_seed AS (
+    SELECT backbone, method, options, shots, seed, avg(value) AS value, count(*) AS n_datasets,
+           list(dataset ORDER BY dataset) AS datasets
+    FROM per_dataset GROUP BY backbone, method, options, shots, seed
+)
+SELECT backbone, method, options, method = $zero_shot OR shots = 0 AS is_zero_shot, shots, avg(value) AS mean,
+       coalesce(stddev_samp(value), 0.0) AS std, count(*) AS n_seeds, any_value(datasets) AS datasets
+FROM per_seed CROSS JOIN dataset_count
+WHERE n_datasets = n
+GROUP BY backbone, method, options, shots
+ORDER BY is_zero_shot DESC, method, options, shots
 """
 
 # Transfer protocols (views cross_dataset_results / domain_generalization_results): one row per configuration,
@@ -147,15 +183,64 @@ DOMAIN_GENERALIZATION_SQL = _TRANSFER_SQL.replace("transfer_view", "domain_gener
 
 BASE_TO_NEW_SQL = """
 SELECT dataset, backbone, method, options, shots, base_accuracy, base_std, new_accuracy, new_std, harmonic_mean,
-       n_seeds
+       n_seeds, [dataset] AS datasets
 FROM base_to_new_results
 ORDER BY dataset, method <> $zero_shot, method, options, shots
 """
 
 BASE_TO_NEW_AVERAGES_SQL = """
-SELECT backbone, method, options, shots, base_accuracy, new_accuracy, harmonic_mean, n_datasets
-FROM base_to_new_averages
-ORDER BY method <> $zero_shot, method, options, shots
+SELECT a.backbone, a.method, a.options, a.shots, a.base_accuracy, a.new_accuracy, a.harmonic_mean, a.n_datasets,
+       d.datasets
+FROM base_to_new_averages AS a
+JOIN (SELECT backbone, method, options, shots, list(dataset ORDER BY dataset) AS datasets
+      FROM base_to_new_results GROUP BY backbone, method, options, shots) AS d
+    USING (backbone, method, options, shots)
+ORDER BY a.method <> $zero_shot, a.method, a.options, a.shots
+"""
+
+
+# ------------------------------------------------------------------------------------------- published results
+PUBLISHED_TABLES_SQL = """
+SELECT count(*) AS n FROM information_schema.tables WHERE table_name IN ('published_results', 'published_averages')
+"""
+
+
+def published_comparison_sql(measured_sql: str, protocol: str, measured: dict[str, str], keys: tuple[str, ...]) -> str:
+    """The published numbers beside the rows of `measured_sql` (a report query with the columns `keys`, backbone,
+    method, options, shots and `datasets`, the sorted datasets a row is over): one row per measured row and metric
+    (`measured`: published metric name -> the column holding it) with a published number of the same protocol,
+    metric, backbone, method and shots over the same datasets (a dataset, or an average of published_averages), with
+    the difference measured - published. Only plain configurations are compared (the method alone, or with its
+    protocol: the configurations the pattern checks pick), with the published rows of the plain method (no variant).
+    """
+    columns = [*keys, "backbone", "method", "options", "shots"]
+    values = "\n    UNION ALL\n    ".join(
+        f"SELECT {', '.join(columns)}, datasets, '{metric}' AS metric, {column} AS measured FROM measured"
+        for metric, column in measured.items())
+    return _PATTERN_LABELS + f""",
+plain AS (
+    SELECT backbone, method, options FROM labels
+    WHERE configuration IN (method, method || ' + base_to_new', backbone || ' / ' || method,
+                            backbone || ' / ' || method || ' + base_to_new')
+),
+published AS (
+    SELECT p.metric, p.backbone, p.method, p.shots, p.value, coalesce(a.datasets, [p.dataset]) AS datasets
+    FROM published_results AS p
+    LEFT JOIN (SELECT average, list(dataset ORDER BY dataset) AS datasets FROM published_averages GROUP BY average)
+        AS a ON a.average = p.dataset
+    WHERE p.protocol = '{protocol}' AND p.variant IS NULL
+),
+measured AS ({measured_sql}),
+measured_values AS (
+    {values}
+)
+SELECT {', '.join(f'm.{column}' for column in columns)}, m.metric, p.value AS published,
+       m.measured - p.value AS difference
+FROM measured_values AS m
+SEMI JOIN plain AS c ON c.backbone = m.backbone AND c.method = m.method AND c.options = m.options
+JOIN published AS p ON p.metric = m.metric AND p.backbone = m.backbone AND p.method = m.method
+                   AND p.shots IS NOT DISTINCT FROM m.shots AND p.datasets = m.datasets
+WHERE m.measured IS NOT NULL
 """
 
 

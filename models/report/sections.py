@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import polars as pl
 
 from models.evaluation.configurations import (PROTOCOL_ORDER, configuration_labels, describe_configuration,
@@ -12,6 +14,8 @@ from models.report import figures, queries
 from models.report.blocks import Heading, Paragraph, Section, Table, Tiles, table
 from models.report.formatting import format_mean_std, is_fraction_metric, percent, percent_pm, signed_points
 from models.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigurationNames:
@@ -41,6 +45,56 @@ def by_protocol(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
 
 def _protocol_title(protocol: str) -> str:
     return {"few-shot": "Few-shot (all classes)", "base-to-new": "Base-to-new"}.get(protocol, f"{protocol} setting")
+
+
+# ---------------------------------------------------------------------------------------------- published results
+PUBLISHED_NOTE = ("Published: the number a paper reports for the same method (plain, without variants), backbone, "
+                  "shots and datasets (assets_catalog/published_results.yaml; each row's source is in the warehouse's "
+                  "table published_results); Δ = measured − published, in points.")
+
+
+def sync_published_results(warehouse: Warehouse) -> None:
+    """Load the catalog's published results into the warehouse when they changed (CatalogError when the file is
+    malformed); a warehouse held by another process keeps the ones it has (logged)."""
+    if not warehouse.sync_published_results():
+        logger.warning("published results of %s not refreshed from the catalog now (the warehouse is held by "
+                       "another process); the report shows those it holds", warehouse.name)
+
+
+def published_by_row(warehouse: Warehouse, params: dict, measured_sql: str, protocol: str, measured: dict[str, str],
+                     keys: tuple[str, ...] = ()) -> dict[tuple, dict[str, tuple[float, float]]]:
+    """(*keys, backbone, method, options, shots) of a row of `measured_sql` -> {metric: (published, measured −
+    published)}, for the rows with a published number (queries.published_comparison_sql); empty when the warehouse
+    has no published results."""
+    if warehouse.query(queries.PUBLISHED_TABLES_SQL)["n"][0] < 2:  # a snapshot from before the tables existed
+        return {}
+    frame = warehouse.query(queries.published_comparison_sql(measured_sql, protocol, measured, keys), params)
+    found: dict[tuple, dict[str, tuple[float, float]]] = {}
+    for r in frame.iter_rows(named=True):
+        key = tuple(r[column] for column in (*keys, "backbone", "method", "options", "shots"))
+        found.setdefault(key, {})[r["metric"]] = (r["published"], r["difference"])
+    return found
+
+
+def with_published(headers: list[str], rows: list[list], compared: dict[int, tuple[object, str]],
+                   published: list[dict]) -> tuple[list[str], list[list]]:
+    """The table with, right after each column `index` of `compared` (index -> (what the row's published numbers
+    are keyed by, a label)), its published number and the difference measured − published, where any row has one;
+    `published[i]` holds row i's published numbers (published_by_row). A column no row has is left out."""
+    shown = {index for index, (key, _) in compared.items() if any(key in found for found in published)}
+    new_headers: list[str] = []
+    new_rows: list[list] = [[] for _ in rows]
+    for index, header in enumerate(headers):
+        new_headers.append(header)
+        for new_row, row in zip(new_rows, rows):
+            new_row.append(row[index])
+        if index in shown:
+            key, label = compared[index]
+            new_headers += [f"{label} published (%)", f"{label} Δ (points)"]
+            for new_row, found in zip(new_rows, published):
+                value = found.get(key)
+                new_row += ["", ""] if value is None else [percent(value[0]), signed_points(value[1])]
+    return new_headers, new_rows
 
 
 # ----------------------------------------------------------------------------------------------------- headline
@@ -115,19 +169,67 @@ def few_shot(warehouse: Warehouse, params: dict, names: ConfigurationNames) -> S
     if trained_shot_counts.filter(pl.col("n") > 1).height == 0:
         return None  # no shot axis to draw
     shots = sorted(set(results["shots"].to_list()))
+    published = published_by_row(warehouse, params, queries.FEW_SHOT_SQL, "few_shot", {"top1_accuracy": "mean"},
+                                 keys=("panel", "dataset"))
     cells: dict[tuple[str, str], dict[int, str]] = {}
+    published_cells: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
     for r in results.iter_rows(named=True):
-        cells.setdefault((r["dataset"], r["configuration"]), {})[r["shots"]] = (
+        row = (r["dataset"], r["configuration"])
+        cells.setdefault(row, {})[r["shots"]] = (
             percent(r["mean"]) if r["std"] is None else format_mean_std(r["mean"], r["std"], r["n_seeds"]))
-    rows = [(dataset, configuration, *[by_shots.get(k, "") for k in shots])
+        found = published.get((r["panel"], r["dataset"], r["backbone"], r["method"], r["options"], r["shots"]))
+        if found:
+            published_cells.setdefault(row, {})[r["shots"]] = found["top1_accuracy"]
+    rows = [[dataset, configuration, *[by_shots.get(k, "") for k in shots]]
             for (dataset, configuration), by_shots in cells.items()]
+    headers, rows = with_published(
+        ["Dataset", "Configuration", *[_shots_header(k) for k in shots]], rows,
+        {2 + index: (k, _shots_header(k)) for index, k in enumerate(shots)},
+        [published_cells.get(row, {}) for row in cells])
     return Section("Few-shot learning", [
         Paragraph("Test top-1 (%) against labelled images per class (K), mean ± std over seeds; zero-shot is the "
-                  "flat dashed line (0 shots). The average panel averages the points measured on every dataset.",
-                  "muted"),
+                  "flat dashed line (0 shots). The average panel averages the points measured on every dataset."
+                  + (" " + PUBLISHED_NOTE if published_cells else ""), "muted"),
         figures.shot_curves(results.select("dataset", "configuration", "is_zero_shot", "shots", "mean", "std")),
-        table(["Dataset", "Configuration", *[f"{k} shot{'s' if k != 1 else ''}" for k in shots]], rows,
-              numeric=range(2, 2 + len(shots))),
+        table(headers, rows, numeric=range(2, len(headers))),
+    ])
+
+
+def _shots_header(shots: int) -> str:
+    return f"{shots} shot{'s' if shots != 1 else ''}"
+
+
+def few_shot_averages(warehouse: Warehouse, params: dict, names: ConfigurationNames) -> Section | None:
+    """CLIP-LoRA's Table 1: configurations x shots, test top-1 averaged over the datasets, mean ± std over seeds of
+    the per-seed averages, zero-shot first; shown when the configurations ran at 2 or more shot counts."""
+    results = warehouse.query(queries.FEW_SHOT_AVERAGES_SQL, params)
+    if results.filter(~pl.col("is_zero_shot"))["shots"].n_unique() < 2:
+        return None
+    shots = sorted(set(results["shots"].to_list()))
+    published = published_by_row(warehouse, params, queries.FEW_SHOT_AVERAGES_SQL, "few_shot",
+                                  {"top1_accuracy": "mean"})
+    cells: dict[str, dict[int, str]] = {}
+    published_cells: dict[str, dict[int, tuple[float, float]]] = {}
+    for r in results.iter_rows(named=True):
+        configuration = names(r)
+        cells.setdefault(configuration, {})[r["shots"]] = format_mean_std(r["mean"], r["std"], r["n_seeds"])
+        found = published.get((r["backbone"], r["method"], r["options"], r["shots"]))
+        if found:
+            published_cells.setdefault(configuration, {})[r["shots"]] = found["top1_accuracy"]
+    headers, rows = with_published(
+        ["Configuration", *[_shots_header(k) for k in shots]],
+        [[configuration, *[by_shots.get(k, "") for k in shots]] for configuration, by_shots in cells.items()],
+        {1 + index: (k, _shots_header(k)) for index, k in enumerate(shots)},
+        [published_cells.get(configuration, {}) for configuration in cells])
+    datasets = results["datasets"][0].to_list()
+    return Section("Few-shot top-1 averaged over datasets", [
+        Paragraph(f"As CLIP-LoRA's Table 1 lays it out: test top-1 (%) of each configuration at each number of "
+                  f"labelled images per class, averaged over the {len(datasets)} dataset"
+                  f"{'s' if len(datasets) != 1 else ''} ({', '.join(datasets)}) per seed, then mean ± sample std "
+                  "over seeds of those averages; a seed counts only where it ran on every one of them. Zero-shot "
+                  "learns nothing: its row stands at 0 shots."
+                  + (" " + PUBLISHED_NOTE if published_cells else ""), "muted"),
+        table(headers, rows, numeric=range(1, len(headers))),
     ])
 
 
@@ -227,6 +329,10 @@ def _pseudolabel_rounds(warehouse: Warehouse) -> list:
 
 
 # -------------------------------------------------------------------------------------------------- base-to-new
+_BASE_TO_NEW_METRICS = {"base_accuracy": "base_accuracy", "new_accuracy": "new_accuracy",
+                        "harmonic_mean": "harmonic_mean"}
+
+
 def base_to_new(warehouse: Warehouse, params: dict, names: ConfigurationNames) -> tuple[Section | None, dict]:
     results = warehouse.query(queries.BASE_TO_NEW_SQL, params)
     if results.height == 0:
@@ -235,23 +341,39 @@ def base_to_new(warehouse: Warehouse, params: dict, names: ConfigurationNames) -
     averages = averages.with_columns(pl.struct("backbone", "method", "options", "shots").map_elements(
         names.with_shots, return_dtype=pl.String).alias("configuration"))
     n_datasets = results["dataset"].n_unique()
-    tiles = [table(["Configuration", "Base (%)", "New (%)", "HM (%)", "Datasets"],
-                   [(r["configuration"], percent(r["base_accuracy"]), percent(r["new_accuracy"]),
-                     percent(r["harmonic_mean"]), r["n_datasets"]) for r in averages.iter_rows(named=True)],
-                   numeric=(1, 2, 3, 4), title=f"Average over {n_datasets} dataset{'s' if n_datasets != 1 else ''}")]
+    published_averages = published_by_row(warehouse, params, queries.BASE_TO_NEW_AVERAGES_SQL, "base_to_new",
+                                           _BASE_TO_NEW_METRICS)
+    published = published_by_row(warehouse, params, queries.BASE_TO_NEW_SQL, "base_to_new", _BASE_TO_NEW_METRICS,
+                                  keys=("dataset",))
+
+    def published_tile(headers: list[str], rows: list[list], found: list[dict], title: str) -> Table:
+        headers, rows = with_published(headers, rows, {1: ("base_accuracy", "Base"), 2: ("new_accuracy", "New"),
+                                                       3: ("harmonic_mean", "HM")}, found)
+        return table(headers, rows, numeric=range(1, len(headers)), title=title)
+
+    def key(row: dict) -> tuple:
+        return row["backbone"], row["method"], row["options"], row["shots"]
+
+    tiles = [published_tile(
+        ["Configuration", "Base (%)", "New (%)", "HM (%)", "Datasets"],
+        [[r["configuration"], percent(r["base_accuracy"]), percent(r["new_accuracy"]), percent(r["harmonic_mean"]),
+          r["n_datasets"]] for r in averages.iter_rows(named=True)],
+        [published_averages.get(key(r), {}) for r in averages.iter_rows(named=True)],
+        f"Average over {n_datasets} dataset{'s' if n_datasets != 1 else ''}")]
     for dataset in results["dataset"].unique(maintain_order=True).to_list():
-        tiles.append(table(
+        of_dataset = list(results.filter(pl.col("dataset") == dataset).iter_rows(named=True))
+        tiles.append(published_tile(
             ["Configuration", "Base (%)", "New (%)", "HM (%)", "Seeds"],
-            [(names.with_shots(r), percent_pm(r["base_accuracy"], r["base_std"]),
-              percent_pm(r["new_accuracy"], r["new_std"]), percent(r["harmonic_mean"]), r["n_seeds"])
-             for r in results.filter(pl.col("dataset") == dataset).iter_rows(named=True)],
-            numeric=(1, 2, 3, 4), title=dataset))
+            [[names.with_shots(r), percent_pm(r["base_accuracy"], r["base_std"]),
+              percent_pm(r["new_accuracy"], r["new_std"]), percent(r["harmonic_mean"]), r["n_seeds"]]
+             for r in of_dataset],
+            [published.get((dataset, *key(r)), {}) for r in of_dataset], dataset))
     harmonic_by_method = dict(zip(averages["configuration"], averages["harmonic_mean"]))
     return Section("Base-to-new generalization", [
         Paragraph("Top-1 (%) on base and new classes of configurations trained on the base half (protocol "
                   "base_to_new) and of zero-shot; mean ± std over seeds. HM = 2·B·N / (B + N) of the seed means, "
                   "computed in SQL; the average table takes the HM of the dataset-averaged base and new accuracies, "
-                  "as the papers do.", "muted"),
+                  "as the papers do." + (" " + PUBLISHED_NOTE if published or published_averages else ""), "muted"),
         figures.base_to_new_bars(averages),
         Tiles(tiles),
     ]), harmonic_by_method

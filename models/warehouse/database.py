@@ -38,7 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import polars as pl
@@ -49,8 +49,14 @@ from models.warehouse.pending import PendingBatch, PendingBatchError, RejectedBa
 from models.warehouse.records import (EMPTY_PREDICTIONS_FILE, PREDICTION_SCHEMA, PREDICTIONS_FILE_PREFIX, MetricRow,
                                       PerClassRow, RunRecord, metric_frame, per_class_frame, prediction_frame,
                                       validate_run)
+from models.warehouse.published import (RECORDED_FILE_SQL, catalog_published_file, catalog_published_results,
+                                        catalog_published_results_or_log, file_sha256, holds_file,
+                                        replace_published_results)
 from models.warehouse.schema import SCHEMA_TABLES, SCHEMA_VIEWS, TEST_TIME_VIEWS, sql_string
 from models.warehouse.writes import insert_benchmarks, transaction, validated_benchmarks, write_run
+
+if TYPE_CHECKING:
+    from models.catalog.published import PublishedResults
 
 logger = logging.getLogger(__name__)
 
@@ -256,10 +262,41 @@ class _CopyConnection:
 
 
 class Queries:
-    """`query` for a warehouse class with a `read_connection()` context manager (both backends)."""
+    """`query` and `sync_published_results` for a warehouse class with a `read_connection()` context manager and an
+    `ensure_schema(published)` (both backends)."""
 
     def read_connection(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
         raise NotImplementedError
+
+    def ensure_schema(self, published: PublishedResults | None = None) -> bool:
+        raise NotImplementedError
+
+    def sync_published_results(self, published: PublishedResults | None = None) -> bool:
+        """Make the published-results tables hold `published` (default: the catalog's published_results.yaml,
+        CatalogError when it changed and is malformed): nothing is written when they hold that file already, else the
+        schema is ensured with it. True when the tables hold it afterwards; False when the warehouse could not be
+        written now (held by another process: logged), and they keep what they held."""
+        if published is None:
+            if self._holds_file(catalog_published_file()):
+                return True
+            published = catalog_published_results()
+        elif self._holds_file(published.path, published.sha256):
+            return True
+        return self.ensure_schema(published)
+
+    def _holds_file(self, path: Path, sha256: str | None = None) -> bool:
+        """Whether the published-results tables hold the file at `path` (sha256: of its bytes now, by default);
+        False as well when they cannot be read (no warehouse yet, one from before these tables, a damaged file)."""
+        try:
+            recorded = self.query(RECORDED_FILE_SQL)
+        except (OSError, duckdb.Error, RuntimeError):
+            return False
+        return holds_file(recorded, path, file_sha256(path) if sha256 is None else sha256)
+
+    def _catalog_published_if_changed(self) -> PublishedResults | None:
+        """For ensure_schema: the catalog's published results when the tables do not hold its file yet (None, logged,
+        when it is malformed); None when they do."""
+        return None if self._holds_file(catalog_published_file()) else catalog_published_results_or_log()
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
         """Run `sql` on what `read_connection()` reads (every view of the warehouse) and return its rows."""
@@ -406,10 +443,13 @@ class Warehouse(Queries):
         )
         connection.execute(TEST_TIME_VIEWS)
 
-    def ensure_schema(self) -> bool:
-        """Create the tables, views, predictions directory and snapshot if missing; safe to call any number of
-        times. Returns False, without raising, when another process holds the database, the disk is full or the
-        file is damaged (logged; the next merge creates the schema, and a run's rows wait pending meanwhile)."""
+    def ensure_schema(self, published: PublishedResults | None = None) -> bool:
+        """Create the tables, views, predictions directory and snapshot if missing, and replace the published
+        results with `published` (default: the catalog's published_results.yaml, read only when it changed; left as
+        they are, logged, when it is malformed) when they hold another file; safe to call any number of times.
+        Returns False, without raising, when another process holds the database, the disk is full or the file is
+        damaged (logged; the next merge creates the schema, and a run's rows wait pending meanwhile)."""
+        published = published if published is not None else self._catalog_published_if_changed()
         try:
             self._ensure_empty_predictions_file()
             with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
@@ -422,6 +462,8 @@ class Warehouse(Queries):
                     return False
                 with connection, transaction(connection):
                     self._create_schema(connection)
+                    if published is not None:
+                        replace_published_results(connection, published)
                 self._refresh_snapshot_or_log()
         except (OSError, duckdb.Error, WarehouseDamagedError) as error:
             logger.error("schema of %s not ensured now: %s", self.database_path, error)

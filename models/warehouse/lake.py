@@ -36,17 +36,21 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import polars as pl
 
 from models.warehouse.benchmark import BENCHMARK_SCHEMA, BenchmarkRow, BenchmarkRun
 from models.warehouse.database import MergeOutcome, Queries, RecordOutcome
+from models.warehouse.published import replace_published_results
 from models.warehouse.records import (PREDICTION_SCHEMA, MetricRow, PerClassRow, RunRecord, metric_frame,
                                       per_class_frame, prediction_frame, validate_run)
 from models.warehouse.schema import SCHEMA_TABLES, SCHEMA_VIEWS, TEST_TIME_VIEWS, sql_string
 from models.warehouse.writes import insert_benchmarks, insert_rows, transaction, validated_benchmarks, write_run
+
+if TYPE_CHECKING:
+    from models.catalog.published import PublishedResults
 
 logger = logging.getLogger(__name__)
 
@@ -275,9 +279,16 @@ class LakeWarehouse(Queries):
                 time.sleep(delay * random.uniform(0.5, 1.5))  # staggered: writers that collided do not collide again
 
     # ------------------------------------------------------------------------------------------ schema
-    def ensure_schema(self) -> bool:
-        """Create the tables when this version of the schema is not applied yet; safe from many processes."""
-        if self._schema_ready:
+    def ensure_schema(self, published: PublishedResults | None = None) -> bool:
+        """Create the tables when this version of the schema is not applied yet, and replace the published results
+        with `published` (default: the catalog's published_results.yaml, read only when it changed; left as they
+        are, logged, when it is malformed) when they hold another file; safe from many processes."""
+        return self._ensure_tables(published if published is not None else self._catalog_published_if_changed())
+
+    def _ensure_tables(self, published: PublishedResults | None = None) -> bool:
+        """The tables (once per process: each record makes this call), and `published` when given: in the schema's
+        own transaction when it creates the tables (one snapshot for both)."""
+        if self._schema_ready and published is None:
             return True
         if self.location.kind == "sqlite":
             Path(self.location.catalog.removeprefix("sqlite:")).parent.mkdir(parents=True, exist_ok=True)
@@ -285,7 +296,10 @@ class LakeWarehouse(Queries):
             Path(self.location.data_path).mkdir(parents=True, exist_ok=True)
         schema_hash = _schema_hash()
         with contextlib.closing(self._connect(read_only=False)) as connection:
-            if self._applied(connection, schema_hash):
+            if self._schema_ready or self._applied(connection, schema_hash):
+                if published is not None:
+                    self._committed(connection, lambda c: replace_published_results(c, published),
+                                    "replacing the published results")
                 self._schema_ready = True
                 return True
 
@@ -297,6 +311,8 @@ class LakeWarehouse(Queries):
                 connection.unregister("empty_predictions")
                 if not connection.execute("SELECT count(*) FROM writer_serial").fetchone()[0]:
                     connection.execute("INSERT INTO writer_serial VALUES (0)")
+                if published is not None:
+                    replace_published_results(connection, published)
                 if not self._applied(connection, schema_hash):
                     connection.execute("INSERT INTO schema_versions VALUES (?, now()::TIMESTAMP)", [schema_hash])
 
@@ -327,7 +343,7 @@ class LakeWarehouse(Queries):
         metric_rows = metric_frame(run, list(metrics))
         per_class_rows = per_class_frame(run, list(per_class))
         prediction_rows = None if predictions is None else prediction_frame(run, predictions)
-        self.ensure_schema()
+        self._ensure_tables()
 
         def write(connection: duckdb.DuckDBPyConnection) -> None:
             connection.execute("UPDATE writer_serial SET writes = writes + 1")  # every writer conflicts: serial
@@ -347,7 +363,7 @@ class LakeWarehouse(Queries):
         frames, run_ids = validated_benchmarks(runs)
         if not frames:
             return
-        self.ensure_schema()
+        self._ensure_tables()
 
         def write(connection: duckdb.DuckDBPyConnection) -> None:
             connection.execute("UPDATE writer_serial SET writes = writes + 1")

@@ -24,6 +24,11 @@ Schema (all accuracy-like values are fractions in [0, 1]; timestamps are UTC wit
 - `per_class_metrics` (run_id, dataset, split, label, classname, accuracy, f1, support) and
   `per_class_metrics_history` (+ superseded_at, superseded_by_run_id). accuracy / f1 are NULL where undefined
   (no support / neither support nor predictions).
+- `published_results` (file_row, method, variant, backbone, dataset, protocol, shots, metric, value, value_percent,
+  source_key, source), `published_averages` (average, dataset) and `published_results_file` (catalog_file, sha256,
+  n_rows): the catalog's published_results.yaml (models/warehouse/published.py), the numbers of the papers; value is
+  a fraction like every accuracy here, value_percent as the source prints it; dataset is a dataset or an average of
+  published_averages. Replaced whole when the file's sha256 changes (ensure_schema, and before every report).
 - `merged_batches` (batch PK, run_id, merged_at): the pending batches merged so far (models/warehouse/pending.py),
   written in the transaction that merges each, so a batch found again after a crash is never inserted twice.
 - predictions: `<predictions_dir>/run_id=<run_id>.parquet` per run (run_id, dataset, split, relative_path,
@@ -34,7 +39,8 @@ Schema (all accuracy-like values are fractions in [0, 1]; timestamps are UTC wit
 Views: `current_results` (current runs joined with their metrics), `results_by_config` (mean / sample std /
 number of seeds over the seeds of each configuration: stage, dataset, source_dataset, backbone, method, shots,
 options, split, metric; std is 0 for a single seed). Protocol views (test top-1): `few_shot_results` (in-domain
-configurations trained on all classes, and zero-shot at 0 shots, per dataset and shots), `base_to_new_results`
+configurations trained on all classes, and zero-shot at 0 shots, per dataset and shots; `few_shot_seed_results`: its
+rows per run and seed), `base_to_new_results`
 (per dataset, base_to_new configurations and zero-shot: mean base and new top-1 and the harmonic mean of those
 means), `base_to_new_averages` (the same averaged over datasets, harmonic mean of the averages as the papers
 report it), `base_to_new_seed_averages` (per configuration and seed, base and new averaged over datasets and their
@@ -118,6 +124,31 @@ CREATE TABLE IF NOT EXISTS merged_batches (
     run_id VARCHAR NOT NULL,
     merged_at TIMESTAMP NOT NULL
 );
+-- Published results (models/warehouse/published.py): the catalog's published_results.yaml, replaced whole when
+-- the file changes; published_results_file names the file and its sha256.
+CREATE TABLE IF NOT EXISTS published_results (
+    file_row INTEGER NOT NULL,
+    method VARCHAR NOT NULL,
+    variant VARCHAR,
+    backbone VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    protocol VARCHAR NOT NULL,
+    shots INTEGER,
+    metric VARCHAR NOT NULL,
+    value DOUBLE NOT NULL,
+    value_percent DOUBLE NOT NULL,
+    source_key VARCHAR NOT NULL,
+    source VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS published_averages (
+    average VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS published_results_file (
+    catalog_file VARCHAR NOT NULL,
+    sha256 VARCHAR,
+    n_rows INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS per_class_metrics_history (
     run_id VARCHAR NOT NULL,
     dataset VARCHAR NOT NULL,
@@ -150,12 +181,20 @@ CREATE OR REPLACE VIEW results_by_config AS
     FROM current_results
     GROUP BY stage, dataset, source_dataset, backbone, method, shots, options, split, metric;
 -- Few-shot protocol: in-domain test top-1 of every configuration trained on all classes (its options carry no
--- protocol), per shot count; zero-shot appears at 0 shots.
-CREATE OR REPLACE VIEW few_shot_results AS
-    SELECT dataset, backbone, method, shots, options, mean, std, n_seeds
-    FROM results_by_config
+-- protocol), per shot count; zero-shot appears at 0 shots. One row per run (few_shot_seed_results), then mean / std
+-- over the seeds of each configuration (few_shot_results).
+CREATE OR REPLACE VIEW few_shot_seed_results AS
+    SELECT dataset, backbone, method, shots, options, seed, value, run_id
+    FROM current_results
     WHERE stage = 'evaluation' AND source_dataset IS NULL AND split = 'test' AND metric = 'top1_accuracy'
       AND json_extract_string(options, '$.protocol') IS NULL AND json_extract_string(options, '$.setting') IS NULL;
+CREATE OR REPLACE VIEW few_shot_results AS
+    SELECT dataset, backbone, method, shots, options,
+           avg(value) AS mean,
+           coalesce(stddev_samp(value), 0.0) AS std,
+           count(DISTINCT seed) AS n_seeds
+    FROM few_shot_seed_results
+    GROUP BY dataset, backbone, method, shots, options;
 CREATE OR REPLACE VIEW base_to_new_results AS
     WITH per_config AS (
         SELECT dataset, backbone, method, shots, options,

@@ -11,10 +11,12 @@ from pipelines.assets.sync import synced
 from pipelines.assets.transfer import transfer_metrics
 from pipelines.resources import PromptLabResource
 
-# The report package (queries, sections, charts, templates) and what names its configurations.
+# The report package (queries, sections, charts, templates), what names its configurations, and the published
+# numbers it puts beside the measured ones.
 REPORT_SOURCES = (*sorted(str(path.relative_to(PACKAGE_ROOT)) for path in (PACKAGE_ROOT / "models/report").rglob("*")
                           if path.suffix in (".py", ".j2")),
-                  "models/evaluation/configurations.py", "models/warehouse/schema.py")
+                  "models/evaluation/configurations.py", "models/warehouse/schema.py",
+                  "models/warehouse/published.py", "assets_catalog/published_results.yaml")
 
 
 @dg.asset(group_name="report", deps=[evaluation_metrics, transfer_metrics, pseudolabels],

@@ -277,4 +277,7 @@ def test_every_table_number_is_the_single_file_reports(report):
     # The single-file report showed a limited-label section holding zero-shot's reference rows alone; the synthetic
     # warehouse has no learning setting, and that section is now left out (its numbers are the headline's).
     del expected["Limited-label settings and pseudolabels"]
-    assert numbers_by_section(page) == expected
+    numbers = numbers_by_section(page)
+    # CLIP-LoRA's Table 1 layout came later, by design (its numbers: test_published_results_report.py)
+    del numbers["Few-shot top-1 averaged over datasets"]
+    assert numbers == expected
