@@ -209,16 +209,19 @@ def few_shot_averages(warehouse: Warehouse, params: dict, names: ConfigurationNa
     published = published_by_row(warehouse, params, queries.FEW_SHOT_AVERAGES_SQL, "few_shot",
                                   {"top1_accuracy": "mean"})
     cells: dict[str, dict[int, str]] = {}
+    policies: dict[str, str] = {}
     published_cells: dict[str, dict[int, tuple[float, float]]] = {}
     for r in results.iter_rows(named=True):
         configuration = names(r)
+        policies[configuration] = "" if r["is_zero_shot"] else selection_policy(r["method"], r["options"])
         cells.setdefault(configuration, {})[r["shots"]] = format_mean_std(r["mean"], r["std"], r["n_seeds"])
         found = published.get((r["backbone"], r["method"], r["options"], r["shots"]))
         if found:
             published_cells.setdefault(configuration, {})[r["shots"]] = found["top1_accuracy"]
     headers, rows = with_published(
-        ["Configuration", *[_shots_header(k) for k in shots]],
-        [[configuration, *[by_shots.get(k, "") for k in shots]] for configuration, by_shots in cells.items()],
+        ["Configuration", *[_shots_header(k) for k in shots], "Selection"],
+        [[configuration, *[by_shots.get(k, "") for k in shots], policies[configuration]]
+         for configuration, by_shots in cells.items()],
         {1 + index: (k, _shots_header(k)) for index, k in enumerate(shots)},
         [published_cells.get(configuration, {}) for configuration in cells])
     datasets = results["datasets"][0].to_list()
@@ -227,10 +230,25 @@ def few_shot_averages(warehouse: Warehouse, params: dict, names: ConfigurationNa
                   f"labelled images per class, averaged over the {len(datasets)} dataset"
                   f"{'s' if len(datasets) != 1 else ''} ({', '.join(datasets)}) per seed, then mean ± sample std "
                   "over seeds of those averages; a seed counts only where it ran on every one of them. Zero-shot "
-                  "learns nothing: its row stands at 0 shots."
+                  "learns nothing: its row stands at 0 shots. Selection: what chose each configuration's epoch or "
+                  "hyperparameters (last: nothing, the last epoch; few_shot_val: the K-shot val subset; full_val: "
+                  "the whole val split; never test)."
                   + (" " + PUBLISHED_NOTE if published_cells else ""), "muted"),
-        table(headers, rows, numeric=range(1, len(headers))),
+        table(headers, rows, numeric=range(1, len(headers) - 1)),  # the last column: the selection policy
     ])
+
+
+def selection_policy(method: str, options: str | None) -> str:
+    """The model-selection policy of a configuration: its grid entry's (recorded in options) or its method's
+    published one (models.prompting.methods registry); '?' for a method this code does not register."""
+    import json
+
+    from models.prompting.methods import METHODS
+
+    chosen = json.loads(options).get("selection") if options else None
+    if chosen:
+        return chosen
+    return METHODS[method].selection if method in METHODS else "?"
 
 
 def _verdict_rule(thresholds: str) -> str:
