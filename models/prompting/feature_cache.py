@@ -211,7 +211,8 @@ class FeatureCache:
                 raise ValueError(f"encode did not compute {len(absent)} requested image(s), e.g. {absent[0].hex()}")
             already = self.lookup(namespace, [d for d in rows if d not in found]) if len(rows) > len(missing) else {}
             new = [digest for digest in rows if digest not in found and digest not in already]
-            self.store(namespace, new, torch.stack([rows[digest] for digest in new]))
+            if new:  # another process may have stored all of them meanwhile (parallel workers, one canonical batch)
+                self.store(namespace, new, torch.stack([rows[digest] for digest in new]))
             found.update(rows)
         dims = {found[digest].shape[-1] for digest in digests}
         if len(dims) != 1:

@@ -286,3 +286,22 @@ def test_two_processes_writing_and_merging_at_once_do_not_corrupt_the_cache(tmp_
     assert set(found) == set(everything)
     assert all(torch.equal(found[d], torch.full((4,), float(d[0]))) for d in everything)
     assert not list(cache.namespace_dir(namespace).glob("*.corrupt"))
+
+
+def test_a_batch_another_worker_stored_meanwhile_is_not_stored_again(tmp_path):
+    """Two workers missing the same canonical batch both encode it; the second finds every row stored by the first
+    between its lookup and its store, and reads them instead of failing (it did: an empty shard was stacked)."""
+    from models.prompting.feature_cache import FeatureCache, FeatureNamespace
+
+    namespace = FeatureNamespace("toy", "ab" * 32, "T()", "augmented", "fp32", "set-x", "recipe-pass0")
+    hashes = [f"{index:064x}" for index in range(4)]
+    features = torch.arange(12, dtype=torch.float32).view(4, 3)
+    other_worker = FeatureCache(tmp_path / "cache")
+
+    def encode(missing):
+        other_worker.store(namespace, [bytes.fromhex(h) for h in hashes], features)  # the other worker wins
+        return hashes, features
+
+    read = FeatureCache(tmp_path / "cache").features_by_hash(namespace, hashes[1:3], encode)
+    assert torch.equal(read, features[1:3])
+    assert len(FeatureCache(tmp_path / "cache").shard_paths(namespace)) == 1
