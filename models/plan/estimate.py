@@ -2,8 +2,9 @@
 
 Stages, as pipelines/cli.py runs them: curation (images inspected), features (every split's original view and the
 training split's mirror through the frozen image tower), each experiment partition's training (epochs x
-ceil(samples / batch) steps, a step priced by what its method runs) and evaluation (its test split), transfer (the
-source's checkpoint on every target's test split) and test-time tuning (each test image's views, then its steps).
+ceil(samples / batch) steps, or a method's fixed steps, a step priced by what its method runs) and evaluation (its
+test split), transfer (the source's checkpoint on every target's test split) and test-time tuning (each test image's
+views, then its steps).
 Costs are device compute; what is not modelled is listed in the plan's notes.
 """
 
@@ -324,6 +325,9 @@ class _Pricer:
             epoch += self.costs.image_train.seconds(samples, steps_per_epoch)
             if shape.frozen_image_forward:
                 epoch += self.costs.image_forward.seconds(samples, steps_per_epoch)
+        if optimization.steps is not None:  # a fixed number of steps (iterations_per_shot), the last epoch cut short
+            return (optimization.steps, optimization.steps / steps_per_epoch * epoch,
+                    f"{experiment.shots} shots: {optimization.steps} steps" if experiment.shots else "")
         return (optimization.epochs * steps_per_epoch, optimization.epochs * epoch,
                 f"{experiment.shots} shots: {optimization.epochs} epochs" if experiment.shots else "")
 
@@ -375,7 +379,8 @@ class _Pricer:
             "partition jobs).",
             "Not included: the embedded world (first run only: corpus and diffusion model, minutes on CPU) and the "
             "report.",
-            "Training: epochs x ceil(shots x classes / batch) steps (methods.yaml epochs_by_shots), each step priced "
+            "Training: epochs x ceil(shots x classes / batch) steps (methods.yaml epochs_by_shots), or shots x "
+            "iterations_per_shot steps (CLIP-LoRA), each step priced "
             "by what its method runs; the linear probe's lbfgs fits at "
             f"{LINEAR_PROBE_ITERATION_SHARE:.0%} of max_iter each on the host CPU.",
             "One device, partitions one after another: --workers on one GPU shares its compute, so this does not "

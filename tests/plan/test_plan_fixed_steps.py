@@ -1,0 +1,30 @@
+"""A method trained for a fixed number of steps (CLIP-LoRA: optimization.iterations_per_shot x shots, epochs unset)
+is planned with those steps, each priced as one of its epochs' steps, not as zero epochs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from models.catalog import load_catalog
+from models.catalog.grid import expand_grid
+from models.plan import plan_run
+from tests.plan.test_plan import made_up_costs, rows_of
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def test_fixed_step_training_is_planned_with_its_steps():
+    catalog = load_catalog(suite="coop")
+    experiments = expand_grid(Path("grids.yaml"), [{"method": "clip_lora", "shots": [16, 1], "seeds": [1]}],
+                              catalog.methods)
+    catalog = dataclasses.replace(catalog, experiments={**catalog.experiments, **experiments})
+    plan = plan_run(catalog, made_up_costs(), datasets=["EuroSAT"], experiments=sorted(experiments))
+    (row,) = rows_of(plan, "training")
+    # 500 iterations per shot: 8000 at 16 shots, 500 at 1 shot
+    assert row.method == "clip_lora" and row.steps == 500 * 16 + 500 * 1
+    one_shot = plan_run(catalog, made_up_costs(), datasets=["EuroSAT"], experiments=["cliplora-k1-s1"])
+    (one_shot_row,) = rows_of(one_shot, "training")
+    assert 0 < one_shot_row.seconds < row.seconds
