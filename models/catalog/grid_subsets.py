@@ -26,7 +26,7 @@ from models.prompting.methods import METHODS
 
 # Named subsets of the default grid (grids.yaml), picked with `promptlab run --grid NAME` or $PROMPTLAB_GRID. A
 # subset only removes experiments; the ones it keeps have the same keys and hashes as in the full grid.
-GRID_SUBSET_FILTERS = ("methods", "shots", "seeds", "settings", "strategies", "experiments", "datasets")
+GRID_SUBSET_FILTERS = ("methods", "shots", "seeds", "settings", "strategies", "experiments", "datasets", "exclude")
 # A subset's `test_time:` block: the test-time runs it keeps, by mode and by start (experiment keys or shell-style
 # patterns), and how many test images per dataset they score instead of the test_time section's max_test_images;
 # `test_time: false` keeps none.
@@ -101,9 +101,10 @@ def _check_grid_subset(where: str, subset: Any, experiments: dict[str, Experimen
     if unknown_strategies:
         raise CatalogError(f"{where}.strategies: {unknown_strategies} are not pseudolabel strategies; known: "
                            f"{[NO_PSEUDOLABELS, *sorted(STRATEGIES)]}")
-    for pattern in (subset.get("experiments") or []) if require_matches else []:
-        if not any(fnmatch.fnmatchcase(key, str(pattern)) for key in experiments):
-            raise CatalogError(f"{where}.experiments: {_shown(pattern)} matches no experiment key of the grid")
+    for field_name in ("experiments", "exclude"):
+        for pattern in (subset.get(field_name) or []) if require_matches else []:
+            if not any(fnmatch.fnmatchcase(key, str(pattern)) for key in experiments):
+                raise CatalogError(f"{where}.{field_name}: {_shown(pattern)} matches no experiment key of the grid")
     unknown_datasets = [name for name in subset.get("datasets") or [] if name not in datasets] \
         if require_matches and datasets is not None else []
     if unknown_datasets:
@@ -151,6 +152,8 @@ def select_grid_subset(directory: Path, name: str, datasets: dict[str, DatasetEn
         if subset.get("methods") is not None and experiment.method not in subset["methods"]:
             return False
         if patterns is not None and not any(fnmatch.fnmatchcase(experiment.key, str(p)) for p in patterns):
+            return False
+        if any(fnmatch.fnmatchcase(experiment.key, str(p)) for p in subset.get("exclude") or []):
             return False
         if subset.get("settings") is not None and (experiment.setting or "few_shot") not in subset["settings"]:
             return False

@@ -139,12 +139,13 @@ def test_a_settings_filter_keeps_those_settings_and_few_shot_names_the_rest(tmp_
     assert "coop-k16-s1" in few.experiments and all(e.setting is None for e in few.experiments.values())
 
 
-def test_standard_grid_is_the_whole_grid_but_the_iterative_pseudolabel_strategies():
+def test_standard_grid_is_the_whole_grid_but_the_iterative_pseudolabel_strategies_and_short_clip_lora():
     full = load_catalog(DEFAULT_CATALOG_DIR, grid="default")
     standard = load_catalog(DEFAULT_CATALOG_DIR, grid="standard")
     iterative = {key for key, e in full.experiments.items()
                  if e.pseudolabels is not None and e.pseudolabels.strategy in ("ifpl", "grip")}
-    assert iterative and set(standard.experiments) == set(full.experiments) - iterative
+    short_lora = {key for key, e in full.experiments.items() if e.method == "clip_lora" and e.shots != 16}
+    assert iterative and short_lora and set(standard.experiments) == set(full.experiments) - iterative - short_lora
     assert all(standard.experiments[k].config_hash == full.experiments[k].config_hash for k in standard.experiments)
     assert standard.transfer.experiments == full.transfer.experiments
 
@@ -227,3 +228,19 @@ def test_the_baselines_grid_is_the_few_shot_comparison_at_five_shot_counts_witho
     assert not grid.test_time.runs  # test_time: false
     full = load_catalog(DEFAULT_CATALOG_DIR)
     assert all(full.experiments[key].config_hash == e.config_hash for key, e in grid.experiments.items())
+
+
+def test_an_exclude_filter_leaves_out_the_keys_it_matches_and_names_a_pattern_matching_none(catalog_copy):
+    standard = load_catalog(DEFAULT_CATALOG_DIR, grid="standard")
+    lora = {e.shots for e in standard.experiments.values() if e.method == "clip_lora"}
+    assert lora == {16}  # CLIP-LoRA's long runs: 16 shots only in standard
+    quick = load_catalog(DEFAULT_CATALOG_DIR, grid="quick")
+    assert {e.shots for e in quick.experiments.values() if e.method == "clip_lora"} == {1}
+    assert {e.shots for e in quick.experiments.values() if e.method == "tip_adapter"} == {1, 4, 16}
+
+    def change(content):
+        content["grids"]["quick"]["exclude"] = ["tipadapter-k*", "nosuchmethod-k1-*"]
+
+    edit(catalog_copy / "grids.yaml", change)
+    with pytest.raises(CatalogError, match=r"grids.quick.exclude: 'nosuchmethod-k1-\*' matches no experiment key"):
+        load_catalog(catalog_copy, grid="quick")
