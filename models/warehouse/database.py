@@ -59,6 +59,17 @@ if TYPE_CHECKING:
     from models.catalog.published import PublishedResults
 
 logger = logging.getLogger(__name__)
+# Below this much free space beside the database, ensure_schema leaves the published-results tables for later.
+PUBLISHED_SYNC_MIN_FREE_BYTES = 64 << 20
+
+
+def _free_bytes(directory) -> int:
+    import shutil
+
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:  # the folder does not exist yet: nothing to protect
+        return PUBLISHED_SYNC_MIN_FREE_BYTES
 
 # Errors that say a batch's rows can never go in as they are (as opposed to a disk or I/O failure worth retrying).
 _PERMANENT_BATCH_ERRORS = (PendingBatchError, ValueError, duckdb.ConstraintException, duckdb.ConversionException)
@@ -450,6 +461,12 @@ class Warehouse(Queries):
         Returns False, without raising, when another process holds the database, the disk is full or the file is
         damaged (logged; the next merge creates the schema, and a run's rows wait pending meanwhile)."""
         published = published if published is not None else self._catalog_published_if_changed()
+        if published is not None and _free_bytes(self.database_path.parent) < PUBLISHED_SYNC_MIN_FREE_BYTES:
+            # Replacing the tables rewrites database blocks: on a nearly full disk that would take the room a run's
+            # pending batch needs. They are synced by a later call, once there is room.
+            logger.warning("published results not synced into %s now: less than %d MiB free", self.database_path,
+                           PUBLISHED_SYNC_MIN_FREE_BYTES >> 20)
+            published = None
         try:
             self._ensure_empty_predictions_file()
             with batches.exclusive_file_lock(self._merge_lock_path, self.merge_lock_wait_seconds) as acquired:
