@@ -115,6 +115,32 @@ EpochCallback = Callable[[int, float, float], None]  # (epoch, mean loss, train 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
+class BestEpoch:
+    """Keeps the trainable parameters of the epoch with the best validation accuracy (ties: the later epoch), to put
+    back at the end of training: the training loop's model selection, and LP++'s own full-batch loop."""
+
+    def __init__(self) -> None:
+        self.accuracy, self.epoch, self.state, self.accuracies = -1.0, 0, None, []
+
+    def observe(self, module: torch.nn.Module, epoch: int, accuracy: float) -> None:
+        """After the 1-based `epoch`, whose validation accuracy is `accuracy`."""
+        self.accuracies.append(accuracy)
+        if accuracy >= self.accuracy:
+            self.accuracy, self.epoch = accuracy, epoch
+            self.state = {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+    def restore(self, module: torch.nn.Module, details: dict) -> bool:
+        """Put the kept parameters back and record the epoch in `details`; False when no epoch was observed."""
+        if self.state is None:
+            return False
+        with torch.no_grad():
+            for name, parameter in module.named_parameters():
+                if name in self.state:
+                    parameter.copy_(self.state[name])
+        details.update(selected_epoch=self.epoch, validation_accuracies=self.accuracies)
+        return True
+
+
 def learning_rate_at(epoch: int, config: OptimizationConfig) -> float:
     """Constant warm-up for the first epochs, then cosine over the whole schedule (as Dassl's ConstantWarmup)."""
     if epoch < config.warmup_epochs:
@@ -186,7 +212,7 @@ def train_prompt_parameters(
         classifier.set_validation(*validation)
     steps_per_epoch = math.ceil(n_samples / config.batch_size)
     n_epochs = config.epochs if config.steps is None else math.ceil(config.steps / steps_per_epoch)
-    best_accuracy, best_state, best_epoch, validation_accuracies = -1.0, None, 0, []
+    best = BestEpoch()
     generator = torch.Generator().manual_seed(config.seed)
     precision = precision_for(device, training=True)  # fp32 on CPU, bf16 autocast on CUDA where supported
     view_inputs, labels = view_inputs.to(device), labels.to(device)
@@ -236,19 +262,10 @@ def train_prompt_parameters(
         history.epoch_accuracies.append(correct.item() / max(seen, 1))
         classifier.on_epoch_end(epoch + 1, n_epochs)
         if validation is not None:
-            accuracy = validation_accuracy(classifier, validation)
-            validation_accuracies.append(accuracy)
-            if accuracy >= best_accuracy:
-                best_accuracy, best_epoch = accuracy, epoch + 1
-                best_state = {name: p.detach().clone() for name, p in classifier.named_parameters() if p.requires_grad}
+            best.observe(classifier, epoch + 1, validation_accuracy(classifier, validation))
         if on_epoch is not None:
             on_epoch(epoch + 1, history.epoch_losses[-1], history.epoch_accuracies[-1])
-    if best_state is not None:
-        with torch.no_grad():
-            for name, parameter in classifier.named_parameters():
-                if name in best_state:
-                    parameter.copy_(best_state[name])
-        history.details.update(selected_epoch=best_epoch, validation_accuracies=validation_accuracies)
+    best.restore(classifier, history.details)
     classifier.on_training_end()
     history.seconds = time.perf_counter() - started
     classifier.eval()

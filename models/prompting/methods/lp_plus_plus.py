@@ -45,7 +45,7 @@ from models.prompting.methods.cocoop import joint_embedding_dim
 from models.prompting.methods.registry import (
     ClassifierContext, MethodSpec, Paper, PromptedClassifier, register_method, tested_property,
 )
-from models.prompting.training import NonFiniteTrainingError, TrainingHistory
+from models.prompting.training import BestEpoch, NonFiniteTrainingError, TrainingHistory
 from models.prompting.view_recipes import ViewRecipe
 
 
@@ -156,7 +156,7 @@ class LpPlusPlusClassifier(PromptedClassifier):
         optimizer = torch.optim.SGD([self.weight, self.bias], lr=lr_weight, momentum=parameters.momentum)
         self.alpha.grad = None
         history = TrainingHistory()
-        best_accuracy, best_state, best_epoch, validation_accuracies = -1.0, None, 0, []
+        best = BestEpoch()
         self.train()
         for epoch in range(optimization.epochs):
             logits = self.logits_with(image, similarities)
@@ -180,21 +180,13 @@ class LpPlusPlusClassifier(PromptedClassifier):
                 with torch.no_grad():
                     accuracy = float((self.logits_with(val_image, val_similarities).argmax(1) == val_labels)
                                      .float().mean())
-                validation_accuracies.append(accuracy)
-                if accuracy >= best_accuracy:
-                    best_accuracy, best_epoch = accuracy, epoch + 1
-                    best_state = {name: p.detach().clone() for name, p in self.named_parameters() if p.requires_grad}
-        if best_state is not None:
-            with torch.no_grad():
-                for name, parameter in self.named_parameters():
-                    if name in best_state:
-                        parameter.copy_(best_state[name])
-            history.details.update(selected_epoch=best_epoch, validation_accuracies=validation_accuracies)
+                best.observe(self, epoch + 1, accuracy)
+        selected = best.restore(self, history.details)
         self.alpha.grad = None
         self.eval()
         history.details.update(learning_rate_weights=lr_weight, learning_rate_alpha=lr_alpha, alpha_init=alpha_init,
                                alpha_gradient=parameters.alpha_gradient, train_samples=int(image.shape[0]),
-                               model_selection="best val epoch" if best_state is not None else "last epoch")
+                               model_selection="best val epoch" if selected else "last epoch")
         history.seconds = time.perf_counter() - started
         return history
 
