@@ -5,7 +5,11 @@ and v projections (params; "o" = the output projection) become x @ W.T + b + s *
 r = 2, s = alpha / sqrt(r) (their loralib's scaling, not LoRA's alpha / r), alpha = 1, dropout 0.25 on the update's
 input only; A kaiming-uniform (a = sqrt 5), B = 0 (models/prompting/lora.py). Text: the dataset's first template
 only ("a photo of a {}." in the authors' runs), encoded through the LoRA'd text tower at every step. Logits:
-100 * normalise(image) @ normalise(text).T with the constant 100, not the model's logit_scale. Loss: cross-entropy.
+s * normalise(image) @ normalise(text).T. Loss: cross-entropy. The authors write the constant s = 100, which is the
+learned temperature exp(logit_scale) of every OpenAI CLIP they ran; here s defaults to the backbone's own temperature
+(the same 100 on those weights), because on a backbone trained at another temperature a fixed 100 sharpens the logits
+and the loss: on the embedded tiny-clip (temperature 31.4) the loss at initialisation was 8.5 instead of about 1.5,
+and training fell below zero-shot past one shot. `logit_scale: 100` restores the constant (the reference test).
 Every block position is read from the tower's own depth (no per-backbone tables), and the learned state (the LoRA
 tensors only) is not class-specific: it applies to new classes and other datasets.
 
@@ -55,7 +59,8 @@ class CLIPLoRAParameters(TextPassParameters):
     rank: int = 2  # r: A is (r, width), B (width, r); at most the projections' width
     alpha: float = 1.0  # scaling alpha / sqrt(rank)
     dropout_rate: float = 0.25  # on the LoRA input path only
-    logit_scale: float = 100.0  # a constant in the authors' code, not CLIP's learned temperature
+    # null: the backbone's learned temperature exp(logit_scale), 100 on OpenAI's CLIP where the authors write 100
+    logit_scale: float | None = None
     init_seed: int = 0  # A's initialisation, independent of the data seed
 
     def __post_init__(self) -> None:
@@ -72,6 +77,8 @@ class CLIPLoRAParameters(TextPassParameters):
             raise ValueError(f"clip_lora: params must name distinct projections among {PROJECTIONS}, got {params!r}")
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
             raise ValueError(f"clip_lora: rank must be an integer >= 1, got {self.rank!r}")
+        if self.logit_scale is not None and (isinstance(self.logit_scale, bool) or not self.logit_scale > 0):
+            raise ValueError(f"clip_lora: logit_scale must be a positive number or null, got {self.logit_scale!r}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"clip_lora: dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
 
@@ -103,7 +110,8 @@ class CLIPLoRAClassifier(PromptedClassifier):
         vision_tower = PromptedVisionTower(clip_model) if adapt_vision else None
         super().__init__(context)
         self.parameters_used = parameters
-        self.logit_scale.fill_(parameters.logit_scale)
+        if parameters.logit_scale is not None:  # else the frozen temperature PromptedClassifier registered
+            self.logit_scale.fill_(parameters.logit_scale)
         self.vision_tower = vision_tower
         self.frozen_visual = None if adapt_vision else clip_model.visual
         template = context.templates[0]  # the authors encode the dataset's first template only
@@ -151,7 +159,8 @@ class CLIPLoRAClassifier(PromptedClassifier):
         return self.vision_tower(images, no_prompts, run_block=self.lora.visual.transformer.run_block)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B, C) of images (B, 3, H, W) at the constant scale (100): both towers carry the LoRA updates."""
+        """Logits (B, C) of images (B, 3, H, W) at the scale (the backbone's temperature by default): both towers carry
+        the LoRA updates."""
         return self.logits_from(self.image_features(images), self.text_features())
 
 
@@ -163,8 +172,8 @@ register_method(
         trains_prompts=True,
         frozen_image_encoder=False,
         hooks="both towers' attention: low-rank updates of the q, k, v projections of every block",
-        description="CLIP-LoRA: LoRA (r 2, alpha/sqrt(r)) on q, k, v of every block of both towers; 100 x cosine "
-                    "logits, cross-entropy.",
+        description="CLIP-LoRA: LoRA (r 2, alpha/sqrt(r)) on q, k, v of every block of both towers; cosine logits "
+                    "at the backbone's temperature (the authors' 100 on OpenAI CLIP), cross-entropy.",
         paper=Paper("Zanella & Ben Ayed", "Low-Rank Few-Shot Adaptation of Vision-Language Models", "CVPRW 2024",
                     "https://arxiv.org/abs/2405.18541"),
         hook_points=("text layers", "image layers"),
