@@ -60,7 +60,7 @@ def train_prompts(
 ) -> TrainingHistory:
     torch.manual_seed(optimization.seed)
     if not classifier.trained_by_gradient:
-        return classifier.fit(training_set, optimization)
+        return classifier.fit(training_set, optimization, on_epoch=on_epoch)
     return train_prompt_parameters(
         classifier,
         training_set.view_inputs,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -157,6 +158,22 @@ def search_alpha_beta(image: torch.Tensor, text_weights: torch.Tensor, affinity:
     return AlphaBetaChoice(alpha=alphas[j], beta=betas[i], val_accuracy=int(correct[i, j]) / n_images,
                            zero_shot_val_accuracy=float((zero_shot.argmax(1) == labels).float().mean()),
                            val_images=labels.shape[0], grid_size=len(betas) * len(alphas))
+
+
+def in_authors_epochs(on_epoch: Callable[[int, float, float], None] | None, n_samples: int,
+                      config) -> Callable[[int, float, float], None] | None:
+    """on_epoch(epoch, loss, accuracy) counted in the authors' epochs (config.epochs, over config.steps steps) for a
+    loop whose epochs pass over n_samples (CLAP trains on every view of every image as a sample, so one of the loop's
+    epochs spans several of theirs); None stays None, and a run given in steps keeps the loop's count."""
+    if on_epoch is None or config.steps is None or config.epochs < 1:
+        return on_epoch
+    loop_epoch_steps = math.ceil(n_samples / config.batch_size)
+
+    def report(epoch: int, loss: float, accuracy: float) -> None:
+        steps_done = min(epoch * loop_epoch_steps, config.steps)
+        on_epoch(steps_done * config.epochs // config.steps, loss, accuracy)
+
+    return report
 
 
 def steps_per_authors_epoch(n_samples: int, batch_size: int, drop_last: bool) -> int:

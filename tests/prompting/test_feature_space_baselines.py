@@ -336,7 +336,17 @@ def test_each_baseline_trains_a_few_epochs_on_random_features(reference_clip, me
                                       warmup_epochs=0),
                 "taskres": dict(optimizer="adam", learning_rate=2e-3)}.get(method, {})
     optimization = OptimizationConfig(epochs=3, batch_size=8, seed=2, **settings)
-    history = train_prompts(classifier, training_set, optimization)
+    reported = []
+    history = train_prompts(classifier, training_set, optimization,
+                            on_epoch=lambda epoch, loss, accuracy: reported.append((epoch, loss, accuracy)))
+    # progress as the training loop reports it, in the method's own epochs (CLAP's loop passes over every view of
+    # every image, several of the authors' epochs at a time); the training-free Tip-Adapter has none
+    epochs = [epoch for epoch, _, _ in reported]
+    if method == "tip_adapter":
+        assert reported == []
+    else:
+        assert epochs[-1] == 3 and epochs == sorted(epochs) and epochs[0] >= 1, epochs
+        assert all(math.isfinite(loss) and 0 <= accuracy <= 1 for _, loss, accuracy in reported)
     assert history.epoch_losses and all(math.isfinite(loss) for loss in history.epoch_losses)
     assert all(0 <= accuracy <= 1 for accuracy in history.epoch_accuracies)
     with torch.no_grad():

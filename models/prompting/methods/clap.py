@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.prompting.feature_adapters import (
-    DASSL_VIEWS, raw_text_embeddings, steps_per_authors_epoch, training_views, validation_set,
+    DASSL_VIEWS, in_authors_epochs, raw_text_embeddings, steps_per_authors_epoch, training_views, validation_set,
 )
 from models.prompting.methods.registry import (
     ClassifierContext, MethodSpec, Paper, PromptedClassifier, register_method, tested_property,
@@ -109,7 +109,7 @@ class ClapClassifier(PromptedClassifier):
         return dataclasses.replace(optimization, steps=optimization.epochs * per_epoch,
                                    warmup_steps=optimization.warmup_epochs * per_epoch)
 
-    def fit(self, training_set, optimization: OptimizationConfig) -> TrainingHistory:
+    def fit(self, training_set, optimization: OptimizationConfig, on_epoch=None) -> TrainingHistory:
         """Fix lambda from zero-shot, then train the prototypes on all P x N views as samples for the authors'
         number of steps (optimization: epochs, batch_size, learning_rate, momentum, weight_decay, warmup_*)."""
         if optimization is None or (optimization.epochs < 1 and optimization.steps is None):
@@ -129,7 +129,8 @@ class ClapClassifier(PromptedClassifier):
         config = self.authors_schedule(optimization, n_images)
         history = train_prompt_parameters(self, samples, sample_labels, config, sample_weights=sample_weights,
                                           device=self.prototypes.device,
-                                          validation=validation_set(training_set, "clap", n_classes))
+                                          validation=validation_set(training_set, "clap", n_classes),
+                                          on_epoch=in_authors_epochs(on_epoch, samples.shape[0], config))
         distances = (self.prototypes.detach() - self.base_text_features).norm(dim=-1)
         history.details.update(constraint=self.parameters_used.constraint, constraint_weights=weights.tolist(),
                                samples=int(samples.shape[0]), views_per_image=int(n_passes),

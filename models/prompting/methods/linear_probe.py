@@ -123,7 +123,7 @@ class LinearProbeClassifier(PromptedClassifier):
             self.weight.copy_(torch.from_numpy(coefficients).to(self.weight))
             self.bias.copy_(torch.from_numpy(intercepts).to(self.bias))
 
-    def fit(self, training_set, optimization=None) -> TrainingHistory:
+    def fit(self, training_set, optimization=None, on_epoch=None) -> TrainingHistory:
         """Fit on every view of the training features, choosing C on training_set.validation (no SGD; the
         optimization settings do not apply: lbfgs is deterministic)."""
         started = time.perf_counter()

@@ -128,7 +128,7 @@ class LpPlusPlusClassifier(PromptedClassifier):
         self.alpha.fill_(alpha)
         return alpha
 
-    def fit(self, training_set, optimization) -> TrainingHistory:
+    def fit(self, training_set, optimization, on_epoch=None) -> TrainingHistory:
         """Train W, b and alpha full-batch for optimization.epochs epochs (the authors: 300) from the data-derived
         steps; keep the best epoch on training_set.validation when it has images, else the last."""
         if optimization is None or optimization.epochs < 1:
@@ -181,6 +181,8 @@ class LpPlusPlusClassifier(PromptedClassifier):
                     accuracy = float((self.logits_with(val_image, val_similarities).argmax(1) == val_labels)
                                      .float().mean())
                 best.observe(self, epoch + 1, accuracy)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, history.epoch_losses[-1], history.epoch_accuracies[-1])
         selected = best.restore(self, history.details)
         self.alpha.grad = None
         self.eval()

@@ -108,8 +108,10 @@ class PromptedClassifier(nn.Module):
     def on_training_end(self) -> None:
         """Called once after the last epoch; e.g. PromptSRC loads its Gaussian aggregate of the epochs' prompts."""
 
-    def fit(self, training_set: Any, optimization: Any) -> Any:
-        """Closed-form fitting for methods with trained_by_gradient = False; returns a TrainingHistory."""
+    def fit(self, training_set: Any, optimization: Any, on_epoch: Any = None) -> Any:
+        """Fitting outside the training loop for methods with trained_by_gradient = False (closed form, or a loop of
+        their own around it); returns a TrainingHistory. on_epoch(epoch, loss, train accuracy), where given, is
+        called after each epoch of a method that has epochs, as the training loop does."""
         raise NotImplementedError(f"{type(self).__name__} trains by gradient; use the training loop")
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

@@ -225,7 +225,7 @@ class TfupClassifier(PromptedClassifier):
                 "zero_shot_logit_scale": float(self.logit_scale)}
 
     @torch.no_grad()
-    def fit(self, training_set, optimization=None) -> TrainingHistory:
+    def fit(self, training_set, optimization=None, on_epoch=None) -> TrainingHistory:
         """Select the cache from training_set.unlabelled (labels and view_inputs unused; nothing is optimised)."""
         started = time.perf_counter()
         pool = pool_views(training_set, self.method_name).to(self.logit_scale.device)[:, 0]
@@ -289,7 +289,7 @@ class TfupTrainedClassifier(TfupClassifier):
                     weight = torch.rand(layer.weight.shape, generator=generator) * 2 * bound - bound
                     layer.weight.copy_(weight)
 
-    def fit(self, training_set, optimization) -> TrainingHistory:
+    def fit(self, training_set, optimization, on_epoch=None) -> TrainingHistory:
         """Build the TFUP cache and the refined set from training_set.unlabelled, then train the residual and the
         adapter with AdamW (optimization: epochs, batch_size, learning_rate, weight_decay, seed; momentum and the
         warm-up settings do not apply) and keep the best epoch on training_set.validation, or the last. An epoch's

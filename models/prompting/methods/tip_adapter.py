@@ -186,7 +186,7 @@ class TipAdapterClassifier(PromptedClassifier):
         return {"cache_size": int(self.cache_keys.shape[0]), "passes_per_key": int(views.shape[1]),
                 "zero_shot_scale": TIP_ZERO_SHOT_SCALE}
 
-    def fit(self, training_set, optimization=None) -> TrainingHistory:
+    def fit(self, training_set, optimization=None, on_epoch=None) -> TrainingHistory:
         """Build the cache from every training image's passes and choose alpha, beta on training_set.validation (no
         optimisation: the optimization settings do not apply)."""
         started = time.perf_counter()

@@ -60,7 +60,7 @@ class TipAdapterFClassifier(TipAdapterClassifier):
         steps = optimization.epochs * steps_per_authors_epoch(n_images, optimization.batch_size, drop_last=False)
         return dataclasses.replace(optimization, steps=steps)
 
-    def fit(self, training_set, optimization: OptimizationConfig) -> TrainingHistory:
+    def fit(self, training_set, optimization: OptimizationConfig, on_epoch=None) -> TrainingHistory:
         """Build the cache, fine-tune its keys (optimization: epochs, batch_size, optimizer, learning_rate, eps,
         weight_decay, seed), keep the best val epoch when there are val images, then search alpha and beta."""
         if optimization is None or (optimization.epochs < 1 and optimization.steps is None):
@@ -75,7 +75,7 @@ class TipAdapterFClassifier(TipAdapterClassifier):
         validation = validation_set(training_set, parameters.method, len(self.classnames))
         config = self.authors_schedule(optimization, views.shape[0])
         history = train_prompt_parameters(self, views, labels, config, sample_weights=training_set.sample_weights,
-                                          device=self.cache_keys.device, validation=validation)
+                                          device=self.cache_keys.device, validation=validation, on_epoch=on_epoch)
         if validation is None:  # the loop calls set_validation only when there are val images
             self.final_choice = self.choose_alpha_beta(None)
         history.details.update(self.cache_record(views), initial_alpha=parameters.init_alpha,
