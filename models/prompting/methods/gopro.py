@@ -64,9 +64,9 @@ STYLE_EPSILON = 2.3e-8  # the authors' constant under the square root of the tok
 
 @dataclass(frozen=True)
 class GOProParameters(TextPassParameters):
-    n_context: int = 4
+    n_context: int = 4  # context tokens, when context_init is None
     context_init: str | None = "a photo of a"  # sets n_context to its token count; None: random N(0, init_std)
-    init_std: float = 0.02
+    init_std: float = 0.02  # of a random context
     init_seed: int = 0  # context (when random), projectors, rho and simproj, independent of the data seed
     moco_consistency_weight: float = 1.0  # mse(T, T_moco)
     augmix_consistency_weight: float = 1.0  # mse(T, T_augmix)
