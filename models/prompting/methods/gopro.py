@@ -34,6 +34,8 @@ what is done here:
 - Their prompt learner also builds CoCoOp's meta-net and 12 projectors per kind whatever the backbone's depth; the
   meta-net is never used and is not built here, and there is one projector per block of the tower.
 - They evaluate with the full training forward (three views per test image); here the logits need the original only.
+- The original view is the loop's, as for every method trained on images (the eval transform or its mirror), not
+  Dassl's random resized crop and flip; the MoCo v3 and AugMix views crop from it.
 - A batch of one image has no SimCLR negatives and BatchNorm has no batch statistics: its SimCLR term is 0 (theirs
   would fail). The consistency and SimCLR terms are not weighted by sample weights (they use no labels).
 """
