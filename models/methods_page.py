@@ -138,6 +138,8 @@ def _cached_features(spec: MethodSpec) -> str:
     closed_form = not getattr(spec.build, "trained_by_gradient", True)
     if not spec.trains_prompts:
         return "nothing to train; it scores cached image features"
+    if not spec.frozen_image_encoder and not any(point.startswith("image") for point in spec.hook_points):
+        return "no: it reads the image tower beyond its output at every step (see its hooks), so it trains on images"
     if not spec.frozen_image_encoder:
         return "no: its prompts change the image features, so it trains on images through the prompted image tower"
     fitted = (" (trained by its own `fit`: a closed form, or its own schedule through the shared loop)"

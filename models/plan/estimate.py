@@ -43,10 +43,13 @@ class StepShape:
     prompts_per_image: bool = False  # CoCoOp: each image of the batch has its own C prompts (at evaluation too)
     extra_text_backwards: int = 0  # ProGrad: a second backward through the same text graph
     frozen_image_forward: bool = False  # PromptSRC: the unprompted tower's features of each image (its regulariser)
+    views_per_image: int = 1  # GOPro: each image and its MoCo v3 and AugMix views, each through both towers
+    image_gradient: bool = True  # False: the image tower runs without gradients (GOPro reads its blocks)
 
 
 STEP_SHAPES = {
     "cocoop": StepShape(prompts_per_image=True),
+    "gopro": StepShape(prompts_per_image=True, views_per_image=3, image_gradient=False),
     "prograd": StepShape(extra_text_backwards=1),
     "promptsrc": StepShape(frozen_image_forward=True),
     "vpt_deep": StepShape(text_pass=False),
@@ -319,10 +322,12 @@ class _Pricer:
         epoch = 0.0
         if shape.text_pass:
             prompts = samples / steps_per_epoch * classes if shape.prompts_per_image else classes
-            epoch += steps_per_epoch * self.text_seconds(prompts, _text_chunk_size(method, experiment.parameters),
-                                                         training=True, extra_backwards=shape.extra_text_backwards)
+            epoch += shape.views_per_image * steps_per_epoch * self.text_seconds(
+                prompts, _text_chunk_size(method, experiment.parameters), training=True,
+                extra_backwards=shape.extra_text_backwards)
         if not spec.frozen_image_encoder:  # two views per image, one drawn per epoch: samples images per epoch
-            epoch += self.costs.image_train.seconds(samples, steps_per_epoch)
+            image_pass = self.costs.image_train if shape.image_gradient else self.costs.image_forward
+            epoch += image_pass.seconds(samples * shape.views_per_image, steps_per_epoch * shape.views_per_image)
             if shape.frozen_image_forward:
                 epoch += self.costs.image_forward.seconds(samples, steps_per_epoch)
         if optimization.steps is not None:  # a fixed number of steps (iterations_per_shot), the last epoch cut short

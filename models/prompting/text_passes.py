@@ -3,8 +3,8 @@ ImageNet's 1000 classes.
 
 Every method that learns prompt tokens (CoOp and its family, CoCoOp, MaPLe, IVLP/PromptSRC, and TPT through them)
 encodes its class prompts here: `encode_context_prompts` splices the context into each class's frozen pieces and
-runs the text tower (with deep prompts where given) on one range of classes at a time; CoCoOp runs its B x C
-image-conditioned prompts through `encode_in_passes` directly.
+runs the text tower (with deep prompts where given) on one range of classes at a time;
+`encode_image_conditioned_prompts` encodes B x C prompts, every class with each image's own context (CoCoOp, GOPro).
 
 Why: the backward of one text-tower pass keeps every layer's activations of every prompt it encodes. ViT-B/16's
 text tower (12 layers, width 512, 77 tokens) keeps about 19.6 MB per prompt in fp32 (measured), so CoOp's 1000
@@ -27,6 +27,7 @@ computation is exactly the single pass it always was.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -105,3 +106,38 @@ def encode_context_prompts(
         return encode_text_with_deep_prompts(text_tower, prompts, chunk.token_ids, chunk_layer_prompts)
 
     return encode_in_passes(encode_classes, n_classes, text_chunk_size)
+
+
+def encode_image_conditioned_prompts(
+    text_tower: TextTower,
+    contexts: torch.Tensor,
+    pieces: ContextPromptTokens,
+    text_chunk_size: int = DEFAULT_TEXT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """Raw text features (B, C, E) of every class's prompt around each image's own context (contexts (B, n, D)),
+    class token at the end.
+
+    The B x C prompts, image-major, go through the tower text_chunk_size at a time (a pass may hold the last classes
+    of one image and the first of the next). Every prompt is encoded alone, so this equals one pass per image (as
+    CoCoOp's original runs) up to float rounding."""
+    n_images, n_classes = contexts.shape[0], pieces.token_ids.shape[0]
+
+    def encode_range(start: int, stop: int) -> torch.Tensor:
+        prompt_index = torch.arange(start, stop, device=contexts.device)
+        class_index, image_index = prompt_index % n_classes, prompt_index // n_classes
+        # Each prompt of the range is a "class-specific" prompt for assemble_prompts: its class's frozen pieces with
+        # its image's context, so CoOp's assembly is reused unchanged.
+        range_pieces = dataclasses.replace(
+            pieces,
+            token_ids=pieces.token_ids[class_index],
+            prefix_embeddings=pieces.prefix_embeddings[class_index],
+            suffix_embeddings=pieces.suffix_embeddings[class_index],
+            # from the range itself, not class_index.tolist(): no device-to-host sync per pass on a GPU
+            name_token_counts=[pieces.name_token_counts[i % n_classes] for i in range(start, stop)],
+            initial_context=None,
+        )
+        prompts = assemble_prompts(contexts[image_index], range_pieces, "end")
+        return text_tower(prompts, range_pieces.token_ids)
+
+    features = encode_in_passes(encode_range, n_images * n_classes, text_chunk_size)
+    return features.view(n_images, n_classes, -1)

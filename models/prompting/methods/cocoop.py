@@ -7,15 +7,14 @@ its own C prompts. Loss: cross-entropy.
 The original runs one text-tower pass per image. Here the B x C prompts of a batch, image-major, go through the
 shared TextTower in passes of at most `text_chunk_size` prompts (all at once when they fit; a pass may hold the
 last classes of one image and the first of the next), assembled pass by pass, and under activation checkpointing
-while training (models.prompting.text_passes), so one image's C classes are chunked like CoOp's and memory is
-bounded by one pass. Every prompt is encoded independently, so this equals one pass per image up to float
+while training (models.prompting.text_passes.encode_image_conditioned_prompts), so one image's C classes are
+chunked like CoOp's and memory is bounded by one pass. Every prompt is encoded independently, so this equals one pass per image up to float
 rounding. Because the image encoder stays frozen, cached image features are valid input and the method trains
 with the shared `train_prompt_parameters` loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -27,8 +26,8 @@ from models.prompting.methods.registry import (
     DASSL_LAST_EPOCH,
     ClassifierContext, MethodSpec, Paper, PromptedClassifier, matches_authors_code, register_method,
 )
-from models.prompting.prompt_assembly import assemble_prompts, tokenize_context_prompts
-from models.prompting.text_passes import TextPassParameters, encode_in_passes
+from models.prompting.prompt_assembly import tokenize_context_prompts
+from models.prompting.text_passes import TextPassParameters, encode_image_conditioned_prompts
 from models.prompting.text_tower import TextTower
 
 
@@ -90,34 +89,13 @@ class CoCoOpClassifier(PromptedClassifier):
     def text_features(self) -> torch.Tensor:
         raise NotImplementedError("CoCoOp's text features depend on the image: use conditional_text_features")
 
-    def _encode_prompt_range(self, shifted_context: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Raw text features of prompts start..stop-1 of the flattened (image, class) grid, image-major."""
-        n_classes = self.pieces.token_ids.shape[0]
-        prompt_index = torch.arange(start, stop, device=shifted_context.device)
-        class_index, image_index = prompt_index % n_classes, prompt_index // n_classes
-        # Each prompt of the chunk is a "class-specific" prompt for assemble_prompts: its class's frozen pieces
-        # with its image's shifted context, so CoOp's assembly is reused unchanged.
-        chunk_pieces = dataclasses.replace(
-            self.pieces,
-            token_ids=self.pieces.token_ids[class_index],
-            prefix_embeddings=self.pieces.prefix_embeddings[class_index],
-            suffix_embeddings=self.pieces.suffix_embeddings[class_index],
-            # from the range itself, not class_index.tolist(): no device-to-host sync per chunk on a GPU
-            name_token_counts=[self.pieces.name_token_counts[i % n_classes] for i in range(start, stop)],
-            initial_context=None,
-        )
-        prompts = assemble_prompts(shifted_context[image_index], chunk_pieces, "end")
-        return self.text_tower(prompts, chunk_pieces.token_ids)
-
     def conditional_text_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Raw text features (B, C, E): the C class prompts conditioned on each of the B image features."""
         image = F.normalize(image_features.float(), dim=-1)
         bias = self.meta_net(image)  # (B, D): one shift per image, shared by its context tokens
         shifted_context = self.context.unsqueeze(0) + bias.unsqueeze(1)  # (B, n, D)
-        n_images, n_classes = image.shape[0], self.pieces.token_ids.shape[0]
-        features = encode_in_passes(lambda start, stop: self._encode_prompt_range(shifted_context, start, stop),
-                                    n_images * n_classes, self.parameters_used.text_chunk_size)
-        return features.view(n_images, n_classes, -1)
+        return encode_image_conditioned_prompts(self.text_tower, shifted_context, self.pieces,
+                                                self.parameters_used.text_chunk_size)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         image = F.normalize(image_features.float(), dim=-1)
