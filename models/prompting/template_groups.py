@@ -15,7 +15,15 @@ from typing import Any
 
 class TemplateGroupsError(ValueError):
     """A template list and its group sizes that do not describe consecutive, non-empty groups covering the list;
-    the message starts with the field at fault (templates, groups)."""
+    `field` names the field at fault (templates, groups[2], ...; empty: the mapping itself)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field, self.problem = field, problem
+
+    def within(self, place: str) -> str:
+        """The message with the field under `place` (e.g. "datasets.yaml: datasets[3] (DTD): template_groups")."""
+        return f"{place}.{self.field}: {self.problem}" if self.field else f"{place}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -26,19 +34,20 @@ class TemplateGroups:
     def __post_init__(self) -> None:
         templates, groups = self.templates, self.groups
         if not isinstance(templates, (list, tuple)) or not templates:
-            raise TemplateGroupsError(f"templates: expected a non-empty list of templates, got {templates!r}")
+            raise TemplateGroupsError("templates", f"expected a non-empty list of templates, got {templates!r}")
         for index, template in enumerate(templates):
             if not isinstance(template, str) or template.count("{}") != 1:
-                raise TemplateGroupsError(f"templates[{index}]: expected a string with exactly one '{{}}', got "
-                                          f"{template!r}")
+                raise TemplateGroupsError(f"templates[{index}]", f"expected a string with exactly one '{{}}', got "
+                                                             f"{template!r}")
         if not isinstance(groups, (list, tuple)) or not groups:
-            raise TemplateGroupsError(f"groups: expected a non-empty list of group sizes, got {groups!r}")
+            raise TemplateGroupsError("groups", f"expected a non-empty list of group sizes, got {groups!r}")
         for index, size in enumerate(groups):
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise TemplateGroupsError(f"groups[{index}]: a group size must be an integer >= 1, got {size!r}")
+                raise TemplateGroupsError(f"groups[{index}]", f"a group size must be an integer >= 1, got {size!r}")
         if sum(groups) != len(templates):
-            raise TemplateGroupsError(f"groups: the sizes {list(groups)} add up to {sum(groups)}, but templates lists "
-                                      f"{len(templates)}; the groups must cover every template exactly once")
+            raise TemplateGroupsError("groups", f"the sizes {list(groups)} add up to {sum(groups)}, but templates "
+                                                f"lists {len(templates)}; the groups must cover every template "
+                                                "exactly once")
         object.__setattr__(self, "templates", tuple(templates))
         object.__setattr__(self, "groups", tuple(groups))
 
@@ -57,11 +66,11 @@ class TemplateGroups:
         if isinstance(raw, cls):
             return raw
         if not isinstance(raw, dict):
-            raise TemplateGroupsError(f"expected a mapping with 'templates' and 'groups', got {raw!r}")
+            raise TemplateGroupsError("", f"expected a mapping with 'templates' and 'groups', got {raw!r}")
         unknown = sorted(set(raw) - {"templates", "groups"}, key=str)
         if unknown:
-            raise TemplateGroupsError(f"unknown field(s) {unknown}; known: ['groups', 'templates']")
+            raise TemplateGroupsError("", f"unknown field(s) {unknown}; known: ['groups', 'templates']")
         for field in ("templates", "groups"):
             if field not in raw:
-                raise TemplateGroupsError(f"{field}: missing")
+                raise TemplateGroupsError(field, "missing")
         return cls(raw["templates"], raw["groups"])

@@ -62,7 +62,7 @@ from models.prompting.methods.registry import (
     ClassifierContext, MethodSpec, Paper, PromptedClassifier, matches_authors_code, register_method,
 )
 from models.prompting.prompt_assembly import count_name_tokens, require_prompts_fit
-from models.prompting.template_groups import TemplateGroups
+from models.prompting.template_groups import TemplateGroups, TemplateGroupsError
 from models.prompting.text_passes import TextPassParameters, encode_in_passes
 
 TEMPLATE_PARSINGS = ("tokens", "authors")
@@ -74,7 +74,7 @@ class MoCoOpParameters(TextPassParameters):
     text_loss_weight: float = 5.0  # TEXT_LOSS_WEIGHT (the B2N YAML's LASP_LOSS_WEIGHT)
     gate_loss_weight: float = 1.0  # GATE_LOSS_WEIGHT
     experts_per_image: int = 2  # top-k of the router, and the k entries of text_gating that get gate_target_boost
-    gate_target_boost: float = 10.0
+    gate_target_boost: float = 10.0  # added to the k largest entries of the gate's target logits (theirs: 10)
     correction: bool = True  # ENABLE_CORRECTION with TRAIN_W: the learned vector w added to every expert's feature
     finetune_vision_layer_norms: bool = True  # FINETUNE_VIT_LN
     layer_norm_learning_rate_scale: float = 0.1  # their optimizer group of the LayerNorms: 0.1 x OPTIM.LR
@@ -100,8 +100,8 @@ class MoCoOpParameters(TextPassParameters):
         if self.template_groups is not None:
             try:
                 groups = TemplateGroups.from_dict(self.template_groups)
-            except ValueError as error:
-                raise ValueError(f"mocoop: template_groups.{error}") from error
+            except TemplateGroupsError as error:
+                raise ValueError(error.within("mocoop: template_groups")) from error
             object.__setattr__(self, "template_groups", groups)
 
 
