@@ -219,3 +219,28 @@ def test_missing_or_bad_template_groups_are_refused(reference_clip, reference):
     for bad in ({"template_parsing": "words"}, {"t2t_classnames": "all"}, {"experts_per_image": 0}):
         with pytest.raises(ValueError, match="mocoop"):
             parse_method_parameters("mocoop", bad)
+
+
+def test_a_checkpoint_keeps_the_groups_its_experts_were_learned_from(tmp_path, reference_clip, reference):
+    """Evaluated on new classes with another dataset's templates, the checkpoint's experts are rebuilt from the
+    template groups recorded in its config (the dataset's, passed at training), not from the target's."""
+    from models.experiments import build_classifier, load_prompt_checkpoint, save_prompt_checkpoint
+
+    model, tokenizer = reference_clip
+    case, classnames, all_classnames, tensors = reference
+    groups = TemplateGroups(case["templates"], case["groups"])
+    classifier = build_classifier(model, tokenizer, "mocoop", {}, classnames, ["a photo of a {}."],
+                                  template_groups=groups, dataset_classnames=all_classnames)
+    with torch.no_grad():
+        classifier.prompt_learner.w.add_(0.3)
+    directory = save_prompt_checkpoint(tmp_path / "ckpt", classifier, {
+        "method": "mocoop", "parameters": {}, "classnames": classnames, "templates": ["a photo of a {}."],
+        "template_groups": groups.as_dict()})
+    new_classes = all_classnames[5:]
+    reloaded, config = load_prompt_checkpoint(directory, model, tokenizer, classnames=new_classes,
+                                              templates=["a sketch of a {}."])
+    assert reloaded.template_groups == groups and config["templates"] == ["a sketch of a {}."]
+    direct = build_classifier(model, tokenizer, "mocoop", {}, new_classes, ["a photo of a {}."],
+                              template_groups=groups)
+    direct.load_state_dict(classifier.trainable_state(), strict=False)
+    torch.testing.assert_close(predict_logits(reloaded, tensors["images"]), predict_logits(direct, tensors["images"]))
