@@ -39,7 +39,12 @@ def checkpoint_config(inputs: ExperimentInputs, backbone, classnames: list[str])
     from models.provenance import library_code_version
 
     experiment = inputs.experiment
+    groups = inputs.dataset.template_groups
+    # the template groups a method with one prompt per group (MoCoOp) learned from, where the dataset has them
+    template_groups = ({"template_groups": groups.as_dict()}
+                       if groups is not None and get_method(experiment.method).reads_template_groups else {})
     return {
+        **template_groups,
         "method": experiment.method,
         "parameters": experiment.parameters,
         "classnames": classnames,
@@ -101,9 +106,10 @@ def load_prompt_checkpoint(
     target_classnames = classnames if classnames is not None else config["classnames"]
     if templates is not None:
         config = {**config, "trained_templates": config["templates"], "templates": list(templates)}
+    # A per-group method's prompts belong to the groups it was trained with, whatever the target's templates.
     classifier = build_classifier(
         clip_model, tokenizer, config["method"], config["parameters"], target_classnames, config["templates"],
-        text_cache=text_cache,
+        text_cache=text_cache, template_groups=config.get("template_groups"),
     )
     weights = Path(directory) / CHECKPOINT_WEIGHTS
     if weights.exists():

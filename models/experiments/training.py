@@ -192,7 +192,8 @@ def train_experiment(inputs: ExperimentInputs, workspace: Workspace, backbone, t
 
     def classifier_factory() -> PromptedClassifier:
         return build_classifier(backbone.model, backbone.tokenizer, experiment.method, experiment.parameters,
-                                classnames, inputs.templates, text_cache=text_cache)
+                                classnames, inputs.templates, text_cache=text_cache,
+                                template_groups=inputs.dataset.template_groups, dataset_classnames=inputs.classnames)
 
     classifier = classifier_factory()
     config = checkpoint_config(inputs, backbone, classnames)

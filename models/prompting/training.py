@@ -157,7 +157,14 @@ def learning_rate_at_step(step: int, config: OptimizationConfig) -> float:
     return low + 0.5 * (high - low) * (1 + math.cos(math.pi * step / config.steps))
 
 
-def build_optimizer(parameters: list[torch.nn.Parameter], config: OptimizationConfig) -> torch.optim.Optimizer:
+def set_learning_rate(optimizer: torch.optim.Optimizer, rate: float, warming_up: bool) -> None:
+    """Every group at `rate`, times its lr_scale after warm-up (Dassl's constant warm-up gives every group the same
+    rate, the cosine that follows scales each group's base rate)."""
+    for group in optimizer.param_groups:
+        group["lr"] = rate if warming_up else rate * group.get("lr_scale", 1.0)
+
+
+def build_optimizer(parameters: list[torch.nn.Parameter] | list[dict], config: OptimizationConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum,
                                weight_decay=config.weight_decay)
@@ -207,7 +214,8 @@ def train_prompt_parameters(
     parameters = [p for p in classifier.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError(f"{type(classifier).__name__} has no trainable parameters")
-    optimizer = build_optimizer(parameters, config)
+    # Groups with their lr_scale (PromptedClassifier.parameter_groups); one group at 1 for most methods.
+    optimizer = build_optimizer([group for group in classifier.parameter_groups() if group["params"]], config)
     if validation is not None:
         classifier.set_validation(*validation)
     steps_per_epoch = math.ceil(n_samples / config.batch_size)
@@ -223,8 +231,7 @@ def train_prompt_parameters(
     started = time.perf_counter()
     for epoch in range(n_epochs):
         if config.steps is None:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(epoch, config)
+            set_learning_rate(optimizer, learning_rate_at(epoch, config), epoch < config.warmup_epochs)
         order = torch.randperm(n_samples, generator=generator)
         views = torch.randint(n_views, (n_samples,), generator=generator)
         # Accumulated on the device (float64, as Python floats would be) and read once per epoch: no device-to-host
@@ -236,8 +243,8 @@ def train_prompt_parameters(
             if config.steps is not None:
                 if history.steps >= config.steps:
                     break
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate_at_step(history.steps, config)
+                set_learning_rate(optimizer, learning_rate_at_step(history.steps, config),
+                                  history.steps < config.warmup_steps)
             batch = order[start : start + config.batch_size].to(device)
             seen += len(batch)
             inputs = view_inputs[batch, views[batch.cpu()].to(device)]

@@ -75,4 +75,4 @@ def refuse_inapplicable_method(inputs, backbone) -> None:
 
     experiment = inputs.experiment
     check_method_applies(backbone, experiment.method, experiment.parameters, inputs.classnames,
-                         experiment.templates_for(inputs.dataset))
+                         experiment.templates_for(inputs.dataset), inputs.dataset.template_groups)

@@ -20,6 +20,8 @@ SMALL_DEPTHS = {
     "vpt_deep": {"prompt_depth": 2},
     "ivlp": {"text_prompt_depth": 2, "vision_prompt_depth": 2},
     "promptsrc": {"text_prompt_depth": 2, "vision_prompt_depth": 2},
+    # MoCoOp reads its template groups from the dataset (datasets.yaml); here, the method parameter
+    "mocoop": {"template_groups": {"templates": ["a photo of a {}.", "a {}.", "the {}."], "groups": [1, 2]}},
 }
 # Methods that draw augmented views of each training image on the CPU by design (GOPro: PIL AugMix, seeded per image,
 # the same bits on any device) copy the batch to the host once per step; the rest of their step must keep to the

@@ -23,6 +23,8 @@ SMALL_DEPTHS = {
     "vpt_deep": {"prompt_depth": 2},
     "ivlp": {"text_prompt_depth": 2, "vision_prompt_depth": 2},
     "promptsrc": {"text_prompt_depth": 2, "vision_prompt_depth": 2},
+    # MoCoOp reads its template groups from the dataset (datasets.yaml); here, the method parameter
+    "mocoop": {"template_groups": {"templates": ["a photo of a {}.", "a {}.", "the {}."], "groups": [1, 2]}},
 }
 # closed-form and training-free methods (the linear probe, TFUP) have their own `fit`, not the gradient loop
 GRADIENT_METHODS = sorted(name for name, spec in METHODS.items()

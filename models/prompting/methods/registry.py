@@ -25,6 +25,12 @@ class ClassifierContext:
     text_tower: TextTower | None = None
     # where the zero-shot template ensemble is cached (models.prompting.text_cache); None: computed every time
     text_cache: Any = None
+    # the dataset's templates in groups (models.prompting.template_groups.TemplateGroups; datasets.yaml
+    # template_groups), for methods with one prompt per group (MoCoOp); None: the dataset gives none
+    template_groups: Any = None
+    # every class name of the dataset, where `classnames` are a subset being trained on (base-to-new's base classes);
+    # None: the same as classnames
+    dataset_classnames: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.text_tower is None:
@@ -114,6 +120,12 @@ class PromptedClassifier(nn.Module):
         called after each epoch of a method that has epochs, as the training loop does."""
         raise NotImplementedError(f"{type(self).__name__} trains by gradient; use the training loop")
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The trainable parameters as optimizer groups, each with `lr_scale`: the multiple of the schedule's
+        learning rate it trains at after warm-up (warm-up runs every group at the warm-up rate, as Dassl's
+        ConstantWarmupScheduler). One group at 1 unless a method says otherwise (MoCoOp's LayerNorms at 0.1)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The learned prompt parameters only (the checkpoint of a method)."""
         return {name: p.detach().cpu().contiguous() for name, p in self.named_parameters() if p.requires_grad}
@@ -199,6 +211,9 @@ class MethodSpec:
     # The augmented views it trains on (models.prompting.view_recipes.ViewRecipe: crop range, flip, passes), cached
     # per image, recipe and pass; None: the original and mirrored views.
     training_views: Any = None
+    # Whether it reads the dataset's template groups (ClassifierContext.template_groups; MoCoOp's experts): then its
+    # checkpoint records them, so that evaluation elsewhere rebuilds what was trained
+    reads_template_groups: bool = False
 
     def __post_init__(self) -> None:
         unknown = [point for point in self.hook_points if point not in HOOK_POINTS]
