@@ -208,6 +208,7 @@ def train_prompt_parameters(
     if not parameters:
         raise ValueError(f"{type(classifier).__name__} has no trainable parameters")
     optimizer = build_optimizer(parameters, config)
+    classifier.on_training_start(config)
     if validation is not None:
         classifier.set_validation(*validation)
     steps_per_epoch = math.ceil(n_samples / config.batch_size)

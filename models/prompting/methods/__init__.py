@@ -15,5 +15,6 @@ from models.prompting.methods import tfup  # noqa: F401,E402
 from models.prompting.methods import tip_adapter, tip_adapter_f, clip_adapter  # noqa: F401,E402
 from models.prompting.methods import taskres, lp_plus_plus, clap  # noqa: F401,E402
 from models.prompting.methods import clip_lora  # noqa: F401,E402
+from models.prompting.methods import ramt  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]
