@@ -139,7 +139,7 @@ class RAMTParameters:
 
 
 def gradient_dropout(task_gradient: torch.Tensor, auxiliary_gradient: torch.Tensor, drop_lambda: float,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(applied gradient, keep probability P, keep decisions) of R-AMT's GDR for one tensor (module docstring); U is
     one uniform draw per entry from `generator`, on the gradient's device."""
     agreement = torch.sign(task_gradient) * (task_gradient + auxiliary_gradient)
@@ -258,7 +258,9 @@ class RAMTClassifier(PromptedClassifier):
         device = next(self.masks.parameters()).device
         self.dropout_generator = torch.Generator(device=device).manual_seed(self.dropout_seed)
 
-    def _generator(self, device: torch.device) -> torch.Generator:
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        if device.type == "meta":  # shapes only (the device-placement check): no numbers to draw
+            return None
         if self.dropout_generator is None or self.dropout_generator.device != device:
             self.dropout_generator = torch.Generator(device=device).manual_seed(self.dropout_seed)
         return self.dropout_generator
