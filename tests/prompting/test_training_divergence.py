@@ -48,6 +48,9 @@ def test_the_error_names_the_first_diverged_step():
             loss.backward()
             return loss, torch.zeros(len(labels), 2)
 
+        def on_training_start(self, config):
+            pass
+
         def on_epoch_end(self, epoch, epochs):
             pass
 
