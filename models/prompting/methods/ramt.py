@@ -27,6 +27,8 @@ Text-side heads (`text_head`), for the paper's compositions:
 - "tip_adapter": R-AMT trained as "template"; then Tip-Adapter's cache is built on the masked image features of every
   training view (the mean of each image's passes) and its alpha and beta are searched on the val images' masked
   features (Tip-Adapter's parameters in `head_parameters`); prediction is Tip-Adapter's logits on masked features.
+  The val images exist only under a selection policy other than `last` (Tip-Adapter's: `full_val`), which then also
+  chooses the masks' epoch; under `last` the cache keeps Tip-Adapter's initial alpha and beta.
 The paper reports "CoOp + R-AMT" and "Tip-Adapter + R-AMT" (16 shots, ViT-B/16) without saying how the two are
 combined, and the authors' code has only plain R-AMT: both compositions are ours (joint training for a trained head,
 a training-free cache on the trained masks for Tip-Adapter).
