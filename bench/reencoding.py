@@ -57,6 +57,12 @@ class ReencodingClassifier(nn.Module):
             features = self.encode(images)
         return self.classifier.backward_step(features, labels, sample_weights, forward_context)
 
+    def on_training_start(self, config: Any) -> None:
+        self.classifier.on_training_start(config)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        return self.classifier.parameter_groups()
+
     def on_epoch_end(self, epoch: int, n_epochs: int) -> None:
         self.classifier.on_epoch_end(epoch, n_epochs)
 

@@ -216,6 +216,7 @@ def train_prompt_parameters(
         raise ValueError(f"{type(classifier).__name__} has no trainable parameters")
     # Groups with their lr_scale (PromptedClassifier.parameter_groups); one group at 1 for most methods.
     optimizer = build_optimizer([group for group in classifier.parameter_groups() if group["params"]], config)
+    classifier.on_training_start(config)
     if validation is not None:
         classifier.set_validation(*validation)
     steps_per_epoch = math.ceil(n_samples / config.batch_size)

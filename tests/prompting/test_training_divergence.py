@@ -48,6 +48,12 @@ def test_the_error_names_the_first_diverged_step():
             loss.backward()
             return loss, torch.zeros(len(labels), 2)
 
+        def on_training_start(self, config):
+            pass
+
+        def parameter_groups(self):
+            return [{"params": [self.weight], "lr_scale": 1.0}]
+
         def on_epoch_end(self, epoch, epochs):
             pass
 

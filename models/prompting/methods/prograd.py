@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from models.prompting.gradient_mixing import apply_mixed_gradients
 from models.prompting.methods.coop import CoOpClassifier, CoOpParameters
 from models.prompting.methods.registry import (
     DASSL_LAST_EPOCH, ClassifierContext, MethodSpec, Paper, register_method, tested_property,
@@ -85,21 +86,13 @@ class ProGradClassifier(CoOpClassifier):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with forward_context():
             classification, knowledge, logits = self.loss_terms(image_features, labels, sample_weights)
-        parameters = [p for p in self.parameters() if p.requires_grad]
-        knowledge_gradients = torch.autograd.grad(knowledge, parameters, retain_graph=True, allow_unused=True)
-        classification_gradients = torch.autograd.grad(classification, parameters, allow_unused=True)
-        for parameter, classification_gradient, knowledge_gradient in zip(
-            parameters, classification_gradients, knowledge_gradients
-        ):
-            if classification_gradient is None:
-                continue
-            applied = classification_gradient
-            if knowledge_gradient is not None:
-                applied = project_conflicting_gradient(
-                    classification_gradient, knowledge_gradient, self.parameters_used.projection_lambda
-                )
-            # Accumulate like loss.backward() would, so callers that skip zero_grad see the usual semantics.
-            parameter.grad = applied if parameter.grad is None else parameter.grad + applied
+        def project(parameter, classification_gradient, knowledge_gradient):
+            if knowledge_gradient is None:
+                return classification_gradient
+            return project_conflicting_gradient(classification_gradient, knowledge_gradient,
+                                                self.parameters_used.projection_lambda)
+
+        apply_mixed_gradients([p for p in self.parameters() if p.requires_grad], classification, knowledge, project)
         # The reported loss is the cross-entropy: the objective the (projected) update descends.
         return classification, logits
 

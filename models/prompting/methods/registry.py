@@ -104,6 +104,11 @@ class PromptedClassifier(nn.Module):
         loss.backward()
         return loss, logits
 
+    def on_training_start(self, config: Any) -> None:
+        """Called by the training loop once before the first step, with its OptimizationConfig, after the classifier
+        moved to the training device: e.g. R-AMT seeds the generator of its gradient dropout from config.seed, so that
+        the same seed draws the same numbers."""
+
     def set_validation(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Called by the training loop before training when the experiment's selection policy gives a validation set
         (e.g. Tip-Adapter-F re-searches alpha and beta on it after training); the loop itself selects the epoch."""
