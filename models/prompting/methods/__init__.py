@@ -16,5 +16,6 @@ from models.prompting.methods import tip_adapter, tip_adapter_f, clip_adapter  #
 from models.prompting.methods import taskres, lp_plus_plus, clap  # noqa: F401,E402
 from models.prompting.methods import clip_lora  # noqa: F401,E402
 from models.prompting.methods import gopro  # noqa: F401,E402
+from models.prompting.methods import blackvip  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]
