@@ -90,14 +90,14 @@ class BlackVIPParameters:
     coordinator_encoder: str = BACKBONE_ENCODER
     # with an architecture name: an open_clip pretrained tag read from the cache, or a local state-dict file of it
     coordinator_weights: str | None = None
-    coordinator_cache_dir: str | None = None  # open_clip / HF hub cache to read the tag from (default: theirs)
+    coordinator_cache_dir: str | None = None  # the open_clip / HF hub cache to read a tag from (default: their own)
     source_channels: int = 32  # SRC_DIM 1568 = 32 x 7 x 7
     prompt_scale: float = 1.0  # P_EPS: x' = clamp(x + eps * prompt)
-    spsa_a: float = 0.01
-    spsa_c: float = 0.01
+    spsa_a: float = 0.01  # a of the gain a_k = a / (k + o)^alpha
+    spsa_c: float = 0.01  # c of the perturbation size c_k = c / k^gamma
     spsa_offset: float = 1.0  # o
-    spsa_alpha: float = 0.4
-    spsa_gamma: float = 0.1
+    spsa_alpha: float = 0.4  # the gain's decay
+    spsa_gamma: float = 0.1  # the perturbation size's decay
     momentum: float = 0.9  # MOMS, beta of SPSA-GC
     perturbation_samples: int = 5  # SP_AVG
     spsa_variant: str = "spsa-gc"  # OPT_TYPE: "spsa-gc" or "spsa"
