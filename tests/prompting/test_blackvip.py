@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from models.backbones.loader import BackboneUnavailableError
+from models.catalog import CatalogError, load_catalog
+from models.experiments.checkpoints import load_prompt_checkpoint, save_prompt_checkpoint
 from models.experiments import build_classifier
 from models.experiments.training import train_prompts
 from models.experiments.training_sets import TrainingSet
@@ -25,6 +27,7 @@ from models.prompting.methods.blackvip import DecoderLayout, PromptDecoder, deco
 from models.prompting.training import OptimizationConfig, predict_logits
 from models.prompting.zeroth_order import SpsaGc, SpsaSchedule, segmented_uniform_perturbation, spsa_gradient
 
+from tests.catalog.catalog_editing import catalog_copy, edit  # noqa: F401 (fixture)
 from tests.prompting.conftest import REFERENCE_MODEL
 
 CLASSNAMES = ["red", "green", "blue"]
@@ -279,3 +282,22 @@ def test_an_encoder_that_is_not_on_this_machine_is_refused_before_training(refer
 def test_bad_parameters_are_refused_when_parsed(parameters, words):
     with pytest.raises(ValueError, match=words):
         parse_method_parameters("blackvip", parameters)
+
+
+def test_an_encoder_named_without_weights_is_refused_when_the_catalog_loads(catalog_copy):
+    edit(catalog_copy / "methods.yaml",
+         lambda content: content["methods"]["blackvip"]["parameters"].update(coordinator_encoder="ViT-B-16"))
+    with pytest.raises(CatalogError, match=r"^methods.yaml: methods.blackvip: .*'ViT-B-16' needs coordinator_weights"):
+        load_catalog(catalog_copy)
+
+
+def test_the_checkpoint_rebuilds_the_trained_prompt_with_its_batchnorm_statistics(reference_clip, tmp_path):
+    model, tokenizer = reference_clip
+    classifier = blackvip(reference_clip)
+    images, labels = toy_images(per_class=2)
+    train_prompts(classifier, TrainingSet(images.unsqueeze(1), labels), OptimizationConfig(epochs=2, seed=1))
+    config = {"method": "blackvip", "parameters": {}, "classnames": CLASSNAMES, "templates": TEMPLATES}
+    save_prompt_checkpoint(tmp_path / "checkpoint", classifier, config)
+    rebuilt, _ = load_prompt_checkpoint(tmp_path / "checkpoint", copy.deepcopy(model), tokenizer)
+    assert torch.equal(rebuilt.decoder.body[2].running_mean, classifier.decoder.body[2].running_mean)
+    assert torch.equal(predict_logits(rebuilt, images), predict_logits(classifier, images))

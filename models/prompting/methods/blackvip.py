@@ -150,8 +150,8 @@ class FrozenImageEncoder(nn.Module):
         self.converts = backbone_normalisation is not None
         if self.converts:
             device = next(visual.parameters()).device
-            for name, values in (("backbone_mean", backbone_normalisation[0]), ("backbone_std", backbone_normalisation[1]),
-                                 ("own_mean", own_normalisation[0]), ("own_std", own_normalisation[1])):
+            for name, values in zip(("backbone_mean", "backbone_std", "own_mean", "own_std"),
+                                    (*backbone_normalisation, *own_normalisation)):
                 self.register_buffer(name, torch.tensor(values, device=device).view(1, 3, 1, 1), persistent=False)
 
     @torch.no_grad()
@@ -307,82 +307,84 @@ class BlackVIPClassifier(PromptedClassifier):
                              "tl_bench.sh)")
         started = time.perf_counter()
         parameters, device = self.parameters_used, self.logit_scale.device
-        views, labels = training_set.view_inputs, training_set.labels.long()
-        if views.dim() == 4:
-            views = views.unsqueeze(1)
-        if views.dim() != 5:
-            raise ValueError(f"blackvip trains on images (N, V, 3, H, W); got inputs of shape {tuple(views.shape)}")
+        views, labels, weights = self.training_inputs(training_set)
         n_images, n_views = views.shape[:2]
-        if labels.shape[0] != n_images or n_images == 0:
-            raise ValueError(f"blackvip: {n_images} training images but {labels.shape[0]} labels")
-        check_labels(labels, len(self.classnames), "blackvip", "training")
-        weights = training_set.sample_weights
         self.to(device).train()
-        features = self.encoder_features(views)  # (N, V, F): z never depends on the decoder
+        features = self.encoder_features(views)  # (N, V, F) on the device: z never depends on the decoder
         labels = labels.to(device)
         weights = weights.to(device) if weights is not None else None
-        generator = torch.Generator().manual_seed(optimization.seed)
+        generator = torch.Generator().manual_seed(optimization.seed)  # batches, views and perturbations
         optimizer = SpsaGc(self.decoder.parameters(), parameters.schedule(), parameters.momentum,
                            parameters.perturbation_samples, parameters.spsa_variant, generator=generator)
         per_epoch = steps_per_authors_epoch(n_images, optimization.batch_size, drop_last=True)
         batch_size = min(optimization.batch_size, n_images)
         validation = self.validation_inputs(training_set)
-        best_accuracy, best_state, best_epoch, validation_accuracies = -1.0, None, 0, []
+        best = {"accuracy": -1.0, "epoch": 0, "state": None, "accuracies": []}
         history = TrainingHistory()
         for epoch in range(1, optimization.epochs + 1):
-            order = torch.randperm(n_images, generator=generator)
-            chosen_views = torch.randint(n_views, (n_images,), generator=generator)
+            order = torch.randperm(n_images, generator=generator)[: per_epoch * batch_size].to(device)
+            chosen_views = torch.randint(n_views, (n_images,), generator=generator).to(device)
             total_loss = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
-            evaluated = 0
-            for start in range(0, per_epoch * batch_size, batch_size):
-                batch = order[start : start + batch_size]
+            for batch in order.split(batch_size):
                 batch_views = chosen_views[batch]
-                images = views[batch, batch_views].to(device).float()
-                batch_features = features[batch.to(device), batch_views.to(device)]
-                batch_labels = labels[batch.to(device)]
-                batch_weights = weights[batch.to(device)] if weights is not None else None
+                images = views[batch.cpu(), batch_views.cpu()].to(device).float()
+                batch_features, batch_labels = features[batch, batch_views], labels[batch]
+                batch_weights = weights[batch] if weights is not None else None
 
                 def closure() -> torch.Tensor:
-                    nonlocal correct, evaluated
+                    nonlocal correct
                     logits = self(images, batch_features)
                     correct += (logits.argmax(dim=1) == batch_labels).sum()
-                    evaluated += batch_labels.shape[0]
                     return self.loss(logits, batch_labels, batch_weights)
 
-                step = optimizer.step(closure)
+                total_loss += optimizer.step(closure).losses.double().sum()
                 history.steps += 1
-                total_loss += step.losses.double().sum()
-            epoch_loss, epoch_accuracy = total_loss.item() / (2 * parameters.perturbation_samples * per_epoch), \
-                correct.item() / max(evaluated, 1)
-            if not math.isfinite(epoch_loss) or not all(torch.isfinite(p).all() for p in self.decoder.parameters()):
-                raise NonFiniteTrainingError(
-                    f"{optimization.experiment or 'blackvip'}: the loss or the decoder became non-finite in epoch "
-                    f"{epoch}/{optimization.epochs} (step {history.steps}); training stopped and no checkpoint is "
-                    f"written. Lower spsa_a (the gain, {parameters.spsa_a:g}).")
-            history.epoch_losses.append(epoch_loss)
-            history.epoch_accuracies.append(epoch_accuracy)
+            evaluations = 2 * parameters.perturbation_samples * per_epoch  # every perturbed query of the epoch
+            history.epoch_losses.append(total_loss.item() / evaluations)
+            history.epoch_accuracies.append(correct.item() / (evaluations * batch_size))
+            self.raise_if_diverged(history, epoch, optimization)
             if validation is not None:
                 accuracy = self.accuracy_on(*validation)
-                validation_accuracies.append(accuracy)
-                if accuracy >= best_accuracy:
-                    best_accuracy, best_epoch = accuracy, epoch
-                    best_state = {name: tensor.clone() for name, tensor in self.decoder.state_dict().items()}
+                best["accuracies"].append(accuracy)
+                if accuracy >= best["accuracy"]:  # ties: the later epoch, as the training loop
+                    best.update(accuracy=accuracy, epoch=epoch,
+                                state={name: t.clone() for name, t in self.decoder.state_dict().items()})
             if on_epoch is not None:
-                on_epoch(epoch, epoch_loss, epoch_accuracy)
-        if best_state is not None:
-            self.decoder.load_state_dict(best_state)
-            history.details.update(selected_epoch=best_epoch, validation_accuracies=validation_accuracies)
-        history.details.update(coordinator_encoder=self.encoder.record, encoder_feature_width=self.encoder.output_dim,
-                               decoder_stages=self.layout.stages, source_grid=list(self.layout.grid),
-                               trigger_width=self.layout.trigger_width,
-                               decoder_parameters=sum(p.numel() for p in self.decoder.parameters()),
-                               spsa_steps=optimizer.steps_taken, black_box_queries=history.steps * 2 *
-                               parameters.perturbation_samples, last_gain=parameters.schedule().gain(
-                                   max(optimizer.steps_taken, 1)))
+                on_epoch(epoch, history.epoch_losses[-1], history.epoch_accuracies[-1])
+        if best["state"] is not None:
+            self.decoder.load_state_dict(best["state"])
+            history.details.update(selected_epoch=best["epoch"], validation_accuracies=best["accuracies"])
+        history.details.update(
+            coordinator_encoder=self.encoder.record, encoder_feature_width=self.encoder.output_dim,
+            decoder_stages=self.layout.stages, source_grid=list(self.layout.grid),
+            trigger_width=self.layout.trigger_width,
+            decoder_parameters=sum(p.numel() for p in self.decoder.parameters()),
+            spsa_steps=optimizer.steps_taken, black_box_queries=2 * parameters.perturbation_samples * history.steps,
+            last_gain=parameters.schedule().gain(max(optimizer.steps_taken, 1)))
         history.seconds = time.perf_counter() - started
         self.eval()
         return history
+
+    def training_inputs(self, training_set) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(images (N, V, 3, H, W), labels (N,), sample weights or None), checked."""
+        views, labels = training_set.view_inputs, training_set.labels.long()
+        views = views.unsqueeze(1) if views.dim() == 4 else views
+        if views.dim() != 5:
+            raise ValueError(f"blackvip trains on images (N, V, 3, H, W); got inputs of shape {tuple(views.shape)}")
+        if labels.shape[0] != views.shape[0] or views.shape[0] == 0:
+            raise ValueError(f"blackvip: {views.shape[0]} training images but {labels.shape[0]} labels")
+        check_labels(labels, len(self.classnames), "blackvip", "training")
+        return views, labels, training_set.sample_weights
+
+    def raise_if_diverged(self, history: TrainingHistory, epoch: int, optimization: OptimizationConfig) -> None:
+        """NonFiniteTrainingError when the epoch's loss or the decoder is NaN or infinite (read once per epoch)."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.decoder.parameters()]).all()
+        if not math.isfinite(history.epoch_losses[-1]) or not bool(finite):
+            raise NonFiniteTrainingError(
+                f"{optimization.experiment or 'blackvip'}: the loss or the decoder became non-finite in epoch "
+                f"{epoch}/{optimization.epochs} (step {history.steps}); training stopped and no checkpoint is "
+                f"written. Lower spsa_a (the gain, {self.parameters_used.spsa_a:g}).")
 
     def validation_inputs(self, training_set) -> tuple[torch.Tensor, torch.Tensor] | None:
         validation = training_set.validation
@@ -413,8 +415,8 @@ register_method(
         frozen_image_encoder=False,
         hooks="image input of a black-box backbone (logits only): an additive, image-dependent prompt from a frozen "
               "encoder's feature and a learned trigger through a ConvTranspose decoder, trained by SPSA-GC",
-        description="BlackVIP: a coordinator (frozen encoder + trigger + decoder) writes an additive visual prompt; the "
-                    "backbone is queried for logits only and the decoder learns by zeroth-order SPSA-GC.",
+        description="BlackVIP: a coordinator (frozen encoder + trigger + decoder) writes an additive visual prompt; "
+                    "the backbone is queried for logits only and the decoder learns by zeroth-order SPSA-GC.",
         paper=Paper("Oh et al.", "BlackVIP: Black-Box Visual Prompting for Robust Transfer Learning", "CVPR 2023",
                     "https://arxiv.org/abs/2303.14773"),
         hook_points=("image input",),
