@@ -45,10 +45,14 @@ class StepShape:
     frozen_image_forward: bool = False  # PromptSRC: the unprompted tower's features of each image (its regulariser)
     views_per_image: int = 1  # GOPro: each image and its MoCo v3 and AugMix views, each through both towers
     image_gradient: bool = True  # False: the image tower runs without gradients (GOPro reads its blocks)
+    # BlackVIP: no backward at all; each step queries the black box twice per perturbation sample (f(x + c d) and
+    # f(x - c d)) on a batch of prompted images, over epochs of max(1, N // batch) steps (Dassl drops the last batch)
+    zeroth_order: bool = False
 
 
 STEP_SHAPES = {
     "cocoop": StepShape(prompts_per_image=True),
+    "blackvip": StepShape(text_pass=False, zeroth_order=True),
     "gopro": StepShape(prompts_per_image=True, views_per_image=3, image_gradient=False),
     "prograd": StepShape(extra_text_backwards=1),
     "promptsrc": StepShape(frozen_image_forward=True),
@@ -310,6 +314,9 @@ class _Pricer:
         samples = classes * min(per_class, available)
         if not samples:
             return 0, 0.0, ""
+        shape = STEP_SHAPES.get(method, StepShape())
+        if shape.zeroth_order:
+            return self.zeroth_order_training(samples, experiment)
         if not getattr(get_method(method).build, "trained_by_gradient", True):
             if method == "linear_probe":
                 return 0, self.linear_probe_seconds(samples, classes, experiment.parameters,
@@ -335,6 +342,22 @@ class _Pricer:
                     f"{experiment.shots} shots: {optimization.steps} steps" if experiment.shots else "")
         return (optimization.epochs * steps_per_epoch, optimization.epochs * epoch,
                 f"{experiment.shots} shots: {optimization.epochs} epochs" if experiment.shots else "")
+
+    def zeroth_order_training(self, samples: int, experiment: ExperimentConfig) -> tuple[int, float, str]:
+        """(steps, seconds, detail) of a black-box method's SPSA loop (BlackVIP): 2 x perturbation_samples prompted
+        batches through the image tower per step, no backward; the frozen coordinator's features of the two views of
+        each image once beforehand."""
+        from models.experiments import optimization_config
+        from models.prompting.methods import parse_method_parameters
+
+        optimization = optimization_config(experiment)
+        parameters = parse_method_parameters(experiment.method, experiment.parameters)
+        batch = min(optimization.batch_size, samples)
+        steps = optimization.epochs * max(1, samples // optimization.batch_size)
+        queries = 2 * parameters.perturbation_samples
+        seconds = steps * queries * self.costs.image_forward.seconds(batch, 1)
+        seconds += self.costs.image_forward.seconds(2 * samples, math.ceil(2 * samples / EVALUATION_BATCH))
+        return steps, seconds, f"{experiment.shots} shots: {optimization.epochs} epochs" if experiment.shots else ""
 
     def scoring(self, method: str, parameters: dict, classes: int, images: int, templates: int) -> float:
         """Seconds to score `images` test images among `classes` classes with a method's prompts."""

@@ -28,3 +28,26 @@ def test_fixed_step_training_is_planned_with_its_steps():
     one_shot = plan_run(catalog, made_up_costs(), datasets=["EuroSAT"], experiments=["cliplora-k1-s1"])
     (one_shot_row,) = rows_of(one_shot, "training")
     assert 0 < one_shot_row.seconds < row.seconds
+
+
+def test_a_black_box_method_is_priced_by_its_queries_not_left_at_zero():
+    """BlackVIP trains by SPSA outside the loop: each of its epochs' max(1, N // batch) steps runs 2 x
+    perturbation_samples forward passes of a batch through the image tower (no backward); more samples per step cost
+    proportionally more."""
+    catalog = load_catalog(suite="coop")
+    experiments = expand_grid(Path("grids.yaml"), [
+        {"method": "blackvip", "shots": [16], "seeds": [1], "optimization": {"epochs": 10}},
+        {"method": "blackvip", "shots": [16], "seeds": [1], "name": "ten", "optimization": {"epochs": 10},
+         "parameters": {"perturbation_samples": 10}}], catalog.methods)
+    catalog = dataclasses.replace(catalog, experiments={**catalog.experiments, **experiments})
+    costs = made_up_costs()
+    plan = plan_run(catalog, costs, datasets=["EuroSAT"], experiments=["blackvip-k16-s1"])
+    (row,) = rows_of(plan, "training")
+    # EuroSAT: 10 classes x 16 shots = 160 images, batch 128: one step per epoch
+    assert row.method == "blackvip" and row.steps == 10
+    queries = 10 * 2 * 5 * costs.image_forward.seconds(128, 1)
+    coordinator = costs.image_forward.seconds(320, 1)  # both views of each image once, in one batch
+    assert row.seconds == pytest.approx(queries + coordinator)
+    ten = plan_run(catalog, costs, datasets=["EuroSAT"], experiments=["blackvip-k16-s1-ten"])
+    (ten_row,) = rows_of(ten, "training")
+    assert ten_row.seconds == pytest.approx(2 * queries + coordinator)
