@@ -63,6 +63,18 @@ class ContextPromptTokens:
     name_token_counts: list[int]
     initial_context: torch.Tensor | None  # (n_context, D) embeddings of the init words, when given
 
+    @property
+    def n_context(self) -> int:
+        """The learned vectors' count: the init's token count with a word initialisation, else the n_context asked."""
+        return self.token_ids.shape[1] - 1 - self.suffix_embeddings.shape[1]
+
+    def initial_or_random_context(self, width: int, init_std: float) -> torch.Tensor:
+        """(n_context, width) starting context: the init words' embeddings, else N(0, init_std^2) draws from torch's
+        global generator (the caller seeds it, e.g. inside torch.random.fork_rng)."""
+        if self.initial_context is not None:
+            return self.initial_context.float()
+        return torch.randn(self.n_context, width) * init_std
+
     def for_classes(self, start: int, stop: int) -> ContextPromptTokens:
         """The pieces of classes start..stop-1 (views, not copies): one text-tower pass of them."""
         return dataclasses.replace(

@@ -57,8 +57,6 @@ class CoCoOpClassifier(PromptedClassifier):
         self.pieces = tokenize_context_prompts(
             context.text_tower, context.tokenizer, context.classnames, parameters.n_context, parameters.context_init
         )
-        # With a word initialisation the context length is the init's token count, not n_context.
-        n_context = self.pieces.token_ids.shape[1] - 1 - self.pieces.suffix_embeddings.shape[1]
         text_width = context.text_tower.width
         image_dim = joint_embedding_dim(context.text_tower)
         hidden = image_dim // parameters.meta_net_reduction
@@ -70,10 +68,7 @@ class CoCoOpClassifier(PromptedClassifier):
         # Seeded without touching the global RNG, so building a classifier never shifts other random draws.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(parameters.init_seed)
-            if self.pieces.initial_context is not None:
-                initial = self.pieces.initial_context.float()
-            else:
-                initial = torch.randn(n_context, text_width) * parameters.init_std
+            initial = self.pieces.initial_or_random_context(text_width, parameters.init_std)
             # Layer names as in the original (linear1, relu, linear2), so its checkpoints map one to one.
             self.meta_net = nn.Sequential(
                 OrderedDict(

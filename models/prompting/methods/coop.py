@@ -37,8 +37,6 @@ class CoOpClassifier(PromptedClassifier):
         self.pieces = tokenize_context_prompts(
             context.text_tower, context.tokenizer, context.classnames, parameters.n_context, parameters.context_init
         )
-        # With a word initialisation the context length is the init's token count, not n_context.
-        n_context = self.pieces.token_ids.shape[1] - 1 - self.pieces.suffix_embeddings.shape[1]
         width = context.text_tower.width
         n_classes = len(context.classnames)
         if self.pieces.initial_context is not None:
@@ -46,6 +44,7 @@ class CoOpClassifier(PromptedClassifier):
             if parameters.class_specific_context:
                 initial = initial.unsqueeze(0).repeat(n_classes, 1, 1)
         else:
+            n_context = self.pieces.n_context
             shape = (n_classes, n_context, width) if parameters.class_specific_context else (n_context, width)
             generator = torch.Generator().manual_seed(parameters.init_seed)
             initial = torch.randn(shape, generator=generator) * parameters.init_std

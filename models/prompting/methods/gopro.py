@@ -173,7 +173,6 @@ class GOProClassifier(PromptedClassifier):
         self.pieces = tokenize_context_prompts(
             context.text_tower, context.tokenizer, context.classnames, parameters.n_context, parameters.context_init
         )
-        n_context = self.pieces.token_ids.shape[1] - 1 - self.pieces.suffix_embeddings.shape[1]
         text_width = context.text_tower.width
         vision_width = visual.positional_embedding.shape[-1]
         n_blocks = len(visual.transformer.resblocks)
@@ -181,10 +180,7 @@ class GOProClassifier(PromptedClassifier):
         # Seeded without touching the global RNG, so building a classifier never shifts other random draws.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(parameters.init_seed)
-            if self.pieces.initial_context is not None:
-                initial = self.pieces.initial_context.float()
-            else:
-                initial = torch.randn(n_context, text_width) * parameters.init_std
+            initial = self.pieces.initial_or_random_context(text_width, parameters.init_std)
             self.prompt_learner = GOProPromptLearner(initial, n_blocks, vision_width, text_width).to(device)
             self.simproj = SimilarityProjector(joint_embedding_dim(context.text_tower)).to(device)
 

@@ -108,10 +108,7 @@ class MaPLeClassifier(PromptedClassifier):
         # Seeded without touching the global RNG, so building a classifier never shifts other random draws.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(parameters.init_seed)
-            if self.pieces.initial_context is not None:
-                initial = self.pieces.initial_context.float()
-            else:
-                initial = torch.randn(parameters.n_context, text_width) * parameters.init_std
+            initial = self.pieces.initial_or_random_context(text_width, parameters.init_std)
             self.prompt_learner = MaPLePromptLearner(
                 initial, text_width, vision_tower.width, parameters.prompt_depth, parameters.init_std
             ).to(device)
