@@ -77,17 +77,18 @@ from models.prompting.training import TrainingHistory, train_prompt_parameters
 
 @dataclass(frozen=True)
 class NoLAParameters:
-    # The authors' settings (utils/misc.py, trainers/NoLA.py, utils/utils.py find_k).
-    n_tokens: int = 16
+    """The authors' settings (utils/misc.py, trainers/NoLA.py, utils/utils.py find_k)."""
+
+    n_tokens: int = 16  # shallow VPT tokens, NUM_TOKENS; 0 leaves the tower's token sequence as it is
     labeller_encoder: str = BACKBONE  # the authors': "timm:vit_base_patch16_224.dino" (frozen_encoders.py)
-    labeller_hidden: int = 256
+    labeller_hidden: int = 256  # AdapterMLP's hidden width
     labeller_epochs: int = 50  # TAAL_EPOCHS
-    labeller_batch_size: int = 32
+    labeller_batch_size: int = 32  # the top-k DataLoader's batch
     labeller_learning_rate: float = 1e-3  # torch.optim.Adam's default, as the authors call it
     min_per_class: int = 16  # k = max(min_per_class, floor(pool_fraction * N / C))
-    pool_fraction: float = 0.2
+    pool_fraction: float = 0.2  # find_k's percentage
     fallback_choices: int = 3  # first, second, third choice
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # LabelSmoothingCrossEntropy's epsilon
     class_descriptions: str | None = None  # JSON {class name: [descriptions]}; None: the templates alone
     decay_layer_norm_weights: bool = True  # their code as it runs (module docstring)
     init_seed: int = 0  # prompt initialisation, independent of the data seed
