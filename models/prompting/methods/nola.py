@@ -91,10 +91,17 @@ class NoLAParameters:
     label_smoothing: float = 0.1  # LabelSmoothingCrossEntropy's epsilon
     class_descriptions: str | None = None  # JSON {class name: [descriptions]}; None: the templates alone
     decay_layer_norm_weights: bool = True  # their code as it runs (module docstring)
+    strong_crop_scale: tuple[float, float] = (0.2, 1.0)  # the strong view's RandomResizedCrop area range
     init_seed: int = 0  # prompt initialisation, independent of the data seed
 
     def __post_init__(self) -> None:
-        EncoderName.parse(self.labeller_encoder, "nola")
+        EncoderName.parse(self.labeller_encoder, "nola: labeller_encoder")
+        scale = self.strong_crop_scale
+        if (not isinstance(scale, (list, tuple)) or len(scale) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+                or not 0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"nola: strong_crop_scale must be [low, high] with 0 < low <= high <= 1, got {scale!r}")
+        object.__setattr__(self, "strong_crop_scale", (float(scale[0]), float(scale[1])))
         for name in ("n_tokens", "labeller_hidden", "labeller_epochs", "labeller_batch_size", "min_per_class",
                      "fallback_choices"):
             value = getattr(self, name)
@@ -182,11 +189,11 @@ def class_description_features(context: ClassifierContext, descriptions_file: st
     return F.normalize(torch.stack(rows), dim=-1)
 
 
-def strong_view_transform(size: tuple[int, int]) -> v2.Compose:
+def strong_view_transform(size: tuple[int, int], crop_scale: tuple[float, float] = (0.2, 1.0)) -> v2.Compose:
     """The authors' get_random_transform on uint8 tensors (module docstring for the departures)."""
     kernel = min(MOCO_BLUR_KERNEL, 2 * min(size) - 1)
     return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+        v2.RandomResizedCrop(size, scale=crop_scale, antialias=True),
         v2.RandomHorizontalFlip(),
         v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         v2.RandomPerspective(distortion_scale=0.2, p=0.5, interpolation=v2.InterpolationMode.BILINEAR),
@@ -266,7 +273,8 @@ class NoLAClassifier(PromptedClassifier):
     def strong_views(self, images: torch.Tensor) -> torch.Tensor:
         """One strong view per image, drawn from (run seed, step, position); normalised like the input."""
         pixels = to_pixels(images, self.pixel_mean, self.pixel_std)
-        transform = strong_view_transform((int(pixels.shape[-2]), int(pixels.shape[-1])))
+        transform = strong_view_transform((int(pixels.shape[-2]), int(pixels.shape[-1])),
+                                          self.parameters_used.strong_crop_scale)
         views = []
         for index, image in enumerate(pixels):
             with torch.random.fork_rng(devices=[]):
