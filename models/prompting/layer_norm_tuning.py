@@ -5,7 +5,9 @@ FINETUNE_VIT_LN) holds its own copies of their weights and biases, in fp32, name
 the holder (`transformer.resblocks.<i>.ln_1.weight`), and runs the tower's own forward with those copies in place of
 the frozen ones (torch.func.functional_call): every other weight, the pooling and the projection stay the backbone's,
 shared with every other method and never written. At initialisation the copies equal the backbone's, so the image
-features are the frozen tower's exactly.
+features are the frozen tower's exactly. `tower_norms` adds the tower's own LayerNorms (ln_pre, ln_post: NoLA tunes
+every LayerNorm of the image tower), and `call` runs another module that holds the tower under a prefix (a prompted
+tower's `visual.`) with the copies in place.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ LAYER_NORMS = ("ln_1", "ln_2")
 
 
 class VisionLayerNormTuning(nn.Module):
-    def __init__(self, clip_model: nn.Module, who: str):
+    def __init__(self, clip_model: nn.Module, who: str, tower_norms: tuple[str, ...] = ()):
         super().__init__()
         visual = getattr(clip_model, "visual", None)
         blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
@@ -35,6 +37,13 @@ class VisionLayerNormTuning(nn.Module):
             if missing:
                 raise UnsupportedBackboneError(
                     f"{who}: block {index} of the image tower ({type(block).__name__}) has no LayerNorm {missing}")
+        missing = [name for name in tower_norms if not isinstance(getattr(visual, name, None), nn.LayerNorm)]
+        if missing:
+            raise UnsupportedBackboneError(f"{who}: the image tower ({type(visual).__name__}) has no LayerNorm {missing}")
+        for name in tower_norms:
+            norm = copy.deepcopy(getattr(visual, name)).float()
+            norm.requires_grad_(True)
+            setattr(self, name, norm)
         self.transformer = nn.Module()
         self.transformer.resblocks = nn.ModuleList()
         for block in blocks:
@@ -60,3 +69,9 @@ class VisionLayerNormTuning(nn.Module):
         """Raw image features (B, E): the tower's own forward with the LayerNorm copies."""
         dtype = next(self.visual.parameters()).dtype
         return functional_call(self.visual, self.replaced_parameters(), (images.to(dtype),), strict=False)
+
+    def call(self, module: nn.Module, prefix: str, *args):
+        """module(*args) with the copies in place of the tower's LayerNorms, the tower being `module`'s submodule at
+        `prefix` (e.g. "visual." in models.prompting.deep_prompts.PromptedVisionTower)."""
+        replaced = {prefix + name: parameter for name, parameter in self.replaced_parameters().items()}
+        return functional_call(module, replaced, args, strict=False)
