@@ -8,15 +8,15 @@ from models.catalog import CatalogError, load_catalog
 
 
 def test_nola_ul_entries_load_with_their_seeds_and_parameters(catalog_copy):
-    edit(catalog_copy / "experiments.yaml", lambda c: c["grid"].extend([
-        {"method": "nola", "setting": "ul", "seeds": [1, 2, 3]},
-        {"method": "nola", "setting": "ul", "seeds": [1], "name": "crops85",
-         "parameters": {"strong_crop_scale": [0.85, 1.0]}},
-    ]))
+    # the grid's own entry (85-100 % strong crops for the 32-pixel world) and one at the authors' 20-100 %
+    edit(catalog_copy / "experiments.yaml", lambda c: c["grid"].append(
+        {"method": "nola", "setting": "ul", "seeds": [1], "name": "authorcrops",
+         "parameters": {"strong_crop_scale": [0.2, 1.0]}}))
     catalog = load_catalog(catalog_copy)
     runs = [catalog.experiment(f"nola-ul-s{seed}") for seed in (1, 2, 3)]
     assert [run.setting for run in runs] == ["ul"] * 3 and [run.seed for run in runs] == [1, 2, 3]
-    assert catalog.experiment("nola-ul-s1-crops85").parameters["strong_crop_scale"] == [0.85, 1.0]
+    assert all(run.parameters["strong_crop_scale"] == [0.85, 1.0] for run in runs)
+    assert catalog.experiment("nola-ul-s1-authorcrops").parameters["strong_crop_scale"] == [0.2, 1.0]
 
 
 @pytest.mark.parametrize("entry, message", [
