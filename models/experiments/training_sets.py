@@ -41,6 +41,10 @@ class TrainingSet:
     # dataset has no val split (ImageNet: its val is its test set), so that `few_shot_val` falls back to `last`.
     selection: str = "few_shot_val"
     selection_asked: str = "few_shot_val"
+    # The source domain of each training image (N,) as an index into domain_names, for multi-source domain
+    # generalisation (models/experiments/multi_source.py; SPG's domain prompts); None: one domain
+    domains: torch.Tensor | None = None
+    domain_names: tuple[str, ...] = ()
 
 
 def combine_training_sets(

@@ -18,5 +18,6 @@ from models.prompting.methods import clip_lora  # noqa: F401,E402
 from models.prompting.methods import gopro  # noqa: F401,E402
 from models.prompting.methods import mocoop  # noqa: F401,E402
 from models.prompting.methods import ramt  # noqa: F401,E402
+from models.prompting.methods import spg  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]
