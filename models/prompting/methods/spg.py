@@ -318,7 +318,8 @@ class SPGClassifier(PromptedClassifier):
         if parameters.gradient_clipping:
             clip_each(self.generator.clipping_groups(parameters))
         generator_optimizer.step()
-        return {"discriminator": float(terms["discriminator"]), "generator": float(generator_term)}
+        return {"discriminator": float(terms["discriminator"].detach()),
+                "generator": float(generator_term.detach())}
 
     def fit(self, training_set, optimization: OptimizationConfig, on_epoch=None) -> TrainingHistory:
         """Stage I on training_set's domains (training_set.domains; none: one domain, single-source), then stage II
