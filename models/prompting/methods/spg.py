@@ -26,7 +26,8 @@ differs from the paper or from us:
 - The fake batch. The code finds it by iterating the train loader up to a shuffled batch index on every step (O(N)
   per step; a fresh shuffle each time, so the fake batch is a random batch of the training set independent of the
   real one). Here the fake batch of step b is batch b of a second seeded permutation of the training set, drawn per
-  epoch: the same distribution without the scan.
+  epoch: the same distribution without the scan. As Dassl's train loader, the last incomplete batch is dropped
+  (unless the training set is smaller than one batch).
 - Noise at test time. The code draws z unseeded at every forward, so its test accuracy varies between runs. Here z is
   drawn from a generator seeded with `evaluation_noise_seed` at every forward in eval mode: the same images in the
   same batch get the same prompts and logits every time (z still differs between the images of a batch). In training
@@ -348,6 +349,10 @@ class SPGClassifier(PromptedClassifier):
                            for module in (self.discriminator, self.generator))
         order_generator = torch.Generator().manual_seed(optimization.seed)
         n_samples, n_views = views.shape[:2]
+        if n_samples < 2:
+            raise ValueError("spg's generator has BatchNorm: it trains on at least 2 images")
+        # Dassl's train loader drops the last incomplete batch (drop_last when there is a full one)
+        last_start = max(n_samples - optimization.batch_size, 0)
         features = F.normalize(views.float(), dim=-1).to(device)
         domains = domains.to(device)
         history = TrainingHistory()
@@ -362,11 +367,9 @@ class SPGClassifier(PromptedClassifier):
             fake_order = torch.randperm(n_samples, generator=order_generator)
             chosen_views = torch.randint(n_views, (n_samples,), generator=order_generator).to(device)
             total, steps = 0.0, 0
-            for start in range(0, n_samples, optimization.batch_size):
+            for start in range(0, last_start + 1, optimization.batch_size):
                 real = real_order[start:start + optimization.batch_size].to(device)
                 fake = fake_order[start:start + optimization.batch_size].to(device)
-                if len(real) < 2 or len(fake) < 2:  # BatchNorm needs two samples; the last batch may have one
-                    continue
                 losses = self.adversarial_step(features[real, chosen_views[real]], domains[real],
                                                features[fake, chosen_views[fake]], optimizers)
                 if not all(math.isfinite(value) for value in losses.values()):
