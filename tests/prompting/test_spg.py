@@ -244,3 +244,34 @@ def test_a_few_epochs_train_through_the_shared_entry_point(reference_clip, toy_f
     assert all(math.isfinite(loss) for loss in history.epoch_losses)
     assert 1 <= history.details["selected_epoch"] <= 3 and len(history.details["validation_accuracies"]) == 3
     assert not spg.training
+
+
+def test_a_domainbed_few_shot_training_set_carries_each_images_domain(monkeypatch, tmp_path):
+    """DomainBed's train split pools the source domains: fewshot_training_set labels each image with its path's
+    first folder, in the order of the rows it trains on (restricted to the trained labels)."""
+    from types import SimpleNamespace
+
+    import polars as pl
+
+    import models.storage
+    from models.experiments import training_sets
+
+    rows = pl.DataFrame({"relative_path": ["photo/dog/1.jpg", "cartoon/cat/2.jpg", "photo/cat/3.jpg",
+                                           "sketch/dog/4.jpg"],
+                         "label": [0, 1, 1, 2], "content_sha256": ["a", "b", "c", "d"]})
+    monkeypatch.setattr(models.storage, "read_parquet_file", lambda path: None)
+    monkeypatch.setattr(training_sets, "assemble_training_set",
+                        lambda method, backbone, image_set, train_rows, *args, **kwargs: TrainingSet(
+                            torch.zeros(train_rows.filter(pl.col("label").is_in(args[1])).height, 1, 4),
+                            torch.tensor(train_rows.filter(pl.col("label").is_in(args[1]))["label"].to_list())))
+    experiment = SimpleNamespace(key="spg-k16-s1", method="spg", view_recipe=None, selection_policy="last",
+                                 augmentation=None)
+    inputs = SimpleNamespace(dataset=SimpleNamespace(name="PACS_art_painting", source="domainbed"),
+                             experiment=experiment, image_set=None,
+                             fewshot_train=lambda fewshot, subset="train": rows)
+    workspace = SimpleNamespace(fewshot_path=lambda name: tmp_path, feature_cache_dir=tmp_path)
+    training_set = training_sets.fewshot_training_set(inputs, workspace, None, [0, 1])
+    assert training_set.domain_names == ("cartoon", "photo")
+    assert training_set.domains.tolist() == [1, 0, 1]
+    inputs.dataset = SimpleNamespace(name="Shapes", source="embedded")  # a dataset of one domain: none
+    assert training_sets.fewshot_training_set(inputs, workspace, None, [0, 1]).domains is None
