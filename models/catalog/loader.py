@@ -16,6 +16,7 @@ from models.catalog.datasets import DatasetEntry, parse_datasets
 from models.catalog.grid import ExperimentConfig, expand_grid, parse_methods
 from models.catalog.grid_subsets import DEFAULT_GRID, _check_grid_subset, _grid_subsets, select_grid_subset
 from models.catalog.learning_settings import LearningSettingsPlan, parse_learning_settings
+from models.catalog.multi_source import MultiSourcePlan, parse_multi_source
 from models.catalog.suites import DEFAULT_CATALOG_DIR, SuiteInfo, parse_suite_info, suite_directory
 from models.catalog.transfer import TransferPlan, parse_transfer
 from models.catalog.validation import CatalogError, _nearest, _read_yaml, _shown
@@ -27,7 +28,7 @@ from models.catalog.testtime import TestTimePlan, _check_test_time_shapes, parse
 # The evaluation protocols a run can be restricted to (`promptlab run --protocol`; pipelines/partitions.py).
 EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer", "test_time")
 # The sections of experiments.yaml; its other top-level keys hold YAML anchors (`embedded_coop: &embedded_coop`).
-EXPERIMENTS_SECTIONS = ("grid", "transfer", "test_time", "learning_settings")
+EXPERIMENTS_SECTIONS = ("grid", "transfer", "test_time", "learning_settings", "multi_source")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Catalog:
     default_diffusion_backbone: str | None = None
     # the suite whose datasets and grid these are (suites/<name>/suite.yaml); None: the embedded world
     suite: "SuiteInfo | None" = None
+    # the `multi_source:` section (multi_source.py): leave-one-domain-out splits over datasets of one class set
+    multi_source: MultiSourcePlan = field(default_factory=MultiSourcePlan)
 
     def dataset(self, name: str) -> DatasetEntry:
         if name not in self.datasets:
@@ -113,6 +116,8 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
     transfer = parse_transfer(experiments_file, experiments_raw.get("transfer"), dataset_entries, experiments)
     learning_settings = parse_learning_settings(experiments_file, experiments_raw.get("learning_settings"),
                                                 experiments)
+    multi_source = parse_multi_source(experiments_file, experiments_raw.get("multi_source"), dataset_entries,
+                                      experiments)
     _check_test_time_shapes(experiments_file, experiments_raw.get("test_time"))
     test_time = parse_test_time(experiments_file, experiments_raw.get("test_time"), dataset_entries, experiments,
                                 diffusion_backbones, default_diffusion_backbone)
@@ -134,4 +139,5 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
         diffusion_backbones=diffusion_backbones,
         default_diffusion_backbone=default_diffusion_backbone,
         suite=suite_info,
+        multi_source=multi_source.on_experiments(selection.experiments),
     )

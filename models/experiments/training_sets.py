@@ -41,6 +41,10 @@ class TrainingSet:
     # dataset has no val split (ImageNet: its val is its test set), so that `few_shot_val` falls back to `last`.
     selection: str = "few_shot_val"
     selection_asked: str = "few_shot_val"
+    # The source domain of each training image (N,) as an index into domain_names, for multi-source domain
+    # generalisation (models/experiments/multi_source.py; SPG's domain prompts); None: one domain
+    domains: torch.Tensor | None = None
+    domain_names: tuple[str, ...] = ()
 
 
 def combine_training_sets(
@@ -165,14 +169,25 @@ def validation_rows(inputs: ExperimentInputs, fewshot: pl.DataFrame) -> pl.DataF
 def fewshot_training_set(inputs: ExperimentInputs, workspace: Workspace, backbone, labels: list[int]) -> TrainingSet:
     """An experiment's few-shot train images (in the views its method trains on) and their kept augmented
     variations, with the val images of its selection policy, restricted to `labels` and relabelled
-    (assemble_training_set)."""
+    (assemble_training_set). A DomainBed dataset's train split pools its source domains: each image's domain is
+    its path's first folder (TrainingSet.domains; not for augmented variations, which keep none)."""
+    from models.experiments.multi_source import domains_of_relative_paths
     from models.storage import read_parquet_file
 
     fewshot = read_parquet_file(workspace.fewshot_path(inputs.dataset.name))
-    return assemble_training_set(inputs.experiment.method, backbone, inputs.image_set, inputs.fewshot_train(fewshot),
-                                 validation_rows(inputs, fewshot), labels, workspace.feature_cache_dir,
-                                 *augmented_rows(inputs, workspace), recipe=inputs.experiment.view_recipe,
-                                 selection=inputs.experiment.selection_policy)
+    train_rows = inputs.fewshot_train(fewshot)
+    training_set = assemble_training_set(inputs.experiment.method, backbone, inputs.image_set, train_rows,
+                                         validation_rows(inputs, fewshot), labels, workspace.feature_cache_dir,
+                                         *augmented_rows(inputs, workspace), recipe=inputs.experiment.view_recipe,
+                                         selection=inputs.experiment.selection_policy)
+    if inputs.dataset.source == "domainbed" and "augmented" not in training_set.composition:
+        # the rows assemble_training_set kept, in its order
+        kept = train_rows.filter(pl.col("label").is_in(labels))["relative_path"].to_list()
+        if len(kept) != len(training_set.labels):
+            raise ValueError(f"{inputs.experiment.key}: {len(kept)} domain labels for {len(training_set.labels)} "
+                             "training images")
+        training_set.domains, training_set.domain_names = domains_of_relative_paths(kept)
+    return training_set
 
 
 def pool_validation_rows(inputs: ExperimentInputs, rows: ExperimentRows) -> pl.DataFrame | None:
