@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from catalog_editing import catalog_copy, edit  # noqa: F401 (catalog_copy is a fixture)
-from models.catalog import CatalogError, load_catalog
+from models.catalog import DEFAULT_CATALOG_DIR, CatalogError, load_catalog
 
 SPG_ENTRY = {"method": "spg", "shots": [16], "seeds": [1]}
 
@@ -63,4 +63,4 @@ def test_experiments_that_train_nothing_are_refused(catalog_copy):
 
 
 def test_default_catalog_has_no_multi_source_split():
-    assert load_catalog().multi_source.splits == ()
+    assert load_catalog(DEFAULT_CATALOG_DIR).multi_source.splits == ()

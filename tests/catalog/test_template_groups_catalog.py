@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from models.catalog import CatalogError, load_catalog
+from models.catalog import DEFAULT_CATALOG_DIR, CatalogError, load_catalog
 from tests.catalog.catalog_editing import catalog_copy, edit  # noqa: F401 (fixture)
 
 WHERE = r"datasets.yaml: datasets\[0\] \(Shapes\): template_groups"
@@ -50,11 +50,12 @@ def test_a_bad_mocoop_template_groups_parameter_is_named_by_methods_yaml(catalog
 
 
 def test_every_dataset_that_trains_has_template_groups():
-    """The embedded datasets and the coop suite's 11 (the authors' lists as written) load with their groups."""
+    """The embedded datasets and the coop suite's 11 (the authors' lists as written) load with their groups (the
+    project's catalog, whatever $PROMPTLAB_CATALOG another test's fixture set)."""
     for suite in (None, "coop"):
-        catalog = load_catalog(suite=suite)
+        catalog = load_catalog(DEFAULT_CATALOG_DIR, suite=suite)
         for dataset in map(catalog.dataset, catalog.datasets):
             if not dataset.test_only:
                 assert dataset.template_groups is not None, dataset.name
-    caltech = load_catalog(suite="coop").dataset("Caltech101").template_groups
+    caltech = load_catalog(DEFAULT_CATALOG_DIR, suite="coop").dataset("Caltech101").template_groups
     assert caltech.groups == (1, 1, 1, 4, 2) and caltech.first_templates[0] == "{} texture."
