@@ -20,7 +20,7 @@ def test_default_grid_partitions_per_protocol():
     assert {key for _, key in base_to_new} == untrained | {k for k in catalog.experiments if k.endswith("-b2n")}
     transfer = protocol_experiment_partitions(catalog, "transfer")
     sources = {(source, f"{method}-k16-s{s}") for source in ("ColourShapes", "Shapes") for s in (1, 2, 3)
-               for method in ("coop", "cocoop", "kgcoop", "maple", "promptsrc")}
+               for method in ("coop", "cocoop", "kgcoop", "maple", "promptsrc", "gopro", "mocoop")}
     # the source checkpoints, and zero-shot on the sources and all their targets (the reference row)
     assert set(transfer) == sources | {(d, key) for d in datasets for key in untrained}
     assert set(transfer_partition_keys(catalog)) == sources
