@@ -15,7 +15,6 @@ their entries is already one leave-one-domain-out split (models/data/layouts/dom
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from models.catalog.datasets import DatasetEntry, _dataset_names
 from models.catalog.grid import ExperimentConfig
+from models.catalog.transfer import matched_experiment_keys
 from models.catalog.validation import CatalogError, _check_fields, _shown
 from models.prompting.methods import METHODS
 
@@ -62,17 +62,7 @@ def parse_multi_source(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
         return MultiSourcePlan()
     where = f"{path.name}: multi_source"
     _check_fields(where, raw, ("experiments", "splits"), required=("experiments", "splits"))
-    patterns = raw["experiments"]
-    if not isinstance(patterns, list) or not patterns or any(not isinstance(p, str) for p in patterns):
-        raise CatalogError(f"{where}.experiments: expected a non-empty list of experiment keys or patterns "
-                           f"(e.g. spg-k16-s?), got {_shown(patterns)}")
-    keys: list[str] = []
-    for pattern in patterns:
-        matched = [key for key in experiments if fnmatch.fnmatchcase(key, pattern)]
-        if not matched:
-            raise CatalogError(f"{where}.experiments: {_shown(pattern)} matches no experiment of the grid "
-                               f"({sorted(experiments)})")
-        keys += [key for key in matched if key not in keys]
+    keys = matched_experiment_keys(f"{where}.experiments", raw["experiments"], experiments, "spg-k16-s?")
     for key in keys:
         experiment = experiments[key]
         if not METHODS[experiment.method].trains_prompts:

@@ -66,6 +66,22 @@ def default_transfer_targets(protocol: str, source: str, datasets: dict[str, Dat
     raise CatalogError(f"unknown transfer protocol {_shown(protocol)}; known: {TRANSFER_PROTOCOLS}")
 
 
+def matched_experiment_keys(where: str, patterns: Any, experiments: dict[str, ExperimentConfig],
+                            example: str) -> list[str]:
+    """The grid's experiment keys a section's `experiments:` list names (keys or fnmatch patterns), in the order
+    first matched; a list that is not one of strings, or a pattern that matches nothing, is refused naming `where`."""
+    if not isinstance(patterns, list) or not patterns or any(not isinstance(p, str) for p in patterns):
+        raise CatalogError(f"{where}: expected a non-empty list of experiment keys or patterns (e.g. {example}), got "
+                           f"{_shown(patterns)}")
+    keys: list[str] = []
+    for pattern in patterns:
+        matched = [key for key in experiments if fnmatch.fnmatchcase(key, pattern)]
+        if not matched:
+            raise CatalogError(f"{where}: {_shown(pattern)} matches no experiment of the grid ({sorted(experiments)})")
+        keys += [key for key in matched if key not in keys]
+    return keys
+
+
 def parse_transfer(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
                    experiments: dict[str, ExperimentConfig]) -> TransferPlan:
     """Validate the `transfer:` section: experiment keys or shell-style patterns (fnmatch: `coop-k16-s?`) that
@@ -75,17 +91,7 @@ def parse_transfer(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
         return TransferPlan()
     where = f"{path.name}: transfer"
     _check_fields(where, raw, ("experiments", *TRANSFER_PROTOCOLS))
-    patterns = raw.get("experiments")
-    if not isinstance(patterns, list) or not patterns or any(not isinstance(p, str) for p in patterns):
-        raise CatalogError(f"{where}.experiments: expected a non-empty list of experiment keys or patterns "
-                           f"(e.g. coop-k16-s?), got {_shown(patterns)}")
-    keys: list[str] = []
-    for pattern in patterns:
-        matched = [key for key in experiments if fnmatch.fnmatchcase(key, pattern)]
-        if not matched:
-            raise CatalogError(f"{where}.experiments: {_shown(pattern)} matches no experiment of the grid "
-                               f"({sorted(experiments)})")
-        keys += [key for key in matched if key not in keys]
+    keys = matched_experiment_keys(f"{where}.experiments", raw.get("experiments"), experiments, "coop-k16-s?")
     for key in keys:
         experiment, spec = experiments[key], METHODS[experiments[key].method]
         if not spec.trains_prompts:
