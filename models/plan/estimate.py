@@ -48,12 +48,16 @@ class StepShape:
     # BlackVIP: no backward at all; each step queries the black box twice per perturbation sample (f(x + c d) and
     # f(x - c d)) on a batch of prompted images, over epochs of max(1, N // batch) steps (Dassl drops the last batch)
     zeroth_order: bool = False
+    # NoLA: unlabelled; labels the whole training pool (zero-shot scores and the labeller encoder's features of every
+    # pool image, then a small MLP), then trains a prompted image tower on strong views of the whole pool
+    whole_pool_student: bool = False
 
 
 STEP_SHAPES = {
     "cocoop": StepShape(prompts_per_image=True),
     "blackvip": StepShape(text_pass=False, zeroth_order=True),
     "gopro": StepShape(prompts_per_image=True, views_per_image=3, image_gradient=False),
+    "nola": StepShape(text_pass=False, whole_pool_student=True),
     "prograd": StepShape(extra_text_backwards=1),
     "promptsrc": StepShape(frozen_image_forward=True),
     "vpt_deep": StepShape(text_pass=False),
@@ -317,6 +321,8 @@ class _Pricer:
         shape = STEP_SHAPES.get(method, StepShape())
         if shape.zeroth_order:
             return self.zeroth_order_training(samples, experiment)
+        if shape.whole_pool_student:
+            return self.whole_pool_training(size, experiment)
         if not getattr(get_method(method).build, "trained_by_gradient", True):
             if method == "linear_probe":
                 return 0, self.linear_probe_seconds(samples, classes, experiment.parameters,
@@ -358,6 +364,21 @@ class _Pricer:
         seconds = steps * queries * self.costs.image_forward.seconds(batch, 1)
         seconds += self.costs.image_forward.seconds(2 * samples, math.ceil(2 * samples / EVALUATION_BATCH))
         return steps, seconds, f"{experiment.shots} shots: {optimization.epochs} epochs" if experiment.shots else ""
+
+    def whole_pool_training(self, size: DatasetSize, experiment: ExperimentConfig) -> tuple[int, float, str]:
+        """(steps, seconds, detail) of NoLA: the pool (every training image) scored zero-shot and encoded by the
+        labeller's encoder (priced as the backbone's image tower, its default), then the prompted student's epochs
+        over the whole pool, each step a forward and backward of the image tower; the labeller's MLP and the strong
+        views' augmentation are not priced."""
+        from models.experiments import optimization_config
+
+        optimization, pool = optimization_config(experiment), size.train
+        steps = optimization.epochs * math.ceil(pool / optimization.batch_size)
+        batches = math.ceil(pool / EVALUATION_BATCH)
+        seconds = 2 * self.costs.image_forward.seconds(pool, batches)
+        seconds += optimization.epochs * self.costs.image_train.seconds(pool, math.ceil(pool / optimization.batch_size))
+        self.unmodelled.add("nola's labeller MLP and strong-view augmentation")
+        return steps, seconds, f"{pool} unlabelled images: {optimization.epochs} epochs"
 
     def scoring(self, method: str, parameters: dict, classes: int, images: int, templates: int) -> float:
         """Seconds to score `images` test images among `classes` classes with a method's prompts."""

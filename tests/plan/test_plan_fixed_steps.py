@@ -51,3 +51,24 @@ def test_a_black_box_method_is_priced_by_its_queries_not_left_at_zero():
     ten = plan_run(catalog, costs, datasets=["EuroSAT"], experiments=["blackvip-k16-s1-ten"])
     (ten_row,) = rows_of(ten, "training")
     assert ten_row.seconds == pytest.approx(2 * queries + coordinator)
+
+
+def test_nola_is_priced_by_its_whole_unlabelled_pool():
+    """NoLA labels every training image (zero-shot scores and the labeller encoder's features, once), then trains its
+    prompted image tower over the whole pool each epoch: not one training on labels_per_class labelled images."""
+    catalog = load_catalog(suite="coop")
+    experiments = expand_grid(Path("grids.yaml"), [
+        {"method": "nola", "setting": "ul", "seeds": [1], "optimization": {"epochs": 5}},
+        {"method": "nola", "setting": "ul", "seeds": [1], "name": "ten", "optimization": {"epochs": 10}}],
+        catalog.methods)
+    catalog = dataclasses.replace(catalog, experiments={**catalog.experiments, **experiments})
+    costs = made_up_costs()
+    five_key, ten_key = sorted(experiments, key=lambda key: key.endswith("-ten"))
+    five = plan_run(catalog, costs, datasets=["EuroSAT"], experiments=[five_key])
+    ten = plan_run(catalog, costs, datasets=["EuroSAT"], experiments=[ten_key])
+    (five_row,), (ten_row,) = rows_of(five, "training"), rows_of(ten, "training")
+    pool, batches = five.sizes["EuroSAT"].train, -(-five.sizes["EuroSAT"].train // 512)
+    assert five_row.method == "nola" and five_row.steps == 5 * batches and ten_row.steps == 10 * batches
+    labelling = 2 * costs.image_forward.seconds(pool, -(-pool // 1024))
+    assert five_row.seconds == pytest.approx(labelling + 5 * costs.image_train.seconds(pool, batches))
+    assert ten_row.seconds == pytest.approx(labelling + 10 * costs.image_train.seconds(pool, batches))
