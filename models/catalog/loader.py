@@ -12,6 +12,7 @@ from typing import Any
 
 from models.catalog.backbones import (BackboneEntry, DiffusionBackboneEntry, parse_backbones,
                                       parse_diffusion_backbones)
+from models.catalog.claims import Claim, load_claims
 from models.catalog.datasets import DatasetEntry, parse_datasets
 from models.catalog.grid import ExperimentConfig, expand_grid, parse_methods
 from models.catalog.grid_subsets import DEFAULT_GRID, _check_grid_subset, _grid_subsets, select_grid_subset
@@ -52,6 +53,8 @@ class Catalog:
     suite: "SuiteInfo | None" = None
     # the `multi_source:` section (multi_source.py): leave-one-domain-out splits over datasets of one class set
     multi_source: MultiSourcePlan = field(default_factory=MultiSourcePlan)
+    # claims.yaml beside experiments.yaml (claims.py): the papers' comparisons the report checks, over the whole grid
+    claims: tuple[Claim, ...] = ()
 
     def dataset(self, name: str) -> DatasetEntry:
         if name not in self.datasets:
@@ -118,6 +121,7 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
                                                 experiments)
     multi_source = parse_multi_source(experiments_file, experiments_raw.get("multi_source"), dataset_entries,
                                       experiments)
+    claims = load_claims(suite_folder, experiments)
     _check_test_time_shapes(experiments_file, experiments_raw.get("test_time"))
     test_time = parse_test_time(experiments_file, experiments_raw.get("test_time"), dataset_entries, experiments,
                                 diffusion_backbones, default_diffusion_backbone)
@@ -140,4 +144,5 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
         default_diffusion_backbone=default_diffusion_backbone,
         suite=suite_info,
         multi_source=multi_source.on_experiments(selection.experiments),
+        claims=claims,
     )

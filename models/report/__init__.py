@@ -86,6 +86,7 @@ def build_report(
         sections.limited_labels(warehouse),
         base_to_new,
         sections.base_to_new_pattern(warehouse),
+        sections.claims(warehouse),
         *(sections.transfer(warehouse, params, names, sql, title, targets)
           for _, sql, title, targets in sections.TRANSFERS),
         sections.test_time(warehouse),

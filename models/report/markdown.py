@@ -59,6 +59,7 @@ def markdown_results(warehouse: Warehouse, title: str = "Results", preface: str 
     found = [sections.few_shot(warehouse, params, names), sections.few_shot_averages(warehouse, params, names),
              sections.few_shot_pattern(warehouse), sections.limited_labels(warehouse),
              sections.base_to_new(warehouse, params, names)[0], sections.base_to_new_pattern(warehouse),
+             sections.claims(warehouse),
              *(sections.transfer(warehouse, params, names, sql, name, targets)
                for _, sql, name, targets in sections.TRANSFERS),
              sections.test_time(warehouse)]

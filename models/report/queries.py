@@ -391,3 +391,18 @@ SELECT benchmark, method, variant, batch_size, images_per_second, baseline_varia
 FROM latest_benchmark
 ORDER BY benchmark = 'training' DESC, benchmark, backbone, device, dataset, bench_run_id, method, variant
 """
+
+
+# Per-seed results by experiment key for the catalog's claims (claims.yaml): in-domain top-1 on the test split (or on
+# base and new classes: base_accuracy, new_accuracy) of every stage but transfer, where the run has no source dataset
+# or is a multi-source run (dataset = the held-out domain).
+CLAIM_RESULTS_SQL = """
+SELECT backbone, dataset, experiment_key, stage, seed,
+       CASE split WHEN 'base' THEN 'base_accuracy' WHEN 'new' THEN 'new_accuracy' ELSE metric END AS metric,
+       avg(value) AS value
+FROM current_results
+WHERE metric = 'top1_accuracy' AND split IN ('test', 'base', 'new') AND experiment_key IS NOT NULL
+  AND stage NOT IN ('cross_dataset', 'domain_generalization')
+GROUP BY ALL
+ORDER BY ALL
+"""

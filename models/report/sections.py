@@ -418,6 +418,36 @@ def base_to_new_pattern(warehouse: Warehouse) -> Section | None:
     ])
 
 
+def claims(warehouse: Warehouse, catalog_claims=None) -> Section | None:
+    """The catalog's claims (claims.yaml) that the warehouse holds both sides of, each with its margin against twice
+    the seed std; `catalog_claims` defaults to the catalog's ($PROMPTLAB_CATALOG)."""
+    from models.evaluation.claims import claim_checks
+
+    if catalog_claims is None:
+        from models.catalog import load_catalog
+
+        catalog_claims = load_catalog().claims
+    if not catalog_claims:
+        return None
+    checks = claim_checks(catalog_claims, warehouse.query(queries.CLAIM_RESULTS_SQL))
+    if not checks:
+        return None
+    several = len({backbone for backbone, _, _ in checks}) > 1
+    rows = [((f"{backbone} / " if several else "") + check.claim, check.method, percent(check.value),
+             check.reference, percent(check.reference_value), signed_points(check.margin),
+             f"{100.0 * check.seed_std:.2f}", check.n_seeds, check.verdict, check.reason, claim.source)
+            for backbone, claim, check in checks]
+    return Section("Do the papers' claims hold here?", [
+        Paragraph("The comparisons the methods' papers make (assets_catalog/claims.yaml), on the experiments of each "
+                  "side (keys, one per seed), averaged over the datasets where both ran; top-1 on the test split, "
+                  "or on base and new classes and their harmonic mean. Seed std: the sample std over seeds of the "
+                  "dataset-averaged margin, the seeds paired (zero-shot adds no spread). "
+                  f"{_verdict_rule('0 unless the claim says')}", "muted"),
+        table(["Claim", "Experiments", "Value (%)", "Against", "Its value (%)", "Margin (points)",
+               "Seed std (points)", "Seeds", "Verdict", "Why", "Claimed by"], rows, numeric=(2, 4, 5, 6, 7)),
+    ])
+
+
 # ----------------------------------------------------------------------------------------------------- transfer
 TRANSFERS = (("cross_dataset", queries.CROSS_DATASET_TRANSFER_SQL, "Cross-dataset transfer", "other dataset"),
              ("domain_generalization", queries.DOMAIN_GENERALIZATION_SQL, "Domain generalization",
