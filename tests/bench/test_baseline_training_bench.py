@@ -35,3 +35,20 @@ def test_a_tiny_run_records_each_method_beside_coop(tmp_path, capsys):
     recorded = workspace_warehouse_of(Workspace(tmp_path / "workspace")).query(
         "SELECT method, variant FROM latest_benchmark WHERE benchmark = 'baseline-training' ORDER BY method")
     assert recorded["method"].to_list() == ["coop", "tip_adapter", "tip_adapter_f"]
+
+
+def test_with_epochs_the_published_schedule_is_extrapolated_from_the_epochs_run(tmp_path, capsys):
+    output = tmp_path / "epochs.json"
+    assert main(["--methods", "coop", "ramt", "--shots", "1", "--repeats", "1", "--epochs", "2", "--dataset",
+                 "Shapes", "--workspace", str(tmp_path / "workspace"), "--output", str(output), "--num-threads", "2",
+                 "--no-record"]) == 0
+    rows = {row["method"]: row for row in json.loads(output.read_text())["rows"]}
+    coop, ramt = rows["coop"], rows["ramt"]
+    assert coop["details"]["epochs"] == 2 and coop["details"]["published_epochs"] == 50  # CoOp's 1-shot schedule
+    assert ramt["details"]["epochs"] == 2 and ramt["details"]["published_epochs"] == 30  # R-AMT's 30 epochs
+    for row in (coop, ramt):
+        details = row["details"]
+        assert details["extrapolated"] and row["seconds"] == pytest.approx(
+            details["measured_seconds"] / 2 * details["published_epochs"], rel=1e-3)
+    assert ramt["details"]["relative_to_coop"] == pytest.approx(ramt["seconds"] / coop["seconds"], rel=1e-3)
+    assert "50 epochs extrapolated from 2" in capsys.readouterr().out
