@@ -146,6 +146,13 @@ def check_same_classes(classnames: dict[str, list[str]]) -> list[str]:
     return list(names)
 
 
+def check_source_inputs(split: DomainSplit, source_inputs: dict) -> None:
+    """Inputs for exactly the split's sources: the held-out domain's are refused (its images never enter training)."""
+    if split.held_out in source_inputs or sorted(source_inputs) != sorted(split.sources):
+        raise ValueError(f"inputs given for {sorted(source_inputs)}; the sources of the split holding "
+                         f"{split.held_out} out are {list(split.sources)}")
+
+
 def source_training_sets(split: DomainSplit, source_inputs: dict[str, ExperimentInputs], workspace: Workspace,
                          backbone) -> dict[str, TrainingSet]:
     """Each source's few-shot training set exactly as the experiment on that dataset builds it (fewshot_training_set:
@@ -153,9 +160,7 @@ def source_training_sets(split: DomainSplit, source_inputs: dict[str, Experiment
     read: the held-out domain is refused here, so its images cannot reach training."""
     from models.experiments.training_sets import fewshot_training_set
 
-    if split.held_out in source_inputs or sorted(source_inputs) != sorted(split.sources):
-        raise ValueError(f"inputs given for {sorted(source_inputs)}; the sources of the split holding "
-                         f"{split.held_out} out are {list(split.sources)}")
+    check_source_inputs(split, source_inputs)
     return {name: fewshot_training_set(source_inputs[name], workspace, backbone,
                                        list(range(len(source_inputs[name].classnames))))
             for name in split.sources}
@@ -174,9 +179,10 @@ def train_multi_source(split: DomainSplit, source_inputs: dict[str, ExperimentIn
                                              train_prompts)
     from models.provenance import stable_hash
 
-    first = source_inputs[split.sources[0]] if split.sources[0] in source_inputs else None
+    check_source_inputs(split, source_inputs)
+    first = source_inputs[split.sources[0]]
     experiments = {inputs.experiment.key for inputs in source_inputs.values()}
-    if first is None or len(experiments) != 1:
+    if len(experiments) != 1:
         raise ValueError(f"one experiment's inputs on each source of {list(split.sources)}, got {sorted(experiments)}")
     experiment = first.experiment
     check_multi_source_experiment(experiment)
