@@ -139,5 +139,6 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
         diffusion_backbones=diffusion_backbones,
         default_diffusion_backbone=default_diffusion_backbone,
         suite=suite_info,
-        multi_source=multi_source.on_experiments(selection.experiments).on_datasets(selection.datasets),
+        multi_source=(multi_source.on_experiments(selection.experiments).on_datasets(selection.datasets)
+                      if selection.keeps_multi_source else MultiSourcePlan()),
     )

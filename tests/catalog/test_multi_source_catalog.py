@@ -91,9 +91,19 @@ def test_shipped_section_holds_each_shapes_domain_out_with_coop_and_spg():
 
 def test_grid_subsets_keep_the_splits_whose_domains_and_experiments_they_keep():
     # the spg grid keeps every split with CoOp and SPG at seeds 1-3; seed_methods runs on ShapesNoisy and Digits, so
-    # no split has its sources there; demo keeps the three domains and CoOp alone
+    # no split has its sources there; quick keeps seed 1; demo keeps the three domains and CoOp but says
+    # `multi_source: false`
     spg = load_catalog(DEFAULT_CATALOG_DIR, grid="spg").multi_source
     assert len(spg.splits) == 3 and len(spg.experiments) == 6
     assert load_catalog(DEFAULT_CATALOG_DIR, grid="seed_methods").multi_source.partition_keys() == []
-    demo = load_catalog(DEFAULT_CATALOG_DIR, grid="demo").multi_source
-    assert demo.experiments == ("coop-k16-s1", "coop-k16-s2", "coop-k16-s3") and len(demo.splits) == 3
+    assert load_catalog(DEFAULT_CATALOG_DIR, grid="quick").multi_source.experiments == ("coop-k16-s1", "spg-k16-s1")
+    assert load_catalog(DEFAULT_CATALOG_DIR, grid="demo").multi_source.partition_keys() == []
+
+
+def test_a_grid_subset_turns_the_section_off_with_false_only(catalog_copy):
+    def change(content):
+        content["grids"]["demo"]["multi_source"] = True
+
+    edit(catalog_copy / "grids.yaml", change)
+    with pytest.raises(CatalogError, match=r"grids.yaml: grids.demo.multi_source: only `false`"):
+        load_catalog(catalog_copy, grid="quick")
