@@ -46,6 +46,7 @@ def main(result_path: str) -> None:
     library.train_multi_source = train_spy
 
     summary = run_graph(None, None, log=lambda line: None, protocol="multi_source")
+    read_by_the_run = list(read_for_training)
     workspace = PromptLabResource().workspace()
     catalog = load_catalog()
 
@@ -77,7 +78,7 @@ def main(result_path: str) -> None:
         "current_after_failure": query("SELECT partition_key, run_id FROM runs WHERE stage = 'multi_source' AND "
                                        "is_current ORDER BY 1"),
         "runs_after_failure": query("SELECT count(*) FROM runs WHERE stage = 'multi_source'")[0][0],
-        "read_for_training": read_for_training,
+        "read_for_training": read_by_the_run,
         "held_out_images": str(workspace.embedded_dataset_dir("ShapesSketch")),
         "composition": checkpoint["training_composition"],
         "checkpoint_multi_source": checkpoint["multi_source"],
