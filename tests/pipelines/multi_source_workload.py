@@ -61,7 +61,7 @@ def main(result_path: str) -> None:
 
     library.held_out_scores = failing_scores
     instance = dg.DagsterInstance.get()
-    failed = run_job(instance, "multi_source_job", multi_source_partition_key("ShapesSketch", "spg-k2-s1"),
+    failed = run_job(instance, "multi_source_job", multi_source_partition_key("ShapesSketch", "coop-k2-s1"),
                      log=lambda line: None)
     checkpoint = json.loads((workspace.multi_source_dir("ShapesSketch", "coop-k2-s1") / "prompt_checkpoint" /
                              "prompt_config.json").read_text())

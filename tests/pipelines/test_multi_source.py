@@ -55,7 +55,9 @@ def _micro_shapes_catalog(folder: Path) -> Path:
     grid = [{"method": "zero_shot"},
             {"method": "coop", "shots": [2], "seeds": [1], "optimization": {"epochs": 2},
              "parameters": {"n_context": 4}},
+            # the last epoch's generator (no val scoring per epoch): seconds, not tens of them
             {"method": "spg", "shots": [2], "seeds": [1], "optimization": {"epochs": 2, "batch_size": 8},
+             "selection": "last",
              "parameters": {"domain_prompt_epochs": 1, "domain_prompt_batch_size": 8, "generator_widths": [16, 32],
                             "discriminator_width": 16}}]
     multi_source = {"experiments": ["coop-k2-s1", "spg-k2-s1"], "splits": [{"held_out": "ShapesSketch"}]}
