@@ -18,7 +18,7 @@ ORDER BY NOT is_reference, method, options, shots, dataset
 
 
 def multi_source_table(warehouse: Warehouse, names) -> Table | None:
-    """Rows: configurations (reference rows first); columns: each held-out domain, headed by the sources it was
+    """Rows: configurations (the reference rows, zero-shot, first); columns: each held-out domain, headed by the sources it was
     trained on; cells mean ± std over seeds ("–" where a configuration did not run), and the most seeds of a row."""
     results = warehouse.query(MULTI_SOURCE_SQL)
     trained = results.filter(~pl.col("is_reference"))
@@ -31,10 +31,10 @@ def multi_source_table(warehouse: Warehouse, names) -> Table | None:
         # a reference row scores each held-out domain whatever the sources; a trained one its split's
         cells = {(row["dataset"], row["source_dataset"]): row for row in group.iter_rows(named=True)}
         found = [cells.get((dataset, None if first["is_reference"] else sources)) for dataset, sources in columns]
-        rows.append([names.with_shots(first) + (" (reference)" if first["is_reference"] else ""),
+        rows.append([names.with_shots(first),
                      *["–" if cell is None else percent_pm(cell["mean"], cell["std"]) for cell in found],
                      group["n_seeds"].max()])
-    header = ["Configuration", *[f"{dataset} (from {sources.replace('+', ' + ')})" for dataset, sources in columns],
+    header = ["Configuration", *[f"{dataset}, from {sources.replace('+', ' + ')}" for dataset, sources in columns],
               "Seeds"]
     return table(header, rows, numeric=range(1, len(header)), title="Held-out domains")
 
