@@ -201,7 +201,7 @@ def _materialize_partitions(execute_one, execute_all, resource, catalog, dataset
     """Curation (+ features) per dataset, then the experiment partitions, the transfer, test-time and multi-source
     partitions whose inputs succeeded, then the report; each stage's partitions through `execute_all`."""
     from models.warehouse import workspace_warehouse_of
-    from pipelines.partitions import multi_partition_key
+    from pipelines.partitions import multi_partition_key, multi_source_partition_key
 
     done = execute_all(("curation_job", "features_job"), "curation + features: every image once per view",
                        datasets)
@@ -245,8 +245,6 @@ def _materialize_partitions(execute_one, execute_all, resource, catalog, dataset
     execute_all(("test_time_job",), "test-time tuning: TPT + DiffTPT", ready)
     ready = []
     for held_out, key in multi_source:
-        from pipelines.partitions import multi_source_partition_key
-
         domains = (held_out, *catalog.multi_source.split_of(held_out).sources)
         reasons = [f"{name} is not curated" for name in domains
                    if name not in curated and not workspace.is_published(workspace.curation_dir(name))]
