@@ -143,6 +143,11 @@ class Workspace:
     def checkpoint_dir(self, dataset: str, experiment: str) -> Path:
         return self.experiment_dir(dataset, experiment) / "prompt_checkpoint"
 
+    def multi_source_dir(self, held_out: str, experiment: str) -> Path:
+        """A multi-source domain generalisation partition's folder: the prompt learned on the sources of the split
+        that holds `held_out` out (its checkpoint in prompt_checkpoint/)."""
+        return self.root / "multi_source" / held_out / experiment
+
     @property
     def warehouse_path(self) -> Path:
         return self.root / "warehouse" / "promptlab.duckdb"

@@ -184,7 +184,8 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
             + (f", {gpu_slots} GPU slot(s)" if gpu_slots else ""))
     try:
         return _materialize_partitions(execute_one, execute_all, resource, catalog, datasets, partitions,
-                                       transfers, test_time, stage_seconds, failures, skipped, started, log)
+                                       transfers, test_time, stage_seconds, failures, skipped, started, log,
+                                       multi_source=list(selected.multi_source))
     except BaseException:
         if pool is not None:
             pool.close(kill=True)
@@ -196,11 +197,11 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
 
 
 def _materialize_partitions(execute_one, execute_all, resource, catalog, datasets, partitions, transfers, test_time,
-                            stage_seconds, failures, skipped, started, log) -> dict:
-    """Curation (+ features) per dataset, then the experiment partitions, the transfer and test-time partitions
-    whose inputs succeeded, then the report; each stage's partitions through `execute_all`."""
+                            stage_seconds, failures, skipped, started, log, multi_source=()) -> dict:
+    """Curation (+ features) per dataset, then the experiment partitions, the transfer, test-time and multi-source
+    partitions whose inputs succeeded, then the report; each stage's partitions through `execute_all`."""
     from models.warehouse import workspace_warehouse_of
-    from pipelines.partitions import multi_partition_key
+    from pipelines.partitions import multi_partition_key, multi_source_partition_key
 
     done = execute_all(("curation_job", "features_job"), "curation + features: every image once per view",
                        datasets)
@@ -242,6 +243,17 @@ def _materialize_partitions(execute_one, execute_all, resource, catalog, dataset
             continue
         ready.append(multi_partition_key(source, key))
     execute_all(("test_time_job",), "test-time tuning: TPT + DiffTPT", ready)
+    ready = []
+    for held_out, key in multi_source:
+        domains = (held_out, *catalog.multi_source.split_of(held_out).sources)
+        reasons = [f"{name} is not curated" for name in domains
+                   if name not in curated and not workspace.is_published(workspace.curation_dir(name))]
+        if reasons:
+            skipped.append(f"multi_source_job[{held_out}|{key}]: {'; '.join(reasons)}")
+            log(f"skip   {skipped[-1]}")
+            continue
+        ready.append(multi_source_partition_key(held_out, key))
+    execute_all(("multi_source_job",), "multi-source domain generalisation: sources -> held-out domain", ready)
     execute_one("report_job", "report")
     summary = {
         "wall_seconds": round(time.perf_counter() - started, 1),

@@ -17,6 +17,7 @@ from pipelines.assets.curation import (base_new_classes, dataset_files, dataset_
                                        learning_setting_splits)
 from pipelines.assets.evaluation import evaluation_metrics
 from pipelines.assets.features import image_features
+from pipelines.assets.multi_source import multi_source_metrics
 from pipelines.assets.pseudolabels import pseudolabels
 from pipelines.assets.report import cross_dataset_report
 from pipelines.assets.testtime import test_time_metrics
@@ -107,4 +108,12 @@ test_time_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(test_time_metrics),
     description="Test-time tuning (TPT, DiffTPT; view test_time_results): one run of the catalog's test_time section "
                 "on a source dataset and its shifted variants; needs the starting checkpoint and the datasets curated.",
+)
+multi_source_job = dg.define_asset_job(
+    "multi_source_job",
+    executor_def=EXECUTOR,
+    selection=dg.AssetSelection.assets(multi_source_metrics),
+    description="Multi-source domain generalisation (view multi_source_results): one experiment trained on the "
+                "source domains of a split of the catalog's multi_source section and scored on the held-out domain; "
+                "needs every domain of the split curated.",
 )

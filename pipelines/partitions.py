@@ -68,3 +68,16 @@ def test_time_start_mapping(catalog: Catalog) -> dg.MultiPartitionMapping:
 
 
 test_time_from_start = test_time_start_mapping(_catalog)
+
+
+# Multi-source domain generalisation (the catalog's `multi_source:` section): one partition per held-out domain x
+# experiment, trained on the union of that split's source domains (models/experiments/multi_source.py).
+multi_source_partitions = dg.MultiPartitionsDefinition({
+    "held_out": dg.StaticPartitionsDefinition(list(_catalog.multi_source.held_out)),
+    "experiment": dg.StaticPartitionsDefinition(list(_catalog.multi_source.experiments)),
+})
+multi_source_partition_keys = selection.multi_source_partition_keys
+
+
+def multi_source_partition_key(held_out: str, experiment: str) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"held_out": held_out, "experiment": experiment})

@@ -76,7 +76,11 @@ def _check_grid_subset(where: str, subset: Any, experiments: dict[str, Experimen
     ``require_matches`` (the subset being run) every experiment pattern must match a key of this grid, and every
     name of its `datasets` filter a dataset of `datasets`. Subsets not being run are checked without it: a catalog
     with a smaller grid or fewer datasets keeps the shipped subsets' patterns and names."""
-    _check_fields(where, subset, ("description", *GRID_SUBSET_FILTERS, "test_time"))
+    _check_fields(where, subset, ("description", *GRID_SUBSET_FILTERS, "test_time", "multi_source"))
+    if "multi_source" in subset and subset["multi_source"] is not False:
+        raise CatalogError(f"{where}.multi_source: only `false` (keep no multi-source partition) is allowed, got "
+                           f"{_shown(subset['multi_source'])}; the splits kept otherwise follow the subset's datasets "
+                           "and experiments")
     _check_string_lists(where, subset, tuple(name for name in GRID_SUBSET_FILTERS if name not in ("shots", "seeds")))
     for field_name in ("shots", "seeds"):
         values = subset.get(field_name)
@@ -129,6 +133,7 @@ class GridSelection:
     experiments: dict[str, ExperimentConfig]
     transfer: TransferPlan
     test_time: TestTimePlan
+    keeps_multi_source: bool = True  # `multi_source: false` keeps none of the multi_source section's partitions
 
 
 def select_grid_subset(directory: Path, name: str, datasets: dict[str, DatasetEntry],
@@ -181,4 +186,5 @@ def select_grid_subset(directory: Path, name: str, datasets: dict[str, DatasetEn
                                             block.get("modes"), block.get("starts"), block.get("max_test_images"),
                                             where=f"{where}.test_time")
     return GridSelection(datasets, selected,
-                         TransferPlan(transferred, transfer.targets) if transferred else TransferPlan(), test_time)
+                         TransferPlan(transferred, transfer.targets) if transferred else TransferPlan(), test_time,
+                         keeps_multi_source=subset.get("multi_source") is not False)

@@ -27,7 +27,7 @@ from models.catalog.testtime import TestTimePlan, _check_test_time_shapes, parse
 
 
 # The evaluation protocols a run can be restricted to (`promptlab run --protocol`; pipelines/partitions.py).
-EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer", "test_time")
+EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer", "test_time", "multi_source")
 # The sections of experiments.yaml; its other top-level keys hold YAML anchors (`embedded_coop: &embedded_coop`).
 EXPERIMENTS_SECTIONS = ("grid", "transfer", "test_time", "learning_settings", "multi_source")
 
@@ -143,6 +143,7 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
         diffusion_backbones=diffusion_backbones,
         default_diffusion_backbone=default_diffusion_backbone,
         suite=suite_info,
-        multi_source=multi_source.on_experiments(selection.experiments),
+        multi_source=(multi_source.on_experiments(selection.experiments).on_datasets(selection.datasets)
+                      if selection.keeps_multi_source else MultiSourcePlan()),
         claims=claims,
     )

@@ -46,6 +46,29 @@ class MultiSourcePlan:
         kept = tuple(key for key in self.experiments if key in keys)
         return MultiSourcePlan(kept, self.splits) if kept else MultiSourcePlan()
 
+    def on_datasets(self, datasets: Collection[str]) -> "MultiSourcePlan":
+        """The plan a grid subset's `datasets` filter leaves: the splits whose held-out domain and sources are all
+        among `datasets` (a split is not changed by dropping a source: its key would name another experiment)."""
+        kept = tuple(split for split in self.splits if split.held_out in datasets
+                     and all(name in datasets for name in split.sources))
+        return MultiSourcePlan(self.experiments, kept) if kept else MultiSourcePlan()
+
+    def split_of(self, held_out: str) -> MultiSourceSplit:
+        """The split that holds `held_out` out; refused, naming the plan's, when there is none."""
+        for split in self.splits:
+            if split.held_out == held_out:
+                return split
+        raise KeyError(f"no multi_source split holds {held_out!r} out; held-out domains: "
+                       f"{[split.held_out for split in self.splits]}")
+
+    @property
+    def held_out(self) -> tuple[str, ...]:
+        return tuple(split.held_out for split in self.splits)
+
+    def partition_keys(self) -> list[tuple[str, str]]:
+        """(held-out domain, experiment) of each multi-source partition, split by split."""
+        return [(split.held_out, key) for split in self.splits for key in self.experiments]
+
 
 def domain_family(name: str, datasets: dict[str, DatasetEntry]) -> list[str]:
     """The datasets of one class set that `name` belongs to, in catalog order: the root and its shifted variants."""
@@ -71,6 +94,11 @@ def parse_multi_source(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
         if experiment.protocol != "all_classes":
             raise CatalogError(f"{where}.experiments: {_shown(key)} was trained with protocol {experiment.protocol}; "
                                "multi-source training uses all classes of the sources (all_classes)")
+        if (experiment.setting is not None or experiment.pseudolabels is not None or experiment.augmentation is not None
+                or METHODS[experiment.method].adapts_from_pool):
+            raise CatalogError(f"{where}.experiments: {_shown(key)} trains from a learning setting, pseudolabels, "
+                               "augmentation or the unlabelled pool, which belong to one dataset's partition; "
+                               "multi-source training takes the sources' few-shot subsets alone")
     splits_raw = raw["splits"]
     if not isinstance(splits_raw, list) or not splits_raw:
         raise CatalogError(f"{where}.splits: expected a non-empty list of {{held_out: <dataset>, sources: "
@@ -108,5 +136,9 @@ def parse_multi_source(path: Path, raw: Any, datasets: dict[str, DatasetEntry],
         split = MultiSourceSplit(held_out, tuple(sources))
         if split in splits:
             raise CatalogError(f"{place}: the same split as an earlier entry")
+        if any(earlier.held_out == held_out for earlier in splits):
+            # a partition is (held-out domain, experiment): one split per held-out domain
+            raise CatalogError(f"{place}.held_out: {held_out} is already held out by an earlier split; a domain is "
+                               "held out once (its partitions are keyed by it)")
         splits.append(split)
     return MultiSourcePlan(tuple(keys), tuple(splits))

@@ -24,7 +24,8 @@ from models.prompting.methods import get_method, parse_method_parameters
 from models.prompting.text_passes import DEFAULT_TEXT_CHUNK_SIZE
 
 DATA, ZERO_SHOT = "data", "zero_shot"  # protocol labels of the shared stages and of the untrained references
-PROTOCOL_ORDER = (DATA, ZERO_SHOT, "few_shot", "ssl", "ul", "trzsl", "base_to_new", "transfer", "test_time")
+PROTOCOL_ORDER = (DATA, ZERO_SHOT, "few_shot", "ssl", "ul", "trzsl", "base_to_new", "transfer", "test_time",
+                  "multi_source")
 STAGES = ("curation", "features", "training", "evaluation", "transfer", "test_time")
 EVALUATION_BATCH = 1024  # images per prediction call (models/prompting/training.py predict_logits)
 # The linear probe's lbfgs fits: a fit stops at max_iter or when it converges; large C on separable few-shot data
@@ -55,6 +56,7 @@ class StepShape:
 
 STEP_SHAPES = {
     "cocoop": StepShape(prompts_per_image=True),
+    "spg": StepShape(prompts_per_image=True),  # a generated context per image; its training: _Pricer.spg_training
     "blackvip": StepShape(text_pass=False, zeroth_order=True),
     "gopro": StepShape(prompts_per_image=True, views_per_image=3, image_gradient=False),
     "nola": StepShape(text_pass=False, whole_pool_student=True),
@@ -168,6 +170,8 @@ def plan_run(catalog: Catalog, costs: MeasuredCosts, datasets: list[str] | None 
                                       for name in targets))
     for source, _ in selection.test_time:
         involved.update(dict.fromkeys(catalog.test_time.targets[source]))
+    for held_out, _ in selection.multi_source:
+        involved.update(dict.fromkeys(catalog.multi_source.split_of(held_out).sources))
     known = dict(sizes or {})
     missing = [name for name in catalog.datasets if name in involved and name not in known]
     known.update(dataset_sizes(catalog, missing, counts_from_disk))
@@ -213,6 +217,8 @@ class _Pricer:
         encoded_views: set[tuple] = set()
         for source, key in selection.test_time:
             self.test_time_partition(source, key, encoded_views)
+        for held_out, key in selection.multi_source:
+            self.multi_source_partition(held_out, self.catalog.experiment(key))
         stage_rank = {stage: index for index, stage in enumerate(STAGES)}
         protocol_rank = {protocol: index for index, protocol in enumerate(PROTOCOL_ORDER)}
         ordered = sorted(self.groups.items(), key=lambda item: (
@@ -305,6 +311,44 @@ class _Pricer:
             images += count
         self.add("test_time", "test_time", f"{run.mode} ({start.method} start)", by_target, images=images,
                  detail=f"{views} views and {settings.steps} step(s) per test image", source=source)
+
+    def multi_source_partition(self, held_out: str, experiment: ExperimentConfig) -> None:
+        """Training on the union of the split's source domains (SPG: spg_training), then the held-out domain's test
+        split scored; counted under the held-out domain."""
+        sources = [self.sizes[name] for name in self.catalog.multi_source.split_of(held_out).sources]
+        if experiment.method == "spg":
+            steps, seconds, detail = self.spg_training(sources, experiment)
+        else:  # the pooled sources' images for the same epochs: each source's training, summed
+            trainings = [self.training(size, experiment) for size in sources]
+            steps, seconds = sum(t[0] for t in trainings), sum(t[1] for t in trainings)
+            detail = f"{trainings[0][2]} on {len(sources)} source domains"
+        self.add("multi_source", "training", experiment.method, {held_out: seconds}, steps=steps, detail=detail)
+        size = self.sizes[held_out]
+        templates = len(experiment.templates_for(self.catalog.dataset(held_out)))
+        self.add("multi_source", "evaluation", experiment.method,
+                 {held_out: self.scoring(experiment.method, experiment.parameters, size.classes, size.test, templates)},
+                 images=size.test)
+
+    def spg_training(self, sources: list[DatasetSize], experiment: ExperimentConfig) -> tuple[int, float, str]:
+        """SPG's two stages (models/prompting/methods/spg.py): stage I is one CoOp run per source domain (C class
+        prompts with gradients per step); stage II's GAN steps are MLPs on cached features and priced as nothing,
+        but each of its epochs scores the sources' val images with a generated context each (C prompts per image)."""
+        from models.experiments import optimization_config
+        from models.prompting.methods import parse_method_parameters
+
+        parameters = parse_method_parameters("spg", experiment.parameters)
+        chunk = _text_chunk_size("spg", experiment.parameters)
+        steps, seconds = 0, 0.0
+        for size in sources:
+            samples = size.classes * min(experiment.shots or 1, int(size.per_class("train")) or 1)
+            domain_steps = parameters.domain_prompt_epochs * math.ceil(samples / parameters.domain_prompt_batch_size)
+            steps += domain_steps
+            seconds += domain_steps * self.text_seconds(size.classes, chunk, training=True)
+        optimization = optimization_config(experiment)
+        validation = sum(size.val for size in sources) if experiment.selection_policy == "full_val" else 0
+        seconds += optimization.epochs * self.text_seconds(validation * sources[0].classes, chunk, training=False)
+        return (steps, seconds, f"{experiment.shots} shots: stage I {parameters.domain_prompt_epochs} epochs x "
+                                f"{len(sources)} domains, GAN {optimization.epochs} epochs on cached features")
 
     # -------------------------------------------------------------------------------------- work units
     def training(self, size: DatasetSize, experiment: ExperimentConfig) -> tuple[int, float, str]:

@@ -16,6 +16,7 @@ class RunSelection:
     transfers: tuple[tuple[str, str], ...]  # (source, experiment): the checkpoint on every target
     test_time: tuple[tuple[str, str], ...]  # (source, test-time run)
     protocol: str | None = None
+    multi_source: tuple[tuple[str, str], ...] = ()  # (held-out domain, experiment): trained on the split's sources
 
 
 def untrained_experiments(catalog: Catalog) -> list[str]:
@@ -27,6 +28,9 @@ def protocol_experiment_partitions(catalog: Catalog, protocol: str) -> list[tupl
     if protocol not in EVALUATION_PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {EVALUATION_PROTOCOLS}")
     untrained = untrained_experiments(catalog)
+    if protocol == "multi_source":  # the zero-shot references on each held-out domain (the view's reference rows)
+        return [(d, e) for d in catalog.datasets for e in untrained if d in catalog.multi_source.held_out
+                and catalog.experiments[e].setting is None and catalog.runs_on(d, e)]
     if protocol in ("test_time", "transfer"):
         if protocol == "test_time":
             plan = catalog.test_time
@@ -52,6 +56,10 @@ def transfer_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:
 
 def test_time_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:
     return [(source, key) for source in catalog.test_time.sources for key in catalog.test_time.runs]
+
+
+def multi_source_partition_keys(catalog: Catalog) -> list[tuple[str, str]]:
+    return catalog.multi_source.partition_keys()
 
 
 def check_selection_names(catalog: Catalog, datasets: list[str] | None, experiments: list[str] | None) -> None:
@@ -93,8 +101,16 @@ def run_selection(catalog: Catalog, datasets: list[str] | None = None, experimen
     test_time = [(name, key) for name, key in test_time_partition_keys(catalog)
                  if name in datasets and catalog.test_time.runs[key].start in experiments
                  and (protocol == "test_time" or (protocol is None and (whole_grid or key in named_runs)))]
+    # a multi-source partition runs when its experiment is selected and its held-out domain and sources are
+    multi_source = [(held_out, key) for held_out, key in multi_source_partition_keys(catalog)
+                    if key in named_experiments + (list(catalog.experiments) if whole_grid else [])
+                    and all(name in datasets for name in (held_out, *catalog.multi_source.split_of(held_out).sources))
+                    and protocol in (None, "multi_source")]
     if protocol or named_runs:  # the run curates only what its partitions read
         needed = {name for name, _ in partitions + transfers}
         needed |= {target for source, _ in test_time for target in catalog.test_time.targets[source]}
+        needed |= {name for held_out, _ in multi_source
+                   for name in (held_out, *catalog.multi_source.split_of(held_out).sources)}
         datasets = [name for name in datasets if name in needed]
-    return RunSelection(tuple(datasets), tuple(partitions), tuple(transfers), tuple(test_time), protocol)
+    return RunSelection(tuple(datasets), tuple(partitions), tuple(transfers), tuple(test_time), protocol,
+                        tuple(multi_source))

@@ -26,6 +26,7 @@ from models.report import queries, sections
 from models.report.blocks import Paragraph
 from models.report.formatting import format_mean_std
 from models.report.markdown import markdown_results
+from models.report.multi_source import multi_source
 from models.report.render import html_page, write_atomically
 from models.warehouse import Warehouse
 
@@ -90,6 +91,7 @@ def build_report(
         *(sections.transfer(warehouse, params, names, sql, title, targets)
           for _, sql, title, targets in sections.TRANSFERS),
         sections.test_time(warehouse),
+        multi_source(warehouse, names),
         sections.other_splits(warehouse, params, names),
         sections.pseudolabel_quality(warehouse),
         sections.other_stages(warehouse),

@@ -288,7 +288,7 @@ ORDER BY dataset, split, method <> $zero_shot, method, options, shots
 # Every configuration the report names, so that a name clash is seen across sections.
 CONFIGURATIONS_SQL = """
 SELECT DISTINCT backbone, method, options FROM results_by_config
-WHERE stage IN ('evaluation', 'cross_dataset', 'domain_generalization')
+WHERE stage IN ('evaluation', 'cross_dataset', 'domain_generalization', 'multi_source')
 ORDER BY method, options, backbone
 """
 
@@ -303,7 +303,7 @@ ORDER BY dataset, method, shots, options, split, metric
 OTHER_STAGES_SQL = """
 SELECT DISTINCT stage FROM runs
 WHERE is_current AND stage NOT IN ('evaluation', 'pseudolabels', 'cross_dataset', 'domain_generalization',
-                                   'test_time')
+                                   'test_time', 'multi_source')
 ORDER BY stage
 """
 

@@ -14,7 +14,8 @@ Schema (all accuracy-like values are fractions in [0, 1]; timestamps are UTC wit
   backbone name (the backbone was retrained) supersedes those runs the same way, on every partition: results of
   old weights become history and never mix with the new ones (runs with a NULL hash are left alone).
   `source_dataset` is NULL for in-domain runs and names the dataset a prompt was trained on for transfer runs
-  (stage `cross_dataset` / `domain_generalization`, dataset = the target). Warehouses written before the column
+  (stage `cross_dataset` / `domain_generalization`, dataset = the target), or the source domains joined by '+' for
+  multi-source runs (stage `multi_source`, dataset = the held-out domain). Warehouses written before the column
   existed get it (NULL: in-domain) the next time the schema is ensured. `compute` says where
   and at which precision the run was computed ("cpu fp32"; on CUDA the GPU and its autocast dtypes); NULL for
   runs recorded before the column existed.
@@ -47,7 +48,9 @@ report it), `base_to_new_seed_averages` (per configuration and seed, base and ne
 harmonic mean: the seed spread behind those averages), `cross_dataset_results` and
 `domain_generalization_results` (per configuration and source: the source's own test split, each target, and the
 average over targets; mean / std over seeds; zero-shot and other 0-shot configurations appear with their own
-evaluation on each dataset as the reference). Macros
+evaluation on each dataset as the reference), `multi_source_results` (per held-out domain of a multi-source split,
+stage `multi_source` with source_dataset = the sources joined by '+', and zero-shot there as the reference row;
+mean / std over seeds; `multi_source_seed_results`: its rows per run). Macros
 `harmonic_mean(base, new)`, `transfer_seed_results(stage)`, `transfer_results(stage)`. `test_time_seed_results`: TPT
 and DiffTPT runs (stage `test_time`) per seed and dataset, with their untuned reference rows (zero-shot, the
 ensemble, the checkpoints they start from). `dashboards/README.md`
@@ -359,6 +362,32 @@ CREATE OR REPLACE VIEW pseudolabel_rounds AS
     FROM current_results
     WHERE stage = 'evaluation' AND starts_with(split, 'round_');
 CREATE OR REPLACE VIEW domain_generalization_results AS SELECT * FROM transfer_results('domain_generalization');
+-- Multi-source domain generalisation, one row per run: each configuration trained on the source domains of a split
+-- (stage multi_source; source_dataset = the sources joined by '+') scored on the held-out domain (dataset), and as
+-- the reference rows of every such domain the 0-shot configurations' (zero-shot's) own evaluation there
+-- (source_dataset NULL, is_reference).
+CREATE OR REPLACE VIEW multi_source_seed_results AS
+    WITH top1 AS (
+        SELECT * FROM current_results WHERE split = 'test' AND metric = 'top1_accuracy'
+    ),
+    trained AS (
+        SELECT dataset, source_dataset, backbone, method, shots, options, seed, experiment_key, value, run_id,
+               false AS is_reference
+        FROM top1 WHERE stage = 'multi_source' AND source_dataset IS NOT NULL
+    ),
+    held_out AS (SELECT DISTINCT backbone, dataset FROM trained)
+    SELECT * FROM trained
+    UNION ALL
+    SELECT i.dataset, NULL, i.backbone, i.method, i.shots, i.options, i.seed, i.experiment_key, i.value, i.run_id, true
+    FROM top1 AS i SEMI JOIN held_out AS h ON i.backbone = h.backbone AND i.dataset = h.dataset
+    WHERE i.stage = 'evaluation' AND i.source_dataset IS NULL AND i.shots = 0
+      AND json_extract_string(i.options, '$.setting') IS NULL;
+-- Per held-out domain (dataset) and configuration: test top-1 mean / sample std over seeds (n_seeds).
+CREATE OR REPLACE VIEW multi_source_results AS
+    SELECT dataset, source_dataset, backbone, method, shots, options, is_reference,
+           avg(value) AS mean, coalesce(stddev_samp(value), 0.0) AS std, count(DISTINCT seed) AS n_seeds
+    FROM multi_source_seed_results
+    GROUP BY dataset, source_dataset, backbone, method, shots, options, is_reference;
 """
 
 

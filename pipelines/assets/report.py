@@ -6,6 +6,7 @@ import dagster as dg
 from models.provenance import PACKAGE_ROOT, source_version
 from pipelines.assets import sync as folders
 from pipelines.assets.evaluation import evaluation_metrics
+from pipelines.assets.multi_source import multi_source_metrics
 from pipelines.assets.pseudolabels import pseudolabels
 from pipelines.assets.sync import synced
 from pipelines.assets.transfer import transfer_metrics
@@ -19,7 +20,7 @@ REPORT_SOURCES = (*sorted(str(path.relative_to(PACKAGE_ROOT)) for path in (PACKA
                   "models/warehouse/published.py", "assets_catalog/published_results.yaml")
 
 
-@dg.asset(group_name="report", deps=[evaluation_metrics, transfer_metrics, pseudolabels],
+@dg.asset(group_name="report", deps=[evaluation_metrics, transfer_metrics, pseudolabels, multi_source_metrics],
           code_version=source_version(*REPORT_SOURCES), kinds={"duckdb", "html"})
 @synced(writes=(folders.reports,))
 def cross_dataset_report(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:

@@ -37,7 +37,8 @@ class Scope:
             return cls(workspace, promptlab)
         key = context.partition_key
         if isinstance(key, dg.MultiPartitionKey):
-            return cls(workspace, promptlab, key.keys_by_dimension["dataset"], key.keys_by_dimension["experiment"])
+            keys = key.keys_by_dimension  # a multi-source partition's dataset is its held-out domain
+            return cls(workspace, promptlab, keys.get("dataset", keys.get("held_out")), keys["experiment"])
         return cls(workspace, promptlab, str(key))
 
 

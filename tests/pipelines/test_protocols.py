@@ -29,8 +29,10 @@ def test_default_grid_partitions_per_protocol():
 
 
 def test_protocol_jobs_are_defined_and_transfer_partitions_come_from_the_catalog():
-    for name in ("few_shot_job", "base_to_new_job", "transfer_job"):
+    for name in ("few_shot_job", "base_to_new_job", "transfer_job", "multi_source_job"):
         assert defs.resolve_job_def(name).name == name
+    # the micro catalog has no domain family, so no multi-source partition (test_multi_source.py runs one)
+    assert defs.resolve_job_def("multi_source_job").partitions_def.get_partition_keys() == []
     transfer = defs.resolve_job_def("transfer_job").partitions_def
     assert [str(key) for key in transfer.get_partition_keys()] == [
         "Shapes|coop-k2-s1", "Shapes|coop-k2-s2", "Shapes|promptsrc-k2-s1"]  # the micro catalog (conftest)
