@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import math
+import os
 import platform
 import re
 import statistics
@@ -96,6 +97,14 @@ class MeasuredCosts:
     precision: dict[str, str] = field(default_factory=dict)  # train / encode, as models/precision.py names them
     calibration_seconds: float = 0.0
     sizes: dict[str, Any] = field(default_factory=dict)  # items per call timed, repetitions
+    # the host's 1-minute load average when the calibration started, and its CPU count (None: not known)
+    load_average: float | None = None
+    cpu_count: int | None = None
+
+    @property
+    def taken_beside_load(self) -> bool:
+        """Whether other processes kept the host's cores busy while it was measured: its costs may be high."""
+        return self.load_average is not None and bool(self.cpu_count) and self.load_average > self.cpu_count
 
     def as_dict(self) -> dict[str, Any]:
         return {"format": CALIBRATION_FORMAT, **asdict(self)}
@@ -188,6 +197,7 @@ def measure_costs(architecture: str, device: str = "cpu", quick_gelu: bool = Fal
     from models.prompting.text_tower import TextTower
 
     started = time.perf_counter()
+    load_average, cpu_count = host_load()
     register_embedded_model_configs()
     torch_device = torch.device(device)
     sizes = sizes or (CUDA_SIZES if torch_device.type == "cuda" else CPU_SIZES)
@@ -284,10 +294,19 @@ def measure_costs(architecture: str, device: str = "cpu", quick_gelu: bool = Fal
         threads=torch.get_num_threads(), torch_version=torch.__version__, measured_on=date.today().isoformat(),
         embed_dim=embed_dim, **fitted, decode_seconds=measure_decode_seconds(),
         cpu_float64_flops=measure_cpu_float64_flops(), precision={"train": training.name, "encode": encoding.name},
-        calibration_seconds=round(time.perf_counter() - started, 2),
+        calibration_seconds=round(time.perf_counter() - started, 2), load_average=load_average, cpu_count=cpu_count,
         sizes={"items_per_call": {name: list(sizes[name]) for name in passes}, "repetitions": repetitions,
                "fastest_seconds": timings, "inconsistent": inconsistent},
     )
+
+
+def host_load() -> tuple[float | None, int | None]:
+    """The 1-minute load average and the CPU count (None where the platform does not say)."""
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        load = None
+    return load, os.cpu_count()
 
 
 def timings_consistent(seconds: dict[int, float], slack: float = 1.5) -> bool:

@@ -40,6 +40,10 @@ def render_plan(plan: "RunPlan") -> str:
         f"Measured: image forward {_per(costs.image_forward.per_item)}/image, forward+backward "
         f"{_per(costs.image_train.per_item)}/image; text forward {_per(costs.text_forward.per_item)}/prompt, "
         f"forward+backward {_per(costs.text_train.per_item)}/prompt; JPEG decode {_per(costs.decode_seconds)}",
+        *([f"Warning: calibrated while other processes kept the cores busy (load {costs.load_average:g} on "
+           f"{costs.cpu_count} CPUs): these costs, and the times below, may be several times too high; "
+           "`promptlab plan --recalibrate` on an idle machine measures them again"]
+          if costs.taken_beside_load else []),
         "",
     ]
     for protocol, method, rows in _lines_of(plan.rows):

@@ -241,6 +241,20 @@ def test_stalled_calibration_calls_are_timed_again_until_the_sizes_agree(monkeyp
     assert set(measured.sizes["fastest_seconds"]["image_forward"]) >= {"2", "8"}
 
 
+def test_a_calibration_taken_beside_busy_cores_says_so_in_the_plan():
+    from models.plan.rendering import render_plan
+
+    catalog = load_catalog(DEFAULT_CATALOG_DIR)
+    busy = plan_run(catalog, made_up_costs(load_average=7.35, cpu_count=2), datasets=["Shapes"],
+                    experiments=["zeroshot"])
+    quiet = plan_run(catalog, made_up_costs(load_average=0.4, cpu_count=2), datasets=["Shapes"],
+                     experiments=["zeroshot"])
+    assert "calibrated while other processes kept the cores busy (load 7.35 on 2 CPUs)" in render_plan(busy)
+    assert "Warning" not in render_plan(quiet) and "Warning" not in render_plan(
+        plan_run(catalog, made_up_costs(), datasets=["Shapes"], experiments=["zeroshot"]))  # older calibrations
+    assert MeasuredCosts.from_dict(made_up_costs(load_average=7.35, cpu_count=2).as_dict()).taken_beside_load
+
+
 def test_timings_consistent_wants_a_fixed_plus_per_item_cost():
     assert costs_module.timings_consistent({2: 0.002, 8: 0.008, 32: 0.03})
     assert not costs_module.timings_consistent({2: 0.003, 8: 0.4})  # a hundredfold the cost per item
