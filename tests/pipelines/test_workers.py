@@ -22,7 +22,7 @@ from pipelines.run_guard import PID_TAG
 EXPERIMENTS = ["zeroshot", "coop-k2-s1", "coop-k2-s2", "coop-k2-s1-b2n", "promptsrc-k2-s1"]
 
 
-def promptlab_run(root, *arguments, datasets=("Shapes", "Digits"), experiments=EXPERIMENTS, environment=None):
+def promptlab_run(root, *arguments, datasets=("Shapes",), experiments=EXPERIMENTS, environment=None):
     environment = {**os.environ, **(environment or {}), "PROMPTLAB_WORKSPACE": str(root / "workspace"),
                    "DAGSTER_HOME": str(root / "dagster_home")}
     environment.pop("PROMPTLAB_TORCH_THREADS", None)
@@ -55,7 +55,7 @@ def contents(root):
 def test_two_workers_write_the_same_results_to_the_bit_as_one(two_runs):
     (one, two), _ = two_runs
     one_contents, two_contents = contents(one), contents(two)
-    assert sum(name.startswith("predictions:") for name in one_contents) >= 2 * len(EXPERIMENTS)
+    assert sum(name.startswith("predictions:") for name in one_contents) >= len(EXPERIMENTS)
     assert differences(one_contents, two_contents) == []
     computes = {row for row in one_contents["table:runs"] if '"compute": "cpu fp32, 1 thread"' not in row}
     assert computes == set()
@@ -65,7 +65,7 @@ def test_the_partitions_ran_on_two_worker_processes(two_runs):
     (_, two), second = two_runs
     instance = dg.DagsterInstance.from_config(str(two / "dagster_home"))
     experiment_runs = instance.get_runs(filters=dg.RunsFilter(job_name="experiment_job"))
-    assert len(experiment_runs) == 2 * len(EXPERIMENTS)
+    assert len(experiment_runs) == len(EXPERIMENTS)
     assert len({run.tags[PID_TAG] for run in experiment_runs}) == 2
     assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in experiment_runs)
     assert "2 workers, 1 torch threads each" in second.stdout + second.stderr
