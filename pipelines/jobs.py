@@ -108,3 +108,21 @@ test_time_job = dg.define_asset_job(
     description="Test-time tuning (TPT, DiffTPT; view test_time_results): one run of the catalog's test_time section "
                 "on a source dataset and its shifted variants; needs the starting checkpoint and the datasets curated.",
 )
+
+# ----------------------------------------------------------------------------------------- MVLPT's multitask stage
+from pipelines.assets.multitask import multitask_prompt_checkpoints, multitask_source_prompts  # noqa: E402
+
+multitask_job = dg.define_asset_job(
+    "multitask_job",
+    executor_def=EXECUTOR,
+    selection=dg.AssetSelection.assets(multitask_prompt_checkpoints),
+    description="MVLPT's source prompt of one source run (pick it): trained jointly on the pooled few-shot sets of "
+                "the catalog's multitask sources (curated first).",
+)
+multitask_average_job = dg.define_asset_job(
+    "multitask_average_job",
+    executor_def=EXECUTOR,
+    selection=dg.AssetSelection.assets(multitask_source_prompts),
+    description="The seed average of one MVLPT source configuration (needs its source runs), which its target "
+                "experiments start from; run it before their experiment_job.",
+)

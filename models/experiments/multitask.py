@@ -5,7 +5,8 @@ few-shot sets of several datasets of different class sets, its seeds averaged, a
   labels offset by the classes before it, so that they index the concatenated class names;
 - `train_multitask_source`: one seed's source prompt, trained through the shared loop on that pool;
 - `average_source_checkpoints`: the seeds' source checkpoints averaged into one checkpoint folder;
-- `source_prompt`: the averaged prompt a target experiment starts from (train_experiment's `start`).
+- `source_prompt` / `target_start`: the averaged prompt a target experiment starts from (train_experiment's
+  `start`).
 
 The checkpoints live under workspace/multitask/<key>/ (`multitask_checkpoint_dir`): a source run's key is its
 experiment key, the average's the key without its seed (`average_key`).
@@ -162,6 +163,16 @@ def source_prompt(directory: Path, method: str, parameters: dict[str, Any]) -> S
     return SourcePrompt(load_file(str(weights)), record)
 
 
+def target_start(catalog, workspace: Workspace, experiment_key: str) -> SourcePrompt | None:
+    """The seed-averaged source prompt an experiment starts from when the catalog's multitask section makes it an
+    MVLPT target (models/catalog/multitask.py); None for every other experiment."""
+    average = catalog.multitask.average_of(experiment_key)
+    if average is None:
+        return None
+    experiment = catalog.experiment(experiment_key)
+    return source_prompt(multitask_checkpoint_dir(workspace, average), experiment.method, experiment.parameters)
+
+
 def started_at(classifier, start: SourcePrompt | None):
     """The classifier with the source prompt copied in (mvlpt.initialise_from_source); unchanged without one."""
     if start is None:
@@ -172,4 +183,4 @@ def started_at(classifier, start: SourcePrompt | None):
 
 
 __all__ = ["SourcePrompt", "average_key", "average_source_checkpoints", "multitask_checkpoint_dir",
-           "multitask_training_set", "source_prompt", "started_at", "train_multitask_source"]
+           "multitask_training_set", "source_prompt", "started_at", "target_start", "train_multitask_source"]

@@ -16,6 +16,8 @@ class RunSelection:
     transfers: tuple[tuple[str, str], ...]  # (source, experiment): the checkpoint on every target
     test_time: tuple[tuple[str, str], ...]  # (source, test-time run)
     protocol: str | None = None
+    # MVLPT's source runs (the catalog's multitask section) that the selected targets start from, or named
+    multitask: tuple[str, ...] = ()
 
 
 def untrained_experiments(catalog: Catalog) -> list[str]:
@@ -97,4 +99,16 @@ def run_selection(catalog: Catalog, datasets: list[str] | None = None, experimen
         needed = {name for name, _ in partitions + transfers}
         needed |= {target for source, _ in test_time for target in catalog.test_time.targets[source]}
         datasets = [name for name in datasets if name in needed]
-    return RunSelection(tuple(datasets), tuple(partitions), tuple(transfers), tuple(test_time), protocol)
+    multitask = multitask_runs(catalog, partitions, named_experiments)
+    if multitask:  # the sources are curated whatever the datasets selected
+        datasets += [name for name in catalog.multitask.sources if name not in datasets]
+    return RunSelection(tuple(datasets), tuple(partitions), tuple(transfers), tuple(test_time), protocol,
+                        tuple(multitask))
+
+
+def multitask_runs(catalog: Catalog, partitions: list[tuple[str, str]], named: list[str]) -> list[str]:
+    """The MVLPT source runs a selection needs: every seed of the averages its target partitions start from, and the
+    source runs named (`--experiment mvlptcoop-k16-s1-source`), in the catalog's order."""
+    plan = catalog.multitask
+    averages = {plan.average_of(key) for _, key in partitions} - {None}
+    return [run for average, runs in plan.averages.items() for run in runs if average in averages or run in named]
