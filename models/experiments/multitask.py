@@ -152,8 +152,8 @@ def source_prompt(directory: Path, method: str, parameters: dict[str, Any]) -> S
 
     weights = Path(directory) / CHECKPOINT_WEIGHTS
     if not weights.exists():
-        raise FileNotFoundError(f"the MVLPT source prompt {weights} is missing: run the multitask source runs and their "
-                                "average first (multitask_job, multitask_average_job)")
+        raise FileNotFoundError(f"the MVLPT source prompt {weights} is missing: run the multitask source runs and "
+                                "their average first (multitask_job, multitask_average_job)")
     config = read_checkpoint_config(directory)
     if config["method"] != method or config["parameters"] != parameters:
         raise ValueError(f"{directory}: the source prompt was trained as {config['method']} {config['parameters']}, "

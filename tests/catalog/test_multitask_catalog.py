@@ -91,3 +91,19 @@ def test_a_target_with_other_parameters_than_its_source_runs_is_refused(catalog_
 def test_targets_default_to_every_dataset_that_is_not_a_source(catalog_copy):
     set_multitask(catalog_copy, {**SECTION, "targets": None})
     assert load_catalog(catalog_copy).multitask.target_datasets == ("Digits", "ShapesSketch", "ShapesNoisy")
+
+
+def test_a_run_trains_the_source_runs_its_targets_start_from_and_curates_the_sources():
+    from models.plan.selection import run_selection
+
+    catalog = load_catalog(DEFAULT_CATALOG_DIR, grid="seed_methods")
+    selected = run_selection(catalog, None, ["mvlptcoop-k16-s1"])
+    assert selected.partitions == (("Digits", "mvlptcoop-k16-s1"), ("ShapesNoisy", "mvlptcoop-k16-s1"))
+    assert selected.multitask == tuple(f"mvlptcoop-k16-s{seed}-source" for seed in (1, 2, 3))
+    assert set(selected.datasets) == {"Digits", "ShapesNoisy", *SOURCES}
+    # a source run named alone trains alone, on no single dataset
+    alone = run_selection(catalog, None, ["mvlptcoop-k4-s2-source"])
+    assert (alone.partitions, alone.multitask) == ((), ("mvlptcoop-k4-s2-source",))
+    # nothing of MVLPT where no target is selected
+    plain = run_selection(load_catalog(DEFAULT_CATALOG_DIR), ["Shapes"], None)
+    assert plain.multitask == () and not any("mvlpt" in key for _, key in plain.partitions)

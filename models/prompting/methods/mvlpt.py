@@ -62,26 +62,24 @@ from models.prompting.prompt_assembly import ClassTokenPosition
 SOURCE_TEMPLATES = ("a photo of a {}.",)
 
 
+# The defaults are scripts/mvlpt/main_mt_coopdata_cut.sh's (and train.py's for what it leaves unset).
 @dataclass(frozen=True)
 class MCoOpParameters(CoOpParameters):
-    # scripts/mvlpt/main_mt_coopdata_cut.sh: COOP.N_CTX 16, random context, CLASS_TOKEN_POSITION middle, CSC False
-    n_context: int = 16
+    n_context: int = 16  # COOP.N_CTX 16, randomly initialised (no CTX_INIT), one context for all classes (CSC False)
     context_init: str | None = None
-    class_token_position: ClassTokenPosition = "middle"
+    class_token_position: ClassTokenPosition = "middle"  # COOP.CLASS_TOKEN_POSITION 'middle'
 
 
 @dataclass(frozen=True)
 class MVPTParameters(VPTParameters):
-    # VPT.N_CTX 16, VPT.DEEP True: fresh tokens before every layer of the vision tower (12 on ViT-B/16)
-    n_tokens: int = 16
-    prompt_depth: int = 12
+    n_tokens: int = 16  # VPT.N_CTX 16
+    prompt_depth: int = 12  # VPT.DEEP True: fresh tokens before every layer of the vision tower (12 on ViT-B/16)
 
 
 @dataclass(frozen=True)
 class MUPTParameters(IVLPParameters):
-    # UPT: VPT.N_CTX = COOP.N_CTX = 4; the text context at the input only, the vision tokens deep
-    n_text_context: int = 4
-    n_vision_tokens: int = 4
+    n_text_context: int = 4  # COOP.N_CTX 4 (UPT), randomly initialised, at the text tower's input only
+    n_vision_tokens: int = 4  # VPT.N_CTX 4, deep
     context_init: str | None = None
     text_prompt_depth: int = 1
     vision_prompt_depth: int = 12
@@ -99,7 +97,8 @@ def average_prompt_states(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[
     names = sorted(states[0])
     for index, state in enumerate(states[1:], start=1):
         if sorted(state) != names:
-            raise ValueError(f"source prompt {index} holds {sorted(state)}, the first {names}: not the same prompt type")
+            raise ValueError(f"source prompt {index} holds {sorted(state)}, the first {names}: not the same prompt "
+                             "type")
         reshaped = [name for name in names if tuple(state[name].shape) != tuple(states[0][name].shape)]
         if reshaped:
             raise ValueError(f"source prompt {index}: {reshaped} differ in shape from the first prompt's")
