@@ -284,7 +284,7 @@ def _multitask_stages(execute_all, catalog, runs, curated, skipped, log) -> set[
         if average not in ready:
             skipped.append(f"multitask_average_job[{average}]: a source run of {list(plan.averages[average])} failed")
             log(f"skip   {skipped[-1]}")
-    written = execute_all(("multitask_average_job",), "multitask: seed averages of the source prompts", ready)
+    written = execute_all(("multitask_average_job",), "averages: the seed averages of MVLPT's source prompts", ready)
     return set(averages) - set(written)
 
 
