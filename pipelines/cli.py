@@ -185,7 +185,8 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
     try:
         return _materialize_partitions(execute_one, execute_all, resource, catalog, datasets, partitions,
                                        transfers, test_time, stage_seconds, failures, skipped, started, log,
-                                       multi_source=list(selected.multi_source))
+                                       multi_source=list(selected.multi_source),
+                                       multitask=list(selected.multitask))
     except BaseException:
         if pool is not None:
             pool.close(kill=True)
@@ -197,9 +198,11 @@ def _materialize_graph(instance, datasets, experiments, log, protocol, stop_chec
 
 
 def _materialize_partitions(execute_one, execute_all, resource, catalog, datasets, partitions, transfers, test_time,
-                            stage_seconds, failures, skipped, started, log, multi_source=()) -> dict:
-    """Curation (+ features) per dataset, then the experiment partitions, the transfer, test-time and multi-source
-    partitions whose inputs succeeded, then the report; each stage's partitions through `execute_all`."""
+                            stage_seconds, failures, skipped, started, log, multi_source=(),
+                            multitask=()) -> dict:
+    """Curation (+ features) per dataset, MVLPT's multitask source runs and their averages, then the experiment
+    partitions, the transfer, test-time and multi-source partitions whose inputs succeeded, then the report; each
+    stage's partitions through `execute_all`."""
     from models.warehouse import workspace_warehouse_of
     from pipelines.partitions import multi_partition_key, multi_source_partition_key
 
@@ -207,6 +210,13 @@ def _materialize_partitions(execute_one, execute_all, resource, catalog, dataset
                        datasets)
     curated = [name for name in datasets if name in done]
     keys = {multi_partition_key(name, key): (name, key) for name, key in partitions if name in curated}
+    unstarted = _multitask_stages(execute_all, catalog, multitask, curated, skipped, log)
+    for key, (name, experiment) in list(keys.items()):  # MVLPT targets whose source prompt is missing
+        if catalog.multitask.average_of(experiment) in unstarted:
+            skipped.append(f"experiment_job[{name}|{experiment}]: its source prompt "
+                           f"{catalog.multitask.average_of(experiment)} was not written")
+            log(f"skip   {skipped[-1]}")
+            del keys[key]
     succeeded = execute_all(("experiment_job",), "experiments: augmentation + pseudolabels + training + evaluation",
                             list(keys))
     failed_partitions = {keys[key] for key in keys if key not in succeeded}
@@ -266,6 +276,30 @@ def _materialize_partitions(execute_one, execute_all, resource, catalog, dataset
     }
     (workspace.root / "last_run_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _multitask_stages(execute_all, catalog, runs, curated, skipped, log) -> set[str]:
+    """MVLPT's source runs (every source curated first), then the seed averages whose runs all succeeded; returns the
+    averages left unwritten, whose targets cannot start."""
+    if not runs:
+        return set()
+    plan = catalog.multitask
+    uncurated = [name for name in plan.sources if name not in curated]
+    trained: set = set()
+    if uncurated:
+        for run in runs:
+            skipped.append(f"multitask_job[{run}]: sources {uncurated} are not curated")
+            log(f"skip   {skipped[-1]}")
+    else:
+        trained = execute_all(("multitask_job",), "multitask: MVLPT source prompts on the pooled sources", list(runs))
+    averages = [average for average, members in plan.averages.items() if any(run in runs for run in members)]
+    ready = [average for average in averages if all(run in trained for run in plan.averages[average])]
+    for average in averages:
+        if average not in ready:
+            skipped.append(f"multitask_average_job[{average}]: a source run of {list(plan.averages[average])} failed")
+            log(f"skip   {skipped[-1]}")
+    written = execute_all(("multitask_average_job",), "averages: the seed averages of MVLPT's source prompts", ready)
+    return set(averages) - set(written)
 
 
 def run_summary_line(summary: dict, event_log) -> str:

@@ -117,3 +117,21 @@ multi_source_job = dg.define_asset_job(
                 "source domains of a split of the catalog's multi_source section and scored on the held-out domain; "
                 "needs every domain of the split curated.",
 )
+
+# ----------------------------------------------------------------------------------------- MVLPT's multitask stage
+from pipelines.assets.multitask import multitask_prompt_checkpoints, multitask_source_prompts  # noqa: E402
+
+multitask_job = dg.define_asset_job(
+    "multitask_job",
+    executor_def=EXECUTOR,
+    selection=dg.AssetSelection.assets(multitask_prompt_checkpoints),
+    description="MVLPT's source prompt of one source run (pick it): trained jointly on the pooled few-shot sets of "
+                "the catalog's multitask sources (curated first).",
+)
+multitask_average_job = dg.define_asset_job(
+    "multitask_average_job",
+    executor_def=EXECUTOR,
+    selection=dg.AssetSelection.assets(multitask_source_prompts),
+    description="The seed average of one MVLPT source configuration (needs its source runs), which its target "
+                "experiments start from; run it before their experiment_job.",
+)

@@ -10,7 +10,9 @@ from models.plan import selection
 
 _catalog = load_catalog()
 
-dataset_partitions = dg.StaticPartitionsDefinition(list(_catalog.datasets))
+# the catalog's datasets, and the multitask sources a grid subset's `datasets` leaves out (they are still curated)
+dataset_partitions = dg.StaticPartitionsDefinition(
+    list(_catalog.datasets) + [name for name in _catalog.multitask.sources if name not in _catalog.datasets])
 experiment_partitions = dg.StaticPartitionsDefinition(list(_catalog.experiments))
 dataset_experiment_partitions = dg.MultiPartitionsDefinition(
     {"dataset": dataset_partitions, "experiment": experiment_partitions}
@@ -81,3 +83,11 @@ multi_source_partition_keys = selection.multi_source_partition_keys
 
 def multi_source_partition_key(held_out: str, experiment: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"held_out": held_out, "experiment": experiment})
+
+
+# MVLPT (the catalog's `multitask:` section): one partition per source run (trained on the pooled sources), one per
+# seed average of a source configuration, each average reading its seeds' runs.
+multitask_source_partitions = dg.StaticPartitionsDefinition(list(_catalog.multitask.experiments))
+multitask_average_partitions = dg.StaticPartitionsDefinition(list(_catalog.multitask.averages))
+multitask_runs_of_average = dg.StaticPartitionMapping(
+    {run: average for average, runs in _catalog.multitask.averages.items() for run in runs})

@@ -18,6 +18,7 @@ from models.catalog.grid import ExperimentConfig, expand_grid, parse_methods
 from models.catalog.grid_subsets import DEFAULT_GRID, _check_grid_subset, _grid_subsets, select_grid_subset
 from models.catalog.learning_settings import LearningSettingsPlan, parse_learning_settings
 from models.catalog.multi_source import MultiSourcePlan, parse_multi_source
+from models.catalog.multitask import MultitaskPlan, parse_multitask
 from models.catalog.suites import DEFAULT_CATALOG_DIR, SuiteInfo, parse_suite_info, suite_directory
 from models.catalog.transfer import TransferPlan, parse_transfer
 from models.catalog.validation import CatalogError, _nearest, _read_yaml, _shown
@@ -29,7 +30,7 @@ from models.catalog.testtime import TestTimePlan, _check_test_time_shapes, parse
 # The evaluation protocols a run can be restricted to (`promptlab run --protocol`; pipelines/partitions.py).
 EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer", "test_time", "multi_source")
 # The sections of experiments.yaml; its other top-level keys hold YAML anchors (`embedded_coop: &embedded_coop`).
-EXPERIMENTS_SECTIONS = ("grid", "transfer", "test_time", "learning_settings", "multi_source")
+EXPERIMENTS_SECTIONS = ("grid", "transfer", "test_time", "learning_settings", "multi_source", "multitask")
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,12 @@ class Catalog:
     multi_source: MultiSourcePlan = field(default_factory=MultiSourcePlan)
     # claims.yaml beside experiments.yaml (claims.py): the papers' comparisons the report checks, over the whole grid
     claims: tuple[Claim, ...] = ()
+    # the `multitask:` section (multitask.py): MVLPT's source runs on pooled datasets, their averages, the targets
+    multitask: MultitaskPlan = field(default_factory=MultitaskPlan)
 
     def dataset(self, name: str) -> DatasetEntry:
+        if name not in self.datasets and name in self.multitask.source_entries:  # a source outside the subset
+            return self.multitask.source_entries[name]
         if name not in self.datasets:
             raise CatalogError(f"unknown dataset {_shown(name)}; the catalog has {sorted(self.datasets)}")
         return self.datasets[name]
@@ -79,7 +84,8 @@ class Catalog:
     def runs_on(self, dataset: str, experiment: str) -> bool:
         """Whether an experiment partition exists for a dataset: a test-only dataset (ImageNet's shifts) has no
         training images, so only untrained experiments (zero-shot) run on it; it is a transfer / test-time target."""
-        return not (self.dataset(dataset).test_only and METHODS[self.experiment(experiment).method].trains_prompts)
+        return (not (self.dataset(dataset).test_only and METHODS[self.experiment(experiment).method].trains_prompts)
+                and self.multitask.runs_on(dataset, experiment))
 
     def experiment(self, key: str) -> ExperimentConfig:
         if key not in self.experiments:
@@ -122,19 +128,23 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
     multi_source = parse_multi_source(experiments_file, experiments_raw.get("multi_source"), dataset_entries,
                                       experiments)
     claims = load_claims(suite_folder, experiments)
+    multitask = parse_multitask(experiments_file, experiments_raw.get("multitask"), dataset_entries, experiments)
     _check_test_time_shapes(experiments_file, experiments_raw.get("test_time"))
     test_time = parse_test_time(experiments_file, experiments_raw.get("test_time"), dataset_entries, experiments,
                                 diffusion_backbones, default_diffusion_backbone)
     for name, subset in _grid_subsets(suite_folder).items():
         _check_grid_subset(f"grids.yaml: grids.{name}", subset, experiments, require_matches=False)
     selection = select_grid_subset(suite_folder, grid, dataset_entries, experiments, transfer, test_time)
+    multitask = multitask.on_experiments(selection.experiments)
+    # the source runs of the targets a subset keeps, whatever its filters (models/catalog/multitask.py)
+    kept_experiments = {**selection.experiments, **{key: experiments[key] for key in multitask.experiments}}
     return Catalog(
         directory=directory,
         datasets=selection.datasets,
         backbones=backbones,
         default_backbone=default_backbone,
         methods=methods,
-        experiments=selection.experiments,
+        experiments=kept_experiments,
         world=world,
         transfer=selection.transfer,
         grid=grid,
@@ -146,4 +156,5 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
         multi_source=(multi_source.on_experiments(selection.experiments).on_datasets(selection.datasets)
                       if selection.keeps_multi_source else MultiSourcePlan()),
         claims=claims,
+        multitask=multitask,
     )

@@ -8,7 +8,8 @@ source domains' training images with a domain index per image (`TrainingSet.doma
 SPG's domain prompts; the others ignore it), and the held-out domain's images never enter it.
 
 - `leave_one_domain_out`: the sources left when one domain of a family is held out (refusing what leaves none);
-- `multi_source_training_set`: the union of the sources' training sets, validation sets too, with domain indices;
+- `multi_source_training_set`: the union of the sources' training sets, validation sets too, with domain indices
+  (`pooled_training_set`, which MVLPT's multitask sources share);
 - `domains_of_relative_paths`: the domain indices of a pooled DomainBed training split;
 - `held_out_accuracy`: a trained classifier's top-1 accuracy on the held-out domain's test inputs;
 - `train_multi_source`: an experiment trained on the union of its sources' few-shot sets, each built as an experiment
@@ -62,11 +63,19 @@ def multi_source_training_set(split: DomainSplit, source_sets: dict[str, Trainin
     if split.held_out in source_sets:
         raise ValueError(f"the held-out domain {split.held_out!r} was given a training set; its images must never "
                          "enter training")
-    missing = [name for name in split.sources if name not in source_sets]
-    extra = sorted(set(source_sets) - set(split.sources))
+    return pooled_training_set(split.sources, source_sets)
+
+
+def pooled_training_set(sources: Sequence[str], source_sets: dict[str, TrainingSet]) -> TrainingSet:
+    """The union of one training set per source, in `sources` order, with `domains` indexing `domain_names`
+    (= sources); validation sets pooled too. Labels are kept as given: domains of one class set share them, and
+    sources of different class sets come offset (models/experiments/multitask.py). Sources missing or of different
+    input shapes are refused."""
+    missing = [name for name in sources if name not in source_sets]
+    extra = sorted(set(source_sets) - set(sources))
     if missing or extra:
-        raise ValueError(f"training sets given for {sorted(source_sets)}, but the sources are {list(split.sources)}")
-    parts = [source_sets[name] for name in split.sources]
+        raise ValueError(f"training sets given for {sorted(source_sets)}, but the sources are {list(sources)}")
+    parts = [source_sets[name] for name in sources]
     shapes = {tuple(part.view_inputs.shape[1:]) for part in parts}
     if len(shapes) > 1:
         raise ValueError(f"the source domains' inputs differ in shape {sorted(shapes)} (views, feature width): "
@@ -78,7 +87,7 @@ def multi_source_training_set(split: DomainSplit, source_sets: dict[str, Trainin
         weights = torch.cat([part.sample_weights if part.sample_weights is not None
                              else torch.ones(len(part.labels)) for part in parts])
     composition: dict[str, int] = {}
-    for name, part in zip(split.sources, parts):
+    for name, part in zip(sources, parts):
         for key, count in part.composition.items():
             composition[f"{name}:{key}"] = count
     validations = [part.validation for part in parts]
@@ -96,7 +105,7 @@ def multi_source_training_set(split: DomainSplit, source_sets: dict[str, Trainin
         selection_asked=parts[0].selection_asked,
         domains=torch.cat([torch.full((len(part.labels),), index, dtype=torch.long)
                            for index, part in enumerate(parts)]),
-        domain_names=split.sources,
+        domain_names=tuple(sources),
     )
 
 

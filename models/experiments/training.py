@@ -182,21 +182,28 @@ class TrainedPrompt:
 
 
 def train_experiment(inputs: ExperimentInputs, workspace: Workspace, backbone, text_cache=None,
-                     log: Callable[[str], None] = lambda message: None) -> TrainedPrompt:
+                     log: Callable[[str], None] = lambda message: None, start=None) -> TrainedPrompt:
     """The learned prompt of one experiment on one dataset, with its checkpoint config: trained on its few-shot
     subset, or through the pool rounds (trains_from_pool); a method that learns nothing (zero-shot) is built only.
-    `text_cache` as in build_classifier; `log` receives progress lines."""
+    `text_cache` as in build_classifier; `log` receives progress lines. `start`: the prompt training starts from
+    (an MVLPT target's seed-averaged source prompt, models.experiments.multitask.SourcePrompt), recorded in the
+    checkpoint config; None: the method's own initialisation."""
+    from models.experiments.multitask import started_at
+
     experiment = inputs.experiment
     labels = trained_labels(experiment, inputs.class_split(workspace), len(inputs.classnames))
     classnames = [inputs.classnames[label] for label in labels]
 
     def classifier_factory() -> PromptedClassifier:
-        return build_classifier(backbone.model, backbone.tokenizer, experiment.method, experiment.parameters,
-                                classnames, inputs.templates, text_cache=text_cache,
-                                template_groups=inputs.dataset.template_groups, dataset_classnames=inputs.classnames)
+        return started_at(build_classifier(backbone.model, backbone.tokenizer, experiment.method,
+                                           experiment.parameters, classnames, inputs.templates, text_cache=text_cache,
+                                           template_groups=inputs.dataset.template_groups,
+                                           dataset_classnames=inputs.classnames), start)
 
     classifier = classifier_factory()
     config = checkpoint_config(inputs, backbone, classnames)
+    if start is not None:
+        config["source_prompt"] = start.record
     if not get_method(experiment.method).trains_prompts:
         return TrainedPrompt(classifier, config)
     optimization = optimization_config(experiment)

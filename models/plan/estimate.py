@@ -173,7 +173,8 @@ def plan_run(catalog: Catalog, costs: MeasuredCosts, datasets: list[str] | None 
     for held_out, _ in selection.multi_source:
         involved.update(dict.fromkeys(catalog.multi_source.split_of(held_out).sources))
     known = dict(sizes or {})
-    missing = [name for name in catalog.datasets if name in involved and name not in known]
+    missing = [name for name in dict.fromkeys([*catalog.datasets, *catalog.multitask.sources])
+               if name in involved and name not in known]
     known.update(dataset_sizes(catalog, missing, counts_from_disk))
     pricer = _Pricer(catalog, costs, known, curation_workers or min(8, os.cpu_count() or 1))
     rows = pricer.rows(selection)
@@ -212,6 +213,8 @@ class _Pricer:
             self.curation(name)
         for dataset, key in selection.partitions:
             self.experiment_partition(dataset, self.catalog.experiment(key), selection.protocol)
+        if selection.multitask:
+            self.unmodelled.add(f"MVLPT's {len(selection.multitask)} source runs on the pooled multitask sources")
         for source, key in selection.transfers:
             self.transfer_partition(source, self.catalog.experiment(key))
         encoded_views: set[tuple] = set()

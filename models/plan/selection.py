@@ -17,6 +17,8 @@ class RunSelection:
     test_time: tuple[tuple[str, str], ...]  # (source, test-time run)
     protocol: str | None = None
     multi_source: tuple[tuple[str, str], ...] = ()  # (held-out domain, experiment): trained on the split's sources
+    # MVLPT's source runs (the catalog's multitask section) that the selected targets start from, or named
+    multitask: tuple[str, ...] = ()
 
 
 def untrained_experiments(catalog: Catalog) -> list[str]:
@@ -112,5 +114,16 @@ def run_selection(catalog: Catalog, datasets: list[str] | None = None, experimen
         needed |= {name for held_out, _ in multi_source
                    for name in (held_out, *catalog.multi_source.split_of(held_out).sources)}
         datasets = [name for name in datasets if name in needed]
+    multitask = multitask_runs(catalog, partitions, named_experiments)
+    if multitask:  # the sources are curated whatever the datasets selected
+        datasets += [name for name in catalog.multitask.sources if name not in datasets]
     return RunSelection(tuple(datasets), tuple(partitions), tuple(transfers), tuple(test_time), protocol,
-                        tuple(multi_source))
+                        multi_source=tuple(multi_source), multitask=tuple(multitask))
+
+
+def multitask_runs(catalog: Catalog, partitions: list[tuple[str, str]], named: list[str]) -> list[str]:
+    """The MVLPT source runs a selection needs: every seed of the averages its target partitions start from, and the
+    source runs named (`--experiment mvlptcoop-k16-s1-source`), in the catalog's order."""
+    plan = catalog.multitask
+    averages = {plan.average_of(key) for _, key in partitions} - {None}
+    return [run for average, runs in plan.averages.items() for run in runs if average in averages or run in named]

@@ -147,3 +147,33 @@ def synced(reads: Iterable[Folders] = (), writes: Iterable[Folders] = ()):
         return body
 
     return decorate
+
+
+def multitask_sources(scope: Scope):
+    """The images and curation of every source of the catalog's multitask section (MVLPT's source runs)."""
+    names = scope.promptlab.catalog().multitask.sources
+    return [folder for name in names for folder in (scope.workspace.embedded_dataset_dir(name),
+                                                    scope.workspace.curation_dir(name))]
+
+
+def multitask_checkpoint(scope: Scope):
+    """A multitask partition's own checkpoint folder (a source run's, or a seed average's)."""
+    from models.experiments.multitask import multitask_checkpoint_dir
+
+    return [multitask_checkpoint_dir(scope.workspace, scope.dataset).parent]
+
+
+def multitask_runs(scope: Scope):
+    """The source runs a seed average reads."""
+    from models.experiments.multitask import multitask_checkpoint_dir
+
+    runs = scope.promptlab.catalog().multitask.averages[scope.dataset]
+    return [multitask_checkpoint_dir(scope.workspace, run).parent for run in runs]
+
+
+def multitask_start(scope: Scope):
+    """The seed-averaged source prompt an MVLPT target experiment starts from (none for other experiments)."""
+    from models.experiments.multitask import multitask_checkpoint_dir
+
+    average = scope.promptlab.catalog().multitask.average_of(scope.experiment)
+    return [] if average is None else [multitask_checkpoint_dir(scope.workspace, average).parent]
