@@ -132,7 +132,8 @@ def test_a_harmonic_mean_claim_takes_the_mean_of_base_and_new_averaged_over_data
     assert claim_checks([dataclasses.replace(CLAIM, stage="multi_source")], results) == []  # no rows of that stage
 
 
-def test_the_report_checks_the_claims_the_warehouse_holds(tmp_path):
+def test_the_report_checks_the_claims_the_warehouse_holds(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTLAB_CATALOG", str(DEFAULT_CATALOG_DIR))  # the project's claims, whatever a fixture set
     warehouse = Warehouse(tmp_path / "w.duckdb", tmp_path / "predictions")
     warehouse.ensure_schema()
     for seed, (ramt, coop) in enumerate([(0.70, 0.60), (0.72, 0.61), (0.71, 0.60)], start=1):
