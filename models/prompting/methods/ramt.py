@@ -299,7 +299,7 @@ class RAMTClassifier(PromptedClassifier):
                   for start in range(0, images.shape[0], batch_size)]
         return torch.cat(chunks)
 
-    def fit(self, training_set: Any, optimization: OptimizationConfig) -> TrainingHistory:
+    def fit(self, training_set: Any, optimization: OptimizationConfig, on_epoch: Any = None) -> TrainingHistory:
         """Tip-Adapter + R-AMT: train the masks as R-AMT, then cache the masked features of every training view and
         search alpha and beta on the val images' masked features (Tip-Adapter's grid)."""
         if self.cache_head is None:
@@ -309,7 +309,7 @@ class RAMTClassifier(PromptedClassifier):
         device = self.logit_scale.device
         validation = training_set.validation if training_set.selection != "last" else None
         history = train_prompt_parameters(self, training_set.view_inputs, training_set.labels, optimization,
-                                          sample_weights=training_set.sample_weights, device=device,
+                                          sample_weights=training_set.sample_weights, on_epoch=on_epoch, device=device,
                                           validation=validation)
         self.eval()
         views = training_set.view_inputs
