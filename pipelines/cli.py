@@ -232,38 +232,33 @@ def _materialize_partitions(execute_one, execute_all, resource, catalog, dataset
             reasons.append(f"target {target} is not curated")
         return sorted(reasons)
 
-    ready = []
-    for source, key in transfers:
-        reasons = not_ready(source, key)
-        if reasons:
-            skipped.append(f"transfer_job[{source}|{key}]: {'; '.join(reasons)}")
-            log(f"skip   {skipped[-1]}")
-            continue
-        ready.append(multi_partition_key(source, key))
-    execute_all(("transfer_job",), "transfer: cross-dataset + domain generalization", ready)
-    ready = []
-    for source, key in test_time:
-        start = catalog.test_time.runs[key].start
-        reasons = ([f"checkpoint {source}|{start} failed"] if (source, start) in failed_partitions else [])
-        reasons += [f"{name} is not curated" for name in catalog.test_time.targets[source]
-                    if name not in curated and not workspace.is_published(workspace.curation_dir(name))]
-        if reasons:
-            skipped.append(f"test_time_job[{source}|{key}]: {'; '.join(sorted(reasons))}")
-            log(f"skip   {skipped[-1]}")
-            continue
-        ready.append(multi_partition_key(source, key))
-    execute_all(("test_time_job",), "test-time tuning: TPT + DiffTPT", ready)
-    ready = []
-    for held_out, key in multi_source:
-        domains = (held_out, *catalog.multi_source.split_of(held_out).sources)
-        reasons = [f"{name} is not curated" for name in domains
-                   if name not in curated and not workspace.is_published(workspace.curation_dir(name))]
-        if reasons:
-            skipped.append(f"multi_source_job[{held_out}|{key}]: {'; '.join(reasons)}")
-            log(f"skip   {skipped[-1]}")
-            continue
-        ready.append(multi_source_partition_key(held_out, key))
-    execute_all(("multi_source_job",), "multi-source domain generalisation: sources -> held-out domain", ready)
+    def uncurated(names) -> list[str]:
+        return [f"{name} is not curated" for name in names
+                if name not in curated and not workspace.is_published(workspace.curation_dir(name))]
+
+    def run_ready(job: str, title: str, partitions, reasons_of, key_of) -> None:
+        """Execute the partitions of `job` that nothing holds back; the others are skipped, saying why."""
+        ready = []
+        for partition in partitions:
+            reasons = reasons_of(*partition)
+            if reasons:
+                skipped.append(f"{job}[{'|'.join(partition)}]: {'; '.join(reasons)}")
+                log(f"skip   {skipped[-1]}")
+                continue
+            ready.append(key_of(*partition))
+        execute_all((job,), title, ready)
+
+    run_ready("transfer_job", "transfer: cross-dataset + domain generalization", transfers, not_ready,
+              multi_partition_key)
+    run_ready("test_time_job", "test-time tuning: TPT + DiffTPT", test_time,
+              lambda source, key: sorted(
+                  ([f"checkpoint {source}|{catalog.test_time.runs[key].start} failed"]
+                   if (source, catalog.test_time.runs[key].start) in failed_partitions else [])
+                  + uncurated(catalog.test_time.targets[source])),
+              multi_partition_key)
+    run_ready("multi_source_job", "multi-source domain generalisation: sources -> held-out domain", multi_source,
+              lambda held_out, key: uncurated((held_out, *catalog.multi_source.split_of(held_out).sources)),
+              multi_source_partition_key)
     execute_one("report_job", "report")
     summary = {
         "wall_seconds": round(time.perf_counter() - started, 1),
