@@ -213,8 +213,8 @@ class _Pricer:
             self.curation(name)
         for dataset, key in selection.partitions:
             self.experiment_partition(dataset, self.catalog.experiment(key), selection.protocol)
-        if selection.multitask:
-            self.unmodelled.add(f"MVLPT's {len(selection.multitask)} source runs on the pooled multitask sources")
+        for key in selection.multitask:
+            self.multitask_source_run(self.catalog.experiment(key))
         for source, key in selection.transfers:
             self.transfer_partition(source, self.catalog.experiment(key))
         encoded_views: set[tuple] = set()
@@ -331,6 +331,17 @@ class _Pricer:
         self.add("multi_source", "evaluation", experiment.method,
                  {held_out: self.scoring(experiment.method, experiment.parameters, size.classes, size.test, templates)},
                  images=size.test)
+
+    def multitask_source_run(self, experiment: ExperimentConfig) -> None:
+        """An MVLPT source run: its prompt trained on the pooled few-shot sets of the multitask sources, every step's
+        text pass over all their classes (the concatenated class names); counted under the joined source names."""
+        sources = [self.sizes[name] for name in self.catalog.multitask.sources]
+        pooled = DatasetSize("+".join(size.name for size in sources), sum(size.classes for size in sources),
+                             sum(size.train for size in sources), sum(size.val for size in sources), 0,
+                             sources[0].counted)
+        steps, seconds, detail = self.training(pooled, experiment)
+        self.add("multitask", "training", experiment.method, {pooled.name: seconds}, steps=steps,
+                 detail=f"{detail} on {len(sources)} pooled sources ({pooled.classes} classes)")
 
     def spg_training(self, sources: list[DatasetSize], experiment: ExperimentConfig) -> tuple[int, float, str]:
         """SPG's two stages (models/prompting/methods/spg.py): stage I is one CoOp run per source domain (C class

@@ -72,3 +72,21 @@ def test_nola_is_priced_by_its_whole_unlabelled_pool():
     labelling = 2 * costs.image_forward.seconds(pool, -(-pool // 1024))
     assert five_row.seconds == pytest.approx(labelling + 5 * costs.image_train.seconds(pool, batches))
     assert ten_row.seconds == pytest.approx(labelling + 10 * costs.image_train.seconds(pool, batches))
+
+
+def test_mvlpt_source_runs_are_priced_on_their_pooled_sources():
+    """A target brings the source runs of every seed its average is over; each trains on the pooled few-shot sets of
+    the multitask sources, its text pass over all their classes at every step."""
+    catalog = load_catalog()
+    costs = made_up_costs()
+    plan = plan_run(catalog, costs, datasets=["Digits"], experiments=["mvlptcoop-k16-s1"])
+    (row,) = rows_of(plan, "training", protocol="multitask")
+    sources = [plan.sizes[name] for name in catalog.multitask.sources]
+    classes = sum(size.classes for size in sources)
+    source_run = catalog.experiment("mvlptcoop-k16-s1-source")
+    from models.experiments import optimization_config
+
+    optimization = optimization_config(source_run)
+    per_run = optimization.epochs * -(-classes * 16 // optimization.batch_size)
+    assert row.method == "mvlpt_coop" and row.partitions == 3 and row.steps == 3 * per_run
+    assert not any("source runs" in note for note in plan.notes)
