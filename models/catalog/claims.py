@@ -69,8 +69,9 @@ def _matched_keys(where: str, pattern: Any, experiments: Mapping[str, Experiment
     return keys
 
 
-def parse_claims(path: Path, raw: Any, experiments: Mapping[str, ExperimentConfig]) -> tuple[Claim, ...]:
-    """The claims of `raw` (claims.yaml read), checked against the experiments of the whole grid."""
+def parse_claims(path: Path, raw: Any, experiments: Mapping[str, ExperimentConfig] | None) -> tuple[Claim, ...]:
+    """The claims of `raw` (claims.yaml read), checked against the experiments of the whole grid; with
+    `experiments` None (the report, which matches the patterns against the warehouse's keys) their fields only."""
     if raw is None:
         return ()
     if not isinstance(raw, dict) or set(raw) != {"claims"} or not isinstance(raw["claims"], list):
@@ -94,8 +95,14 @@ def parse_claims(path: Path, raw: Any, experiments: Mapping[str, ExperimentConfi
         stage = entry.get("stage", "evaluation")
         if not isinstance(stage, str) or not stage:
             raise _field_error(where, "stage", "a warehouse stage (evaluation, multi_source, ...)", stage)
-        subject = _matched_keys(f"{where}.subject", entry["subject"], experiments)
-        reference = _matched_keys(f"{where}.reference", entry["reference"], experiments)
+        if experiments is None:
+            for side in ("subject", "reference"):
+                if not isinstance(entry[side], str) or not entry[side]:
+                    raise _field_error(where, side, "an experiment key or pattern (e.g. coop-k16-s?)", entry[side])
+            subject, reference = (entry["subject"],), (entry["reference"],)
+        else:
+            subject = _matched_keys(f"{where}.subject", entry["subject"], experiments)
+            reference = _matched_keys(f"{where}.reference", entry["reference"], experiments)
         if not subject or not reference:  # a grid without this side's experiments (a trimmed experiments.yaml)
             continue
         if set(subject) & set(reference):
@@ -107,7 +114,20 @@ def parse_claims(path: Path, raw: Any, experiments: Mapping[str, ExperimentConfi
     return tuple(claims)
 
 
-def load_claims(directory: Path, experiments: Mapping[str, ExperimentConfig]) -> tuple[Claim, ...]:
-    """The catalog's claims.yaml (none without the file)."""
+def load_claims(directory: Path, experiments: Mapping[str, ExperimentConfig] | None) -> tuple[Claim, ...]:
+    """The catalog's claims.yaml (none without the file); `experiments` None: the fields only (parse_claims)."""
     path = Path(directory) / CLAIMS_FILE
     return parse_claims(path, _read_yaml(path), experiments) if path.exists() else ()
+
+
+def report_claims() -> tuple[Claim, ...]:
+    """The claims the report checks: claims.yaml of $PROMPTLAB_CATALOG (else assets_catalog/), or of its suite's
+    folder under $PROMPTLAB_SUITE, read without the rest of the catalog; the report matches their patterns against
+    the warehouse's experiment keys."""
+    import os
+
+    from models.catalog.suites import DEFAULT_CATALOG_DIR, suite_directory
+
+    directory = Path(os.environ.get("PROMPTLAB_CATALOG") or DEFAULT_CATALOG_DIR)
+    suite = os.environ.get("PROMPTLAB_SUITE")
+    return load_claims(suite_directory(directory, suite) if suite else directory, None)

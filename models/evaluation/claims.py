@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from fnmatch import fnmatchcase
 
 import polars as pl
 
@@ -47,11 +48,11 @@ def claim_checks(claims: Sequence[Claim], results: pl.DataFrame) -> list[tuple[s
     return checks
 
 
-def _side(keys: Sequence[str], by_key: dict[str, dict[str, dict]]) -> dict[str, dict]:
-    """dataset -> seed -> value over a side's experiments (one per seed)."""
+def _side(pattern: str, by_key: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """dataset -> seed -> value over the experiments whose keys match a side's pattern (one per seed)."""
     merged: dict[str, dict] = {}
-    for key in keys:
-        for dataset, seeds in by_key.get(key, {}).items():
+    for key in sorted(key for key in by_key if fnmatchcase(key, pattern)):
+        for dataset, seeds in by_key[key].items():
             merged.setdefault(dataset, {}).update(seeds)
     return merged
 
@@ -63,8 +64,8 @@ def _harmonic_mean(base: float, new: float) -> float:
 def _check(claim: Claim, by_metric: list[dict[str, dict[str, dict]]]) -> PatternCheck | None:
     """`by_metric`: per metric the claim reads (top-1; or base and new for a harmonic mean), key -> dataset -> seed
     -> value."""
-    subjects = [_side(claim.subject, by_key) for by_key in by_metric]
-    references = [_side(claim.reference, by_key) for by_key in by_metric]
+    subjects = [_side(claim.subject_pattern, by_key) for by_key in by_metric]
+    references = [_side(claim.reference_pattern, by_key) for by_key in by_metric]
     datasets = sorted(set.intersection(*(set(side) for side in subjects + references)))
     if not datasets:
         return None
@@ -81,7 +82,7 @@ def _check(claim: Claim, by_metric: list[dict[str, dict[str, dict]]]) -> Pattern
 
     value, reference_value = overall(subjects), overall(references)
     subject_seeds, reference_seeds = seeds_of(subjects), seeds_of(references)
-    if len(claim.reference) == 1 and len(reference_seeds) == 1:  # one deterministic reference (zero-shot)
+    if len(reference_seeds) == 1 and not subject_seeds & reference_seeds:  # one seedless reference (zero-shot)
         margins = [claim.direction * (of_seed(subjects, seed) - reference_value)
                    for seed in sorted(subject_seeds, key=str)]
     else:

@@ -420,13 +420,13 @@ def base_to_new_pattern(warehouse: Warehouse) -> Section | None:
 
 def claims(warehouse: Warehouse, catalog_claims=None) -> Section | None:
     """The catalog's claims (claims.yaml) that the warehouse holds both sides of, each with its margin against twice
-    the seed std; `catalog_claims` defaults to the catalog's ($PROMPTLAB_CATALOG)."""
+    the seed std; `catalog_claims` defaults to the claims file of $PROMPTLAB_CATALOG (models/catalog/claims.py)."""
     from models.evaluation.claims import claim_checks
 
     if catalog_claims is None:
-        from models.catalog import load_catalog
+        from models.catalog.claims import report_claims
 
-        catalog_claims = load_catalog().claims
+        catalog_claims = report_claims()
     if not catalog_claims:
         return None
     checks = claim_checks(catalog_claims, warehouse.query(queries.CLAIM_RESULTS_SQL))

@@ -145,3 +145,24 @@ def test_the_report_checks_the_claims_the_warehouse_holds(tmp_path, monkeypatch)
     line = next(row for row in text.splitlines() if row.startswith("| R-AMT beats CoOp at 16 shots"))
     assert "ramt-k16-s?-gdr03" in line and "coop-k16-s?" in line and "| shown |" in line, line
     assert "Tip-Adapter + R-AMT" not in text  # no rows of its experiments: left out
+
+
+def test_the_report_reads_the_claims_file_alone_and_matches_its_patterns_to_the_warehouses_keys(tmp_path, monkeypatch):
+    """A catalog folder with claims.yaml and nothing else (the report needs no experiments.yaml): the patterns are
+    matched against the experiment keys the warehouse holds; a malformed claim is still refused by name."""
+    import yaml
+
+    from models.catalog.claims import report_claims
+
+    (tmp_path / "claims.yaml").write_text(yaml.safe_dump({"claims": [claim(subject="a-s?", reference="b-s?")]}))
+    monkeypatch.setenv("PROMPTLAB_CATALOG", str(tmp_path))
+    monkeypatch.delenv("PROMPTLAB_SUITE", raising=False)
+    (read,) = report_claims()
+    assert read.subject_pattern == "a-s?" and read.reference_pattern == "b-s?"
+    a = {("D1", 1): 0.6, ("D1", 2): 0.7}
+    b = {("D1", 1): 0.5, ("D1", 2): 0.5}
+    ((_, _, check),) = claim_checks([read], frame(rows("a-s{seed}", a), rows("b-s{seed}", b), rows("c-s{seed}", b)))
+    assert check.value == pytest.approx(0.65) and check.reference_value == pytest.approx(0.5) and check.n_seeds == 2
+    (tmp_path / "claims.yaml").write_text(yaml.safe_dump({"claims": [claim(subject="a-s?", metric="top5")]}))
+    with pytest.raises(CatalogError, match=r"claims\[0\]: 'metric' must be one of"):
+        report_claims()
