@@ -19,6 +19,8 @@ SMALL_DEPTHS = {
     "maple": {"prompt_depth": 2},
     "vpt_deep": {"prompt_depth": 2},
     "ivlp": {"text_prompt_depth": 2, "vision_prompt_depth": 2},
+    "mvlpt_vpt": {"prompt_depth": 2},
+    "mvlpt_ivlp": {"vision_prompt_depth": 2},
     "promptsrc": {"text_prompt_depth": 2, "vision_prompt_depth": 2},
     # MoCoOp reads its template groups from the dataset (datasets.yaml); here, the method parameter
     "mocoop": {"template_groups": {"templates": ["a photo of a {}.", "a {}.", "the {}."], "groups": [1, 2]}},
