@@ -581,6 +581,11 @@ def _run_command(argv: list[str] | None, signals) -> int:
     from models.workspace import default_workspace_root
     from pipelines.terminal import quiet_terminal
 
+    if not arguments.wait:  # another run holds the locks: refused at once, before the estimate's calibration
+        from pipelines.run_guard import run_locks
+
+        with run_locks(ensure_dagster_home(), default_workspace_root(), wait=False, log=lambda _: None):
+            pass
     try:
         with quiet_terminal(default_workspace_root(), arguments.verbose) as event_log:
             # estimated inside the quiet terminal: a first calibration's library logging (open_clip's) would
