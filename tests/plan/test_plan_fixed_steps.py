@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from models.catalog import load_catalog
+from models.catalog import DEFAULT_CATALOG_DIR, load_catalog
 from models.catalog.grid import expand_grid
 from models.plan import plan_run
 from tests.plan.test_plan import made_up_costs, rows_of
@@ -77,7 +77,7 @@ def test_nola_is_priced_by_its_whole_unlabelled_pool():
 def test_mvlpt_source_runs_are_priced_on_their_pooled_sources():
     """A target brings the source runs of every seed its average is over; each trains on the pooled few-shot sets of
     the multitask sources, its text pass over all their classes at every step."""
-    catalog = load_catalog()
+    catalog = load_catalog(DEFAULT_CATALOG_DIR)
     costs = made_up_costs()
     plan = plan_run(catalog, costs, datasets=["Digits"], experiments=["mvlptcoop-k16-s1"])
     (row,) = rows_of(plan, "training", protocol="multitask")
