@@ -95,10 +95,7 @@ def encode_text_with_deep_prompts(
 ) -> torch.Tensor:
     """`TextTower.forward` with deep prompts: raw text features (P, E) of prompts given as embeddings (P, L, D)."""
     dtype = text_tower.dtype
-    x = token_embeddings.to(dtype) + text_tower.positional_embedding.to(dtype)
-    attn_mask = text_tower.attn_mask
-    if attn_mask is not None:
-        attn_mask = attn_mask.to(device=x.device)
+    x, attn_mask, token_ids = text_tower.inputs(token_embeddings, token_ids)
     layer_prompts = [prompt.to(dtype) for prompt in layer_prompts]
     x = run_transformer_with_layer_prompts(text_tower.transformer, x, layer_prompts, prompt_start, attn_mask,
                                            run_block)

@@ -41,6 +41,11 @@ class TextTower(nn.Module):
         self.register_buffer("attn_mask", tower.attn_mask, persistent=False)
         self.pool_type = getattr(tower, "text_pool_type", getattr(tower, "pool_type", "argmax"))
         self.eos_token_id = getattr(tower, "text_eos_id", getattr(tower, "eos_id", None))
+        # The positions after the last end-of-text token change no pooled feature under a causal mask when the pool
+        # reads that token; `inputs` then drops them. cut_padding = False keeps the whole context (for comparisons).
+        self.padding_is_inert = self.causal() and (
+            self.pool_type == "argmax" or (self.pool_type == "eos" and self.eos_token_id is not None))
+        self.cut_padding = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -57,12 +62,44 @@ class TextTower(nn.Module):
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.token_embedding(token_ids).to(self.dtype)
 
-    def forward(self, token_embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """Encode prompts given as embeddings (P, L, D); token_ids (P, L) locate the end-of-text token."""
-        x = token_embeddings.to(self.dtype) + self.positional_embedding.to(self.dtype)
+    def causal(self) -> bool:
+        """Whether each position attends only to itself and the positions before it (CLIP's text mask)."""
+        mask = self.attn_mask
+        if mask is None or mask.dim() != 2:
+            return False
+        if mask.dtype == torch.bool:  # True = may not attend
+            return bool(torch.equal(mask, torch.ones_like(mask).triu(1)))
+        upper = torch.ones_like(mask, dtype=torch.bool).triu(1)
+        return bool(torch.isneginf(mask[upper]).all()) and bool((mask[~upper] == 0).all())
+
+    def used_length(self, token_ids: torch.Tensor) -> int:
+        """How many leading positions decide the pooled feature: up to the last prompt's end-of-text token when the
+        mask is causal and the pool reads that token (and `cut_padding` is on), else the whole context."""
+        length = token_ids.shape[-1]
+        if not (self.cut_padding and self.padding_is_inert):
+            return length
+        if self.pool_type == "argmax":
+            last = token_ids.argmax(dim=-1).max()
+        else:  # "eos": the first end-of-text token of each prompt
+            last = (token_ids == self.eos_token_id).int().argmax(dim=-1).max()
+        return min(length, int(last) + 1)
+
+    def inputs(self, token_embeddings: torch.Tensor, token_ids: torch.Tensor):
+        """(x, attn_mask, token_ids) for the transformer, cut to `used_length` positions.
+
+        Under CLIP's causal mask no position attends to a later one, so the padding after the last end-of-text token
+        cannot change any pooled feature: dropping it gives the same features (up to float rounding) for a fraction
+        of the work (prompt-learning prompts use about 10 of the 77 positions of a released CLIP)."""
+        length = self.used_length(token_ids)
+        x = token_embeddings[:, :length].to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
         attn_mask = self.attn_mask
         if attn_mask is not None:
-            attn_mask = attn_mask.to(device=x.device)
+            attn_mask = attn_mask[:length, :length].to(device=x.device)
+        return x, attn_mask, token_ids[:, :length]
+
+    def forward(self, token_embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Encode prompts given as embeddings (P, L, D); token_ids (P, L) locate the end-of-text token."""
+        x, attn_mask, token_ids = self.inputs(token_embeddings, token_ids)
         x = self.transformer(x, attn_mask=attn_mask)
         x = self.ln_final(x)
         x = text_global_pool(x, token_ids, self.pool_type, eos_token_id=self.eos_token_id)

@@ -167,7 +167,8 @@ def test_the_forward_keeps_one_pass_of_activations_at_most(reference_clip, batch
         logits.sum().backward()  # still trains
         assert classifier.context.grad is not None
     tower = classifier.text_tower
-    prompt_tokens_bytes = N_CLASSES * tower.context_length * tower.width * 4  # one (C, L, width) fp32 activation
+    length = tower.used_length(classifier.pieces.token_ids)  # the positions a pass runs (padding cut)
+    prompt_tokens_bytes = N_CLASSES * length * tower.width * 4  # one (C, L, width) fp32 activation
     assert kept[UNCHUNKED] > 10 * prompt_tokens_bytes  # every layer's activations of every prompt
     assert kept[CHUNK] < prompt_tokens_bytes  # not even one full-width activation of the 37 prompts
     assert kept[CHUNK] * 20 < kept[UNCHUNKED]
