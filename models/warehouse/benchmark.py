@@ -31,6 +31,8 @@ BENCHMARKS = {
     "thousand-classes": ("chunked", "unchunked"),
     # bench/dataset_scale.py: the near-duplicate search against the exhaustive comparison, and the index build
     "dataset-scale": ("search", "exhaustive", "index-build"),
+    # bench/text_padding.py: a training step's text work with the padding after end-of-text cut, against the whole context
+    "text-padding": ("padding-cut", "whole-context"),
     # bench/baseline_training.py: each few-shot baseline's training on its published schedule, beside CoOp's
     "baseline-training": ("published-schedule",),
 }
