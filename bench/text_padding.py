@@ -2,7 +2,7 @@
 `flock /tmp/promptlab-cpu.lock .venv/bin/python -m bench.text_padding` (`--help` lists the options).
 
 What runs: one training step's text work of CoOp (every class prompt through the text tower, forward and backward
-to the context; batch 32 of cached-feature-shaped random image features) and of CoCoOp (batch 4: one prompt per
+to the context; batch 32 of cached-feature-shaped random image features) and of CoCoOp (batch 2: one prompt per
 image and class), with the first `--classes` of ImageNet's class names and the methods' published parameters, on
 architectures with seeded random weights (`open_clip.create_model(..., pretrained=None)`, frozen as the backbone
 loader freezes one): ViT-B-16 (77 positions) and the embedded tiny-clip (24). Both variants run in one process on
@@ -34,7 +34,7 @@ from models.provenance import PACKAGE_ROOT, git_commit, library_code_version
 BENCHMARK = "text-padding"
 DEFAULT_OUTPUT = PACKAGE_ROOT / "bench" / "results" / "text_padding.json"
 TEMPLATES = ["a photo of a {}."]
-BATCHES = {"coop": 32, "cocoop": 4}
+BATCHES = {"coop": 32, "cocoop": 2}
 TINY_CLIP_CONFIG = PACKAGE_ROOT / "assets_catalog" / "model_configs" / "tiny-clip.json"
 
 
@@ -43,8 +43,8 @@ class BenchOptions:
     workspace: Path | None = None  # None: the default workspace (its warehouse, $PROMPTLAB_WAREHOUSE)
     architectures: tuple[str, ...] = ("ViT-B-16", "tiny-clip")
     methods: tuple[str, ...] = ("coop", "cocoop")
-    n_classes: int = 100
-    repeats: int = 5
+    n_classes: int = 50
+    repeats: int = 3
     text_blocks: int | None = None  # the text tower cut to its first blocks (the test's micro case)
     record: bool = True
     output: Path | None = DEFAULT_OUTPUT
