@@ -43,8 +43,7 @@ class TextTower(nn.Module):
         self.eos_token_id = getattr(tower, "text_eos_id", getattr(tower, "eos_id", None))
         # The positions after the last end-of-text token change no pooled feature under a causal mask when the pool
         # reads that token; `inputs` then drops them. cut_padding = False keeps the whole context (for comparisons).
-        self.padding_is_inert = self.causal() and (
-            self.pool_type == "argmax" or (self.pool_type == "eos" and self.eos_token_id is not None))
+        self._padding_is_inert: bool | None = None  # decided at first use: a mask on the meta device has no values
         self.cut_padding = True
 
     @property
@@ -71,6 +70,17 @@ class TextTower(nn.Module):
             return bool(torch.equal(mask, torch.ones_like(mask).triu(1)))
         upper = torch.ones_like(mask, dtype=torch.bool).triu(1)
         return bool(torch.isneginf(mask[upper]).all()) and bool((mask[~upper] == 0).all())
+
+    @property
+    def padding_is_inert(self) -> bool:
+        """Whether the padding after the last end-of-text token can reach no pooled feature (causal mask, pooled at
+        that token); decided once, when the mask has values."""
+        if self._padding_is_inert is None:
+            if self.attn_mask is not None and self.attn_mask.is_meta:
+                return False
+            self._padding_is_inert = self.causal() and (
+                self.pool_type == "argmax" or (self.pool_type == "eos" and self.eos_token_id is not None))
+        return self._padding_is_inert
 
     def used_length(self, token_ids: torch.Tensor) -> int:
         """How many leading positions decide the pooled feature: up to the last prompt's end-of-text token when the
