@@ -165,7 +165,8 @@ def run_blocks_with_side_prompts(
             prompts = layer_prompts[index]
         elif not carry:
             prompts = None
-        x, prompts = decoupled_block(block, x, prompts, attn_mask, gates.of_block(index), carry, instance_key_mask)
+        gate = gates.of_block(index) if prompts is not None else None  # APT's gates cover its prompted blocks only
+        x, prompts = decoupled_block(block, x, prompts, attn_mask, gate, carry, instance_key_mask)
     return x
 
 

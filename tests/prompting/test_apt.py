@@ -40,10 +40,11 @@ def build(model, tokenizer, method="apt", **overrides):
     return get_method(method).build(context, parse_method_parameters(method, overrides))
 
 
-def test_zero_gates_are_zero_shot_clip_whatever_the_prompts(reference_clip, inputs):
+@pytest.mark.parametrize("depth", [2, 1])  # 1: the second block runs frozen
+def test_zero_gates_are_zero_shot_clip_whatever_the_prompts(reference_clip, inputs, depth):
     model, tokenizer = reference_clip
     images, _ = inputs
-    classifier = build(model, tokenizer, **SMALL)
+    classifier = build(model, tokenizer, **{**SMALL, "prompt_depth": depth})
     with torch.no_grad():
         for prompt in classifier.layer_prompts:
             prompt.mul_(50.0)  # large prompts: still no effect while the gates are zero
