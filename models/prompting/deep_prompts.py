@@ -99,6 +99,11 @@ def encode_text_with_deep_prompts(
     layer_prompts = [prompt.to(dtype) for prompt in layer_prompts]
     x = run_transformer_with_layer_prompts(text_tower.transformer, x, layer_prompts, prompt_start, attn_mask,
                                            run_block)
+    return pooled_text_features(text_tower, x, token_ids)
+
+
+def pooled_text_features(text_tower: TextTower, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """The text tower after its transformer: ln_final, pooling (at the end-of-text token for CLIP), projection."""
     x = text_tower.ln_final(x)
     x = text_global_pool(x, token_ids, text_tower.pool_type, eos_token_id=text_tower.eos_token_id)
     projection = text_tower.text_projection
@@ -147,13 +152,7 @@ class PromptedVisionTower(nn.Module):
         """Raw image features (B, E); input_prompts (n, D) or (B, n, D), layer_prompts for layers 1..len."""
         visual = self.visual
         dtype = self.dtype
-        # The steps of VisionTransformer._embeds, with the prompts appended between patch dropout and ln_pre.
-        x = visual.conv1(images.to(visual.conv1.weight.dtype))
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # (B, grid**2, width)
-        class_token = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
-        x = torch.cat([class_token, x], dim=1)
-        x = x + visual.positional_embedding.to(x.dtype)
-        x = visual.patch_dropout(x)
+        x = self.image_tokens(images)
         n_prompt = input_prompts.shape[-2]
         if input_prompts.dim() == 2:
             input_prompts = input_prompts.unsqueeze(0).expand(x.shape[0], -1, -1)
@@ -164,9 +163,23 @@ class PromptedVisionTower(nn.Module):
         x = run_transformer_with_layer_prompts(visual.transformer, x, layer_prompts, prompt_start,
                                                run_block=run_block)
         x = x[:, :prompt_start]  # prompts are scratch tokens, not image content: pooling never sees them
-        pooled, _ = visual._pool(x)
-        if visual.proj is not None:
-            pooled = pooled @ visual.proj
+        return self.pooled_features(x)
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The steps of VisionTransformer._embeds up to patch dropout (before ln_pre): (B, 1 + grid**2, width)."""
+        visual = self.visual
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # (B, grid**2, width)
+        class_token = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
+        x = torch.cat([class_token, x], dim=1)
+        x = x + visual.positional_embedding.to(x.dtype)
+        return visual.patch_dropout(x)
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw image features (B, E) of the transformer's output tokens (B, L, width): pooling, projection."""
+        pooled, _ = self.visual._pool(x)
+        if self.visual.proj is not None:
+            pooled = pooled @ self.visual.proj
         return pooled
 
 

@@ -35,6 +35,8 @@ BENCHMARKS = {
     "text-padding": ("padding-cut", "whole-context"),
     # bench/baseline_training.py: each few-shot baseline's training on its published schedule, beside CoOp's
     "baseline-training": ("published-schedule",),
+    # bench/apt_cost.py: a forward+backward step of APT's approximated prompts against deep VPT's at the same length
+    "prompt-attention": ("apt", "deep-vpt"),
 }
 BENCHMARK_VARIANTS = tuple(dict.fromkeys(variant for variants in BENCHMARKS.values() for variant in variants))
 
