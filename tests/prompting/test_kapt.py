@@ -110,3 +110,26 @@ def test_a_bad_descriptions_file_is_refused_when_the_catalog_loads(catalog_copy,
     edit(catalog_copy / "descriptions" / "Digits.yaml", change)
     with pytest.raises(CatalogError, match=message):
         load_catalog(catalog_copy)
+
+
+@pytest.mark.parametrize("descriptions, source", [(DESCRIPTIONS, "descriptions/Toy.yaml"), (None, "template")])
+def test_the_experiment_checkpoint_config_says_which_knowledge_it_used(monkeypatch, descriptions, source):
+    from types import SimpleNamespace
+
+    import models.data.index
+    import models.provenance
+    from models.experiments.checkpoints import checkpoint_config
+
+    monkeypatch.setattr(models.data.index, "dataset_fingerprint", lambda index: "data")
+    monkeypatch.setattr(models.provenance, "library_code_version", lambda: "code")
+    experiment = SimpleNamespace(method="kapt", parameters={}, protocol="few_shot", as_dict=lambda: {},
+                                 config_hash="hash")
+    inputs = SimpleNamespace(experiment=experiment, templates=TEMPLATES, index=None,
+                             dataset=SimpleNamespace(name="Toy", template_groups=None,
+                                                     class_descriptions=descriptions))
+    backbone = SimpleNamespace(spec=SimpleNamespace(name="tiny"), weights_sha256="w")
+    config = checkpoint_config(inputs, backbone, CLASSNAMES)
+    assert config["knowledge_prompt"] == source
+    assert ClassDescriptions.from_dict(config["class_descriptions"]) == descriptions
+    experiment.method = "coop"  # a method without knowledge records nothing of it
+    assert "knowledge_prompt" not in checkpoint_config(inputs, backbone, CLASSNAMES)
