@@ -14,7 +14,8 @@ Implemented from the paper as summarised (no code was published; not equivalent 
 - Loss: cross-entropy + alignment_weight * a text-to-image contrastive term over the batch: the text feature of each
   image's own class, t'_{b,y_b}, against the tuned features f'_{b'} of every image of the batch, at CLIP's
   temperature, with the images of the same label as (uniformly weighted) positives:
-    L_align = mean_b [ -sum_{b': y_b' = y_b} (1 / n_{y_b}) log softmax_{b'}(exp(logit_scale) cos(t'_{b,y_b}, f'_{b'})) ].
+    L_align = mean_b [ -sum_{b': y_b' = y_b} (1 / n_{y_b}) log softmax_{b'}(s cos(t'_{b,y_b}, f'_{b'})) ],
+  s = exp(logit_scale).
   The cross-entropy is the image-to-text direction of the same alignment.
 
 Left open by the paper (as summarised), and chosen here:
