@@ -52,6 +52,9 @@ class DatasetEntry:
     # templates in consecutive groups (`template_groups: {templates: [...], groups: [sizes]}`), for methods with one
     # prompt per group (MoCoOp); apart from `templates`, so that zero-shot and the other methods are unchanged
     template_groups: TemplateGroups | None = None
+    # key phrases per class (assets_catalog/descriptions/<name>.yaml, models/catalog/descriptions.py), for methods
+    # whose prompts carry external knowledge (KAPT); None: no file, those methods fall back to the template
+    class_descriptions: Any = None
 
     @property
     def split_file_name(self) -> str:

@@ -14,6 +14,7 @@ from models.catalog.backbones import (BackboneEntry, DiffusionBackboneEntry, par
                                       parse_diffusion_backbones)
 from models.catalog.claims import Claim, load_claims
 from models.catalog.datasets import DatasetEntry, parse_datasets
+from models.catalog.descriptions import attach_class_descriptions
 from models.catalog.grid import ExperimentConfig, expand_grid, parse_methods
 from models.catalog.grid_subsets import DEFAULT_GRID, _check_grid_subset, _grid_subsets, select_grid_subset
 from models.catalog.learning_settings import LearningSettingsPlan, parse_learning_settings
@@ -104,7 +105,7 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
     suite_folder = suite_directory(directory, suite) if suite else directory
     suite_info = parse_suite_info(suite_folder) if suite else None
     world = parse_world(directory / "world.yaml")  # first: the embedded world is the first stage to run
-    datasets = parse_datasets(suite_folder / "datasets.yaml")
+    datasets = attach_class_descriptions(directory, parse_datasets(suite_folder / "datasets.yaml"))
 
     backbones_file = directory / "backbones.yaml"
     backbones_raw = _read_yaml(backbones_file)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from models.atomic import atomic_directory
 from models.experiments.classifiers import build_classifier
+from models.prompting.class_descriptions import ClassDescriptions
 from models.prompting.methods import get_method
 from models.prompting.methods.registry import PromptedClassifier
 
@@ -43,8 +44,15 @@ def checkpoint_config(inputs: ExperimentInputs, backbone, classnames: list[str])
     # the template groups a method with one prompt per group (MoCoOp) learned from, where the dataset has them
     template_groups = ({"template_groups": groups.as_dict()}
                        if groups is not None and get_method(experiment.method).reads_template_groups else {})
+    # the class descriptions a knowledge-prompt method (KAPT) learned with, or that it fell back to the template
+    descriptions = {}
+    if get_method(experiment.method).reads_class_descriptions:
+        found = inputs.dataset.class_descriptions
+        descriptions = {"class_descriptions": found.as_dict() if found is not None else None,
+                        "knowledge_prompt": found.file if found is not None else "template"}
     return {
         **template_groups,
+        **descriptions,
         "method": experiment.method,
         "parameters": experiment.parameters,
         "classnames": classnames,
@@ -89,6 +97,7 @@ def load_prompt_checkpoint(
     templates: list[str] | None = None,
     backbone_weights_sha256: str | None = None,
     text_cache=None,
+    class_descriptions: Any = "recorded",
 ) -> tuple[PromptedClassifier, dict]:
     """Rebuild a classifier from its checkpoint folder alone (config + learned parameters); `text_cache` as in
     build_classifier.
@@ -97,6 +106,8 @@ def load_prompt_checkpoint(
     base-to-new, another dataset's classes in cross-dataset transfer); class-specific parameters cannot transfer.
     `templates` replaces the hand-crafted templates the classifier was trained with (a transfer target's own), for
     methods that use them at prediction time (zero-shot, VPT's text side); the returned config says which were used.
+    `class_descriptions` (KAPT's knowledge) are the evaluated dataset's (models.prompting.class_descriptions; None:
+    it has none, the template stands in); "recorded": those the checkpoint was trained with.
     """
     config = read_checkpoint_config(directory)
     trained_on = config.get("backbone_weights_sha256")
@@ -110,6 +121,8 @@ def load_prompt_checkpoint(
     classifier = build_classifier(
         clip_model, tokenizer, config["method"], config["parameters"], target_classnames, config["templates"],
         text_cache=text_cache, template_groups=config.get("template_groups"),
+        class_descriptions=(ClassDescriptions.from_dict(config.get("class_descriptions"))
+                            if class_descriptions == "recorded" else class_descriptions),
     )
     weights = Path(directory) / CHECKPOINT_WEIGHTS
     if weights.exists():

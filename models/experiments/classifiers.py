@@ -20,14 +20,17 @@ def build_classifier(
     text_cache=None,
     template_groups=None,
     dataset_classnames: list[str] | None = None,
+    class_descriptions=None,
 ) -> PromptedClassifier:
     """The method's classifier on the frozen model; `text_cache` (models.prompting.text_cache.TextFeatureCache)
     serves the zero-shot template ensemble the method reads, encoded once per class names and templates.
     `template_groups` (the dataset's, datasets.yaml) and `dataset_classnames` (every class name of the dataset, where
-    `classnames` are the ones trained on) reach the methods that read them (MoCoOp)."""
+    `classnames` are the ones trained on) reach the methods that read them (MoCoOp), as `class_descriptions` (the
+    dataset's key phrases per class, models.prompting.class_descriptions) do (KAPT)."""
     spec = get_method(method)
     context = ClassifierContext(clip_model, tokenizer, classnames, templates, text_cache=text_cache,
-                                template_groups=template_groups, dataset_classnames=dataset_classnames)
+                                template_groups=template_groups, dataset_classnames=dataset_classnames,
+                                class_descriptions=class_descriptions)
     return spec.build(context, parse_method_parameters(method, parameters))
 
 

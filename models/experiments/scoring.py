@@ -114,7 +114,8 @@ def checkpoint_test_predictions(checkpoint_dir: Path, inputs: ExperimentInputs, 
     classifier, checkpoint = load_prompt_checkpoint(checkpoint_dir, backbone.model, backbone.tokenizer,
                                                     classnames=inputs.classnames, templates=templates,
                                                     backbone_weights_sha256=backbone.weights_sha256,
-                                                    text_cache=text_cache)
+                                                    text_cache=text_cache,
+                                                    class_descriptions=inputs.dataset.class_descriptions)
     test = inputs.test_rows()
     image_inputs = method_inputs_for_images(checkpoint["method"], backbone, inputs.image_set,
                                             test["relative_path"].to_list(), test["content_sha256"].to_list(),

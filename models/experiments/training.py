@@ -198,7 +198,8 @@ def train_experiment(inputs: ExperimentInputs, workspace: Workspace, backbone, t
         return started_at(build_classifier(backbone.model, backbone.tokenizer, experiment.method,
                                            experiment.parameters, classnames, inputs.templates, text_cache=text_cache,
                                            template_groups=inputs.dataset.template_groups,
-                                           dataset_classnames=inputs.classnames), start)
+                                           dataset_classnames=inputs.classnames,
+                                           class_descriptions=inputs.dataset.class_descriptions), start)
 
     classifier = classifier_factory()
     config = checkpoint_config(inputs, backbone, classnames)

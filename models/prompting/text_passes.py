@@ -4,7 +4,8 @@ ImageNet's 1000 classes.
 Every method that learns prompt tokens (CoOp and its family, CoCoOp, MaPLe, IVLP/PromptSRC, and TPT through them)
 encodes its class prompts here: `encode_context_prompts` splices the context into each class's frozen pieces and
 runs the text tower (with deep prompts where given) on one range of classes at a time;
-`encode_image_conditioned_prompts` encodes B x C prompts, every class with each image's own context (CoCoOp, GOPro).
+`encode_image_conditioned_prompts` encodes B x C prompts, every class with each image's own context (CoCoOp, GOPro)
+or with each image and class's own (CTP).
 
 Why: the backward of one text-tower pass keeps every layer's activations of every prompt it encodes. ViT-B/16's
 text tower (12 layers, width 512, 77 tokens) keeps about 19.6 MB per prompt in fp32 (measured), so CoOp's 1000
@@ -115,7 +116,7 @@ def encode_image_conditioned_prompts(
     text_chunk_size: int = DEFAULT_TEXT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """Raw text features (B, C, E) of every class's prompt around each image's own context (contexts (B, n, D)),
-    class token at the end.
+    or each image and class's own context (contexts (B, C, n, D): CTP's class-aware prompts), class token at the end.
 
     The B x C prompts, image-major, go through the tower text_chunk_size at a time (a pass may hold the last classes
     of one image and the first of the next). Every prompt is encoded alone, so this equals one pass per image (as
@@ -136,7 +137,8 @@ def encode_image_conditioned_prompts(
             name_token_counts=[pieces.name_token_counts[i % n_classes] for i in range(start, stop)],
             initial_context=None,
         )
-        prompts = assemble_prompts(contexts[image_index], range_pieces, "end")
+        range_contexts = contexts[image_index] if contexts.dim() == 3 else contexts[image_index, class_index]
+        prompts = assemble_prompts(range_contexts, range_pieces, "end")
         return text_tower(prompts, range_pieces.token_ids)
 
     features = encode_in_passes(encode_range, n_images * n_classes, text_chunk_size)

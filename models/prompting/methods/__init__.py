@@ -22,6 +22,7 @@ from models.prompting.methods import blackvip  # noqa: F401,E402
 from models.prompting.methods import nola  # noqa: F401,E402
 from models.prompting.methods import spg  # noqa: F401,E402
 from models.prompting.methods import mvlpt  # noqa: F401,E402
+from models.prompting.methods import cones, ept, ctp_tft, kapt  # noqa: F401,E402
 from models.prompting.methods import apt, dpl, restore  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]

@@ -31,6 +31,9 @@ class ClassifierContext:
     # every class name of the dataset, where `classnames` are a subset being trained on (base-to-new's base classes);
     # None: the same as classnames
     dataset_classnames: list[str] | None = None
+    # key phrases per class (models.prompting.class_descriptions.ClassDescriptions; assets_catalog/descriptions), for
+    # methods whose prompts carry external knowledge (KAPT); None: the dataset has no descriptions file
+    class_descriptions: Any = None
 
     def __post_init__(self) -> None:
         if self.text_tower is None:
@@ -219,6 +222,9 @@ class MethodSpec:
     # Whether it reads the dataset's template groups (ClassifierContext.template_groups; MoCoOp's experts): then its
     # checkpoint records them, so that evaluation elsewhere rebuilds what was trained
     reads_template_groups: bool = False
+    # Whether it reads the dataset's class descriptions (ClassifierContext.class_descriptions; KAPT): then its
+    # checkpoint records them (or that it fell back to the template)
+    reads_class_descriptions: bool = False
 
     def __post_init__(self) -> None:
         unknown = [point for point in self.hook_points if point not in HOOK_POINTS]
