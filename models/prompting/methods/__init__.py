@@ -22,5 +22,6 @@ from models.prompting.methods import blackvip  # noqa: F401,E402
 from models.prompting.methods import nola  # noqa: F401,E402
 from models.prompting.methods import spg  # noqa: F401,E402
 from models.prompting.methods import mvlpt  # noqa: F401,E402
+from models.prompting.methods import gram, pvp  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]
