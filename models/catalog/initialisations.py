@@ -80,7 +80,7 @@ def parse_initialisations(path: Path, raw: Any, methods: dict[str, dict[str, Any
             raise CatalogError(f"{where}: a name is lower-case letters, digits, '-' or '_'")
         _check_fields(where, entry, ENTRY_FIELDS, required=("method",))
         method = entry["method"]
-        if method not in UPSTREAM_METHODS:
+        if not isinstance(method, str) or method not in UPSTREAM_METHODS:
             raise _field_error(where, "method", f"an upstream method, one of {sorted(UPSTREAM_METHODS)}", method)
         if method not in methods:
             raise CatalogError(f"{where}.method: {_shown(method)} is not listed in methods.yaml")
