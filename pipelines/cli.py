@@ -220,7 +220,8 @@ def _materialize_partitions(execute_one, execute_all, resource, catalog, dataset
     # the upstream initialisations (GRAM, PVP) the experiments to run start from, learned on the corpus first
     needed = sorted({entry.name for _, experiment in keys.values()
                      if (entry := catalog.initialisations.of(experiment)) is not None})
-    learned = execute_all(("initialisation_job",), "initialisations: GRAM / PVP prompts on the corpus", needed)
+    learned = (execute_all(("initialisation_job",), "initialisations: GRAM / PVP prompts on the corpus", needed)
+               if needed else set())
     for key, (name, experiment) in list(keys.items()):
         entry = catalog.initialisations.of(experiment)
         if entry is not None and entry.name not in learned:

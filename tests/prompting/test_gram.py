@@ -138,3 +138,31 @@ def test_domains_are_mined_from_the_joint_features_and_fewer_than_two_are_refuse
         cross_modal_domains(image, text, 1, seed=0)
     with pytest.raises(ValueError, match="n_domains"):
         GRAMMetaSchedule(n_domains=1)
+
+
+def test_second_order_differentiates_through_the_inner_step_and_first_order_does_not(reference_clip):
+    """The same task and start: the second-order outer gradient (through grad L_S) moves the prompt elsewhere than
+    first-order MAML's, and both train psi."""
+    model, tokenizer = reference_clip
+    data = micro_upstream(model)
+    states = {}
+    for second_order in (True, False):
+        classifier = build(model, tokenizer, "gram_coop", data.classnames, **COOP)
+        schedule = GRAMMetaSchedule(n_domains=2, n_way=3, support_shots=2, query_shots=2, outer_steps=1,
+                                    tasks_per_step=1, inner_learning_rate=0.5, outer_learning_rate=0.01,
+                                    second_order=second_order)
+        states[second_order] = meta_train(classifier, data, schedule, seed=1).state
+    assert not torch.allclose(states[True]["context"], states[False]["context"], atol=0, rtol=0)
+    for state in states.values():
+        scale = state[REGULATOR_PREFIX + "scale.context"]
+        assert not torch.equal(scale, torch.ones_like(scale))
+
+
+def test_upstream_data_in_one_domain_draws_no_task(reference_clip):
+    model, _ = reference_clip
+    data = micro_upstream(model)
+    from models.prompting.methods.gram import TaskSampler
+
+    single = UpstreamData(data.inputs, data.labels, data.classnames, torch.zeros_like(data.domains))
+    with pytest.raises(ValueError, match="non-empty domains; GRAM needs at least 2"):
+        TaskSampler(single, SCHEDULE, seed=0)
