@@ -217,6 +217,17 @@ def _materialize_partitions(execute_one, execute_all, resource, catalog, dataset
                            f"{catalog.multitask.average_of(experiment)} was not written")
             log(f"skip   {skipped[-1]}")
             del keys[key]
+    # the upstream initialisations (GRAM, PVP) the experiments to run start from, learned on the corpus first
+    needed = sorted({entry.name for _, experiment in keys.values()
+                     if (entry := catalog.initialisations.of(experiment)) is not None})
+    learned = (execute_all(("initialisation_job",), "initialisations: GRAM / PVP prompts on the corpus", needed)
+               if needed else set())
+    for key, (name, experiment) in list(keys.items()):
+        entry = catalog.initialisations.of(experiment)
+        if entry is not None and entry.name not in learned:
+            skipped.append(f"experiment_job[{name}|{experiment}]: its initialisation {entry.name} was not written")
+            log(f"skip   {skipped[-1]}")
+            del keys[key]
     succeeded = execute_all(("experiment_job",), "experiments: augmentation + pseudolabels + training + evaluation",
                             list(keys))
     failed_partitions = {keys[key] for key in keys if key not in succeeded}

@@ -135,3 +135,14 @@ multitask_average_job = dg.define_asset_job(
     description="The seed average of one MVLPT source configuration (needs its source runs), which its target "
                 "experiments start from; run it before their experiment_job.",
 )
+
+# ------------------------------------------------------------------------------- upstream initialisations (GRAM, PVP)
+from pipelines.assets.initialisations import prompt_initialisations  # noqa: E402
+
+initialisation_job = dg.define_asset_job(
+    "initialisation_job",
+    executor_def=EXECUTOR,
+    selection=dg.AssetSelection.assets(prompt_initialisations),
+    description="One upstream prompt initialisation (pick it: GRAM or PVP, experiments.yaml initialisations), learned "
+                "on the corpus; run it before the experiment_job of the experiments that name it.",
+)

@@ -91,3 +91,7 @@ multitask_source_partitions = dg.StaticPartitionsDefinition(list(_catalog.multit
 multitask_average_partitions = dg.StaticPartitionsDefinition(list(_catalog.multitask.averages))
 multitask_runs_of_average = dg.StaticPartitionMapping(
     {run: average for average, runs in _catalog.multitask.averages.items() for run in runs})
+
+# Upstream initialisations (the catalog's `initialisations:` section; GRAM, PVP): one partition per entry the grid
+# starts from, each learned on the corpus.
+initialisation_partitions = dg.StaticPartitionsDefinition(sorted(_catalog.initialisations.entries))

@@ -77,6 +77,8 @@ class ExperimentConfig:
     # selection_policy, view_recipe).
     selection: str | None = None
     views: ViewRecipe | None = None
+    # The upstream initialisation its prompt starts from (experiments.yaml `initialisations:`; GRAM, PVP)
+    initialisation: str | None = None
 
     @property
     def selection_policy(self) -> str:
@@ -113,6 +115,8 @@ class ExperimentConfig:
             described["selection"] = self.selection
         if self.views is not None:
             described["views"] = self.views.as_dict()
+        if self.initialisation is not None:
+            described["initialisation"] = self.initialisation
         return described
 
     def templates_for(self, dataset: "DatasetEntry") -> list[str]:
@@ -144,6 +148,8 @@ class ExperimentConfig:
             options["selection"] = self.selection
         if self.views is not None:
             options["views"] = self.views.as_dict()
+        if self.initialisation is not None:
+            options["initialisation"] = self.initialisation
         return options
 
 
@@ -252,12 +258,13 @@ def expand_grid(path: Path, grid: list[dict[str, Any]], methods: dict[str, dict[
                     grid_entry=where,
                     selection=selection,
                     views=views,
+                    initialisation=entry.get("initialisation"),
                 )
     return experiments
 
 
 GRID_ENTRY_FIELDS = ("method", "shots", "seeds", "parameters", "optimization", "augmentation", "pseudolabels",
-                     "name", "protocol", "templates", "setting", "selection", "views")
+                     "name", "protocol", "templates", "setting", "selection", "views", "initialisation")
 
 
 def _view_recipe(where: str, raw: Any) -> ViewRecipe | None:
@@ -354,6 +361,9 @@ def _check_grid_entry(where: str, entry: dict[str, Any], method_defaults: dict[s
             raise _field_error(where, "shots", f"[0] or absent ({method} learns nothing from labelled shots)", shots)
     if entry.get("seeds") is not None:
         _integer_list(where, "seeds", entry["seeds"], 0)
+    initialisation = entry.get("initialisation")
+    if initialisation is not None and not isinstance(initialisation, str):
+        raise _field_error(where, "initialisation", "the name of an entry of `initialisations:`", initialisation)
     name = entry.get("name")
     if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name)):
         raise _field_error(where, "name", "letters, digits or underscores (it ends the experiment keys)", name)

@@ -17,6 +17,7 @@ from models.catalog.datasets import DatasetEntry, parse_datasets
 from models.catalog.descriptions import attach_class_descriptions
 from models.catalog.grid import ExperimentConfig, expand_grid, parse_methods
 from models.catalog.grid_subsets import DEFAULT_GRID, _check_grid_subset, _grid_subsets, select_grid_subset
+from models.catalog.initialisations import InitialisationPlan, parse_initialisations
 from models.catalog.learning_settings import LearningSettingsPlan, parse_learning_settings
 from models.catalog.multi_source import MultiSourcePlan, parse_multi_source
 from models.catalog.multitask import MultitaskPlan, parse_multitask
@@ -31,7 +32,8 @@ from models.catalog.testtime import TestTimePlan, _check_test_time_shapes, parse
 # The evaluation protocols a run can be restricted to (`promptlab run --protocol`; pipelines/partitions.py).
 EVALUATION_PROTOCOLS = ("few_shot", "base_to_new", "transfer", "test_time", "multi_source")
 # The sections of experiments.yaml; its other top-level keys hold YAML anchors (`embedded_coop: &embedded_coop`).
-EXPERIMENTS_SECTIONS = ("grid", "transfer", "test_time", "learning_settings", "multi_source", "multitask")
+EXPERIMENTS_SECTIONS = ("grid", "transfer", "test_time", "learning_settings", "multi_source", "multitask",
+                        "initialisations")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class Catalog:
     claims: tuple[Claim, ...] = ()
     # the `multitask:` section (multitask.py): MVLPT's source runs on pooled datasets, their averages, the targets
     multitask: MultitaskPlan = field(default_factory=MultitaskPlan)
+    # the `initialisations:` section (initialisations.py): GRAM / PVP prompts learned on the corpus, which
+    # experiments start from
+    initialisations: InitialisationPlan = field(default_factory=InitialisationPlan)
 
     def dataset(self, name: str) -> DatasetEntry:
         if name not in self.datasets and name in self.multitask.source_entries:  # a source outside the subset
@@ -130,6 +135,8 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
                                       experiments)
     claims = load_claims(suite_folder, experiments)
     multitask = parse_multitask(experiments_file, experiments_raw.get("multitask"), dataset_entries, experiments)
+    initialisations = parse_initialisations(experiments_file, experiments_raw.get("initialisations"), methods,
+                                            experiments)
     _check_test_time_shapes(experiments_file, experiments_raw.get("test_time"))
     test_time = parse_test_time(experiments_file, experiments_raw.get("test_time"), dataset_entries, experiments,
                                 diffusion_backbones, default_diffusion_backbone)
@@ -158,4 +165,5 @@ def load_catalog(directory: Path | str | None = None, grid: str | None = None, s
                       if selection.keeps_multi_source else MultiSourcePlan()),
         claims=claims,
         multitask=multitask,
+        initialisations=initialisations.on_experiments(kept_experiments),
     )

@@ -174,12 +174,14 @@ def target_start(catalog, workspace: Workspace, experiment_key: str) -> SourcePr
 
 
 def started_at(classifier, start: SourcePrompt | None):
-    """The classifier with the source prompt copied in (mvlpt.initialise_from_source); unchanged without one."""
+    """The classifier with the source prompt copied in (mvlpt.initialise_from_source, or the classifier's own
+    `initialise_from_state` where its start holds more than the prompt: GRAM's psi); unchanged without one."""
     if start is None:
         return classifier
     from models.prompting.methods.mvlpt import initialise_from_source
 
-    return initialise_from_source(classifier, start.state)
+    own = getattr(classifier, "initialise_from_state", None)
+    return own(start.state) if own is not None else initialise_from_source(classifier, start.state)
 
 
 __all__ = ["SourcePrompt", "average_key", "average_source_checkpoints", "multitask_checkpoint_dir",

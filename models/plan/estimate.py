@@ -64,6 +64,8 @@ STEP_SHAPES = {
     "promptsrc": StepShape(frozen_image_forward=True),
     "vpt_deep": StepShape(text_pass=False),
     "vpt_shallow": StepShape(text_pass=False),
+    "gram_vpt": StepShape(text_pass=False),  # shallow VPT prompts: frozen text features
+    "pvp_vpt": StepShape(text_pass=False),
 }
 
 
@@ -215,6 +217,9 @@ class _Pricer:
             self.experiment_partition(dataset, self.catalog.experiment(key), selection.protocol)
         for key in selection.multitask:
             self.multitask_source_run(self.catalog.experiment(key))
+        for name in sorted({entry.name for _, key in selection.partitions
+                            if (entry := self.catalog.initialisations.of(key)) is not None}):
+            self.initialisation_run(self.catalog.initialisations.entries[name])
         for source, key in selection.transfers:
             self.transfer_partition(source, self.catalog.experiment(key))
         encoded_views: set[tuple] = set()
@@ -342,6 +347,48 @@ class _Pricer:
         steps, seconds, detail = self.training(pooled, experiment)
         self.add("multitask", "training", experiment.method, {pooled.name: seconds}, steps=steps,
                  detail=f"{detail} on {len(sources)} pooled sources ({pooled.classes} classes)")
+
+    def initialisation_run(self, entry) -> None:
+        """An upstream initialisation (GRAM, PVP; models/experiments/initialisations.py): the corpus pairs encoded once
+        (GRAM: their captions too, for its domains), then GRAM's outer steps of tasks_per_step tasks (a support pass
+        with gradients and a query pass through the inner step; second order one more backward) or PVP's epochs over
+        the pairs. A CoOp prompt's step is a text pass over all caption classes (at most the corpus' subject-caption
+        vocabulary), a VPT prompt's an image pass with gradients over the step's images; counted under
+        "initialisations" as one partition each."""
+        from models.embedded.corpus import DIGIT_WORDS, SHAPES, TEXTURES
+        from models.prompting.methods.gram import GRAMMetaSchedule
+        from models.prompting.training import OptimizationConfig
+
+        pairs = entry.corpus_pairs or self.catalog.world["corpus"]["num_pairs"]
+        classes = len(SHAPES) * len(TEXTURES) + len(DIGIT_WORDS)
+        text_prompt = get_method(entry.method).frozen_image_encoder
+        chunk = _text_chunk_size(entry.method, entry.parameters)
+        batches = math.ceil(pairs / EVALUATION_BATCH)
+        seconds = self.costs.image_forward.seconds(pairs, batches)
+        if entry.kind == "gram":
+            meta = GRAMMetaSchedule(**entry.meta)
+            seconds += self.costs.text_forward.seconds(pairs, batches)
+            steps = meta.outer_steps * meta.tasks_per_step * 2
+            task_images = meta.n_way * (meta.support_shots + meta.query_shots)
+            if text_prompt:
+                seconds += steps * self.text_seconds(classes, chunk, training=True,
+                                                     extra_backwards=int(meta.second_order))
+            else:
+                seconds += (1 + int(meta.second_order)) * self.costs.image_train.seconds(
+                    task_images * steps / 2, steps)
+            detail = f"{meta.outer_steps} meta steps x {meta.tasks_per_step} tasks on {pairs} corpus pairs"
+        else:
+            schedule = {key: value for key, value in entry.optimization.items()
+                        if key not in ("epochs_by_shots", "iterations_per_shot")}
+            optimization = OptimizationConfig(**schedule)
+            per_epoch = math.ceil(pairs / optimization.batch_size)
+            steps = optimization.epochs * per_epoch
+            seconds += optimization.epochs * (
+                per_epoch * self.text_seconds(classes, chunk, training=True) if text_prompt
+                else self.costs.image_train.seconds(pairs, per_epoch))
+            detail = f"{optimization.epochs} epochs on {pairs} corpus pairs"
+        self.add("initialisations", "training", entry.method, {f"corpus ({entry.name})": seconds}, steps=steps,
+                 detail=detail)
 
     def spg_training(self, sources: list[DatasetSize], experiment: ExperimentConfig) -> tuple[int, float, str]:
         """SPG's two stages (models/prompting/methods/spg.py): stage I is one CoOp run per source domain (C class

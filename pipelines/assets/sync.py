@@ -177,3 +177,18 @@ def multitask_start(scope: Scope):
 
     average = scope.promptlab.catalog().multitask.average_of(scope.experiment)
     return [] if average is None else [multitask_checkpoint_dir(scope.workspace, average).parent]
+
+
+def initialisation_checkpoint(scope: Scope):
+    """An upstream initialisation partition's own checkpoint folder (GRAM, PVP)."""
+    from models.experiments.initialisations import initialisation_dir
+
+    return [initialisation_dir(scope.workspace, scope.dataset).parent]
+
+
+def initialisation_start(scope: Scope):
+    """The upstream initialisation an experiment starts from (none for experiments that name none)."""
+    from models.experiments.initialisations import initialisation_dir
+
+    entry = scope.promptlab.catalog().initialisations.of(scope.experiment)
+    return [] if entry is None else [initialisation_dir(scope.workspace, entry.name).parent]

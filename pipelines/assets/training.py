@@ -31,11 +31,13 @@ from pipelines.resources import PromptLabResource
     kinds={"pytorch", "safetensors"},
     pool="gpu",
 )
-@synced(reads=(folders.backbone, folders.dataset_images, folders.curation, folders.features, folders.multitask_start),
+@synced(reads=(folders.backbone, folders.dataset_images, folders.curation, folders.features, folders.multitask_start,
+               folders.initialisation_start),
         writes=(folders.experiment, folders.features))
 def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabResource) -> dg.MaterializeResult:
     """The learned prompt of one experiment (method, shots, seed, options) on one dataset."""
     from models.experiments import save_prompt_checkpoint, train_experiment
+    from models.experiments.initialisations import initialisation_start
     from models.experiments.multitask import target_start
 
     dataset, experiment_key = dataset_and_experiment(context)
@@ -43,7 +45,9 @@ def prompt_checkpoints(context: dg.AssetExecutionContext, promptlab: PromptLabRe
     inputs = partition_inputs(promptlab, dataset, experiment_key)
     workspace, backbone = promptlab.workspace(), promptlab.load_backbone()
     trained = train_experiment(inputs, workspace, backbone, text_cache=promptlab.text_cache(backbone),
-                               log=context.log.info, start=target_start(promptlab.catalog(), workspace, experiment_key))
+                               log=context.log.info, start=(target_start(promptlab.catalog(), workspace, experiment_key)
+                                                            or initialisation_start(promptlab.catalog(), workspace,
+                                                                                    experiment_key)))
     directory = save_prompt_checkpoint(workspace.checkpoint_dir(dataset, experiment_key), trained.classifier,
                                        trained.config, trained.pseudolabel_rounds())
     return dg.MaterializeResult(metadata={**training_metadata(trained, f"{experiment_key} on {dataset}"),

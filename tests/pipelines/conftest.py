@@ -68,6 +68,11 @@ def _write_micro_catalog() -> None:
         # bad input on purpose: K = 50 per class is beyond every micro pool; it must fail before any training
         {"method": "coop", "setting": "ssl", "seeds": [1], "optimization": {"epochs": 1},
          "parameters": {"n_context": 4}, "pseudolabels": {"strategy": "fpl", "per_class": 50}},
+        # upstream initialisations (GRAM, PVP): learned on the micro corpus first, the experiments start from them
+        {"method": "gram_coop", "initialisation": "gram-coop", "shots": [2], "seeds": [1],
+         "optimization": {"epochs": 1}, "parameters": {"n_context": 4}},
+        {"method": "pvp_vpt", "initialisation": "pvp-vpt", "shots": [2], "seeds": [1],
+         "optimization": {"epochs": 1, "batch_size": 4}, "parameters": {"n_tokens": 2}},
         {"method": "tfup", "setting": "ul", "seeds": [1]},
         {"method": "tfup_t", "setting": "ul", "seeds": [1], "optimization": {"epochs": 2},
          "parameters": {"refined_set_epochs": 1}},
@@ -86,8 +91,14 @@ def _write_micro_catalog() -> None:
                  "runs": [{"mode": "tpt", "start": "zeroshot", "seeds": [1, 2]},
                           {"mode": "tpt", "start": "coop-k2-s1"},
                           {"mode": "difftpt", "start": "zeroshot", "seeds": [1]}]}
+    initialisations = {
+        "gram-coop": {"method": "gram_coop", "corpus_pairs": 384, "parameters": {"n_context": 4},
+                      "meta": {"n_domains": 2, "n_way": 2, "outer_steps": 2, "tasks_per_step": 1}},
+        "pvp-vpt": {"method": "pvp_vpt", "corpus_pairs": 64, "parameters": {"n_tokens": 2},
+                    "optimization": {"epochs": 1, "batch_size": 32}}}
     (MICRO_CATALOG / "experiments.yaml").write_text(yaml.safe_dump({"grid": grid, "transfer": transfer,
-                                                                   "test_time": test_time}))
+                                                                   "test_time": test_time,
+                                                                   "initialisations": initialisations}))
 
 
 def _write_broken_dataset() -> None:

@@ -16,7 +16,8 @@ from pipelines.resources import PromptLabResource
 HEALTHY = ["Shapes", "Digits"]
 EXPERIMENTS = ["zeroshot", "coop-k2-s1", "coop-k2-s2", "coop-k2-s1-aug", "coop-k2-s1-fpl", "coop-k2-s1-b2n",
                "maple-k2-s1-b2n", "promptsrc-k2-s1", "zeroshot-trzsl-s1", "coop-ssl-s1-grip", "coop-trzsl-s1-ifpl",
-               "coop-ul-s1-fpl", "tfup-ul-s1", "tfupt-ul-s1", "vptshallow-ul-s1-ifpl", "maple-trzsl-s1-grip"]
+               "coop-ul-s1-fpl", "tfup-ul-s1", "tfupt-ul-s1", "vptshallow-ul-s1-ifpl", "maple-trzsl-s1-grip",
+               "gramcoop-k2-s1", "pvpvpt-k2-s1"]
 BEYOND_POOL = "coop-ssl-s1-fpl"  # asks K = 50 pseudolabels per class of pools that hold 3 images per class
 
 
@@ -359,3 +360,21 @@ def test_image_features_encode_each_dataset_once_and_experiments_only_read_them(
         (original,) = [folder for folder, view in views.items() if view == "original"]
         shard_times = [path.stat().st_mtime for path in original.glob("shard-*.safetensors")]
         assert shard_times and max(shard_times) <= record.timestamp + 1.0
+
+
+def test_upstream_initialisations_are_learned_once_and_start_their_experiments(graph_run):
+    """GRAM's and PVP's initialisations are learned on the micro corpus before the experiments that name them, and
+    each experiment's checkpoint records the initialisation it started from."""
+    from safetensors.torch import load_file
+
+    from models.experiments import read_checkpoint_config
+    from models.experiments.initialisations import initialisation_dir
+
+    summary, workspace = graph_run
+    assert "initialisations: GRAM / PVP prompts on the corpus" in summary["stage_seconds"]
+    for name, key in (("gram-coop", "gramcoop-k2-s1"), ("pvp-vpt", "pvpvpt-k2-s1")):
+        stored = load_file(str(initialisation_dir(workspace, name) / "prompt_parameters.safetensors"))
+        assert stored
+        for dataset in HEALTHY:
+            config = read_checkpoint_config(workspace.checkpoint_dir(dataset, key))
+            assert config["source_prompt"]["name"] == name

@@ -90,3 +90,17 @@ def test_mvlpt_source_runs_are_priced_on_their_pooled_sources():
     per_run = optimization.epochs * -(-classes * 16 // optimization.batch_size)
     assert row.method == "mvlpt_coop" and row.partitions == 3 and row.steps == 3 * per_run
     assert not any("source runs" in note for note in plan.notes)
+
+
+def test_upstream_initialisations_are_priced_once_before_the_experiments_that_start_from_them():
+    """GRAM's meta-training (outer steps x tasks x support and query passes) and PVP's pre-training epochs over the
+    corpus pairs are priced once per initialisation, however many experiments start from it."""
+    catalog = load_catalog(DEFAULT_CATALOG_DIR)
+    plan = plan_run(catalog, made_up_costs(), datasets=["Digits"],
+                    experiments=["gramcoop-k1-s1", "gramcoop-k4-s2", "pvpvpt-k16-s1"])
+    rows = {row.method: row for row in rows_of(plan, "training", protocol="initialisations")}
+    gram, pvp = catalog.initialisations.entries["gram-coop"], catalog.initialisations.entries["pvp-vpt"]
+    assert rows["gram_coop"].partitions == 1
+    assert rows["gram_coop"].steps == gram.meta["outer_steps"] * gram.meta["tasks_per_step"] * 2
+    assert rows["pvp_vpt"].steps == pvp.optimization["epochs"] * -(-pvp.corpus_pairs // pvp.optimization["batch_size"])
+    assert rows["gram_coop"].seconds > 0 and rows["pvp_vpt"].seconds > 0

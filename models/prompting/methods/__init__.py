@@ -24,5 +24,6 @@ from models.prompting.methods import spg  # noqa: F401,E402
 from models.prompting.methods import mvlpt  # noqa: F401,E402
 from models.prompting.methods import cones, ept, ctp_tft, kapt  # noqa: F401,E402
 from models.prompting.methods import apt, dpl, restore  # noqa: F401,E402
+from models.prompting.methods import gram, pvp  # noqa: F401,E402
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "parse_method_parameters"]
