@@ -59,7 +59,7 @@ def test_the_grid_comes_from_the_environment(monkeypatch):
 
 
 def test_a_unknown_grid_is_named_with_the_known_ones():
-    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'demo', 'quick', 'standard', 'targets', 'baselines', 'seed_methods', 'spg', 'pseudolabels'\]"):
+    with pytest.raises(CatalogError, match=r"grids.yaml: no grid named 'fast'; known: \['default', 'demo', 'quick', 'standard', 'targets', 'baselines', 'seed_methods', 'paper_methods', 'spg', 'pseudolabels'\]"):
         load_catalog(DEFAULT_CATALOG_DIR, grid="fast")
 
 
