@@ -42,6 +42,16 @@ class ClassDescriptions:
                     raise ClassDescriptionsError(f"{file}: class {classname!r}: description: every key phrase must "
                                                  f"be a non-empty string, got {phrase!r}")
             phrases.append((classname, tuple(phrase.strip() for phrase in listed)))
+        # A key phrase that is another class's name puts that class's evidence into this class's prompt: the two
+        # prompts then score alike, the opposite of knowledge.
+        names = {name.strip().lower(): name for name, _ in phrases}
+        for classname, listed in phrases:
+            for phrase in listed:
+                other = names.get(phrase.lower())
+                if other is not None and other != classname:
+                    raise ClassDescriptionsError(
+                        f"{file}: class {classname!r}: description: key phrase {phrase!r} is the name of another "
+                        f"class ({other!r}); describe what tells {classname!r} apart instead")
         return cls(file, tuple(phrases))
 
     def as_dict(self) -> dict[str, Any]:

@@ -4,7 +4,7 @@ zero-initialised residual image head; the files are checked when the catalog loa
 import pytest
 import torch
 
-from models.catalog import CatalogError, load_catalog
+from models.catalog import DEFAULT_CATALOG_DIR, CatalogError, load_catalog
 from models.experiments import build_classifier, load_prompt_checkpoint, save_prompt_checkpoint
 from models.prompting.class_descriptions import ClassDescriptions
 from models.prompting.prompt_assembly import encode_template_texts
@@ -42,7 +42,7 @@ def test_knowledge_prompt_tokens_are_the_files(reference_clip):
 
 def test_the_catalog_files_reach_the_prompt(reference_clip):
     _, tokenizer = reference_clip
-    catalog = load_catalog()
+    catalog = load_catalog(DEFAULT_CATALOG_DIR)  # not $PROMPTLAB_CATALOG, which the pipeline tests point elsewhere
     shapes = catalog.datasets["Shapes"].class_descriptions
     assert shapes is not None and shapes.file == "descriptions/Shapes.yaml"
     phrases = dict(shapes.phrases)
@@ -105,6 +105,8 @@ def test_checkpoint_records_and_reuses_its_descriptions(tmp_path, reference_clip
     (lambda d: d.update({"eleven": ["cross"]}), r"descriptions/Digits.yaml: class 'eleven': not a class of the "),
     (lambda d: d.update({"zero": []}), r"descriptions/Digits.yaml: class 'zero': description: expected a non-empty "),
     (lambda d: d.update({"zero": ["oval", " "]}), r"descriptions/Digits.yaml: class 'zero': description: every key "),
+    (lambda d: d.update({"zero": ["ring", "One"]}),
+     r"descriptions/Digits.yaml: class 'zero': description: key phrase 'One' is the name of another class \('one'\)"),
 ])
 def test_a_bad_descriptions_file_is_refused_when_the_catalog_loads(catalog_copy, change, message):
     edit(catalog_copy / "descriptions" / "Digits.yaml", change)

@@ -23,7 +23,7 @@ Left open by the paper (as summarised), and chosen here:
 - where the knowledge goes: after the class name, comma-separated, all of the file's phrases (a prompt longer than
   the text context is refused when the classifier is built, naming the class);
 - continuous prompt: 4 tokens from "a photo of a" (so at initialisation the text side encodes the plain sentence
-  "a photo of a <class>, <key phrases>."); schedule: CoCoOp's base-to-new one at batch 32 (catalog methods.yaml).
+  "a photo of a <class>, <key phrases>."); schedule: CoOp's (catalog methods.yaml; CoCoOp's 10 epochs assume batch 1).
 """
 
 from __future__ import annotations
