@@ -56,7 +56,7 @@ def upstream_data(corpus_dir: Path, backbone, entry: InitialisationEntry) -> Ups
                               for i in range(0, pairs, _BATCH)])
         domains = torch.zeros(pairs, dtype=torch.int64)
         if entry.kind == "gram":
-            text = torch.cat([model.encode_text(backbone.tokenizer(captions[i:i + _BATCH]).to(device)).float().cpu()
+            text = torch.cat([model.encode_text(backbone.tokenizer(captions[i:min(i + _BATCH, pairs)]).to(device)).float().cpu()
                               for i in range(0, pairs, _BATCH)])
             domains = cross_modal_domains(features, text, GRAMMetaSchedule(**entry.meta).n_domains, entry.seed)
     inputs = features if get_method(entry.method).frozen_image_encoder else pixels

@@ -51,6 +51,18 @@ def test_upstream_data_labels_pairs_by_subject_caption_in_two_domains(corpus, ba
     assert images.inputs.shape[:2] == (60, 3) and images.n_domains == 1
 
 
+def test_fewer_pairs_than_the_corpus_holds_in_several_batches(corpus, backbone, monkeypatch):
+    """corpus_pairs below the corpus' size, not a multiple of the encoding batch: the caption features stop at the
+    same pair as the image features (the last batch once read captions past corpus_pairs)."""
+    import dataclasses
+
+    from models.experiments import initialisations
+
+    monkeypatch.setattr(initialisations, "_BATCH", 64)
+    data = upstream_data(corpus, backbone, dataclasses.replace(GRAM, corpus_pairs=100))
+    assert len(data.labels) == 100 and data.inputs.shape[0] == 100 and data.domains.shape == (100,)
+
+
 @pytest.mark.parametrize("entry, method, parameters, name", [
     (GRAM, "gram_coop", COOP, "context"), (PVP, "pvp_vpt", {"n_tokens": 2}, "vision_prompts.input_prompt")])
 def test_an_experiment_starts_from_the_stored_initialisation_bit_for_bit(corpus, backbone, tmp_path, entry, method,
