@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from models.experiments.multitask import SourcePrompt
+from models.experiments.multitask import SourcePrompt, stored_prompt
 
 if TYPE_CHECKING:
     from models.catalog.initialisations import InitialisationEntry
@@ -110,21 +110,9 @@ def save_initialisation(directory: Path, state: dict[str, torch.Tensor], record:
 
 
 def initialisation_prompt(directory: Path, method: str, parameters: dict[str, Any]) -> SourcePrompt:
-    """The stored initialisation in `directory` for an experiment of `method` with `parameters`; refused, saying what
-    to run, while it is missing, and when it was learned as another prompt."""
-    from safetensors.torch import load_file
-
-    from models.experiments.checkpoints import CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS
-
-    weights = Path(directory) / CHECKPOINT_WEIGHTS
-    if not weights.exists():
-        raise FileNotFoundError(f"the upstream initialisation {weights} is missing: materialise "
-                                "prompt_initialisations first")
-    record = json.loads((Path(directory) / CHECKPOINT_CONFIG).read_text())
-    if record["method"] != method or record["parameters"] != parameters:
-        raise ValueError(f"{directory}: the initialisation was learned as {record['method']} {record['parameters']}, "
-                         f"the experiment is {method} {parameters}")
-    return SourcePrompt(load_file(str(weights)), {"directory": str(directory), **record["initialisation"]})
+    """The stored initialisation in `directory` for an experiment of `method` with `parameters` (stored_prompt)."""
+    return stored_prompt(directory, method, parameters, "upstream initialisation",
+                         "materialise prompt_initialisations first", lambda config: config["initialisation"])
 
 
 def initialisation_start(catalog, workspace: Workspace, experiment_key: str) -> SourcePrompt | None:

@@ -143,24 +143,31 @@ class SourcePrompt:
     record: dict[str, Any]
 
 
-def source_prompt(directory: Path, method: str, parameters: dict[str, Any]) -> SourcePrompt:
-    """The seed-averaged source prompt in `directory` for a target of `method` with `parameters`; refused, saying what
-    to run, while it is missing, and when it was trained as another prompt."""
+def stored_prompt(directory: Path, method: str, parameters: dict[str, Any], what: str, missing_hint: str,
+                  record_of) -> SourcePrompt:
+    """A prompt stored in `directory` (checkpoint weights and config) that an experiment of `method` with
+    `parameters` starts from; refused, saying how to make it (`missing_hint`) while it is missing, and when it was
+    stored for another prompt. `what` names it in errors; record_of(config) is what the experiment records of it."""
     from safetensors.torch import load_file
 
     from models.experiments.checkpoints import CHECKPOINT_WEIGHTS, read_checkpoint_config
 
     weights = Path(directory) / CHECKPOINT_WEIGHTS
     if not weights.exists():
-        raise FileNotFoundError(f"the MVLPT source prompt {weights} is missing: run the multitask source runs and "
-                                "their average first (multitask_job, multitask_average_job)")
+        raise FileNotFoundError(f"the {what} {weights} is missing: {missing_hint}")
     config = read_checkpoint_config(directory)
     if config["method"] != method or config["parameters"] != parameters:
-        raise ValueError(f"{directory}: the source prompt was trained as {config['method']} {config['parameters']}, "
-                         f"the target is {method} {parameters}")
-    record = {"directory": str(directory), "sources": config["sources"], "averaged_over": config["averaged_over"],
-              "config_hashes": config["config_hashes"]}
-    return SourcePrompt(load_file(str(weights)), record)
+        raise ValueError(f"{directory}: the {what} was trained as {config['method']} {config['parameters']}, "
+                         f"the experiment is {method} {parameters}")
+    return SourcePrompt(load_file(str(weights)), {"directory": str(directory), **record_of(config)})
+
+
+def source_prompt(directory: Path, method: str, parameters: dict[str, Any]) -> SourcePrompt:
+    """The seed-averaged source prompt in `directory` for a target of `method` with `parameters` (stored_prompt)."""
+    return stored_prompt(directory, method, parameters, "MVLPT source prompt",
+                         "run the multitask source runs and their average first (multitask_job, "
+                         "multitask_average_job)",
+                         lambda config: {key: config[key] for key in ("sources", "averaged_over", "config_hashes")})
 
 
 def target_start(catalog, workspace: Workspace, experiment_key: str) -> SourcePrompt | None:

@@ -78,5 +78,5 @@ def test_an_experiment_starts_from_the_stored_initialisation_bit_for_bit(corpus,
         assert len(record["query_losses"]) == 2
     else:
         assert len(record["epoch_losses"]) == 2
-    with pytest.raises(ValueError, match="was learned as"):
+    with pytest.raises(ValueError, match="was trained as"):
         initialisation_prompt(directory, method, {**parameters, "init_seed": 3})
