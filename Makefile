@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.promptlab-installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install run check-data test ui ui-test bench bench-testtime bench-baselines clean-workspace
+.PHONY: install run check-data test test-integration ui ui-test bench bench-testtime bench-baselines clean-workspace
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ check-data: install
 # PROMPTLAB_SKIP_BROWSER=1 skips them.
 test: install
 	$(BIN)/python -m pytest -q
+
+# The scale-out tests end to end (marker `integration`: two workers, Celery workers with Redis and PostgreSQL, a
+# second machine over object storage, the benchmark suites' minis; about 8 minutes on 2 cores). CI runs them after
+# `make test`.
+test-integration: install
+	$(BIN)/python -m pytest -q -m integration
 
 # The whole browser suite: launches the world, curation, an experiment and the report from the UI (about 3 minutes).
 ui-test: install

@@ -169,7 +169,7 @@ def run_benchmark(options: argparse.Namespace) -> dict[str, Any]:
             "training_views": list(item.training_set.view_inputs.shape[:2]),
             "selection": item.training_set.selection,
             "steps": best["steps"], "epochs": best["epochs"], "optimization": best["optimization"],
-            "published_epochs": item.published_epochs, "measured_seconds": round(best["measured_seconds"], 4),
+            "published_epochs": item.published_epochs, "measured_seconds": round(best["measured_seconds"], 6),
             "extrapolated": best["seconds"] != best["measured_seconds"],
             "relative_to_coop": (round(best["seconds"] / coop_seconds, 5) if coop_seconds else None),
             "coop_speedup": (round(coop_seconds / best["seconds"], 2) if coop_seconds and best["seconds"] > 0

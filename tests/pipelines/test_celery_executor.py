@@ -26,7 +26,7 @@ from local_services import LocalPostgres, free_port, postgres_bin
 
 from models.provenance import PACKAGE_ROOT
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.integration]
 
 BIN = Path(sys.executable).parent
 DEPLOY = PACKAGE_ROOT / "deploy" / "celery"

@@ -52,6 +52,7 @@ def contents(root):
                               root / "workspace" / "warehouse" / "predictions")
 
 
+@pytest.mark.integration
 def test_two_workers_write_the_same_results_to_the_bit_as_one(two_runs):
     (one, two), _ = two_runs
     one_contents, two_contents = contents(one), contents(two)
@@ -61,6 +62,7 @@ def test_two_workers_write_the_same_results_to_the_bit_as_one(two_runs):
     assert computes == set()
 
 
+@pytest.mark.integration
 def test_the_partitions_ran_on_two_worker_processes(two_runs):
     (_, two), second = two_runs
     instance = dg.DagsterInstance.from_config(str(two / "dagster_home"))
@@ -78,6 +80,7 @@ METRICS = f"""SELECT r.dataset, r.experiment_key, r.stage, m.split, m.metric,
               FROM runs r JOIN metrics m USING (run_id) WHERE r.is_current ORDER BY ALL"""
 
 
+@pytest.mark.integration
 def test_two_workers_writing_to_a_postgres_catalog_lake_record_what_one_worker_wrote_to_the_file(
         tmp_path, two_runs):
     """The assets write through $PROMPTLAB_WAREHOUSE: two workers commit CoOp partitions to one DuckLake at once,
@@ -126,6 +129,7 @@ def test_bad_worker_or_thread_counts_are_refused_before_anything_runs(tmp_path, 
     assert not (tmp_path / "workspace").exists()
 
 
+@pytest.mark.integration
 def test_sigterm_stops_every_worker_and_leaves_no_run_started(tmp_path, two_runs):
     """Stopped in the experiment stage: the workers are killed, their runs marked failed, nothing else starts."""
     (one, _), _ = two_runs

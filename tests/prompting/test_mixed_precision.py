@@ -25,6 +25,8 @@ SMALL_DEPTHS = {
     "mvlpt_vpt": {"prompt_depth": 2},
     "mvlpt_ivlp": {"vision_prompt_depth": 2},
     "promptsrc": {"text_prompt_depth": 2, "vision_prompt_depth": 2},
+    "apt": {"prompt_depth": 2},
+    "restore": {"text_prompt_depth": 2, "vision_prompt_depth": 2},
     # MoCoOp reads its template groups from the dataset (datasets.yaml); here, the method parameter
     "mocoop": {"template_groups": {"templates": ["a photo of a {}.", "a {}.", "the {}."], "groups": [1, 2]}},
 }

@@ -88,6 +88,7 @@ def local_files(root, folder):
             if p.is_file() and not p.name.startswith(".")}
 
 
+@pytest.mark.integration
 def test_an_experiment_on_machine_two_reads_the_curation_machine_one_published(s3_bucket, micro_catalog, tmp_path):
     environment = {**os.environ, "PROMPTLAB_CATALOG": str(micro_catalog), "PROMPTLAB_WORKSPACE": f"s3://{s3_bucket}/ws",
                    "PROMPTLAB_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}

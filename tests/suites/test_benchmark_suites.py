@@ -107,6 +107,7 @@ def test_a_dry_run_prints_the_plan_and_runs_nothing(benchmark):
     assert not (root / "workspace" / "curation").exists()
 
 
+@pytest.mark.integration
 def test_the_coop_suite_runs_every_protocol_on_the_minis(benchmark):
     promptlab, root = benchmark
     result = promptlab("run", "--suite", "mini", timeout=1500)
@@ -139,6 +140,7 @@ def test_the_coop_suite_runs_every_protocol_on_the_minis(benchmark):
     assert {name for (name,) in test_time} >= {"ImageNetV2", "ImageNetA"}
 
 
+@pytest.mark.integration
 def test_the_domainbed_suite_holds_one_domain_out(benchmark):
     promptlab, root = benchmark
     result = promptlab("run", "--suite", "domainbed", "--backbone", "tiny-clip", "--dataset", "PACS_sketch",

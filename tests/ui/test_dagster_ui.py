@@ -63,6 +63,8 @@ def test_the_asset_graph_shows_every_group_and_the_catalog_every_asset(page):
     dismiss_dialogs(page)
     for group in ("embedded_world", "curation", "augmentation", "pseudolabels", "training", "evaluation", "report"):
         page.get_by_text(group, exact=True).first.wait_for()
+    # the catalog renders only the rows in view: a window tall enough for every asset row
+    page.set_viewport_size({"width": 1600, "height": 2400})
     page.goto("/assets")
     for name in asset_names():
         page.get_by_text(name, exact=True).first.wait_for()
