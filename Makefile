@@ -38,7 +38,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # The scale-out tests end to end (marker `integration`: two workers, Celery workers with Redis and PostgreSQL, a
-# second machine over object storage, the benchmark suites' minis; about 8 minutes on 2 cores). CI runs them after
+# second machine over object storage, the benchmark suites' minis; 9 min 15 s on 2 cores). CI runs them after
 # `make test`.
 test-integration: install
 	$(BIN)/python -m pytest -q -m integration
