@@ -1,8 +1,8 @@
 """The text tower with the padding after the last end-of-text token cut, against the whole context:
 `flock /tmp/promptlab-cpu.lock .venv/bin/python -m bench.text_padding` (`--help` lists the options).
 
-What runs: one training step's text work of CoOp (every class prompt through the text tower, forward and backward
-to the context; batch 32 of cached-feature-shaped random image features) and of CoCoOp (batch 2: one prompt per
+What runs: one training step's text work of CoOp (context from "a photo of a"; every class prompt through the text
+tower, forward and backward to the context; batch 32 of cached-feature-shaped random image features) and of CoCoOp (batch 2: one prompt per
 image and class), with the first `--classes` of ImageNet's class names and the methods' published parameters, on
 architectures with seeded random weights (`open_clip.create_model(..., pretrained=None)`, frozen as the backbone
 loader freezes one): ViT-B-16 (77 positions) and the embedded tiny-clip (24). Both variants run in one process on
@@ -81,7 +81,9 @@ def measure_pair(architecture: str, method: str, options: BenchOptions) -> dict[
 
     model, tokenizer = random_model(architecture, options.seed, options.text_blocks)
     classnames = list(IMAGENET_CLASSNAMES[: options.n_classes])
-    classifier = build_classifier(model, tokenizer, method, {}, classnames, TEMPLATES)
+    # CoOp from "a photo of a" (4 tokens, as CoCoOp's default): its 16 random tokens with a long ImageNet class
+    # name overflow tiny-clip's 24 positions
+    classifier = build_classifier(model, tokenizer, method, {"context_init": "a photo of a"}, classnames, TEMPLATES)
     classifier.train()
     tower = classifier.text_tower
     if not tower.padding_is_inert:
