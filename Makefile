@@ -18,9 +18,9 @@ install: $(STAMP)
 # `make run GRID=quick`: a named subset of the grid (assets_catalog/grids.yaml). Without GRID: `demo`, every protocol
 # on Shapes and its two shifted variants at seeds 1-3 with the report's published-pattern checks (measured: 5 min on
 # 2 CPU cores from a fresh clone, install excluded). Estimated on 2 cores by `promptlab plan --grid NAME`:
-# GRID=quick (every method and protocol once, DiffTPT's generated views included, SPG left to GRID=spg) about 4 h;
-# GRID=standard (all but the iterative pseudolabel strategies and CLIP-LoRA below 16 shots) about 19 h;
-# GRID=default (everything) about 23 h.
+# GRID=quick (every method and protocol once, DiffTPT's generated views included, SPG left to GRID=spg) about 2 h;
+# GRID=standard (all but the iterative pseudolabel strategies and CLIP-LoRA below 16 shots) about 9 h;
+# GRID=default (everything) about 12 h.
 # `make run SUITE=coop BACKBONE=ViT-B-16-openai`: a benchmark suite of real datasets under $PROMPTLAB_DATA
 # (assets_catalog/suites/) instead of the embedded world; `make check-data SUITE=coop` checks its folders first.
 GRID ?= $(if $(SUITE),default,demo)
