@@ -161,8 +161,8 @@ def run_benchmark(options: CostOptions) -> dict[str, Any]:
 
 def record(result: dict[str, Any], options: CostOptions) -> str:
     """The run as one `prompt-attention` benchmark run in the workspace's warehouse; returns its address."""
-    from models.warehouse import BenchmarkRow, BenchmarkRun, workspace_warehouse_of
-    from models.workspace import Workspace, default_workspace_root
+    from bench.recording import record_bench_run
+    from models.warehouse import BenchmarkRow
 
     case = f"{options.n_tokens} tokens x depth {result['depth']}"
     rows = [BenchmarkRow(
@@ -174,18 +174,11 @@ def record(result: dict[str, Any], options: CostOptions) -> str:
                  "trainable_parameters": row["trainable_parameters"], "image_size": result["image_size"],
                  "timing": "median of steps interleaved with the other variant in the same process"},
     ) for variant, row in result["rows"].items()]
-    run = BenchmarkRun(
-        bench_run_id=result["bench_run_id"], started_at=datetime.fromisoformat(result["started_at"]),
-        finished_at=datetime.fromisoformat(result["finished_at"]), git_commit=result["git_commit"],
-        code_version=result["code_version"], device=result["device"], torch_version=result["torch_version"],
-        backbone=options.architecture, backbone_weights_sha256=result["weights_sha256"],
+    return record_bench_run(
+        result, rows, options.workspace, benchmark=BENCHMARK, backbone=options.architecture,
+        weights_sha256=result["weights_sha256"],
         weights_source=f"random (open_clip.create_model, pretrained=None, seed {options.seed})",
-        dataset=f"random images ({options.batch_size} per step), {len(CLASSNAMES)} classes",
-        benchmark=BENCHMARK, load_average=result["load_average_1min_before"])
-    workspace = Workspace(Path(options.workspace) if options.workspace else default_workspace_root())
-    warehouse = workspace_warehouse_of(workspace)
-    warehouse.record_benchmark(run, rows)
-    return warehouse.address
+        dataset=f"random images ({options.batch_size} per step), {len(CLASSNAMES)} classes")
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -145,8 +145,8 @@ def run_benchmark(options: BenchOptions) -> dict[str, Any]:
 
 def record(result: dict[str, Any], options: BenchOptions) -> str:
     """The run as one `text-padding` benchmark run in the workspace's warehouse; returns its address."""
-    from models.warehouse import BenchmarkRow, BenchmarkRun, workspace_warehouse_of
-    from models.workspace import Workspace, default_workspace_root
+    from bench.recording import record_bench_run
+    from models.warehouse import BenchmarkRow
 
     rows = []
     for m in result["measured"]:
@@ -158,18 +158,10 @@ def record(result: dict[str, Any], options: BenchOptions) -> str:
                 details={key: m[key] for key in ("n_classes", "prompts", "context_length", "used_length", "timings",
                                                  "largest_logit_difference", "threads", "load_average_1min")}
                 | {"unit": "one training step's forward and backward (median)", "memory": "not measured"}))
-    run = BenchmarkRun(
-        bench_run_id=result["bench_run_id"], started_at=datetime.fromisoformat(result["started_at"]),
-        finished_at=datetime.fromisoformat(result["finished_at"]), git_commit=result["git_commit"],
-        code_version=result["code_version"], device=result["device"], torch_version=result["torch_version"],
-        backbone=",".join(options.architectures), backbone_weights_sha256="random (seeded)",
-        weights_source=f"random (open_clip, pretrained=None, seed {options.seed})",
-        dataset=f"random image features, ImageNet's first {options.n_classes} class names",
-        benchmark=BENCHMARK, load_average=result["load_average_1min_before"])
-    workspace = Workspace(Path(options.workspace) if options.workspace else default_workspace_root())
-    warehouse = workspace_warehouse_of(workspace)
-    warehouse.record_benchmark(run, rows)
-    return warehouse.address
+    return record_bench_run(
+        result, rows, options.workspace, benchmark=BENCHMARK, backbone=",".join(options.architectures),
+        weights_sha256="random (seeded)", weights_source=f"random (open_clip, pretrained=None, seed {options.seed})",
+        dataset=f"random image features, ImageNet's first {options.n_classes} class names")
 
 
 def format_table(result: dict[str, Any]) -> str:
